@@ -1,0 +1,1 @@
+"""Metrics, clip- and recording-level evaluation, plots and the comparison report."""

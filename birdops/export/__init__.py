@@ -1,0 +1,1 @@
+"""ONNX export with the feature front end inside the graph, parity gates, Triton repository."""

@@ -1,0 +1,1 @@
+"""Feature front ends (torch modules), activity detection and the sharded feature cache."""

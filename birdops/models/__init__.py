@@ -1,0 +1,1 @@
+"""The model factory, pretrained loading and safetensors checkpoints."""

@@ -1,0 +1,1 @@
+"""Inference with onnxruntime: `birdops predict` and `birdops serve`. Nothing here imports torch."""

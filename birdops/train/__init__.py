@@ -1,0 +1,1 @@
+"""Losses, augmentation and the trainer shared by every variant."""
