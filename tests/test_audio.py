@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from birdops.audio import AudioError, decode_bytes, frame_windows, load_audio
+
+
+def tone(seconds: float, rate_hz: int, freq_hz: float = 1000.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return (0.5 * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
+def test_load_audio_decodes_and_resamples(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"a.{ext}"
+    stereo = np.stack([tone(1.0, 32000), tone(1.0, 32000)], axis=1)
+    sf.write(path, stereo, 32000)
+    wave = load_audio(path, 16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    # mp3 encoders add priming samples; lossless formats keep the exact length
+    assert abs(len(wave) - 16000) <= (1200 if ext == "mp3" else 0)
+    spectrum = np.abs(np.fft.rfft(wave[2000:14000]))
+    assert abs(np.argmax(spectrum) * 16000 / 12000 - 1000) < 5
+
+
+def test_corrupt_empty_and_silent_files_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"\x00not audio at all" * 10)
+    with pytest.raises(AudioError, match=r"bad\.mp3: cannot decode"):
+        load_audio(bad, 16000)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(8000, dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match=r"silent\.wav: audio is silent"):
+        load_audio(silent, 16000)
+    with pytest.raises(AudioError, match="empty file"):
+        decode_bytes(b"", 16000, "upload.wav")
+
+
+def test_frame_windows_cover_every_sample() -> None:
+    wave = np.arange(10, dtype=np.float32) + 1
+    windows, starts = frame_windows(wave, sample_rate_hz=2, window_seconds=2.0, hop_seconds=1.5)
+    assert windows.shape == (3, 4)
+    np.testing.assert_allclose(starts, [0.0, 1.5, 3.0])
+    np.testing.assert_array_equal(windows[2], [7, 8, 9, 10])
+    short, starts = frame_windows(wave[:3], 2, 2.0, 1.0)
+    np.testing.assert_array_equal(short, [[1, 2, 3, 0]])
+    np.testing.assert_allclose(starts, [0.0])
