@@ -1,0 +1,363 @@
+"""From a raw folder to a labelled, split manifest: what is usable, what is not and why.
+
+``prepare_corpus(raw_dir, params)`` reads ``raw_dir/metadata.csv`` and keeps a recording only when its
+row is valid (:func:`birdops.data.metadata.validate_rows`: id, species label, length, quality grade,
+an existing non-empty audio file, no duplicate id or file), its grade is ``params.min_quality`` or
+better (``"no score"`` counts as worst), and its length is within ``[min_seconds, max_seconds]``.
+Classes left with fewer than ``min_per_class`` recordings are dropped or merged into one ``"other"``
+class (``small_classes``); ``"other"`` itself is dropped if it is still too small. Every recording that
+is not kept is listed with one reason. Audio is not decoded here (the cache stage does that).
+
+Splits are made per class (stratified) with targets ``round(n * fraction)``:
+
+- ``n >= 3``: at least one recording in each of train, val and test, and at least one in train;
+- ``n == 2``: one train, one test (a test example of a rare class says more than a val one, and
+  early stopping is driven by the many val recordings of the other classes);
+- ``n == 1`` (only when ``min_per_class`` is 1): train.
+
+Within a class, recordings are grouped by recordist when the class has at least as many recordists as
+non-empty splits: whole recordists go to one split (greedy, largest groups first, to the split furthest
+below its target), so a recordist's site and equipment cannot leak from train into test. Otherwise that
+class is split by recording. A recording is never in two splits. The shuffle of each class depends only
+on ``seed`` and the class label, so adding a class does not reshuffle the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdops.config import PrepareParams, SplitParams
+from birdops.data.metadata import (
+    LOCAL_PATH,
+    METADATA_FILE,
+    NO_SCORE,
+    DataError,
+    format_length,
+    label_of,
+    parse_length_seconds,
+    quality_rank,
+    read_metadata,
+    validate_rows,
+    write_csv_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+OTHER_LABEL = "other"
+MANIFEST_FILE = "manifest.csv"
+LABELS_FILE = "labels.json"
+REJECTED_FILE = "rejected.csv"
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "id",
+    "local_path",
+    "label",
+    "label_index",
+    "split",
+    "rec",
+    "q",
+    "length_s",
+)
+REJECTED_COLUMNS: tuple[str, ...] = ("id", "local_path", "reason")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A recording that passed the row checks, before classes and splits."""
+
+    id: str
+    local_path: str
+    label: str
+    rec: str
+    q: str
+    length_s: float
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One accepted recording (a row of ``manifest.csv``)."""
+
+    id: str
+    local_path: str
+    label: str
+    label_index: int
+    split: str
+    rec: str
+    q: str
+    length_s: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A recording that is not used, and why (``kind`` for counting, ``detail`` for people)."""
+
+    id: str
+    local_path: str
+    kind: str
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        """``"<kind>: <detail>"``, the ``reason`` column of ``rejected.csv``."""
+        return f"{self.kind}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class PreparedCorpus:
+    """The result of :func:`prepare_corpus`."""
+
+    manifest: list[ManifestRow]
+    labels: list[str]
+    rejected: list[Rejection]
+    recordings: int  # rows in metadata.csv
+    small_classes: dict[str, int] = field(default_factory=dict)  # label -> recordings, below min_per_class
+    small_class_policy: str = "drop"  # what happened to them: "drop" or "merge" (into "other")
+    recordist_disjoint: list[str] = field(default_factory=list)  # classes split by recordist
+
+
+# ---------------------------------------------------------------------------------------- screening
+def screen_rows(
+    rows: Sequence[Mapping[str, str]], raw_dir: str | Path, params: PrepareParams
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Split metadata rows into usable candidates and rejections (one reason per rejected row)."""
+    problems = {problem.row: problem for problem in validate_rows(rows, raw_dir)}
+    candidates, rejected = [], []
+    for index, row in enumerate(rows):
+        rid, local = row.get("id", "").strip(), row.get(LOCAL_PATH, "").strip()
+        if index in problems:
+            rejected.append(Rejection(rid, local, problems[index].kind, problems[index].detail))
+            continue
+        candidate = Candidate(
+            id=rid,
+            local_path=local,
+            label=label_of(row),
+            rec=row.get("rec", "").strip(),
+            q=row.get("q", "").strip() or NO_SCORE,
+            length_s=parse_length_seconds(row["length"]),
+        )
+        problem = _quality_or_length_problem(candidate, params)
+        if problem is None:
+            candidates.append(candidate)
+        else:
+            rejected.append(Rejection(rid, local, *problem))
+    return candidates, rejected
+
+
+def _quality_or_length_problem(candidate: Candidate, params: PrepareParams) -> tuple[str, str] | None:
+    if quality_rank(candidate.q) > quality_rank(params.min_quality):
+        if candidate.q.lower() == NO_SCORE:
+            return (
+                "low_quality",
+                f"'no score' counts as the worst grade, below min_quality {params.min_quality}",
+            )
+        return ("low_quality", f"grade {candidate.q} is worse than min_quality {params.min_quality}")
+    if candidate.length_s < params.min_seconds:
+        return ("too_short", f"{format_length(candidate.length_s)} is shorter than {params.min_seconds:g} s")
+    if candidate.length_s > params.max_seconds:
+        return ("too_long", f"{format_length(candidate.length_s)} is longer than {params.max_seconds:g} s")
+    return None
+
+
+def apply_class_minimum(
+    candidates: Sequence[Candidate], min_per_class: int, policy: str
+) -> tuple[list[Candidate], list[Rejection], dict[str, int]]:
+    """Drop (``policy="drop"``) or merge into ``"other"`` (``"merge"``) classes below ``min_per_class``.
+
+    Returns ``(kept, rejected, small_classes)`` where ``small_classes`` maps each small label to its count.
+    """
+    counts = Counter(c.label for c in candidates)
+    small = {label: n for label, n in sorted(counts.items()) if n < min_per_class}
+    if policy == "merge":
+        candidates = [_relabel(c, OTHER_LABEL) if c.label in small else c for c in candidates]
+        counts = Counter(c.label for c in candidates)
+    kept, rejected = [], []
+    for candidate in candidates:
+        if counts[candidate.label] >= min_per_class and (policy == "merge" or candidate.label not in small):
+            kept.append(candidate)
+            continue
+        detail = (
+            f"class {candidate.label!r} has {counts[candidate.label]} usable recording(s), "
+            f"fewer than min_per_class={min_per_class}"
+        )
+        rejected.append(Rejection(candidate.id, candidate.local_path, "small_class", detail))
+    return kept, rejected, small
+
+
+def _relabel(candidate: Candidate, label: str) -> Candidate:
+    return Candidate(
+        candidate.id, candidate.local_path, label, candidate.rec, candidate.q, candidate.length_s
+    )
+
+
+# ------------------------------------------------------------------------------------------ splits
+def split_targets(count: int, split: SplitParams) -> dict[str, int]:
+    """How many recordings of a class of ``count`` go to each split (see the module docstring)."""
+    if count <= 0:
+        return dict.fromkeys(SPLITS, 0)
+    if count == 1:
+        return {"train": 1, "val": 0, "test": 0}
+    if count == 2:
+        return {"train": 1, "val": 0, "test": 1}
+    test = max(1, round(count * split.test_fraction))
+    val = max(1, round(count * split.val_fraction))
+    while count - test - val < 1:  # only reachable with fractions near 0.5
+        if test >= val:
+            test -= 1
+        else:
+            val -= 1
+    return {"train": count - test - val, "val": val, "test": test}
+
+
+def split_class(
+    candidates: Sequence[Candidate], split: SplitParams, rng: np.random.Generator
+) -> tuple[dict[str, str], bool]:
+    """Recording id -> split for one class, and whether whole recordists were kept to one split."""
+    targets = split_targets(len(candidates), split)
+    needed = sum(1 for n in targets.values() if n > 0)
+    by_recordist: dict[str, list[Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        by_recordist[candidate.rec or f"<unknown {candidate.id}>"].append(candidate)
+    grouped = len(by_recordist) >= needed
+    groups = list(by_recordist.values()) if grouped else [[c] for c in candidates]
+    return _assign_groups(groups, targets, rng), grouped
+
+
+def _assign_groups(
+    groups: list[list[Candidate]], targets: Mapping[str, int], rng: np.random.Generator
+) -> dict[str, str]:
+    """Greedy: largest group first, into the split furthest below its target; every split with a
+    non-zero target gets at least one group (the last groups are forced into still-empty splits)."""
+    shuffled = [groups[i] for i in rng.permutation(len(groups))]
+    ordered = sorted(shuffled, key=len, reverse=True)  # stable: ties keep the random order
+    filled = dict.fromkeys(SPLITS, 0)
+    assignment: dict[str, str] = {}
+    for position, group in enumerate(ordered):
+        open_splits = [s for s in SPLITS if targets[s] > 0]
+        empty = [s for s in open_splits if filled[s] == 0]
+        remaining = len(ordered) - position
+        choices = empty if len(empty) >= remaining else open_splits
+        chosen = max(choices, key=lambda s: (targets[s] - filled[s], -SPLITS.index(s)))
+        filled[chosen] += len(group)
+        assignment.update((c.id, chosen) for c in group)
+    return assignment
+
+
+def assign_splits(
+    candidates: Sequence[Candidate], split: SplitParams, seed: int
+) -> tuple[dict[str, str], list[str]]:
+    """Recording id -> split for all classes, and the labels whose splits share no recordist."""
+    by_label: dict[str, list[Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        by_label[candidate.label].append(candidate)
+    assignment: dict[str, str] = {}
+    disjoint = []
+    for label in sorted(by_label):
+        members = sorted(by_label[label], key=lambda c: _id_key(c.id))
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
+        class_assignment, grouped = split_class(members, split, rng)
+        assignment.update(class_assignment)
+        if grouped:
+            disjoint.append(label)
+    return assignment, disjoint
+
+
+def _id_key(rid: str) -> tuple[int, str]:
+    return (len(rid), rid)  # numeric order for xeno-canto's digit ids
+
+
+# ----------------------------------------------------------------------------------------- the stage
+def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus:
+    """Screen, filter classes and split the recordings of ``raw_dir`` (see the module docstring).
+
+    Raises :class:`DataError` naming the file when ``metadata.csv`` is unusable or fewer than two
+    classes are left.
+    """
+    raw_dir = Path(raw_dir)
+    rows = read_metadata(raw_dir / METADATA_FILE)
+    candidates, rejected = screen_rows(rows, raw_dir, params)
+    kept, too_small, small = apply_class_minimum(candidates, params.min_per_class, params.small_classes)
+    labels = sorted({c.label for c in kept})
+    if len(labels) < 2:
+        raise DataError(
+            f"{raw_dir / METADATA_FILE}: {len(labels)} class(es) left after filtering "
+            f"({len(rejected) + len(too_small)} of {len(rows)} recordings rejected); need at least 2"
+        )
+    splits, disjoint = assign_splits(kept, params.split, params.seed)
+    index = {label: i for i, label in enumerate(labels)}
+    manifest = [
+        ManifestRow(c.id, c.local_path, c.label, index[c.label], splits[c.id], c.rec, c.q, c.length_s)
+        for c in sorted(kept, key=lambda c: (c.label, _id_key(c.id)))
+    ]
+    return PreparedCorpus(
+        manifest=manifest,
+        labels=labels,
+        rejected=[*rejected, *too_small],
+        recordings=len(rows),
+        small_classes=small,
+        small_class_policy=params.small_classes,
+        recordist_disjoint=disjoint,
+    )
+
+
+def write_prepared(prepared: PreparedCorpus, out_dir: str | Path) -> None:
+    """Write ``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    write_csv_atomic(out_dir / MANIFEST_FILE, MANIFEST_COLUMNS, (asdict(row) for row in prepared.manifest))
+    write_csv_atomic(
+        out_dir / REJECTED_FILE,
+        REJECTED_COLUMNS,
+        ({"id": r.id, "local_path": r.local_path, "reason": r.reason} for r in prepared.rejected),
+    )
+    write_json(out_dir / LABELS_FILE, prepared.labels)
+
+
+def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
+    """The data metrics: counts per split and per class and split, rejections by reason, class sizes."""
+    per_class: dict[str, dict[str, int]] = {label: dict.fromkeys(SPLITS, 0) for label in prepared.labels}
+    seconds = dict.fromkeys(SPLITS, 0.0)
+    for row in prepared.manifest:
+        per_class[row.label][row.split] += 1
+        seconds[row.split] += row.length_s
+    sizes = sorted(sum(counts.values()) for counts in per_class.values())
+    return {
+        "recordings": prepared.recordings,
+        "accepted": len(prepared.manifest),
+        "rejected": len(prepared.rejected),
+        "rejected_by_reason": dict(sorted(Counter(r.kind for r in prepared.rejected).items())),
+        "classes": len(prepared.labels),
+        "splits": {s: sum(counts[s] for counts in per_class.values()) for s in SPLITS},
+        "audio_hours": {s: round(seconds[s] / 3600, 3) for s in SPLITS},
+        "class_size": {"min": sizes[0], "median": float(np.median(sizes)), "max": sizes[-1]} if sizes else {},
+        "small_classes": {"policy": prepared.small_class_policy, "classes": prepared.small_classes},
+        "recordist_disjoint_classes": len(prepared.recordist_disjoint),
+        "per_class": per_class,
+    }
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def log_summary(summary: Mapping[str, Any]) -> None:
+    """One log line per headline number of :func:`summarize`."""
+    log.info(
+        "prepare: %d of %d recordings accepted in %d classes; splits %s",
+        summary["accepted"], summary["recordings"], summary["classes"], summary["splits"],
+    )  # fmt: skip
+    for kind, count in summary["rejected_by_reason"].items():
+        log.info("prepare: rejected %d recording(s): %s", count, kind)
+    small = summary["small_classes"]
+    if small["classes"]:
+        log.info("prepare: classes below min_per_class (%s): %s", small["policy"], small["classes"])

@@ -1,0 +1,41 @@
+"""DVC stage ``prepare``: screen the raw corpus, drop or merge small classes, split train/val/test.
+
+``python -m pipeline.prepare --raw data/raw --out data/prepared --summary metrics/data.json`` writes
+``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``--out`` and the data metrics to ``--summary``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from birdops.data.metadata import DataError
+from birdops.data.prepare import log_summary, prepare_corpus, summarize, write_json, write_prepared
+from pipeline._common import setup
+
+log = logging.getLogger("pipeline.prepare")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True, help="raw folder with metadata.csv")
+    parser.add_argument("--out", type=Path, required=True, help="prepared folder to write")
+    parser.add_argument("--summary", type=Path, required=True, help="data metrics JSON to write")
+    args = parser.parse_args(argv)
+    params = setup().prepare
+    try:
+        prepared = prepare_corpus(args.raw, params)
+    except DataError as err:
+        log.error("prepare: %s", err)
+        return 1
+    write_prepared(prepared, args.out)
+    summary = summarize(prepared)
+    write_json(args.summary, summary)
+    log_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
