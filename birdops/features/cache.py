@@ -1,0 +1,528 @@
+"""The feature cache (the ``lms_cache`` stage) and its reader, :func:`load_split`.
+
+Layout of ``<out>`` (``data/lms``), one folder per preset::
+
+    <preset>/<split>-<NNN>.npy   float16 (N, F, T) clips, at most ``shard_max_clips`` rows a shard
+    <preset>/index.csv           id, split, shard, row, label_index, start_s (one row per clip)
+    <preset>/features.json       {"spec": FeatureSpec dict, "clip_seconds", "n_bins", "n_frames", ...}
+    failed.csv                   id, local_path, reason (recordings that could not be cached)
+
+How a run goes: every manifest recording is decoded once per sample rate (``seed`` and ``mfcc``
+share their 22,050 Hz decode), its clips are chosen by :mod:`birdops.features.activity`, each
+preset's front end runs on them in batches, and the float16 result is saved as a *partial*
+``<out>/.work/<preset>/<fingerprint>.npz`` (or ``<fingerprint>.failed.json`` with the reason). The
+fingerprint hashes the preset's spec, the clip and activity parameters and the recording's id,
+path, size and modification time, so a run that was killed resumes with the recordings that have no
+partial yet, and a partial of another configuration is never reused (stale ones are deleted). When
+every recording has its partials, each preset folder is assembled next to the old one and swapped
+in, and ``.work`` is removed. Every file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from birdops.audio import AudioError, load_audio
+from birdops.config import ActivityParams, LmsCacheParams
+from birdops.features.activity import choose_segments
+from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CACHE_FORMAT = 1  # bump when the partial or shard format changes: old partials are then stale
+WORK_DIR = ".work"
+FAILED_CSV = "failed.csv"
+INDEX_COLUMNS = ("id", "split", "shard", "row", "label_index", "start_s")
+FAILED_COLUMNS = ("id", "local_path", "reason")
+
+
+# ------------------------------------------------------------------------------------------ reader
+@dataclass(frozen=True)
+class CachedSplit:
+    """The cached clips of one split of one preset, in ``index.csv`` order.
+
+    ``features`` is ``(N, F, T)`` float16: the memory-mapped shard itself when the split fits in one
+    shard, otherwise the shards concatenated in memory (``shards`` keeps the memory-mapped pieces).
+    """
+
+    features: np.ndarray  # (N, F, T) float16
+    labels: np.ndarray  # (N,) int64 label indices
+    ids: list[str]  # (N,) recording id of each clip
+    start_s: np.ndarray  # (N,) float64 start of each clip in its recording, seconds
+    spec: FeatureSpec
+    clip_seconds: float
+    shards: tuple[np.ndarray, ...]  # the memory-mapped (n_i, F, T) shards, sum n_i = N
+
+
+def load_split(lms_dir: str | Path, preset: str, split: str) -> CachedSplit:
+    """Read split ``split`` of ``<lms_dir>/<preset>`` (see the module docstring for the layout)."""
+    folder = Path(lms_dir) / preset
+    meta = json.loads((folder / "features.json").read_text())
+    spec = FeatureSpec.from_dict(meta["spec"])
+    rows = [r for r in _read_csv(folder / "index.csv") if r["split"] == split]
+    shards: list[np.ndarray] = []
+    for name in dict.fromkeys(r["shard"] for r in rows):  # shard names in index order
+        shard = np.load(folder / name, mmap_mode="r")  # (n, F, T)
+        shard_rows = [int(r["row"]) for r in rows if r["shard"] == name]
+        if shard_rows != list(range(len(shard))):
+            raise ValueError(f"{folder / name}: index.csv rows do not match the shard's {len(shard)} rows")
+        shards.append(shard)
+    if not shards:
+        features = np.zeros((0, int(meta["n_bins"]), int(meta["n_frames"])), dtype=np.float16)
+    elif len(shards) == 1:
+        features = shards[0]
+    else:
+        features = np.concatenate(shards)
+    return CachedSplit(
+        features=features,
+        labels=np.array([int(r["label_index"]) for r in rows], dtype=np.int64),
+        ids=[r["id"] for r in rows],
+        start_s=np.array([float(r["start_s"]) for r in rows], dtype=np.float64),
+        spec=spec,
+        clip_seconds=float(meta["clip_seconds"]),
+        shards=tuple(shards),
+    )
+
+
+# ---------------------------------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class Recording:
+    """One manifest row: what the cache needs of it."""
+
+    id: str
+    local_path: str  # relative to the raw folder
+    split: str
+    label_index: int
+
+
+def read_manifest(path: str | Path) -> list[Recording]:
+    """The rows of ``manifest.csv`` (``id, local_path, label, label_index, split, ...``)."""
+    recordings = []
+    for row in _read_csv(Path(path)):
+        if row["split"] not in SPLITS:
+            raise ValueError(f"{path}: recording {row['id']} has unknown split {row['split']!r}")
+        recordings.append(Recording(row["id"], row["local_path"], row["split"], int(row["label_index"])))
+    return recordings
+
+
+# ------------------------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class _Task:
+    """The presets of one recording that still lack a partial, with where to write each."""
+
+    recording: Recording
+    audio_path: str
+    partials: dict[str, str]  # preset -> partial path without extension
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What a worker needs besides the task (picklable)."""
+
+    clip_seconds: float
+    max_clips: int
+    activity: ActivityParams
+
+
+def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: Recording, audio_path: Path) -> str:
+    """Hash of everything a recording's cached clips depend on (a missing file hashes as such)."""
+    try:
+        stat = audio_path.stat()
+        file_key = [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        file_key = [-1, -1]
+    key = [
+        CACHE_FORMAT, spec.to_dict(), params.clip_seconds, params.max_clips_per_recording,
+        params.activity.model_dump(), recording.id, recording.local_path, file_key,
+    ]  # fmt: skip
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _partial_done(stem: str) -> bool:
+    return Path(f"{stem}.npz").is_file() or Path(f"{stem}.failed.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------- workers
+_FRONTENDS: dict[str, FrontEnd] = {}  # per process, built on first use
+
+
+def _frontend(preset: str) -> FrontEnd:
+    if preset not in _FRONTENDS:
+        _FRONTENDS[preset] = build_frontend(preset)
+    return _FRONTENDS[preset]
+
+
+def _init_worker(threads: int) -> None:
+    """Pool initializer: split the cores between workers instead of oversubscribing them."""
+    torch.set_num_threads(threads)
+
+
+def _decode(task: _Task, sample_rate_hz: int) -> np.ndarray | str:
+    """The waveform ``(samples,)`` of a task's recording, or why it cannot be used."""
+    path = Path(task.audio_path)
+    if not path.is_file():
+        return "missing file"
+    try:
+        return load_audio(path, sample_rate_hz)
+    except AudioError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+    except Exception as err:  # a decoder bug on one odd file must not stop the whole cache
+        log.warning("%s: unexpected decode error", path, exc_info=True)
+        reason = f"unexpected decode error: {type(err).__name__}: {err}"
+    # the reason names the file as the manifest does, whatever the raw folder is called here
+    return reason.replace(str(path), task.recording.local_path)
+
+
+def cut_clips(
+    wave: np.ndarray, sample_rate_hz: int, starts_s: Sequence[float], clip_seconds: float
+) -> np.ndarray:
+    """The clips starting at ``starts_s`` seconds, zero-padded past the end: ``(n, clip_samples)``."""
+    clip_samples = round(clip_seconds * sample_rate_hz)
+    clips = np.zeros((len(starts_s), clip_samples), dtype=np.float32)
+    for i, start_s in enumerate(starts_s):
+        piece = wave[round(start_s * sample_rate_hz) :][:clip_samples]
+        clips[i, : len(piece)] = piece
+    return clips
+
+
+def _process_chunk(tasks: list[_Task], settings: _Settings) -> int:
+    """Write the partials of a few recordings; the front ends run once per preset on all their clips."""
+    pending: dict[str, list[tuple[str, np.ndarray, list[float]]]] = {}  # preset -> (stem, clips, starts)
+    for task in tasks:
+        for sample_rate_hz, presets in _by_sample_rate(list(task.partials)).items():
+            wave = _decode(task, sample_rate_hz)
+            if isinstance(wave, str):
+                for preset in presets:
+                    _write_json(Path(f"{task.partials[preset]}.failed.json"), {"reason": wave})
+                continue
+            starts_s = choose_segments(
+                wave, sample_rate_hz, settings.clip_seconds, settings.max_clips, settings.activity
+            )
+            clips = cut_clips(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
+            for preset in presets:
+                pending.setdefault(preset, []).append((task.partials[preset], clips, starts_s))
+    for preset, items in pending.items():
+        with torch.no_grad():
+            batch = torch.from_numpy(np.concatenate([clips for _, clips, _ in items]))  # (sum n, S)
+            features = _frontend(preset)(batch).numpy().astype(np.float16)  # (sum n, F, T)
+        offset = 0
+        for stem, clips, starts_s in items:
+            part = features[offset : offset + len(clips)]
+            offset += len(clips)
+            _write_partial(Path(f"{stem}.npz"), part, np.asarray(starts_s, dtype=np.float64))
+    return len(tasks)
+
+
+def _by_sample_rate(presets: Sequence[str]) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for preset in presets:
+        groups.setdefault(spec_for(preset).sample_rate_hz, []).append(preset)
+    return groups
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How workers start: never plain ``fork`` (a child of a process whose OpenMP threads already ran
+    can deadlock). ``forkserver`` imports torch once and forks workers from that clean process,
+    which starts them seconds faster than ``spawn`` (where each worker imports torch itself)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _run_tasks(tasks: list[_Task], settings: _Settings, workers: int, chunk_recordings: int) -> None:
+    """Process every task, in this process (``workers == 1``) or a pool of ``workers`` processes."""
+    if not tasks:
+        return
+    size = max(1, min(chunk_recordings, math.ceil(len(tasks) / (4 * workers))))
+    chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    with tqdm(total=len(tasks), unit="rec", desc="lms_cache", dynamic_ncols=True) as bar:
+        if workers == 1:
+            for chunk in chunks:
+                bar.update(_process_chunk(chunk, settings))
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = _worker_context()
+        with cf.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = [pool.submit(_process_chunk, chunk, settings) for chunk in chunks]
+            try:
+                for future in cf.as_completed(futures):
+                    bar.update(future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+# ---------------------------------------------------------------------------------------- assembly
+@dataclass(frozen=True)
+class _PresetResult:
+    clips_per_split: dict[str, int]
+    failed: dict[str, str]  # recording id -> reason
+    n_bins: int
+    n_frames: int
+
+
+def _assemble(
+    preset: str, recordings: list[Recording], stems: dict[str, str], out_dir: Path, params: LmsCacheParams
+) -> _PresetResult:
+    """Build ``<out>/<preset>`` from the partials and swap it in for the old folder."""
+    spec = spec_for(preset)
+    n_frames = spec.num_frames(round(params.clip_seconds * spec.sample_rate_hz))
+    staging = out_dir / WORK_DIR / f"{preset}.assembling"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    failed: dict[str, str] = {}
+    index: list[dict[str, Any]] = []
+    clips_per_split = {}
+    for split in SPLITS:
+        members = [r for r in recordings if r.split == split]
+        clips = _split_clips(members, stems, failed)
+        clips_per_split[split] = _write_shards(staging, split, clips, params.shard_max_clips, index)
+    _write_csv(staging / "index.csv", INDEX_COLUMNS, index)
+    meta = {
+        "spec": spec.to_dict(), "clip_seconds": params.clip_seconds,
+        "clip_samples": round(params.clip_seconds * spec.sample_rate_hz), "n_bins": spec.n_bins,
+        "n_frames": n_frames, "max_clips_per_recording": params.max_clips_per_recording,
+        "activity": params.activity.model_dump(), "cache_format": CACHE_FORMAT,
+    }  # fmt: skip
+    _write_json(staging / "features.json", meta)
+    _swap_in(staging, out_dir / preset)
+    return _PresetResult(clips_per_split, failed, spec.n_bins, n_frames)
+
+
+def _split_clips(
+    members: list[Recording], stems: dict[str, str], failed: dict[str, str]
+) -> Iterator[tuple[Recording, float, np.ndarray]]:
+    """``(recording, start_s, features (F, T) float16)`` of every clip of a split; fills ``failed``."""
+    for recording in members:
+        stem = stems[recording.id]
+        if Path(f"{stem}.failed.json").is_file():
+            failed[recording.id] = json.loads(Path(f"{stem}.failed.json").read_text())["reason"]
+            continue
+        with np.load(f"{stem}.npz") as partial:
+            features, starts_s = partial["features"], partial["start_s"]
+        for clip, start_s in zip(features, starts_s, strict=True):
+            yield recording, float(start_s), clip
+
+
+def _write_shards(
+    folder: Path,
+    split: str,
+    clips: Iterator[tuple[Recording, float, np.ndarray]],
+    shard_max_clips: int,
+    index: list[dict[str, Any]],
+) -> int:
+    """Stream ``clips`` into ``<split>-<NNN>.npy`` shards of at most ``shard_max_clips``; return the count."""
+    buffer: list[np.ndarray] = []
+    count = 0
+    for recording, start_s, clip in clips:
+        shard = f"{split}-{count // shard_max_clips:03d}.npy"
+        index.append({
+            "id": recording.id, "split": split, "shard": shard, "row": count % shard_max_clips,
+            "label_index": recording.label_index, "start_s": round(start_s, 6),
+        })  # fmt: skip
+        buffer.append(clip)
+        count += 1
+        if len(buffer) == shard_max_clips:
+            _write_npy(folder / shard, np.stack(buffer))
+            buffer = []
+    if buffer:
+        _write_npy(folder / f"{split}-{(count - 1) // shard_max_clips:03d}.npy", np.stack(buffer))
+    return count
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace folder ``target`` by ``staging`` (the old one is renamed away, then deleted)."""
+    old = staging.with_name(staging.name.replace(".assembling", ".old"))
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------- stage
+def build_cache(
+    raw_dir: str | Path,
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    params: LmsCacheParams,
+    chunk_recordings: int = 8,
+) -> dict[str, Any]:
+    """Cache the features of every manifest recording for every preset; return the run's summary.
+
+    ``chunk_recordings`` recordings go to a worker at a time (their clips share front-end batches).
+    Safe to re-run after an interruption: finished recordings are not computed again.
+    """
+    started = time.perf_counter()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    recordings = read_manifest(manifest_path)
+    presets: list[str] = list(dict.fromkeys(params.presets))
+    stems = _fingerprints(recordings, presets, raw_dir, out_dir, params)
+    _clean_stale(out_dir, presets, stems)
+    tasks = _pending_tasks(recordings, presets, stems, raw_dir)
+    log.info(
+        "lms_cache: %d recordings, presets %s: %d to process, %d done before",
+        len(recordings), presets, len(tasks), len(recordings) - len(tasks),
+    )  # fmt: skip
+    settings = _Settings(params.clip_seconds, params.max_clips_per_recording, params.activity)
+    _run_tasks(tasks, settings, params.workers, chunk_recordings)
+    results = {p: _assemble(p, recordings, stems[p], out_dir, params) for p in presets}
+    _write_failed(out_dir / FAILED_CSV, recordings, results)
+    shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
+    wall_s = time.perf_counter() - started
+    return _summary(recordings, results, len(tasks), wall_s, params.workers)
+
+
+def _fingerprints(
+    recordings: list[Recording], presets: list[str], raw_dir: Path, out_dir: Path, params: LmsCacheParams
+) -> dict[str, dict[str, str]]:
+    """preset -> recording id -> partial path without extension."""
+    stems: dict[str, dict[str, str]] = {}
+    for preset in presets:
+        spec, folder = spec_for(preset), out_dir / WORK_DIR / preset
+        stems[preset] = {
+            r.id: str(folder / fingerprint(spec, params, r, raw_dir / r.local_path)) for r in recordings
+        }
+    return stems
+
+
+def _clean_stale(out_dir: Path, presets: list[str], stems: dict[str, dict[str, str]]) -> None:
+    """Delete partials and preset folders that belong to another configuration, and temp files."""
+    work = out_dir / WORK_DIR
+    for preset in PRESETS:
+        if preset not in presets:
+            shutil.rmtree(out_dir / preset, ignore_errors=True)
+            shutil.rmtree(work / preset, ignore_errors=True)
+    for preset in presets:
+        keep = {Path(stem).name for stem in stems[preset].values()}
+        folder = work / preset
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():
+            if path.name.split(".")[0] not in keep or path.name.endswith(".tmp"):
+                path.unlink()
+
+
+def _pending_tasks(
+    recordings: list[Recording], presets: list[str], stems: dict[str, dict[str, str]], raw_dir: Path
+) -> list[_Task]:
+    tasks = []
+    for recording in recordings:
+        todo = {p: stems[p][recording.id] for p in presets if not _partial_done(stems[p][recording.id])}
+        if todo:
+            tasks.append(_Task(recording, str(raw_dir / recording.local_path), todo))
+    return tasks
+
+
+def _write_failed(path: Path, recordings: list[Recording], results: dict[str, _PresetResult]) -> None:
+    """One row per recording that failed for any preset, with the first preset's reason."""
+    rows = []
+    for recording in recordings:
+        reasons = [r.failed[recording.id] for r in results.values() if recording.id in r.failed]
+        if reasons:
+            rows.append({"id": recording.id, "local_path": recording.local_path, "reason": reasons[0]})
+    _write_csv(path, FAILED_COLUMNS, rows)
+
+
+def reason_kind(reason: str) -> str:
+    """The category of a failure reason (the text before its first ``:``), for counting."""
+    return reason.split(":")[0].strip()
+
+
+def _summary(
+    recordings: list[Recording],
+    results: dict[str, _PresetResult],
+    processed: int,
+    wall_s: float,
+    workers: int,
+) -> dict[str, Any]:
+    total = len(recordings)
+    failed_ids = {i for r in results.values() for i in r.failed}
+    reasons = Counter(
+        reason_kind(next(r.failed[i] for r in results.values() if i in r.failed)) for i in failed_ids
+    )
+    presets = {
+        name: {
+            "clips": r.clips_per_split, "clips_total": sum(r.clips_per_split.values()),
+            "recordings_cached": total - len(r.failed), "recordings_failed": len(r.failed),
+            "coverage_percent": _percent(total - len(r.failed), total), "shape": [r.n_bins, r.n_frames],
+        }
+        for name, r in results.items()
+    }  # fmt: skip
+    return {
+        "recordings": {
+            "manifest": total, "cached": total - len(failed_ids), "failed": len(failed_ids),
+            "processed_this_run": processed, "reused_from_interrupted_run": total - processed,
+        },
+        "coverage_percent": _percent(total - len(failed_ids), total),
+        "failures_by_reason": dict(sorted(reasons.items())),
+        "presets": presets,
+        "workers": workers,
+        "wall_seconds": round(wall_s, 3),
+        "files_per_second": round(processed / wall_s, 3) if wall_s > 0 else 0.0,
+    }  # fmt: skip
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+# -------------------------------------------------------------------------------------- atomic i/o
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    temp = _temp_path(path)
+    with open(temp, "wb") as f:
+        np.save(f, array)
+    os.replace(temp, path)
+
+
+def _write_partial(path: Path, features: np.ndarray, start_s: np.ndarray) -> None:
+    temp = _temp_path(path)
+    with open(temp, "wb") as f:
+        np.savez(f, features=features, start_s=start_s)
+    os.replace(temp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temp = _temp_path(path)
+    temp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temp, path)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    temp = _temp_path(path)
+    with open(temp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temp, path)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

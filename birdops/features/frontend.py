@@ -1,0 +1,276 @@
+"""Feature front ends: ``waveform (B, S) float32 -> features (B, F, T) float32`` as ``torch.nn.Module``.
+
+One module per preset serves the feature cache, training-time augmentation and the exported ONNX
+graph, so the features a model was trained on are the features it is served with. Filterbanks,
+windows and the DCT are buffers computed once in ``__init__``; ``forward`` has no data-dependent
+Python control flow, so ``torch.onnx.export(..., dynamo=True)`` traces it with a dynamic batch.
+
+Presets (``PRESETS``):
+
+- ``seed``: the report's log-mel. 22,050 Hz, n_fft 2048, hop 512, periodic Hann window, centred frames
+  (zero padding, librosa >= 0.10), power spectrum, 128 Slaney mels from 500 Hz (the high-pass) to
+  Nyquist, ``librosa.power_to_db(S, ref=np.max, amin=1e-10, top_db=80)`` per clip, then per-clip
+  normalisation ``(x - mean) / (std + 1e-6)``. 4 s (88,200 samples) -> (128, 173).
+- ``ast``: what the AudioSet AST checkpoints were trained on (``ASTFeatureExtractor``):
+  ``torchaudio.compliance.kaldi.fbank(wave, sample_frequency=16000, window_type="hanning",
+  num_mel_bins=128)`` with its defaults (25 ms frames, 10 ms shift, snip_edges, DC removal,
+  pre-emphasis 0.97, FFT size 512, power, natural log floored at float32 eps, dither 0), on the
+  waveform as it is (the extractor does not scale it by 2**15), then AudioSet normalisation
+  ``(x + 4.2677393) / (2 * 4.5689974)``. 4 s (64,000 samples) -> (128, 398).
+- ``mfcc``: 40 MFCCs, the orthonormal DCT-II of the ``seed`` dB mel spectrogram (before its
+  normalisation, as ``librosa.feature.mfcc(S=db, n_mfcc=40)``), then per-clip normalisation.
+  4 s -> (40, 173).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+PRESETS = ("seed", "ast", "mfcc")
+
+# per-clip normalisation: (x - mean) / (std + NORM_EPS); only a constant clip comes near it
+NORM_EPS = 1e-6
+# AudioSet statistics of the kaldi fbank used by the AST checkpoints (ASTFeatureExtractor defaults)
+AUDIOSET_MEAN = -4.2677393
+AUDIOSET_STD = 4.5689974
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Every setting of a front end; ``to_dict()`` goes into ``features.json`` and the ONNX metadata.
+
+    ``n_bins`` is ``F`` of the output (mel bins, or MFCCs for ``mfcc``). Frequencies in Hz, lengths
+    in samples. ``framing`` is ``"center"`` (librosa: ``n_fft // 2`` zeros each side, frame ``t``
+    centred at ``t * hop``) or ``"snip_edges"`` (kaldi: only whole frames, frame ``t`` starts at
+    ``t * hop``).
+    """
+
+    name: str
+    sample_rate_hz: int
+    n_bins: int
+    n_fft: int
+    win_length_samples: int
+    hop_length_samples: int
+    window: str  # "hann_periodic" | "hann_symmetric"
+    framing: str  # "center" | "snip_edges"
+    n_mels: int
+    f_min_hz: float
+    f_max_hz: float
+    mel_scale: str  # "slaney" (librosa, Slaney area normalisation) | "kaldi" (HTK formula, unnormalised)
+    preemphasis: float  # 0: none
+    remove_dc_offset: bool
+    log_scale: str  # "db_ref_max" (power_to_db, ref=max, amin, top_db) | "ln" (natural log, floor)
+    top_db: float | None
+    n_mfcc: int | None
+    normalization: str  # "per_clip" | "fixed"
+    norm_mean: float  # "fixed" only
+    norm_std: float  # "fixed" only: divides by 2 * norm_std, as the AST recipe does
+    norm_eps: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(
+                f"feature spec keys differ: unknown {sorted(set(data) - names)}, "
+                f"missing {sorted(names - set(data))}"
+            )
+        return cls(**data)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames ``T`` of a waveform of ``num_samples`` samples."""
+        if self.framing == "center":
+            return 1 + num_samples // self.hop_length_samples
+        if num_samples < self.win_length_samples:
+            return 0
+        return 1 + (num_samples - self.win_length_samples) // self.hop_length_samples
+
+
+def spec_for(preset: str) -> FeatureSpec:
+    """The :class:`FeatureSpec` of a preset name (one of ``PRESETS``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown feature preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if preset == "ast":
+        return FeatureSpec(
+            name="ast", sample_rate_hz=16000, n_bins=128, n_fft=512, win_length_samples=400,
+            hop_length_samples=160, window="hann_symmetric", framing="snip_edges", n_mels=128,
+            f_min_hz=20.0, f_max_hz=8000.0, mel_scale="kaldi", preemphasis=0.97, remove_dc_offset=True,
+            log_scale="ln", top_db=None, n_mfcc=None, normalization="fixed", norm_mean=AUDIOSET_MEAN,
+            norm_std=AUDIOSET_STD, norm_eps=float(torch.finfo(torch.float32).eps),
+        )  # fmt: skip
+    n_mfcc = 40 if preset == "mfcc" else None
+    return FeatureSpec(
+        name=preset, sample_rate_hz=22050, n_bins=n_mfcc or 128, n_fft=2048, win_length_samples=2048,
+        hop_length_samples=512, window="hann_periodic", framing="center", n_mels=128, f_min_hz=500.0,
+        f_max_hz=11025.0, mel_scale="slaney", preemphasis=0.0, remove_dc_offset=False,
+        log_scale="db_ref_max", top_db=80.0, n_mfcc=n_mfcc, normalization="per_clip", norm_mean=0.0,
+        norm_std=1.0, norm_eps=NORM_EPS,
+    )  # fmt: skip
+
+
+class FrontEnd(nn.Module):
+    """Base of the front ends: ``forward(waveform (B, S) float32) -> (B, F, T) float32``."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames ``T`` that ``forward`` gives for ``num_samples`` samples."""
+        return self.spec.num_frames(num_samples)
+
+
+class LogMelFrontEnd(FrontEnd):
+    """``seed`` (log-mel, dB, per-clip normalised) and ``mfcc`` (DCT-II of that dB mel, normalised)."""
+
+    window: torch.Tensor
+    mel_filters: torch.Tensor
+    dct: torch.Tensor
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
+        window = torch.hann_window(spec.win_length_samples, periodic=True, dtype=torch.float64)
+        self.register_buffer("window", window.float(), persistent=False)  # (n_fft,)
+        mel = slaney_mel_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
+        self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
+        dct = dct_ii_ortho(spec.n_mfcc, spec.n_mels) if spec.n_mfcc else np.eye(spec.n_mels)
+        self.register_buffer("dct", torch.from_numpy(dct).float(), persistent=False)  # (F, M)
+        self.use_dct = spec.n_mfcc is not None
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        stft = torch.stft(
+            waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples, window=self.window,
+            center=True, pad_mode="constant", return_complex=True,
+        )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
+        power = stft.real.square() + stft.imag.square()  # (B, K, T)
+        mel = torch.matmul(self.mel_filters, power)  # (B, M, T)
+        db = power_to_db(mel, amin=1e-10, top_db=spec.top_db or 80.0)  # (B, M, T)
+        if self.use_dct:
+            db = torch.matmul(self.dct, db)  # (B, F, T)
+        return normalize_per_clip(db, spec.norm_eps)
+
+
+class KaldiFbankFrontEnd(FrontEnd):
+    """``ast``: kaldi-compatible log-mel fbank (``torchaudio.compliance.kaldi.fbank``), batched."""
+
+    window: torch.Tensor
+    mel_filters: torch.Tensor
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec)
+        window = torch.hann_window(spec.win_length_samples, periodic=False, dtype=torch.float64)
+        self.register_buffer("window", window.float(), persistent=False)  # (W,)
+        mel = kaldi_mel_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
+        self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        frames = waveform.unfold(-1, spec.win_length_samples, spec.hop_length_samples)  # (B, T, W)
+        frames = frames - frames.mean(dim=-1, keepdim=True)  # DC removal per frame
+        # pre-emphasis; kaldi's first sample sees itself as its predecessor
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # (B, T, W)
+        frames = (frames - spec.preemphasis * previous) * self.window  # (B, T, W)
+        frames = nn.functional.pad(frames, (0, spec.n_fft - spec.win_length_samples))  # (B, T, n_fft)
+        fft = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
+        power = fft.real.square() + fft.imag.square()  # (B, T, K)
+        mel = torch.matmul(power, self.mel_filters.T)  # (B, T, M)
+        log_mel = torch.log(torch.clamp(mel, min=spec.norm_eps))  # (B, T, M)
+        features = (log_mel - spec.norm_mean) / (2.0 * spec.norm_std)  # (B, T, M)
+        return features.transpose(1, 2)  # (B, M, T)
+
+
+def build_frontend(preset: str) -> FrontEnd:
+    """The front end of a preset (``seed``, ``ast`` or ``mfcc``), in eval mode on the CPU."""
+    spec = spec_for(preset)
+    module: FrontEnd = KaldiFbankFrontEnd(spec) if spec.framing == "snip_edges" else LogMelFrontEnd(spec)
+    return module.eval()
+
+
+def power_to_db(power: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
+    """``librosa.power_to_db(S, ref=np.max, amin, top_db)`` per clip: ``(B, M, T) -> (B, M, T)`` dB."""
+    log_spec = 10.0 * torch.log10(torch.clamp(power, min=amin))  # (B, M, T)
+    ref = 10.0 * torch.log10(torch.clamp(power.amax(dim=(1, 2), keepdim=True), min=amin))  # (B, 1, 1)
+    log_spec = log_spec - ref
+    floor = log_spec.amax(dim=(1, 2), keepdim=True) - top_db  # (B, 1, 1)
+    return torch.maximum(log_spec, floor)
+
+
+def normalize_per_clip(features: torch.Tensor, eps: float) -> torch.Tensor:
+    """Zero mean, unit (population) variance over each clip's ``(F, T)``: ``(x - mean) / (std + eps)``."""
+    mean = features.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    centred = features - mean
+    std = centred.square().mean(dim=(1, 2), keepdim=True).sqrt()  # (B, 1, 1)
+    return centred / (std + eps)
+
+
+def slaney_mel_filters(
+    sample_rate_hz: int, n_fft: int, n_mels: int, f_min_hz: float, f_max_hz: float
+) -> np.ndarray:
+    """``librosa.filters.mel(..., htk=False, norm="slaney")`` in float64: ``(n_mels, n_fft // 2 + 1)``."""
+    fft_hz = np.linspace(0.0, sample_rate_hz / 2.0, n_fft // 2 + 1)  # (K,)
+    edges_hz = _slaney_mel_to_hz(
+        np.linspace(_slaney_hz_to_mel(f_min_hz), _slaney_hz_to_mel(f_max_hz), n_mels + 2)
+    )  # (M + 2,)
+    widths_hz = np.diff(edges_hz)  # (M + 1,)
+    ramps = edges_hz[:, None] - fft_hz[None, :]  # (M + 2, K)
+    lower = -ramps[:-2] / widths_hz[:-1, None]  # (M, K)
+    upper = ramps[2:] / widths_hz[1:, None]  # (M, K)
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return weights * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # Slaney: constant area
+
+
+def _slaney_hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    linear = hz / f_sp
+    log = min_log_hz / f_sp + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log, linear)
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def kaldi_mel_filters(
+    sample_rate_hz: int, n_fft: int, n_mels: int, f_min_hz: float, f_max_hz: float
+) -> np.ndarray:
+    """Kaldi's mel bins (``kaldi.get_mel_banks``, no VTLN) in float64: ``(n_mels, n_fft // 2 + 1)``.
+
+    Triangles are linear in mel (``1127 ln(1 + f / 700)``) and unnormalised; the Nyquist bin gets 0.
+    """
+    mel_low, mel_high = _kaldi_mel(np.array(f_min_hz)), _kaldi_mel(np.array(f_max_hz))
+    delta = (mel_high - mel_low) / (n_mels + 1)
+    left = mel_low + np.arange(n_mels) * delta  # (M,)
+    centre, right = left + delta, left + 2 * delta
+    fft_mel = _kaldi_mel(np.arange(n_fft // 2) * sample_rate_hz / n_fft)  # (K - 1,)
+    up = (fft_mel[None, :] - left[:, None]) / (centre - left)[:, None]  # (M, K - 1)
+    down = (right[:, None] - fft_mel[None, :]) / (right - centre)[:, None]  # (M, K - 1)
+    weights = np.maximum(0.0, np.minimum(up, down))
+    return np.pad(weights, ((0, 0), (0, 1)))  # (M, K)
+
+
+def _kaldi_mel(hz: np.ndarray) -> np.ndarray:
+    return 1127.0 * np.log(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def dct_ii_ortho(n_out: int, n_in: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix ``(n_out, n_in)`` (``scipy.fft.dct(x, type=2, norm="ortho")[:n_out]``)."""
+    k = np.arange(n_out)[:, None]
+    n = np.arange(n_in)[None, :]
+    basis = np.cos(np.pi * k * (2 * n + 1) / (2 * n_in)) * math.sqrt(2.0 / n_in)  # (n_out, n_in)
+    basis[0] /= math.sqrt(2.0)
+    return basis

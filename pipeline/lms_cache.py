@@ -1,0 +1,43 @@
+"""DVC stage ``lms_cache``: decode every prepared recording, choose its clips, cache their features.
+
+``python -m pipeline.lms_cache --raw data/raw --prepared data/prepared --out data/lms
+--summary metrics/cache.json`` writes ``<out>/<preset>/`` (float16 shards, ``index.csv``,
+``features.json``) for every preset in ``params.yaml``'s ``lms_cache.presets``, ``<out>/failed.csv``
+and the cache metrics to ``--summary``. An interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from birdops.features.cache import build_cache
+from pipeline._common import setup
+
+log = logging.getLogger("pipeline.lms_cache")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True, help="raw folder the manifest paths start from")
+    parser.add_argument("--prepared", type=Path, required=True, help="prepared folder with manifest.csv")
+    parser.add_argument("--out", type=Path, required=True, help="feature cache folder to write")
+    parser.add_argument("--summary", type=Path, required=True, help="cache metrics JSON to write")
+    args = parser.parse_args(argv)
+    params = setup().lms_cache
+    summary = build_cache(args.raw, args.prepared / "manifest.csv", args.out, params)
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "lms_cache: %d/%d recordings cached (%.1f%%), %d failed, %.1f files/s",
+        summary["recordings"]["cached"], summary["recordings"]["manifest"], summary["coverage_percent"],
+        summary["recordings"]["failed"], summary["files_per_second"],
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The feature cache on a tiny corpus of real audio files: layout, failures, workers, resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import birdops.features.cache as cache
+from birdops.audio import load_audio
+from birdops.config import LmsCacheParams
+from birdops.features.activity import choose_segments
+from birdops.features.frontend import build_frontend
+
+PARAMS = LmsCacheParams(
+    presets=["seed", "mfcc", "ast"], clip_seconds=2.0, max_clips_per_recording=2, workers=1, shard_max_clips=3
+)
+MANIFEST_COLUMNS = ("id", "local_path", "label", "label_index", "split", "rec", "q", "length_s")
+# id -> (file name, split, label index, what it is); the audio is written by `make_corpus`
+CORPUS = {
+    "1": ("a.wav", "train", 0, "6 s WAV at 22,050 Hz, stereo, a call at 3.5 s"),
+    "2": ("b.flac", "train", 1, "9 s FLAC at 32 kHz, calls at 1 s and 6 s"),
+    "3": ("c.mp3", "val", 0, "5 s MP3 at 44.1 kHz"),
+    "4": ("d.ogg", "test", 1, "1.5 s OGG: shorter than a clip"),
+    "5": ("e.wav", "train", 1, "WAV cut in the middle of its data: decodes to the first half"),
+    "6": ("f.flac", "val", 1, "FLAC cut in the middle: the decoder fails"),
+    "7": ("g.mp3", "train", 0, "random bytes"),
+    "8": ("h.wav", "test", 0, "digital silence"),
+    "9": ("missing.wav", "train", 1, "no such file"),
+}
+FAILED = {"6": "cannot decode audio", "7": "cannot decode audio", "8": "audio is silent", "9": "missing file"}
+
+
+def calls_wave(seconds: float, rate_hz: int, call_starts_s: list[float], seed: int) -> np.ndarray:
+    """Low noise plus 0.6 s rising 2-5 kHz calls at ``call_starts_s``: ``(samples,)`` float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * rate_hz)) / rate_hz
+    wave = 0.005 * rng.standard_normal(t.size)
+    for start_s in call_starts_s:
+        local = t - start_s
+        inside = (local >= 0) & (local < 0.6)
+        wave += 0.4 * np.sin(2 * np.pi * (2000 * local + 2500 * local**2)) * inside
+    return wave.astype(np.float32)
+
+
+def make_corpus(root: Path) -> tuple[Path, Path]:
+    """Write the audio files of ``CORPUS`` under ``root/raw`` and its manifest; return both paths."""
+    raw = root / "raw"
+    (raw / "audio").mkdir(parents=True)
+    audio = raw / "audio"
+    wave = calls_wave(6.0, 22050, [3.5], 1)
+    sf.write(audio / "a.wav", np.stack([wave, 0.5 * wave], axis=1), 22050)
+    sf.write(audio / "b.flac", calls_wave(9.0, 32000, [1.0, 6.0], 2), 32000)
+    sf.write(audio / "c.mp3", calls_wave(5.0, 44100, [0.5], 3), 44100)
+    sf.write(audio / "d.ogg", calls_wave(1.5, 32000, [0.3], 4), 32000)
+    for name, subtype in (("e.wav", "PCM_16"), ("f.flac", "PCM_16")):
+        full = root / name
+        sf.write(full, calls_wave(6.0, 32000, [1.0, 4.5], 5), 32000, subtype=subtype)
+        payload = full.read_bytes()
+        (audio / name).write_bytes(payload[: len(payload) // 2])
+    (audio / "g.mp3").write_bytes(np.random.default_rng(7).bytes(6000))
+    sf.write(audio / "h.wav", np.zeros(3 * 16000, dtype=np.float32), 16000)
+    manifest = root / "prepared" / "manifest.csv"
+    manifest.parent.mkdir()
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_COLUMNS)
+        for rec_id, (name, split, label_index, _) in CORPUS.items():
+            writer.writerow([rec_id, f"audio/{name}", f"Genus species{label_index}", label_index, split,
+                             f"recordist {rec_id}", "A", 5.0])  # fmt: skip
+    return raw, manifest
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def reference(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted run with one worker: ``(out dir, summary)``."""
+    out = tmp_path_factory.mktemp("lms") / "lms"
+    return out, cache.build_cache(*corpus, out, PARAMS)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_cache(a: Path, b: Path, presets: list[str]) -> None:
+    """Same files, same index, same features up to one float16 rounding step."""
+    assert (a / "failed.csv").read_text() == (b / "failed.csv").read_text()
+    for preset in presets:
+        names = sorted(p.name for p in (a / preset).iterdir())
+        assert names == sorted(p.name for p in (b / preset).iterdir())
+        assert (a / preset / "index.csv").read_text() == (b / preset / "index.csv").read_text()
+        assert (a / preset / "features.json").read_text() == (b / preset / "features.json").read_text()
+        for shard in (a / preset).glob("*.npy"):
+            # batches are composed differently; float32 sums then differ in the last bit, which can
+            # move a float16 value by one step (~4e-3 at |x| ~ 4)
+            other = np.load(b / preset / shard.name).astype(np.float32)
+            np.testing.assert_allclose(np.load(shard).astype(np.float32), other, atol=4e-3)
+
+
+def test_layout_failures_and_summary(reference: tuple[Path, dict]) -> None:
+    out, summary = reference
+    assert sorted(p.name for p in out.iterdir()) == ["ast", "failed.csv", "mfcc", "seed"]  # no .work left
+    failed = {row["id"]: row for row in read_csv(out / "failed.csv")}
+    assert {i: row["reason"].split(":")[0] for i, row in failed.items()} == FAILED
+    assert failed["6"]["local_path"] == "audio/f.flac" and str(out.parent) not in failed["7"]["reason"]
+    shapes = {"seed": (128, 87), "mfcc": (40, 87), "ast": (128, 198)}  # 2 s clips
+    for preset, (n_bins, n_frames) in shapes.items():
+        folder = out / preset
+        index = read_csv(folder / "index.csv")
+        assert list(index[0]) == ["id", "split", "shard", "row", "label_index", "start_s"]
+        assert {row["id"] for row in index} == {"1", "2", "3", "4", "5"}
+        assert {row["id"]: row["split"] for row in index} == {i: CORPUS[i][1] for i in "12345"}
+        shards = sorted(folder.glob("*.npy"))
+        assert [p.name for p in shards] == ["test-000.npy", "train-000.npy", "train-001.npy", "val-000.npy"]
+        for shard in shards:
+            array = np.load(shard, mmap_mode="r")
+            assert array.dtype == np.float16 and array.shape[1:] == (n_bins, n_frames) and len(array) <= 3
+            rows = [r for r in index if r["shard"] == shard.name]
+            assert [int(r["row"]) for r in rows] == list(range(len(array)))
+        meta = json.loads((folder / "features.json").read_text())
+        assert meta["spec"]["name"] == preset and meta["clip_seconds"] == 2.0
+        assert (meta["n_bins"], meta["n_frames"]) == (n_bins, n_frames)
+    assert summary["recordings"] == {
+        "manifest": 9, "cached": 5, "failed": 4, "processed_this_run": 9, "reused_from_interrupted_run": 0,
+    }  # fmt: skip
+    assert summary["coverage_percent"] == pytest.approx(100 * 5 / 9, abs=0.01)
+    reasons = {"audio is silent": 1, "cannot decode audio": 2, "missing file": 1}
+    assert summary["failures_by_reason"] == reasons
+    # the short OGG gives exactly one clip; train has at least one clip per call (a: 1, b: 2, e: 1)
+    clips = summary["presets"]["seed"]["clips"]
+    assert clips["test"] == 1 and clips["train"] >= 4 and clips["val"] >= 1
+    assert summary["presets"]["ast"]["clips"] == clips and summary["workers"] == 1
+
+
+@pytest.mark.parametrize("preset", ["seed", "ast"])
+def test_load_split_returns_the_front_end_output_of_the_chosen_clips(
+    corpus: tuple[Path, Path], reference: tuple[Path, dict], preset: str
+) -> None:
+    raw, _ = corpus
+    out, _ = reference
+    frontend = build_frontend(preset)
+    rate_hz = frontend.spec.sample_rate_hz
+    split = cache.load_split(out, preset, "train")
+    assert split.features.dtype == np.float16 and split.labels.dtype == np.int64
+    assert len(split.shards) == 2 and len(split.features) == len(split.ids) == len(split.start_s)
+    assert split.spec == frontend.spec and split.clip_seconds == 2.0
+    for rec_id in dict.fromkeys(split.ids):
+        rows = [i for i, r in enumerate(split.ids) if r == rec_id]
+        wave = load_audio(raw / "audio" / CORPUS[rec_id][0], rate_hz)
+        starts_s = choose_segments(wave, rate_hz, 2.0, 2, PARAMS.activity)
+        np.testing.assert_allclose(split.start_s[rows], starts_s, atol=1e-6)
+        assert set(split.labels[rows]) == {CORPUS[rec_id][2]}
+        with torch.no_grad():
+            expected = frontend(torch.from_numpy(cache.cut_clips(wave, rate_hz, starts_s, 2.0))).numpy()
+        # float16 keeps 11 significant bits: |error| <= 2**-11 |x|, plus float32 batch effects
+        np.testing.assert_allclose(split.features[rows].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    # recording 2 (9 s, calls at 1 s and 6 s): two clips, one over each call
+    two = split.start_s[[i for i, r in enumerate(split.ids) if r == "2"]]
+    assert len(two) == 2 and two[0] <= 1.0 <= two[0] + 1.4 and two[1] <= 6.0 <= two[1] + 1.4
+    short = cache.load_split(out, preset, "test")
+    assert short.ids == ["4"] and short.start_s.tolist() == [0.0]  # short: one padded clip
+
+
+def test_two_workers_give_the_same_cache(
+    corpus: tuple[Path, Path], reference: tuple[Path, dict], tmp_path: Path
+) -> None:
+    params = PARAMS.model_copy(update={"workers": 2})
+    summary = cache.build_cache(*corpus, tmp_path / "lms", params, chunk_recordings=2)
+    assert summary["workers"] == 2 and summary["recordings"] == reference[1]["recordings"]
+    assert_same_cache(reference[0], tmp_path / "lms", ["seed", "mfcc", "ast"])
+
+
+def counting_loader(calls: list[str], crash_at: int | None = None) -> Callable[[Path, int], np.ndarray]:
+    """``load_audio`` that records the files it decodes; raises ``KeyboardInterrupt`` on call ``crash_at``."""
+
+    def load(path: Path, sample_rate_hz: int) -> np.ndarray:
+        calls.append(Path(path).name)
+        if crash_at is not None and len(calls) == crash_at:
+            raise KeyboardInterrupt  # what a kill (Ctrl-C, or DVC stopping) looks like mid-run
+        return load_audio(path, sample_rate_hz)
+
+    return load
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_recordings(
+    corpus: tuple[Path, Path], reference: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "lms"
+    first: list[str] = []
+    monkeypatch.setattr(cache, "load_audio", counting_loader(first, crash_at=5))
+    # chunks of 2 recordings, each decoded at 22,050 and 16,000 Hz: the crash hits the second chunk
+    with pytest.raises(KeyboardInterrupt):
+        cache.build_cache(*corpus, out, PARAMS, chunk_recordings=2)
+    assert first == ["a.wav", "a.wav", "b.flac", "b.flac", "c.mp3"]
+    assert not (out / "seed").exists() and len(list((out / ".work" / "seed").glob("*.npz"))) == 2
+    second: list[str] = []
+    monkeypatch.setattr(cache, "load_audio", counting_loader(second))
+    summary = cache.build_cache(*corpus, out, PARAMS, chunk_recordings=2)
+    decodable = {name for name, *_ in CORPUS.values()} - {"missing.wav"}
+    assert sorted(set(second)) == sorted(decodable - {"a.wav", "b.flac"})  # finished ones not redone
+    assert summary["recordings"]["processed_this_run"] == 7
+    assert summary["recordings"]["reused_from_interrupted_run"] == 2
+    assert_same_cache(reference[0], out, ["seed", "mfcc", "ast"])
+    assert not (out / ".work").exists()
+
+
+def test_partials_and_outputs_of_another_configuration_are_not_reused(
+    corpus: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "lms"
+    two_presets = PARAMS.model_copy(update={"presets": ["seed", "mfcc"]})
+    cache.build_cache(*corpus, out, two_presets)
+    first: list[str] = []
+    monkeypatch.setattr(cache, "load_audio", counting_loader(first, crash_at=3))
+    with pytest.raises(KeyboardInterrupt):  # leaves partials of 2 s clips behind
+        cache.build_cache(*corpus, out, two_presets, chunk_recordings=2)
+    assert len(list((out / ".work" / "seed").glob("*.npz"))) == 2
+    shorter = PARAMS.model_copy(update={"presets": ["seed"], "clip_seconds": 1.5, "shard_max_clips": 100})
+    second: list[str] = []
+    monkeypatch.setattr(cache, "load_audio", counting_loader(second))
+    cache.build_cache(*corpus, out, shorter)
+    assert {"a.wav", "b.flac"} <= set(second)  # the 2 s partials were stale: recomputed
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "seed"]  # mfcc removed, no .work
+    shards = sorted(p.name for p in (out / "seed").glob("*.npy"))
+    assert shards == ["test-000.npy", "train-000.npy", "val-000.npy"]  # one shard a split now
+    assert cache.load_split(out, "seed", "train").features.shape[1:] == (128, 65)
