@@ -1,0 +1,155 @@
+"""The one model factory: a spectrogram classifier ``(B, F, T) features -> (B, C) logits``.
+
+Two architectures, both from transformers and both built from a typed config (never from the hub):
+- ``ast``: the Audio Spectrogram Transformer. ``max_length`` is the real number of frames of a clip
+  (4 s of ``seed`` features: 173), never the 1024 of AudioSet, so no compute is spent on padding.
+- ``vit``: a Vision Transformer over MFCC "images" (the report's Phase 2B).
+
+Every model is a backbone plus a head; the head's parameters are named ``classifier.*`` and
+everything else (``backbone.*``) is backbone, which is what the trainer's discriminative learning
+rates and any freezing by prefix rely on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import ASTConfig, ASTModel, ViTConfig, ViTModel
+from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import (
+    ASTMLPHead,
+)
+
+from birdops.config import ModelParams
+
+HEAD_PREFIX = "classifier."
+
+# transformer sizes shared by both archs: tiny/small run on CPU, base is the 86M AudioSet AST / ViT-B/16
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
+    "small": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768},
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+}
+# ViT patch side per size: 8 keeps enough tokens on a 40-coefficient MFCC image; base is ViT-B/16
+VIT_PATCH: dict[str, int] = {"tiny": 8, "small": 8, "base": 16}
+# AST patches are always 16x16 (the AudioSet checkpoint's); `patch_stride` sets their overlap
+AST_PATCH = 16
+
+
+def ast_config(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> ASTConfig:
+    """The AST config for ``n_bins`` mel bins and ``n_frames`` frames (the real clip length)."""
+    if n_bins < AST_PATCH or n_frames < AST_PATCH:
+        raise ValueError(f"AST needs at least {AST_PATCH} bins and frames, got ({n_bins}, {n_frames})")
+    return ASTConfig(
+        **_transformer(cfg, num_classes),
+        patch_size=AST_PATCH,
+        frequency_stride=cfg.patch_stride,
+        time_stride=cfg.patch_stride,
+        num_mel_bins=n_bins,
+        max_length=n_frames,
+    )
+
+
+def vit_config(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> ViTConfig:
+    """The ViT config for a one-channel image of ``(n_bins, n_frames)`` padded up to whole patches."""
+    patch = VIT_PATCH[cfg.size]
+    return ViTConfig(
+        **_transformer(cfg, num_classes),
+        patch_size=patch,
+        image_size=(_round_up(n_bins, patch), _round_up(n_frames, patch)),
+        num_channels=1,
+    )
+
+
+def _transformer(cfg: ModelParams, num_classes: int) -> dict[str, Any]:
+    """Config fields both archs share: size, dropout, classes, attention kernel."""
+    return {
+        **SIZES[cfg.size],
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.dropout,
+        "num_labels": num_classes,
+        "attn_implementation": "eager",  # exports to ONNX, and is the fastest on CPU for short sequences
+    }
+
+
+class ASTClassifier(nn.Module):
+    """AST backbone + the AST MLP head (LayerNorm, Linear) on the mean of the cls and dist tokens."""
+
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = ASTModel(config)
+        self.classifier = ASTMLPHead(config)
+        init_head(self.classifier, config.initializer_range)
+        # transformers zero-initialises these (they are meant to be loaded); from scratch, the original
+        # AST (timm DeiT) draws them from N(0, 0.02), and the 128-bin models learn markedly faster
+        embeddings = self.backbone.embeddings
+        for tokens in (embeddings.position_embeddings, embeddings.cls_token, embeddings.distillation_token):
+            nn.init.trunc_normal_(tokens, std=config.initializer_range)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # features (B, F, T); HF AST takes input_values (B, T, F)
+        pooled = self.backbone(input_values=features.transpose(1, 2)).pooler_output  # (B, H)
+        return self.classifier(pooled)  # (B, C)
+
+
+class ViTClassifier(nn.Module):
+    """ViT backbone (no pooler) + a linear head on the final cls token, as ViTForImageClassification."""
+
+    def __init__(self, config: ViTConfig, num_classes: int, n_bins: int, n_frames: int) -> None:
+        super().__init__()
+        self.config = config
+        height, width = config.image_size  # type: ignore[misc]  # a tuple here, see vit_config
+        # zero-pad the bottom/right edge up to whole patches rather than dropping coefficients/frames
+        self.pad = (0, width - n_frames, 0, height - n_bins)
+        self.backbone = ViTModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, num_classes)
+        init_head(self.classifier, config.initializer_range)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        image = F.pad(features, self.pad).unsqueeze(1)  # (B, 1, F', T')
+        hidden = self.backbone(pixel_values=image).last_hidden_state  # (B, 1 + patches, H)
+        return self.classifier(hidden[:, 0])  # (B, C)
+
+
+def build_model(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> nn.Module:
+    """A freshly initialised classifier ``(B, n_bins, n_frames) -> (B, num_classes)`` logits.
+
+    Architecture only: ``cfg.pretrained`` is not read here (see ``birdops.models.pretrained``), so
+    rebuilding a saved model never touches the network.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if cfg.arch == "ast":
+        return ASTClassifier(ast_config(cfg, num_classes, n_bins, n_frames))
+    if cfg.arch == "vit":
+        return ViTClassifier(vit_config(cfg, num_classes, n_bins, n_frames), num_classes, n_bins, n_frames)
+    raise ValueError(f"unknown model.arch {cfg.arch!r}")
+
+
+def init_head(head: nn.Module, std: float) -> None:
+    """Transformers' initialisation for a new head: N(0, std) weights, zero biases, unit norms."""
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def is_head(parameter_name: str) -> bool:
+    """Whether a parameter belongs to the classification head (``classifier.*``)."""
+    return parameter_name.startswith(HEAD_PREFIX)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple

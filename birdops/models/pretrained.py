@@ -1,0 +1,221 @@
+"""Initialise a freshly built classifier from a pretrained transformers checkpoint.
+
+The architecture always comes from ``ModelParams`` (so ``load_classifier`` can rebuild a trained
+model from its config alone); the checkpoint must have that architecture (``model.size``,
+patch size and stride), and only the position embedding is adapted to the real clip length:
+
+- ``ast``: the embedding is ``[cls, dist, f_dim * t_dim patch grid]``. As the original AST code
+  (YuanGongND/ast, ``src/models/ast_models.py``) does for the AudioSet checkpoint, a shorter clip
+  takes the *middle* ``t_dim`` columns of the grid (start ``t_old // 2 - t_new // 2``), a longer
+  one interpolates the grid bilinearly; the frequency axis must match (same bins and stride).
+- ``vit``: the ``[cls, h * w grid]`` embedding is interpolated bilinearly to the new grid and an
+  RGB patch projection is summed over its input channels (the AST recipe for ImageNet weights).
+
+Loading is strict: every key but the new head's (``classifier.*``) must be in the checkpoint with
+the same shape. The head is loaded when its shapes match (same number of classes), else it keeps
+its fresh initialisation. Weights are read from safetensors only: no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig, ViTConfig, ViTModel
+
+from birdops.models.factory import ASTClassifier, ViTClassifier, is_head
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+POSITION_KEY = "backbone.embeddings.position_embeddings"
+PATCH_KEY = "backbone.embeddings.patch_embeddings.projection.weight"
+
+
+class PretrainedError(RuntimeError):
+    """A pretrained checkpoint is unavailable or does not fit the configured model."""
+
+
+def load_pretrained(model: nn.Module, source: str) -> None:
+    """Fill ``model`` (from ``build_model``) in place with the weights of ``source``.
+
+    ``source`` is a local directory (``config.json`` + ``model.safetensors``, as written by
+    ``save_pretrained`` or ``hf download``) or a Hugging Face hub id, looked up in the local cache
+    first and downloaded only when the hub is reachable and ``HF_HUB_OFFLINE`` is not set.
+    """
+    if isinstance(model, ASTClassifier):
+        state = _adapt_ast(_read_ast(source), model.config)
+    elif isinstance(model, ViTClassifier):
+        state = _adapt_vit(_read_vit(source), model.config)
+    else:
+        raise TypeError(f"cannot load pretrained weights into {type(model).__name__}")
+    head_loaded = load_backbone_strict(model, state, source)
+    log.info("initialised from %s (%s head)", source, "pretrained" if head_loaded else "new")
+
+
+def load_backbone_strict(model: nn.Module, state: StateDict, source: str) -> bool:
+    """Copy ``state`` into ``model``: all non-head keys must match; returns whether the head loaded."""
+    target = model.state_dict()
+    missing = sorted(k for k in target if k not in state and not is_head(k))
+    unexpected = sorted(k for k in state if k not in target and not is_head(k))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in target.items()
+        if k in state and not is_head(k) and state[k].shape != v.shape
+    )
+    if missing or unexpected or mismatched:
+        raise PretrainedError(
+            f"{source} does not fit the configured model (check model.size and model.patch_stride): "
+            f"missing {_some(missing)}; unexpected {_some(unexpected)}; shape mismatch {_some(mismatched)}"
+        )
+    head = [k for k in target if is_head(k)]
+    head_fits = all(k in state and state[k].shape == target[k].shape for k in head)
+    merged = {**target, **{k: v for k, v in state.items() if not is_head(k)}}
+    if head_fits:
+        merged.update({k: state[k] for k in head})
+    model.load_state_dict(merged, strict=True)
+    return head_fits
+
+
+def check_size(source: PreTrainedConfig, target: PreTrainedConfig) -> None:
+    """The checkpoint must have the transformer size that ``model.size`` builds."""
+    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    have = {f: getattr(source, f) for f in fields}
+    want = {f: getattr(target, f) for f in fields}
+    if have != want:
+        raise PretrainedError(
+            f"the checkpoint is {have} but model.size builds {want}; set model.size to match"
+        )
+
+
+def _some(items: list[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return f"{items[:shown]}{more}"
+
+
+# ---------------------------------------------------------------------------------------- reading
+def _read_ast(source: str) -> tuple[StateDict, ASTConfig]:
+    hf = _from_pretrained(ASTForAudioClassification, source)
+    assert isinstance(hf, ASTForAudioClassification)
+    state = {_rename(k, "audio_spectrogram_transformer.", "backbone."): v for k, v in hf.state_dict().items()}
+    return state, hf.config
+
+
+def _read_vit(source: str) -> tuple[StateDict, ViTConfig]:
+    hf = _from_pretrained(ViTModel, source, add_pooling_layer=False)
+    assert isinstance(hf, ViTModel)
+    return {f"backbone.{k}": v for k, v in hf.state_dict().items()}, hf.config
+
+
+def _from_pretrained(
+    cls: type[ASTForAudioClassification | ViTModel], source: str, **kwargs: Any
+) -> nn.Module:
+    """``cls.from_pretrained`` from safetensors only, the local cache first; clear errors offline."""
+    path = Path(source).expanduser()
+    is_dir = path.is_dir()
+    if not is_dir and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+        raise PretrainedError(
+            f"model.pretrained: {source} is neither a directory nor a hub id ('owner/name'); point it at "
+            "a folder holding config.json and model.safetensors, or set it to null to train from scratch"
+        )
+    # a hub id: the local cache first, the network only when allowed
+    attempts = [True] if is_dir or _hub_offline() else [True, False]
+    error: OSError | None = None
+    for local_only in attempts:
+        try:
+            model, info = cls.from_pretrained(  # type: ignore[misc]  # a tuple with output_loading_info
+                str(path) if is_dir else source,
+                local_files_only=local_only,
+                use_safetensors=True,  # never unpickle a .bin checkpoint
+                attn_implementation="eager",
+                output_loading_info=True,
+                **kwargs,
+            )
+        except OSError as err:
+            error = err
+            continue
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise PretrainedError(f"{source}: incomplete checkpoint: {info}")
+        return model
+    raise PretrainedError(
+        f"pretrained weights {source!r} are not available here (offline, or no model.safetensors). "
+        f"On a machine with network run `hf download {source} --local-dir pretrained/{path.name}` and set "
+        "model.pretrained to that folder (or pre-fill the Hugging Face cache, HF_HOME); or set "
+        f"model.pretrained: null to train from scratch. Cause: {error}"
+    ) from error
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _rename(key: str, old_prefix: str, new_prefix: str) -> str:
+    return new_prefix + key[len(old_prefix) :] if key.startswith(old_prefix) else key
+
+
+# ------------------------------------------------------------------------------------- adaptation
+def _adapt_ast(source: tuple[StateDict, ASTConfig], target: ASTConfig) -> StateDict:
+    state, config = source
+    check_size(config, target)
+    f_old, t_old = _ast_grid(config)
+    f_new, t_new = _ast_grid(target)
+    if f_old != f_new:
+        raise PretrainedError(
+            f"frequency patches differ: checkpoint {f_old} ({config.num_mel_bins} bins, stride "
+            f"{config.frequency_stride}) vs model {f_new} ({target.num_mel_bins} bins, stride "
+            f"{target.frequency_stride}); use the checkpoint's feature preset and patch stride"
+        )
+    state = dict(state)
+    state[POSITION_KEY] = adapt_ast_positions(state[POSITION_KEY], f_old, t_old, t_new)
+    return state
+
+
+def adapt_ast_positions(positions: torch.Tensor, f_dim: int, t_old: int, t_new: int) -> torch.Tensor:
+    """``(1, 2 + f_dim * t_old, H)`` -> ``(1, 2 + f_dim * t_new, H)``: middle slice or bilinear stretch."""
+    tokens, grid = positions[:, :2], positions[:, 2:]
+    hidden = positions.shape[-1]
+    grid = grid.transpose(1, 2).reshape(1, hidden, f_dim, t_old)  # (1, H, f, t_old), patches are f-major
+    if t_new <= t_old:
+        start = t_old // 2 - t_new // 2
+        grid = grid[:, :, :, start : start + t_new]
+    else:
+        grid = F.interpolate(grid, size=(f_dim, t_new), mode="bilinear")
+    grid = grid.reshape(1, hidden, f_dim * t_new).transpose(1, 2)  # (1, f * t_new, H)
+    return torch.cat([tokens, grid], dim=1).contiguous()
+
+
+def _ast_grid(config: ASTConfig) -> tuple[int, int]:
+    patch = int(config.patch_size)  # type: ignore[arg-type]
+    f_dim = (config.num_mel_bins - patch) // config.frequency_stride + 1
+    t_dim = (config.max_length - patch) // config.time_stride + 1
+    return f_dim, t_dim
+
+
+def _adapt_vit(source: tuple[StateDict, ViTConfig], target: ViTConfig) -> StateDict:
+    state, config = source
+    check_size(config, target)
+    if config.patch_size != target.patch_size:
+        raise PretrainedError(f"patch size: checkpoint {config.patch_size} vs model {target.patch_size}")
+    state = dict(state)
+    # an RGB projection (H, 3, p, p) becomes the one-channel (H, 1, p, p) by summing its channels
+    state[PATCH_KEY] = state[PATCH_KEY].sum(dim=1, keepdim=True)
+    old, new = _vit_grid(config), _vit_grid(target)
+    positions = state[POSITION_KEY]  # (1, 1 + h * w, H)
+    if old != new:
+        hidden = positions.shape[-1]
+        grid = positions[:, 1:].transpose(1, 2).reshape(1, hidden, *old)
+        grid = F.interpolate(grid, size=new, mode="bilinear").reshape(1, hidden, new[0] * new[1])
+        state[POSITION_KEY] = torch.cat([positions[:, :1], grid.transpose(1, 2)], dim=1).contiguous()
+    return state
+
+
+def _vit_grid(config: ViTConfig) -> tuple[int, int]:
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    patch = int(config.patch_size)  # type: ignore[arg-type]
+    return height // patch, width // patch

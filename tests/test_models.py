@@ -1,0 +1,197 @@
+"""The model factory, safetensors checkpoints and the waveform classifier, on tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from birdops.config import ModelParams
+from birdops.features.frontend import build_frontend, spec_for
+from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
+from birdops.models.classifier import WaveformClassifier, load_waveform_classifier
+from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
+
+AST = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
+VIT = ModelParams(arch="vit", size="tiny", features="mfcc")
+
+
+def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
+    return ClassifierInfo(
+        variant="test", model=cfg.model_dump(), labels=labels, feature_preset=cfg.features,
+        feature_spec={"name": cfg.features, "sample_rate_hz": 22050, "n_bins": n_bins},
+        clip_seconds=4.0, n_bins=n_bins, n_frames=n_frames, best_epoch=2, best_metric="val_accuracy",
+        best_value=0.5, epochs_run=3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("cfg", "n_bins", "n_frames"), [(AST, 128, 173), (VIT, 40, 173), (AST, 64, 40)])
+def test_forward_maps_features_to_logits(cfg: ModelParams, n_bins: int, n_frames: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=7, n_bins=n_bins, n_frames=n_frames)
+    logits = model(torch.randn(3, n_bins, n_frames))
+    assert logits.shape == (3, 7)
+    assert torch.isfinite(logits).all()
+
+
+def test_ast_uses_the_real_frame_count_and_the_stride() -> None:
+    model = build_model(AST, num_classes=5, n_bins=128, n_frames=173)
+    assert isinstance(model, ASTClassifier)
+    assert model.config.max_length == 173  # never padded to AudioSet's 1024
+    assert model.config.frequency_stride == model.config.time_stride == 10
+    assert model.config._attn_implementation == "eager"
+    # cls + dist + a 12 x 16 grid of 16x16 patches every 10 bins/frames
+    f_dim, t_dim = (128 - 16) // 10 + 1, (173 - 16) // 10 + 1
+    assert model.backbone.embeddings.position_embeddings.shape == (1, 2 + f_dim * t_dim, 64)
+
+
+def test_ast_patches_run_along_frequency_then_time() -> None:
+    # 64 bins x 40 frames and 40 x 64 both give 15 patches: only the conv's output grid tells them apart
+    model = build_model(AST, num_classes=2, n_bins=64, n_frames=40)
+    assert isinstance(model, ASTClassifier)
+    shapes = []
+    projection = model.backbone.embeddings.patch_embeddings.projection
+    projection.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    model(torch.randn(1, 64, 40))
+    assert shapes == [(1, 64, (64 - 16) // 10 + 1, (40 - 16) // 10 + 1)]  # (B, H, f_dim, t_dim)
+
+
+def test_vit_pads_to_whole_patches_instead_of_dropping_coefficients() -> None:
+    model = build_model(VIT, num_classes=4, n_bins=40, n_frames=173)
+    assert isinstance(model, ViTClassifier)
+    assert tuple(model.config.image_size) == (40, 176)  # patch 8: 173 frames -> 22 patches
+    assert model.config.num_channels == 1
+    assert model.backbone.embeddings.position_embeddings.shape == (1, 1 + 5 * 22, 64)
+    # the last frame matters: it is inside a patch, not cropped
+    x = torch.randn(1, 40, 173)
+    y = x.clone()
+    y[..., -1] += 5.0
+    model.eval()
+    assert not torch.allclose(model(x), model(y))
+
+
+@pytest.mark.parametrize("cfg", [AST, VIT])
+def test_head_is_named_classifier_and_everything_else_is_backbone(cfg: ModelParams) -> None:
+    model = build_model(cfg, num_classes=6, n_bins=40, n_frames=64)
+    names = [name for name, _ in model.named_parameters()]
+    head = [n for n in names if is_head(n)]
+    assert head and all(n.startswith("classifier.") for n in head)
+    assert all(n.startswith("backbone.") for n in names if not is_head(n))
+    # the head's last linear layer outputs one logit per class
+    assert [p.shape[0] for n, p in model.named_parameters() if is_head(n) and n.endswith("bias")][-1] == 6
+
+
+def test_sizes_scale_up_to_the_audioset_architecture() -> None:
+    base = ModelParams(arch="ast", size="base")
+    config = ast_config(base, num_classes=527, n_bins=128, n_frames=1024)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert config.intermediate_size == 3072
+
+
+def test_build_model_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_model(AST, num_classes=1, n_bins=128, n_frames=173)
+    with pytest.raises(ValueError, match="at least 16 bins"):
+        build_model(AST, num_classes=3, n_bins=8, n_frames=173)
+
+
+@pytest.mark.parametrize(("cfg", "n_bins"), [(AST, 64), (VIT, 40)])
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path, cfg: ModelParams, n_bins: int) -> None:
+    torch.manual_seed(1)
+    model = build_model(cfg, num_classes=3, n_bins=n_bins, n_frames=50).eval()
+    info = info_for(cfg, n_bins, 50, ("a b", "c d", "e f"))
+    save_classifier(tmp_path, model, info)
+
+    loaded, loaded_info = load_classifier(tmp_path)
+    assert loaded_info == info
+    assert not loaded.training
+    x = torch.randn(2, n_bins, 50)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(model.state_dict())
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["labels"] == ["a b", "c d", "e f"]
+    assert config["model"]["arch"] == cfg.arch
+    assert (config["n_bins"], config["n_frames"], config["clip_seconds"]) == (n_bins, 50, 4.0)
+
+
+def test_loading_never_fetches_the_pretrained_source(tmp_path: Path) -> None:
+    cfg = AST.model_copy(update={"pretrained": str(tmp_path / "nowhere")})
+    model = build_model(cfg, num_classes=2, n_bins=32, n_frames=32)
+    save_classifier(tmp_path / "m", model, info_for(cfg, 32, 32, ("x", "y")))
+    loaded, info = load_classifier(tmp_path / "m")
+    assert info.model_params.pretrained == str(tmp_path / "nowhere")
+    assert isinstance(loaded, ASTClassifier)
+
+
+def test_loading_is_strict_and_configs_are_checked(tmp_path: Path) -> None:
+    model = build_model(AST, num_classes=2, n_bins=32, n_frames=32)
+    save_classifier(tmp_path, model, info_for(AST, 32, 32, ("x", "y")))
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "labels": ["x", "y", "z"]}))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_classifier(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "surprise": 1}))
+    with pytest.raises(ValueError, match="surprise"):
+        read_info(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a saved birdops classifier"):
+        read_info(tmp_path / "missing")
+
+
+class FramingFrontEnd(nn.Module):
+    """A stand-in front end: (B, S) -> (B, F, T) by cutting the waveform into F rows."""
+
+    def __init__(self, n_bins: int) -> None:
+        super().__init__()
+        self.n_bins = n_bins
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return waveform.reshape(waveform.shape[0], self.n_bins, -1)
+
+
+def test_waveform_classifier_is_front_end_then_model() -> None:
+    model = build_model(AST, num_classes=4, n_bins=32, n_frames=40).eval()
+    frontend = FramingFrontEnd(32)
+    classifier = WaveformClassifier(frontend, model).eval()
+    waveform = torch.randn(2, 32 * 40)
+    logits = classifier(waveform)
+    assert logits.shape == (2, 4)
+    torch.testing.assert_close(logits, model(frontend(waveform)), rtol=0, atol=0)
+
+
+def test_a_saved_model_runs_behind_its_own_front_end(tmp_path: Path) -> None:
+    spec = spec_for("mfcc")
+    n_frames = build_frontend("mfcc").num_frames(22050)  # a 1 s clip
+    model = build_model(VIT, num_classes=3, n_bins=spec.n_bins, n_frames=n_frames).eval()
+    info = dataclasses.replace(
+        info_for(VIT, spec.n_bins, n_frames, ("a", "b", "c")), feature_spec=spec.to_dict(), clip_seconds=1.0
+    )
+    save_classifier(tmp_path, model, info)
+    classifier, loaded = load_waveform_classifier(tmp_path)
+    assert loaded == info and not classifier.training
+    waveform = torch.randn(2, 22050) * 0.1
+    with torch.no_grad():
+        expected = model(build_frontend("mfcc")(waveform))
+        torch.testing.assert_close(classifier(waveform), expected, rtol=0, atol=0)
+
+
+def test_a_changed_front_end_is_refused(tmp_path: Path) -> None:
+    spec = spec_for("mfcc")
+    n_frames = build_frontend("mfcc").num_frames(22050)
+    model = build_model(VIT, num_classes=2, n_bins=spec.n_bins, n_frames=n_frames)
+    stale = {**spec.to_dict(), "f_min_hz": 300.0}
+    info = dataclasses.replace(
+        info_for(VIT, spec.n_bins, n_frames, ("a", "b")), feature_spec=stale, clip_seconds=1.0
+    )
+    save_classifier(tmp_path, model, info)
+    with pytest.raises(ValueError, match="retrain"):
+        load_waveform_classifier(tmp_path)
+    save_classifier(tmp_path, model, dataclasses.replace(info, feature_spec=spec.to_dict(), clip_seconds=2.0))
+    with pytest.raises(ValueError, match="frames"):
+        load_waveform_classifier(tmp_path)
