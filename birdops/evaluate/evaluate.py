@@ -1,0 +1,381 @@
+"""Evaluate trained variants at clip and recording level, write their metrics and pick the best one.
+
+For each saved classifier (``models/<variant>``):
+
+- *clip level*: the logits of the cached clips of its feature preset (``load_split``), on the test
+  split and on the validation split;
+- *recording level*: every test recording of the manifest is decoded whole at the front end's sample
+  rate, cut into sliding windows (``window_seconds``, default the model's clip length, every
+  ``hop_seconds``), classified by ``WaveformClassifier(frontend, model)`` in batches, and the windows'
+  softmax probabilities are averaged per recording. Recordings that cannot be decoded are skipped,
+  logged with the reason, and counted.
+
+Outputs, under ``out_dir``: ``<variant>.json`` (small and flat, for ``dvc metrics diff``),
+``eval/<variant>/`` (per-class tables, DVC confusion data, PNG plots) and ``best.json``: the variant
+with the highest *validation* ``select_metric`` (the test split never chooses a model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from birdops.audio import AudioError, frame_windows, load_audio
+from birdops.config import EvaluateParams
+from birdops.data.prepare import LABELS_FILE, MANIFEST_FILE
+from birdops.evaluate import metrics, plots
+from birdops.features.cache import load_split, read_manifest
+from birdops.features.frontend import FrontEnd, build_frontend
+from birdops.models.checkpoint import ClassifierInfo, load_classifier
+from birdops.models.classifier import WaveformClassifier
+
+log = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"  # per-variant tables and plots: <out>/eval/<variant>/
+BEST_FILE = "best.json"
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One test recording of the manifest: its audio file and true class index."""
+
+    id: str
+    path: Path
+    label_index: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores ``(N, C)`` (logits or probabilities) of ``N`` items and their labels ``(N,)``."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def summary(self) -> metrics.Summary:
+        return metrics.summarize(self.scores, self.labels)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A recording left out of the recording-level evaluation, and why."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VariantEvaluation:
+    """Everything measured for one variant."""
+
+    name: str
+    labels: tuple[str, ...]
+    test_clip: Scored
+    val_clip: Scored
+    test_recording: Scored
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The flat ``<variant>.json``: headline metrics per level, and the sizes they rest on."""
+        return {
+            "test_clip": self.test_clip.summary.to_dict(),
+            "test_recording": self.test_recording.summary.to_dict(),
+            "val_clip": self.val_clip.summary.to_dict(),
+            "n_test_clips": len(self.test_clip.labels),
+            "n_test_recordings": len(self.test_recording.labels),
+            "n_skipped_recordings": len(self.skipped),
+            "n_val_clips": len(self.val_clip.labels),
+        }
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def read_labels(prepared_dir: Path) -> tuple[str, ...]:
+    """Class names in index order, from ``labels.json``."""
+    return tuple(json.loads((prepared_dir / LABELS_FILE).read_text()))
+
+
+def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> list[Recording]:
+    """The manifest's recordings of ``split``, with their audio paths under ``raw_dir``."""
+    rows = read_manifest(prepared_dir / MANIFEST_FILE)
+    return [Recording(r.id, raw_dir / r.local_path, r.label_index) for r in rows if r.split == split]
+
+
+def check_model(info: ClassifierInfo, labels: Sequence[str], frontend_spec: Mapping[str, Any]) -> None:
+    """Raise ValueError when a saved model does not fit the prepared labels or the current front end."""
+    if tuple(labels) != info.labels:
+        raise ValueError(
+            f"model {info.variant!r} was trained on {len(info.labels)} labels that differ from the "
+            f"{len(labels)} prepared ones; retrain it"
+        )
+    if dict(frontend_spec) != info.feature_spec:
+        raise ValueError(
+            f"model {info.variant!r} was trained on {info.feature_preset!r} features whose settings "
+            "differ from the current front end; rebuild the cache and retrain"
+        )
+
+
+# ------------------------------------------------------------------------------------ clip level
+@torch.no_grad()
+def clip_logits(
+    model: nn.Module, features: np.ndarray, batch_size: int, device: torch.device, desc: str = "clips"
+) -> np.ndarray:
+    """Logits ``(N, C)`` float32 of cached clips ``features (N, F, T)`` (float16 is fine)."""
+    outputs = []
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", leave=False):
+        batch = torch.from_numpy(np.asarray(features[start : start + batch_size], dtype=np.float32))
+        outputs.append(model(batch.to(device)).float().cpu().numpy())  # (B, C)
+    return np.concatenate(outputs)
+
+
+def evaluate_clips(
+    model: nn.Module, info: ClassifierInfo, lms_dir: Path, split: str, batch_size: int, device: torch.device
+) -> Scored:
+    """Logits and labels of the cached clips of ``split`` in the model's feature preset."""
+    cached = load_split(lms_dir, info.feature_preset, split)
+    if len(cached.labels) == 0:
+        raise ValueError(f"{lms_dir}/{info.feature_preset}: the {split} split has no cached clips")
+    if tuple(cached.features.shape[1:]) != (info.n_bins, info.n_frames):
+        raise ValueError(
+            f"cached {split} clips are {tuple(cached.features.shape[1:])}, "
+            f"model {info.variant!r} expects {(info.n_bins, info.n_frames)}"
+        )
+    logits = clip_logits(model, cached.features, batch_size, device, desc=f"{info.variant} {split} clips")
+    return Scored(logits, np.asarray(cached.labels, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------- recording level
+def recording_windows(
+    recordings: Sequence[Recording],
+    sample_rate_hz: int,
+    window_seconds: float,
+    hop_seconds: float,
+    skipped: list[Skipped],
+    desc: str = "recordings",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(recording index, windows (N, S))`` for each decodable recording; undecodable ones are
+    logged and appended to ``skipped``."""
+    for index, recording in enumerate(tqdm(recordings, desc=desc, unit="rec", leave=False)):
+        try:
+            wave = load_audio(recording.path, sample_rate_hz)
+        except AudioError as err:
+            log.warning("recording %s skipped: %s", recording.id, err)
+            skipped.append(Skipped(recording.id, str(err)))
+            continue
+        windows, _ = frame_windows(wave, sample_rate_hz, window_seconds, hop_seconds)
+        yield index, windows
+
+
+def batch_windows(
+    items: Iterable[tuple[int, np.ndarray]], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Regroup per-recording windows into batches ``(windows (B, S), owners (B,))`` of at most
+    ``batch_size``, across recording boundaries, so short recordings still fill a batch."""
+    pending: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    count = 0
+    for index, windows in items:
+        for start in range(0, len(windows), batch_size):
+            part = windows[start : start + batch_size]
+            pending.append(part)
+            owners.append(np.full(len(part), index, dtype=np.int64))
+            count += len(part)
+            while count >= batch_size:
+                stacked, who = np.concatenate(pending), np.concatenate(owners)
+                yield stacked[:batch_size], who[:batch_size]
+                pending, owners = [stacked[batch_size:]], [who[batch_size:]]
+                count -= batch_size
+    if count:
+        yield np.concatenate(pending), np.concatenate(owners)
+
+
+@torch.no_grad()
+def recording_probabilities(
+    classifier: nn.Module,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    num_recordings: int,
+    num_classes: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean softmax probability of each recording's windows ``(R, C)`` and the window count ``(R,)``
+    (0, and a row of zeros, for a recording that yielded no window)."""
+    sums = np.zeros((num_recordings, num_classes), dtype=np.float64)
+    counts = np.zeros(num_recordings, dtype=np.int64)
+    for windows, owners in batches:
+        logits = classifier(torch.from_numpy(windows).to(device))  # (B, C)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+        np.add.at(sums, owners, probs)
+        np.add.at(counts, owners, 1)
+    means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+    return means, counts
+
+
+def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: EvaluateParams) -> float:
+    """The window in seconds: ``params.window_seconds``, else the model's clip length. Raises
+    ValueError when the front end would give another frame count than the model was built for."""
+    window_seconds = params.window_seconds or info.clip_seconds
+    num_frames = frontend.num_frames(round(window_seconds * frontend.spec.sample_rate_hz))
+    if num_frames != info.n_frames:
+        raise ValueError(
+            f"a {window_seconds} s window gives {num_frames} frames, model {info.variant!r} takes "
+            f"{info.n_frames} (its clips are {info.clip_seconds} s); set evaluate.window_seconds to null"
+        )
+    return window_seconds
+
+
+def evaluate_recordings(
+    model: nn.Module,
+    frontend: FrontEnd,
+    info: ClassifierInfo,
+    recordings: Sequence[Recording],
+    params: EvaluateParams,
+    device: torch.device,
+) -> tuple[Scored, list[Skipped]]:
+    """Recording-level probabilities (windows averaged) of the decodable ``recordings``."""
+    classifier = WaveformClassifier(frontend, model).to(device).eval()
+    rate_hz = frontend.spec.sample_rate_hz
+    window_seconds = window_seconds_for(info, frontend, params)
+    skipped: list[Skipped] = []
+    desc = f"{info.variant} test recordings"
+    windows = recording_windows(recordings, rate_hz, window_seconds, params.hop_seconds, skipped, desc)
+    probs, counts = recording_probabilities(
+        classifier, batch_windows(windows, params.batch_size), len(recordings), info.num_classes, device
+    )
+    kept = counts > 0
+    if not kept.any():
+        raise ValueError(f"none of the {len(recordings)} test recordings could be decoded")
+    if skipped:
+        log.warning("%s: %d of %d test recordings skipped", info.variant, len(skipped), len(recordings))
+    labels = np.array([r.label_index for r in recordings], dtype=np.int64)
+    return Scored(probs[kept], labels[kept]), skipped
+
+
+# --------------------------------------------------------------------------------------- variant
+def evaluate_variant(
+    name: str,
+    model_dir: Path,
+    lms_dir: Path,
+    recordings: Sequence[Recording],
+    labels: Sequence[str],
+    params: EvaluateParams,
+    device: torch.device,
+) -> VariantEvaluation:
+    """Clip-level (test, val) and recording-level (test) scores of the classifier in ``model_dir``."""
+    model, info = load_classifier(model_dir, device)
+    frontend = build_frontend(info.feature_preset)
+    check_model(info, labels, frontend.spec.to_dict())
+    test_clip = evaluate_clips(model, info, lms_dir, "test", params.batch_size, device)
+    val_clip = evaluate_clips(model, info, lms_dir, "val", params.batch_size, device)
+    test_recording, skipped = evaluate_recordings(model, frontend, info, recordings, params, device)
+    return VariantEvaluation(name, tuple(labels), test_clip, val_clip, test_recording, skipped)
+
+
+def write_variant(result: VariantEvaluation, out_dir: Path) -> dict[str, Any]:
+    """Write ``<name>.json`` and ``eval/<name>/``; return the metrics written to the JSON.
+
+    ``eval/<name>/``: ``per_class.csv`` (test clips) and ``per_class_recording.csv``,
+    ``confusion.csv`` (``actual, predicted`` per test clip, for DVC's confusion templates),
+    ``confusion.png`` (rows normalised), ``per_class_f1.png`` and ``skipped.csv``.
+    """
+    summary = result.to_metrics()
+    write_json(out_dir / f"{result.name}.json", summary)
+    folder = out_dir / EVAL_DIR / result.name
+    recording = result.test_recording
+    recording_table = metrics.per_class(recording.scores, recording.labels, result.labels)
+    plots.write_per_class_csv(recording_table, folder / "per_class_recording.csv")
+
+    clip = result.test_clip
+    table = metrics.per_class(clip.scores, clip.labels, result.labels)
+    plots.write_per_class_csv(table, folder / "per_class.csv")
+    predicted = metrics.predictions(clip.scores)
+    plots.write_confusion_records(clip.labels, predicted, result.labels, folder / "confusion.csv")
+    normalized = metrics.normalize_rows(metrics.confusion_counts(clip.scores, clip.labels))
+    title = f"{result.name}: test clips"
+    plots.plot_confusion(
+        normalized, result.labels, folder / "confusion.png", title=f"{title}, rows normalised"
+    )
+    plots.plot_per_class_f1(table, folder / "per_class_f1.png", title=f"{title}, per-class F1")
+    write_skipped(result.skipped, folder / "skipped.csv")
+    return summary
+
+
+def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
+    """``id, reason`` of the recordings left out of the recording-level evaluation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "reason"])
+        writer.writerows((s.id, s.reason) for s in skipped)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, replacing ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- selection
+# validation metrics that break a tie on the selection metric, in this order
+TIE_BREAKERS: tuple[str, ...] = ("f1_macro", "map", "accuracy")
+
+
+def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    """The variant with the highest validation ``metric`` (``val_clip.<metric>``).
+
+    Ties (common on small validation sets) are broken by the other validation metrics of
+    ``TIE_BREAKERS``, then by the order of ``summaries`` (the first wins). Returns ``{"variant",
+    "metric", "value", "candidates"}``; test metrics are never read.
+    """
+    if not summaries:
+        raise ValueError("no evaluated variant to choose from")
+    order = (metric, *(m for m in TIE_BREAKERS if m != metric))
+
+    def key(name: str) -> tuple[float, ...]:
+        return tuple(float(summaries[name]["val_clip"][m]) for m in order)
+
+    best = max(summaries, key=key)  # max keeps the first of equal keys
+    candidates = {name: float(summary["val_clip"][metric]) for name, summary in summaries.items()}
+    return {
+        "variant": best,
+        "metric": f"val_clip.{metric}",
+        "value": candidates[best],
+        "candidates": candidates,
+    }
+
+
+def evaluate_models(
+    model_dirs: Sequence[Path],
+    raw_dir: Path,
+    prepared_dir: Path,
+    lms_dir: Path,
+    out_dir: Path,
+    params: EvaluateParams,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Evaluate every model folder (named after its variant, e.g. ``models/full``), write the outputs
+    under ``out_dir`` and return the ``best.json`` content."""
+    device = torch.device(device)
+    labels = read_labels(prepared_dir)
+    recordings = read_recordings(prepared_dir, raw_dir, "test")
+    summaries: dict[str, dict[str, Any]] = {}
+    for model_dir in model_dirs:
+        name = model_dir.name
+        result = evaluate_variant(name, model_dir, lms_dir, recordings, labels, params, device)
+        summaries[name] = write_variant(result, out_dir)
+        log.info("%s: %s", name, json.dumps(summaries[name]))
+    best = select_best(summaries, params.select_metric)
+    write_json(out_dir / BEST_FILE, best)
+    log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])
+    return best

@@ -1,0 +1,265 @@
+"""``birdops report``: the model generations side by side, and ``--diff REV`` for pull requests.
+
+    birdops report [--metrics-dir metrics] [--output report.md]
+    birdops report --diff origin/main [--output report.md]
+
+The first form reads ``<metrics-dir>/<variant>.json`` (written by the evaluate stage) for phase2b,
+baseline and full and prints a markdown table with each generation's change against the one before,
+followed by the figures of the original report on real xeno-canto data as clearly labelled reference
+rows. The second wraps ``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` into one markdown
+document for a pull-request comment. Standard library only: CI installs just ``dvc`` for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VARIANTS: tuple[str, ...] = ("phase2b", "baseline", "full")
+DESCRIPTIONS: dict[str, str] = {
+    "phase2b": "Phase 2B: MFCC + ViT",
+    "baseline": "Phase 3 baseline: log-mel + AST",
+    "full": "Phase 3 full: log-mel + AST + SpecAugment + MixUp",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a value at ``section.key`` of a metrics file, shown as % or as a ratio."""
+
+    title: str
+    section: str
+    key: str
+    percent: bool
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("Val acc", "val_clip", "accuracy", True),
+    Column("Test acc (clip)", "test_clip", "accuracy", True),
+    Column("Test acc (recording)", "test_recording", "accuracy", True),
+    Column("F1 macro", "test_clip", "f1_macro", False),
+    Column("F1 weighted", "test_clip", "f1_weighted", False),
+    Column("mAP", "test_clip", "map", False),
+    Column("Top-5", "test_clip", "top5_accuracy", True),
+)
+
+# The original report's published results (PHASE3_RESULTS.md): real xeno-canto data, 89 species,
+# 4-second clips. Fractions in [0, 1]; None where the report gives no figure.
+PUBLISHED: dict[str, dict[str, dict[str, float | None]]] = {
+    "phase2b": {
+        "val_clip": {"accuracy": 0.4224},
+        "test_clip": {"accuracy": 0.4272, "f1_macro": 0.2167, "f1_weighted": None, "map": None},
+    },
+    "baseline": {
+        "val_clip": {"accuracy": 0.5487},
+        "test_clip": {"accuracy": 0.5451, "f1_macro": 0.3227, "f1_weighted": 0.5343, "map": 0.4173},
+    },
+    "full": {
+        "val_clip": {"accuracy": 0.5746},
+        "test_clip": {"accuracy": 0.5728, "f1_macro": 0.3572, "f1_weighted": 0.5691, "map": 0.4308},
+    },
+}
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made; the message says why (missing files, dvc, unknown revision)."""
+
+
+# ------------------------------------------------------------------------------------ comparison
+def read_variant_metrics(metrics_dir: Path, variants: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """``<metrics_dir>/<variant>.json`` of each variant, or None where the file is missing."""
+    found: dict[str, dict[str, Any] | None] = {}
+    for variant in variants:
+        path = metrics_dir / f"{variant}.json"
+        try:
+            found[variant] = json.loads(path.read_text())
+        except FileNotFoundError:
+            found[variant] = None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ReportError(f"{path}: cannot read metrics: {err}") from err
+    return found
+
+
+def lookup(metrics: Mapping[str, Any] | None, column: Column) -> float | None:
+    """The value of ``column`` in one metrics mapping, None when absent."""
+    if metrics is None:
+        return None
+    value = metrics.get(column.section, {}).get(column.key)
+    return None if value is None else float(value)
+
+
+def format_cell(value: float | None, previous: float | None, percent: bool) -> str:
+    """``54.51%`` / ``0.3227``, with the change against ``previous`` when both exist:
+    percentage points for accuracies, plain difference for ratios."""
+    if value is None:
+        return "n/a"
+    if percent:
+        text = f"{100 * value:.2f}%"
+        return text if previous is None else f"{text} ({100 * (value - previous):+.2f} pp)"
+    text = f"{value:.4f}"
+    return text if previous is None else f"{text} ({value - previous:+.4f})"
+
+
+def table_rows(rows: Sequence[tuple[str, Mapping[str, Any] | None]], columns: Sequence[Column]) -> list[str]:
+    """Markdown lines of a table: one row per ``(name, metrics)``, each cell with its change against
+    the row above (the previous generation)."""
+    lines = ["| Model | " + " | ".join(c.title for c in columns) + " |"]
+    lines.append("|---|" + "---|" * len(columns))
+    previous: Mapping[str, Any] | None = None
+    for name, metrics in rows:
+        if metrics is None:
+            cells = ["not evaluated"] + [""] * (len(columns) - 1)
+        else:
+            cells = [format_cell(lookup(metrics, c), lookup(previous, c), c.percent) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        previous = metrics
+    return lines
+
+
+def sizes_line(found: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """One sentence with the test-set sizes of the evaluated variants."""
+    parts = [
+        f"{variant}: {m.get('n_test_clips', '?')} clips / {m.get('n_test_recordings', '?')} recordings"
+        for variant, m in found.items()
+        if m is not None
+    ]
+    return "Test set sizes: " + "; ".join(parts) + "." if parts else ""
+
+
+def comparison_markdown(found: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """The side-by-side report: this repository's variants, then the original report's figures."""
+    ours = [(f"{variant} ({DESCRIPTIONS.get(variant, variant)})", m) for variant, m in found.items()]
+    published = [
+        (f"{DESCRIPTIONS[v].split(':')[0]} — original report, real data", PUBLISHED[v]) for v in PUBLISHED
+    ]
+    lines = [
+        "## Model generations (this repository's run)",
+        "",
+        "Test metrics on the cached test clips unless marked *recording* (whole recordings, windows "
+        "averaged). In parentheses: the change against the previous generation (accuracies in "
+        "percentage points).",
+        "",
+        *table_rows(ours, COLUMNS),
+        "",
+        sizes_line(found),
+        "",
+        "## Reference: original published results (real xeno-canto data, 89 species)",
+        "",
+        "Figures from the original Phase 3 report (`PHASE3_RESULTS.md`), **not** produced by this "
+        "repository's run and not comparable one-to-one with a run on other data (e.g. the synthetic "
+        "corpus). n/a: not reported.",
+        "",
+        *table_rows(published, COLUMNS),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ diff
+def dvc_command() -> list[str]:
+    """How to run dvc: this interpreter's ``dvc`` module, else a ``dvc`` on the PATH."""
+    if importlib.util.find_spec("dvc") is not None:
+        return [sys.executable, "-m", "dvc"]
+    found = shutil.which("dvc")
+    if found is None:
+        raise ReportError("dvc is not installed: pip install dvc (or birdops[train])")
+    return [found]
+
+
+def run_tool(command: Sequence[str], repo: Path) -> str:
+    """stdout of ``command`` run in ``repo``; ReportError with its stderr when it fails."""
+    try:
+        done = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, check=False)
+    except FileNotFoundError as err:
+        raise ReportError(f"cannot run {command[0]}: {err}") from err
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise ReportError(f"`{' '.join(command[-4:])}` failed in {repo}: {detail}")
+    return done.stdout
+
+
+def check_revision(rev: str, repo: Path) -> None:
+    """Raise ReportError unless ``rev`` names a commit of the Git repository at ``repo``."""
+    git = shutil.which("git")
+    if git is None:
+        raise ReportError("git is not installed; `--diff` compares against a Git revision")
+    try:
+        run_tool([git, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], repo)
+    except ReportError as err:
+        raise ReportError(f"unknown Git revision {rev!r} in {repo} (fetch it, or check the name)") from err
+
+
+def diff_markdown(rev: str, repo: Path) -> str:
+    """``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` of ``repo``'s workspace against
+    ``rev``, as one markdown document."""
+    check_revision(rev, repo)
+    dvc = dvc_command()
+    metrics = run_tool([*dvc, "metrics", "diff", rev, "--md"], repo).strip()
+    params = run_tool([*dvc, "params", "diff", rev, "--md"], repo).strip()
+    return "\n".join(
+        [
+            f"## Metrics: `{rev}` → this change",
+            "",
+            metrics or "No metric changed.",
+            "",
+            f"## Parameters: `{rev}` → this change",
+            "",
+            params or "No parameter changed.",
+            "",
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------- cli
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="birdops report", description="Compare model variants.")
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="evaluate's output folder")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="variants, oldest first")
+    parser.add_argument("--output", type=Path, help="also write the markdown to this file")
+    parser.add_argument(
+        "--diff",
+        metavar="REV",
+        help="compare the workspace's DVC metrics and params against Git revision REV",
+    )
+    return parser.parse_args(list(argv))
+
+
+def build_report(args: argparse.Namespace) -> str:
+    """The markdown document the arguments ask for."""
+    found = read_variant_metrics(args.metrics_dir, args.variants)
+    if args.diff:
+        parts = ["# birdops: metrics and parameters diff", "", diff_markdown(args.diff, Path.cwd())]
+        if any(m is not None for m in found.values()):
+            parts.append(comparison_markdown(found))
+        return "\n".join(parts)
+    if all(m is None for m in found.values()):
+        raise ReportError(
+            f"no metrics in {args.metrics_dir} for {', '.join(args.variants)}: run the evaluate stage first"
+        )
+    return "\n".join(["# birdops: model comparison", "", comparison_markdown(found)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        document = build_report(args)
+    except ReportError as err:
+        log.error("%s", err)
+        return 1
+    sys.stdout.write(document)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(document)
+        log.info("wrote %s", args.output)
+    return 0

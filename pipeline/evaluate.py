@@ -1,0 +1,36 @@
+"""DVC stage evaluate: clip- and recording-level metrics of every variant, and the best one.
+
+    python -m pipeline.evaluate --models models/phase2b models/baseline models/full \\
+        --raw data/raw --prepared data/prepared --lms data/lms --out metrics
+
+Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/`` and ``<out>/best.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from birdops.evaluate.evaluate import evaluate_models
+from pipeline._common import setup
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description="Evaluate variants.")
+    parser.add_argument("--models", required=True, nargs="+", type=Path, help="model folders, oldest first")
+    parser.add_argument("--raw", required=True, type=Path, help="raw corpus folder (the audio)")
+    parser.add_argument("--prepared", required=True, type=Path, help="prepare's folder (manifest, labels)")
+    parser.add_argument("--lms", required=True, type=Path, help="the feature cache root")
+    parser.add_argument("--out", required=True, type=Path, help="metrics folder to write")
+    args = parser.parse_args(argv)
+    params = setup().evaluate
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    evaluate_models(args.models, args.raw, args.prepared, args.lms, args.out, params, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

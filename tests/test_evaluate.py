@@ -1,0 +1,263 @@
+"""Evaluation end to end on a tiny world: real audio files, a real feature cache, tiny real models.
+
+Three saved classifiers share one front end: ``phase2b`` is a randomly initialised tiny AST,
+``baseline`` always predicts class 0 and ``full`` always predicts class 1 (their head is a constant
+bias). The validation split is mostly class 0 and the test split mostly class 1, so validation and
+test disagree on which constant model is better: the best model must be the validation choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from birdops.audio import frame_windows, load_audio
+from birdops.config import EvaluateParams, LmsCacheParams, ModelParams
+from birdops.evaluate import evaluate as ev
+from birdops.features.cache import build_cache, load_split
+from birdops.features.frontend import build_frontend
+from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
+from birdops.models.factory import build_model
+from pipeline import evaluate as stage
+
+LABELS = ("Alpha one", "Beta two", "Gamma three")
+TONE_HZ = (1200.0, 2600.0, 5200.0)  # one tone per class, above the 500 Hz high-pass
+FILE_RATE_HZ = 16000  # resampled to the front end's 22,050 Hz on load
+CLIP_SECONDS = 1.0
+# (split, label index) of each recording; val is mostly class 0, test mostly class 1
+SPLIT_PLAN = [
+    *[("train", k) for k in range(3)],
+    *[("val", k) for k in (0, 0, 0, 1, 2)],
+    *[("test", k) for k in (0, 1, 1, 1, 2)],
+]
+CORRUPT_ID = "XC99"  # a test recording whose file is not audio
+
+
+def write_recording(path: Path, label: int, seconds: float, rng: np.random.Generator) -> None:
+    """Two 0.8 s calls of the class's tone, near the start and the end, in faint noise."""
+    t = np.arange(round(seconds * FILE_RATE_HZ)) / FILE_RATE_HZ
+    calls = ((t > 0.1) & (t < 0.9)) | ((t > seconds - 0.9) & (t < seconds - 0.1))
+    wave = 0.3 * calls * np.sin(2 * np.pi * TONE_HZ[label] * t) + 0.01 * rng.normal(size=t.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave.astype(np.float32), FILE_RATE_HZ)
+
+
+def write_world(root: Path) -> None:
+    """``raw/`` audio, ``prepared/`` manifest + labels and the ``lms/`` cache of the ``seed`` preset."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, (split, label) in enumerate(SPLIT_PLAN):
+        seconds = 2.2 + 0.4 * (i % 4)
+        local = f"audio/XC{i + 1}.wav"
+        write_recording(root / "raw" / local, label, seconds, rng)
+        rows.append((f"XC{i + 1}", local, LABELS[label], label, split, "rec", "A", seconds))
+    (root / "raw" / "audio" / f"{CORRUPT_ID}.wav").write_bytes(b"this is not a wave file" * 20)
+    rows.append((CORRUPT_ID, f"audio/{CORRUPT_ID}.wav", LABELS[2], 2, "test", "rec", "A", 3.0))
+    prepared = root / "prepared"
+    prepared.mkdir()
+    with (prepared / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"])
+        writer.writerows(rows)
+    (prepared / "labels.json").write_text(json.dumps(list(LABELS)))
+    params = LmsCacheParams(presets=["seed"], clip_seconds=CLIP_SECONDS, max_clips_per_recording=2, workers=1)
+    build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+
+
+def save_model(folder: Path, variant: str, constant_class: int | None) -> None:
+    """A tiny AST from the real factory; with ``constant_class`` its logits ignore the input."""
+    frontend = build_frontend("seed")
+    n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
+    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
+    torch.manual_seed(11)
+    model = build_model(cfg, len(LABELS), frontend.spec.n_bins, n_frames)
+    if constant_class is not None:
+        dense = model.get_submodule("classifier.dense")
+        assert isinstance(dense, torch.nn.Linear)
+        with torch.no_grad():
+            dense.weight.zero_()
+            dense.bias.copy_(torch.tensor([5.0 if k == constant_class else 0.0 for k in range(len(LABELS))]))
+    info = ClassifierInfo(
+        variant=variant, model=cfg.model_dump(), labels=LABELS, feature_preset="seed",
+        feature_spec=frontend.spec.to_dict(), clip_seconds=CLIP_SECONDS, n_bins=frontend.spec.n_bins,
+        n_frames=n_frames,
+    )  # fmt: skip
+    save_classifier(folder / variant, model, info)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a busy machine, two spinning threads are ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    write_world(root)
+    save_model(root / "models", "phase2b", None)
+    save_model(root / "models", "baseline", 0)
+    save_model(root / "models", "full", 1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The evaluate stage run through ``pipeline.evaluate.main``; returns its ``--out`` folder."""
+    workdir = tmp_path_factory.mktemp("stage")
+    (workdir / "params.yaml").write_text(
+        "evaluate:\n  window_seconds: null\n  hop_seconds: 0.5\n  batch_size: 4\n  select_metric: f1_macro\n"
+    )
+    out = workdir / "metrics"
+    models = [str(world / "models" / name) for name in ("phase2b", "baseline", "full")]
+    argv = ["--models", *models, "--raw", str(world / "raw"), "--prepared", str(world / "prepared")]
+    argv += ["--lms", str(world / "lms"), "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # stages read params.yaml from the working directory
+        assert stage.main(argv) == 0
+    return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path) -> None:
+    data = read_json(evaluated / "phase2b.json")
+    levels = ("test_clip", "test_recording", "val_clip")
+    assert set(data) == {*levels, "n_test_clips", "n_test_recordings", "n_skipped_recordings", "n_val_clips"}
+    for level in levels:
+        assert set(data[level]) == {"accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "map"}
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in data[level].values())
+        assert data[level]["top5_accuracy"] == 1.0  # 3 classes: top-5 is top-3
+
+    # recompute clip accuracy from the saved model and the cache, independently of the evaluator
+    model, _ = load_classifier(world / "models" / "phase2b")
+    test = load_split(world / "lms", "seed", "test")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(test.features, dtype=np.float32)))
+    expected = float(np.mean(logits.argmax(dim=1).numpy() == test.labels))
+    assert data["test_clip"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert data["n_test_clips"] == len(test.labels) == 10  # two calls a recording, two clips
+    assert CORRUPT_ID not in test.ids  # the cache failed it too
+    assert data["n_val_clips"] == len(load_split(world / "lms", "seed", "val").labels)
+    # the corrupt recording is skipped, logged and counted
+    assert data["n_test_recordings"] == 5 and data["n_skipped_recordings"] == 1
+    skipped = list(csv.DictReader((evaluated / "eval" / "phase2b" / "skipped.csv").open()))
+    assert [row["id"] for row in skipped] == [CORRUPT_ID] and "cannot decode" in skipped[0]["reason"]
+
+
+def test_constant_models_give_the_exact_expected_metrics(world: Path, evaluated: Path) -> None:
+    test_labels = load_split(world / "lms", "seed", "test").labels
+    for variant, k in (("baseline", 0), ("full", 1)):
+        data = read_json(evaluated / f"{variant}.json")
+        assert data["test_clip"]["accuracy"] == pytest.approx(np.mean(test_labels == k), abs=1e-6)
+        # decodable test recordings have labels 0, 1, 1, 1, 2
+        assert data["test_recording"]["accuracy"] == pytest.approx([0.2, 0.6][k])
+        # a constant score column ranks nothing: AP of a class is its share of the samples
+        shares = [np.mean(test_labels == c) for c in range(3)]
+        assert data["test_clip"]["map"] == pytest.approx(np.mean(shares), abs=1e-5)
+
+
+def test_best_is_chosen_on_validation_not_test(evaluated: Path) -> None:
+    summaries = {v: read_json(evaluated / f"{v}.json") for v in ("phase2b", "baseline", "full")}
+    val = {v: s["val_clip"]["f1_macro"] for v, s in summaries.items()}
+    test = {v: s["test_clip"]["f1_macro"] for v, s in summaries.items()}
+    # the constructed disagreement: baseline is better on validation, full on test
+    assert val["baseline"] > val["full"] and test["full"] > test["baseline"]
+    best = read_json(evaluated / "best.json")
+    assert best["metric"] == "val_clip.f1_macro"
+    assert best["candidates"] == pytest.approx(val)
+    assert val[best["variant"]] == max(val.values()) and best["variant"] != "full"
+    assert best["value"] == pytest.approx(val[best["variant"]])
+
+
+def test_plot_and_table_files(evaluated: Path) -> None:
+    folder = evaluated / "eval" / "baseline"
+    for name in ("confusion.png", "per_class_f1.png"):
+        assert (folder / name).read_bytes()[:4] == b"\x89PNG"
+    per_class = list(csv.DictReader((folder / "per_class.csv").open()))
+    assert [row["label"] for row in per_class] == list(LABELS)
+    assert float(per_class[0]["recall"]) == 1.0 and float(per_class[1]["recall"]) == 0.0
+    per_recording = list(csv.DictReader((folder / "per_class_recording.csv").open()))
+    assert [int(row["support"]) for row in per_recording] == [1, 3, 1]
+    confusion = list(csv.DictReader((folder / "confusion.csv").open()))
+    assert len(confusion) == read_json(evaluated / "baseline.json")["n_test_clips"]
+    assert {row["predicted"] for row in confusion} == {LABELS[0]}
+
+
+def test_recording_probabilities_match_a_direct_computation(world: Path) -> None:
+    model, info = load_classifier(world / "models" / "phase2b")
+    frontend = build_frontend("seed")
+    recordings = ev.read_recordings(world / "prepared", world / "raw", "test")
+    params = EvaluateParams(hop_seconds=0.4, batch_size=3)  # batches cross recording boundaries
+    scored, skipped = ev.evaluate_recordings(model, frontend, info, recordings, params, torch.device("cpu"))
+    assert [s.id for s in skipped] == [CORRUPT_ID]
+    expected = []
+    for recording in recordings[:-1]:  # the corrupt one is last
+        wave = load_audio(recording.path, 22050)
+        windows, _ = frame_windows(wave, 22050, CLIP_SECONDS, 0.4)
+        with torch.no_grad():
+            logits = model(frontend(torch.from_numpy(windows)))
+        expected.append(torch.softmax(logits, dim=1).mean(dim=0).numpy())
+    np.testing.assert_allclose(scored.scores, np.stack(expected), atol=1e-5)
+    np.testing.assert_array_equal(scored.labels, [r.label_index for r in recordings[:-1]])
+
+
+def test_batch_windows_regroups_across_recordings() -> None:
+    items = [(0, np.full((2, 4), 0.0)), (1, np.full((5, 4), 1.0)), (3, np.full((1, 4), 3.0))]
+    batches = list(ev.batch_windows(iter(items), batch_size=3))
+    assert [len(w) for w, _ in batches] == [3, 3, 2]
+    owners = np.concatenate([o for _, o in batches])
+    np.testing.assert_array_equal(owners, [0, 0, 1, 1, 1, 1, 1, 3])
+    windows = np.concatenate([w for w, _ in batches])
+    np.testing.assert_array_equal(windows[:, 0], owners.astype(float))
+
+
+def test_select_best_uses_validation_metrics_only() -> None:
+    def summary(val_f1: float, val_map: float, val_acc: float, test_f1: float) -> dict[str, Any]:
+        return {
+            "val_clip": {"f1_macro": val_f1, "map": val_map, "accuracy": val_acc},
+            "test_clip": {"f1_macro": test_f1, "map": 1.0, "accuracy": 1.0},
+        }
+
+    summaries = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.7, 0.1, 0.1, 0.1)}
+    best = ev.select_best(summaries, "f1_macro")
+    expected = {
+        "variant": "b",
+        "metric": "val_clip.f1_macro",
+        "value": 0.7,
+        "candidates": {"a": 0.5, "b": 0.7},
+    }
+    assert best == expected
+    assert ev.select_best(summaries, "accuracy")["variant"] == "a"
+    # a tie on the selection metric goes to the next validation metric, then to the first listed
+    tied = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.5, 0.3, 0.1, 0.1)}
+    assert ev.select_best(tied, "f1_macro")["variant"] == "b"
+    same = {"a": summary(0.5, 0.2, 0.9, 0.1), "b": summary(0.5, 0.2, 0.9, 0.9)}
+    assert ev.select_best(same, "f1_macro")["variant"] == "a"
+    with pytest.raises(ValueError, match="no evaluated variant"):
+        ev.select_best({}, "map")
+
+
+def test_mismatched_models_are_rejected(world: Path) -> None:
+    info = read_info(world / "models" / "phase2b")
+    frontend = build_frontend("seed")
+    with pytest.raises(ValueError, match="labels"):
+        ev.check_model(info, ("x", "y", "z"), frontend.spec.to_dict())
+    with pytest.raises(ValueError, match="features whose settings differ"):
+        ev.check_model(info, LABELS, build_frontend("mfcc").spec.to_dict())
+    with pytest.raises(ValueError, match=r"set evaluate\.window_seconds to null"):
+        ev.window_seconds_for(info, frontend, EvaluateParams(window_seconds=2.0))
+    assert ev.window_seconds_for(info, frontend, EvaluateParams()) == CLIP_SECONDS

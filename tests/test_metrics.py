@@ -1,0 +1,170 @@
+"""birdops.evaluate.metrics against values computed by hand on tiny examples, and the plot writers."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birdops.evaluate import metrics as m
+from birdops.evaluate.plots import (
+    CONFUSION_INCHES_PER_CLASS,
+    DPI,
+    confusion_side_inches,
+    plot_confusion,
+    plot_per_class_f1,
+    tick_font_size,
+    write_confusion_records,
+    write_per_class_csv,
+)
+
+# 4 samples, 3 classes, probabilities. Predictions: 0, 1, 1, 2 (sample 1 is a class-0 sample taken for 1).
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],  # label 0, predicted 0
+        [0.3, 0.4, 0.3],  # label 0, predicted 1; 2nd best is class 0 (tie with 2 -> lower index)
+        [0.1, 0.6, 0.3],  # label 1, predicted 1
+        [0.4, 0.1, 0.5],  # label 2, predicted 2; outranks sample 1 in column 0
+    ]
+)
+LABELS = np.array([0, 0, 1, 2])
+
+
+def test_accuracy_and_top_k_by_hand() -> None:
+    assert m.accuracy(PROBS, LABELS) == pytest.approx(0.75)
+    assert m.top_k_accuracy(PROBS, LABELS, k=1) == pytest.approx(0.75)
+    assert m.top_k_accuracy(PROBS, LABELS, k=2) == pytest.approx(1.0)
+    # top-5 with 3 classes is top-3: always a hit
+    assert m.top_k_accuracy(PROBS, LABELS) == pytest.approx(1.0)
+    # a tie of the label with a lower-index class: argmax takes the lower index
+    tie = np.array([[0.5, 0.5, 0.0]])
+    assert m.accuracy(tie, np.array([1])) == 0.0
+    assert m.top_k_accuracy(tie, np.array([2]), k=2) == 0.0
+
+
+def test_f1_by_hand() -> None:
+    summary = m.summarize(PROBS, LABELS)
+    # class 0: P 1, R 1/2, F1 2/3; class 1: P 1/2, R 1, F1 2/3; class 2: F1 1
+    assert summary.f1_macro == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert summary.f1_weighted == pytest.approx((2 * 2 / 3 + 2 / 3 + 1) / 4)
+    table = m.per_class(PROBS, LABELS, ["a", "b", "c"])
+    np.testing.assert_allclose(table.precision, [1.0, 0.5, 1.0])
+    np.testing.assert_allclose(table.recall, [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(table.f1, [2 / 3, 2 / 3, 1.0])
+    np.testing.assert_array_equal(table.support, [2, 1, 1])
+
+
+def test_f1_macro_counts_predicted_absent_classes_but_not_unused_ones() -> None:
+    # labels 0,0,1; predictions 0,2,1: class 2 is predicted but never true -> F1 0, in the mean;
+    # class 3 is neither true nor predicted -> not in the mean
+    scores = np.array([[5.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 5.0, 0, 0]])
+    summary = m.summarize(scores, np.array([0, 0, 1]))
+    assert summary.f1_macro == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_average_precision_by_hand() -> None:
+    ap = m.average_precision_per_class(PROBS, LABELS)
+    # column 0 ranks: s0 (+), s3 (-), s1 (+), s2 (-) -> (1/1 + 2/3) / 2
+    np.testing.assert_allclose(ap, [5 / 6, 1.0, 1.0])
+    assert m.mean_average_precision(PROBS, LABELS) == pytest.approx((5 / 6 + 2) / 3)
+    assert m.summarize(PROBS, LABELS).map == pytest.approx(17 / 18)
+
+
+def test_map_leaves_out_classes_absent_from_the_labels() -> None:
+    # four columns, class 3 never true: its AP is undefined (NaN) and not averaged
+    probs = np.hstack([PROBS * 0.9, np.full((4, 1), 0.1)])
+    ap = m.average_precision_per_class(probs, LABELS)
+    assert np.isnan(ap[3])
+    np.testing.assert_allclose(ap[:3], [5 / 6, 1.0, 1.0])
+    assert m.mean_average_precision(probs, LABELS) == pytest.approx(17 / 18)
+
+
+def test_map_of_logits_is_computed_on_their_softmax() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(30, 5)) * 3
+    labels = rng.integers(0, 5, size=30)
+    probs = m.softmax(logits)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert m.is_probability(probs) and not m.is_probability(logits)
+    assert m.mean_average_precision(logits, labels) == pytest.approx(m.mean_average_precision(probs, labels))
+    # the per-column ranking of raw logits differs from that of probabilities here: adding a per-row
+    # constant leaves probabilities unchanged but would change a ranking done on the logits
+    shifted = logits + rng.normal(size=(30, 1)) * 10
+    assert m.mean_average_precision(shifted, labels) == pytest.approx(
+        m.mean_average_precision(logits, labels)
+    )
+    # decisions do not depend on the form
+    assert m.summarize(logits, labels).accuracy == m.summarize(probs, labels).accuracy
+
+
+def test_confusion_counts_and_row_normalisation() -> None:
+    counts = m.confusion_counts(PROBS, LABELS)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    with_empty_row = np.array([[2, 2], [0, 0]])
+    np.testing.assert_allclose(m.normalize_rows(with_empty_row), [[0.5, 0.5], [0.0, 0.0]])
+    np.testing.assert_allclose(m.normalize_rows(counts).sum(axis=1), 1.0)
+
+
+def test_summary_dict_is_flat_and_rounded() -> None:
+    data = m.summarize(PROBS, LABELS).to_dict()
+    assert list(data) == ["accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "map"]
+    assert data["f1_macro"] == round(7 / 9, 6)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        (np.zeros((3, 2)), np.array([0, 1]), "expected scores"),
+        (np.zeros((0, 2)), np.zeros(0, dtype=int), "empty"),
+        (np.zeros((2, 2)), np.array([0.0, 1.0]), "integers"),
+        (np.zeros((2, 2)), np.array([0, 2]), "in \\[0, 2\\)"),
+        (np.array([[np.nan, 0.0]]), np.array([0]), "NaN"),
+    ],
+)
+def test_bad_inputs_are_rejected(scores: np.ndarray, labels: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        m.summarize(scores, labels)
+
+
+def test_figure_scales_with_the_number_of_classes() -> None:
+    # at 89 classes: one row ~10 pt tall, labels ~5.6 pt, so every class name stays readable
+    row_points = 72 * CONFUSION_INCHES_PER_CLASS
+    assert tick_font_size(89) < row_points and 5.0 < tick_font_size(89) < 6.0
+    assert tick_font_size(500) == 5.0 and tick_font_size(5) == 9.0
+    assert confusion_side_inches(89) == pytest.approx(3.0 + 0.14 * 89)
+    assert confusion_side_inches(10) < confusion_side_inches(89) < confusion_side_inches(1000) == 40.0
+
+
+def test_plots_and_plot_data_files(tmp_path: Path) -> None:
+    num_classes = 30
+    names = [f"Genus species{i}" for i in range(num_classes)]
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, num_classes, size=200)
+    scores = rng.normal(size=(200, num_classes))
+    scores[np.arange(200), labels] += 2.0
+    counts = m.confusion_counts(scores, labels)
+    plot_confusion(m.normalize_rows(counts), names, tmp_path / "cm.png")
+    table = m.per_class(scores, labels, names)
+    plot_per_class_f1(table, tmp_path / "f1.png")
+    for png in ("cm.png", "f1.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    height, width = imread(tmp_path / "cm.png").shape[:2]
+    assert height == round(confusion_side_inches(num_classes) * DPI) and width > height  # + colour bar
+
+    write_per_class_csv(table, tmp_path / "per_class.csv")
+    rows = list(csv.DictReader((tmp_path / "per_class.csv").open()))
+    assert len(rows) == num_classes and rows[3]["label"] == names[3]
+    assert int(rows[3]["support"]) == int(np.sum(labels == 3))
+    assert float(rows[3]["f1"]) == pytest.approx(table.f1[3], abs=1e-6)
+
+    predicted = m.predictions(scores)
+    write_confusion_records(labels, predicted, names, tmp_path / "confusion.csv")
+    records = list(csv.DictReader((tmp_path / "confusion.csv").open()))
+    assert len(records) == 200
+    assert records[0] == {"actual": names[labels[0]], "predicted": names[predicted[0]]}
+    with pytest.raises(ValueError, match="does not match"):
+        plot_confusion(np.zeros((2, 2)), names, tmp_path / "bad.png")
