@@ -1,0 +1,237 @@
+"""ONNX export of a trained classifier with its feature front end inside the graph.
+
+The traced module is :class:`birdops.models.classifier.WaveformClassifier` (front end + model), so the
+exported file takes raw waveforms and nothing outside it computes features. The dynamo exporter
+(``torch.onnx.export(..., dynamo=True)``) is the one that can express the front end's complex STFT.
+
+The file follows ``docs/architecture.md`` ("Exported model"): input ``waveform`` float32
+``[batch, samples]`` (samples fixed, batch dynamic), output ``logits`` float32 ``[batch, classes]``,
+``birdops.*`` metadata props (:class:`birdops.serve.inference.ModelMetadata`) plus ``birdops.opset``
+and ``birdops.exporter``. It is one self-contained file (no external data) and passes
+``onnx.checker.check_model(path, full_check=True)``.
+
+:func:`export_best` is the whole ``export_onnx`` stage: export the variant ``metrics/best.json``
+chose, gate it on parity with PyTorch on real validation clips, measure throughput, and write the
+Triton model repository.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from birdops.config import ExportParams
+from birdops.export import parity, triton
+from birdops.models import classifier as saved
+from birdops.models.checkpoint import ClassifierInfo
+from birdops.models.classifier import WaveformClassifier
+from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+FP16_MODEL_FILE = "model.fp16.onnx"
+TRITON_DIR = "model_repository"
+# protobuf cannot serialise a message of 2 GiB or more into one file
+MAX_SINGLE_FILE_BYTES = 2**31 - 1
+# node metadata the exporter adds that names files on the exporting machine: dropped from the file
+DROPPED_NODE_PROPS = ("pkg.torch.onnx.stack_trace",)
+REVISION_ENV = "BIRDOPS_SOURCE_REVISION"  # the revision where there is no .git (a Docker build)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as the contract requires."""
+
+
+# ------------------------------------------------------------------------------------------ export
+def export_classifier(classifier: nn.Module, num_samples: int, opset: int) -> onnx.ModelProto:
+    """Trace ``classifier`` (``(B, num_samples)`` waveforms -> ``(B, C)`` logits) to ONNX with a
+    dynamic batch: input ``waveform [batch, num_samples]``, output ``logits [batch, C]``."""
+    classifier = classifier.eval()
+    example = 0.1 * torch.randn(2, num_samples, generator=torch.Generator().manual_seed(0))  # (2, S)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        classifier, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, optimize=True, verbose=False,
+    )  # fmt: skip
+    if program is None:  # only the legacy exporter returns None
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def annotate(model: onnx.ModelProto, metadata: ModelMetadata, opset: int) -> onnx.ModelProto:
+    """``model`` with the ``birdops.*`` metadata props set (replacing any) and the exporter's
+    per-node stack traces (absolute paths of this machine) removed. Mutates and returns ``model``."""
+    props = {
+        **metadata.to_props(),
+        "birdops.opset": str(opset),
+        "birdops.exporter": f"torch {torch.__version__} dynamo, onnx {onnx.__version__}",
+    }
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, dict(kept) | props)
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key not in DROPPED_NODE_PROPS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    model.doc_string = f"birdops {metadata.variant}: waveform [batch, samples] -> logits [batch, classes]"
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> int:
+    """Write ``model`` as one file (no external data) and check it fully; returns its size in bytes."""
+    size = model.ByteSize()
+    if size > MAX_SINGLE_FILE_BYTES:
+        raise ExportError(f"the model is {size / 2**30:.2f} GiB; one ONNX file holds less than 2 GiB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path.stat().st_size
+
+
+def metadata_for(info: ClassifierInfo, variant: str, source_revision: str) -> ModelMetadata:
+    return ModelMetadata(
+        labels=info.labels, sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
+        window_seconds=info.clip_seconds, features=info.feature_spec, variant=variant,
+        source_revision=source_revision,
+    )  # fmt: skip
+
+
+def load_waveform_classifier(model_dir: Path) -> tuple[WaveformClassifier, ClassifierInfo]:
+    """The saved classifier of ``model_dir`` behind its front end; a model whose features no longer
+    match the current front end is an :class:`ExportError`."""
+    try:
+        return saved.load_waveform_classifier(model_dir)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+
+
+def git_revision(cwd: Path | None = None) -> str:
+    """``git rev-parse HEAD`` in ``cwd``; outside a git checkout ``$BIRDOPS_SOURCE_REVISION`` (e.g. set
+    by a Docker build), else ``"unknown"``."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get(REVISION_ENV) or "unknown"
+    return done.stdout.strip() or os.environ.get(REVISION_ENV) or "unknown"
+
+
+# ------------------------------------------------------------------------------------------- stage
+@dataclass(frozen=True)
+class StageResult:
+    """The export stage's summary (``metrics/onnx.json``) and its gates."""
+
+    summary: dict[str, Any]
+    gates: tuple[parity.Gate, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+
+def read_best(path: Path) -> str:
+    """The variant ``metrics/best.json`` chose."""
+    try:
+        variant = json.loads(path.read_text())["variant"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ExportError(f"{path}: cannot read the chosen variant: {err}") from err
+    if not isinstance(variant, str) or not variant:
+        raise ExportError(f"{path}: 'variant' must be a non-empty string")
+    return variant
+
+
+def export_best(
+    best_json: Path,
+    models_dir: Path,
+    raw_dir: Path,
+    prepared_dir: Path,
+    lms_dir: Path,
+    out_dir: Path,
+    params: ExportParams,
+    source_revision: str,
+) -> StageResult:
+    """Export the chosen variant to ``out_dir/model.onnx``, gate it, benchmark it and write the Triton
+    repository (only when every gate passed); the summary is returned either way."""
+    variant = read_best(best_json)
+    classifier, info = load_waveform_classifier(models_dir / variant)
+    if info.variant != variant:
+        log.warning("%s holds variant %r; exporting it as %r", models_dir / variant, info.variant, variant)
+    metadata = metadata_for(info, variant, source_revision)
+    log.info("exporting %s (%s, %d classes, %s s at %d Hz) with opset %d", variant, info.feature_preset,
+             len(info.labels), info.clip_seconds, metadata.sample_rate_hz, params.opset)  # fmt: skip
+    # what an earlier run by hand left must not pass for this run's output
+    (out_dir / FP16_MODEL_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / TRITON_DIR, ignore_errors=True)
+    model = annotate(
+        export_classifier(classifier, metadata.window_samples, params.opset), metadata, params.opset
+    )
+    model_path = out_dir / MODEL_FILE
+    size_bytes = save_model(model, model_path)
+    clips, _ = parity.validation_clips(
+        raw_dir, prepared_dir, lms_dir, info.feature_preset, params.parity_clips, metadata.sample_rate_hz,
+        info.clip_seconds,
+    )  # fmt: skip
+    gates, summary = run_gates(model, model_path, parity.ParityCheck(classifier, clips), params)
+    summary = {"variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6} | summary
+    summary |= parity.benchmark(classifier, model_path, clips)
+    if all(gate.passed for gate in gates):
+        config = triton.write_repository(
+            model_path, out_dir / TRITON_DIR, params.triton_model_name, params.triton_max_batch_size
+        )
+        log.info("wrote the Triton model repository: %s", config.parent)
+    return StageResult(summary, tuple(gates))
+
+
+def run_gates(
+    model: onnx.ModelProto, model_path: Path, check: parity.ParityCheck, params: ExportParams
+) -> tuple[list[parity.Gate], dict[str, Any]]:
+    """The fp32 gate of ``model_path`` and, with ``params.fp16``, the fp16 model's; each gate's verdict
+    is logged."""
+    fp32 = check.run(model_path, [parity.CPU_PROVIDER])
+    gates = [fp32.gate("fp32", params.fp32_max_abs_diff, params.fp32_min_top1_agreement)]
+    summary = fp32.to_summary("") | {"fp32_gate_passed": gates[0].passed}
+    if params.fp16:
+        fp16_gate, fp16_summary = fp16_export(model, model_path.with_name(FP16_MODEL_FILE), check, params)
+        summary |= fp16_summary
+        gates += [fp16_gate] if fp16_gate else []
+    for gate in gates:
+        (log.info if gate.passed else log.error)("%s", gate.message)
+    return gates, summary
+
+
+def fp16_export(
+    model: onnx.ModelProto, path: Path, check: parity.ParityCheck, params: ExportParams
+) -> tuple[parity.Gate | None, dict[str, Any]]:
+    """The float16 model (front end kept in float32) gated against PyTorch, on CUDA when onnxruntime
+    has it; ``(None, {...})`` with the reason when the converter is not installed."""
+    try:
+        half = parity.to_float16(model)
+    except parity.Float16Unavailable as err:
+        log.warning("fp16 export skipped: %s", err)
+        return None, {"fp16_skipped": str(err)}
+    size_bytes = save_model(half, path)
+    result = check.run(path, parity.fp16_providers())
+    gate = result.gate("fp16", params.fp16_max_abs_diff, params.fp16_min_top1_agreement)
+    return gate, result.to_summary("fp16_") | {
+        "fp16_gate_passed": gate.passed, "fp16_model_size_mb": size_bytes / 1e6,
+    }  # fmt: skip
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(summary), indent=2) + "\n")

@@ -1,0 +1,305 @@
+"""The export_onnx stage end to end on a tiny world: real audio files, a real feature cache and a tiny
+real AST, exported by ``pipeline.export_onnx.main`` with the dynamo exporter and checked against the
+contract of ``docs/architecture.md`` ("Exported model"), then served by ``birdops.serve.inference``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from birdops.audio import frame_windows, load_audio
+from birdops.config import LmsCacheParams, ModelParams
+from birdops.export import onnx_export, parity
+from birdops.features.cache import build_cache, load_split
+from birdops.features.frontend import build_frontend
+from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.models.factory import build_model
+from birdops.serve.inference import CPU_PROVIDER, Classifier
+from pipeline import export_onnx as stage
+
+LABELS = ("Alpha one", "Beta two", "Gamma three")
+TONE_HZ = (1200.0, 2600.0, 5200.0)  # one tone per class, above the seed preset's 500 Hz high-pass
+FILE_RATE_HZ = 16000  # resampled to the front end's 22,050 Hz on load
+CLIP_SECONDS = 1.0
+SPLITS = ["train", "train", "train", "val", "val", "val", "test", "test", "test"]
+PARITY_CLIPS = 5
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine are slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_world(root: Path) -> None:
+    """``raw/`` audio (calls of the class's tone in faint noise), ``prepared/`` manifest + labels, and the
+    ``lms/`` cache of the ``seed`` preset with 1 s clips."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, split in enumerate(SPLITS):
+        label, seconds = i % 3, 2.5 + 0.5 * (i % 2)
+        t = np.arange(round(seconds * FILE_RATE_HZ)) / FILE_RATE_HZ
+        calls = ((t > 0.2) & (t < 1.0)) | ((t > seconds - 1.0) & (t < seconds - 0.2))
+        wave = 0.3 * calls * np.sin(2 * np.pi * TONE_HZ[label] * t) + 0.01 * rng.normal(size=t.shape)
+        local = f"audio/XC{i + 1}.{'flac' if i % 2 else 'wav'}"
+        (root / "raw" / "audio").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "raw" / local, wave.astype(np.float32), FILE_RATE_HZ)
+        rows.append((f"XC{i + 1}", local, LABELS[label], label, split, "rec", "A", seconds))
+    prepared = root / "prepared"
+    prepared.mkdir()
+    with (prepared / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"])
+        writer.writerows(rows)
+    (prepared / "labels.json").write_text(json.dumps(list(LABELS)))
+    params = LmsCacheParams(presets=["seed"], clip_seconds=CLIP_SECONDS, max_clips_per_recording=2, workers=1)
+    build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+
+
+def save_tiny_ast(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:
+    frontend = build_frontend("seed")
+    n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
+    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
+    torch.manual_seed(3)
+    model = build_model(cfg, len(LABELS), frontend.spec.n_bins, n_frames)
+    info = ClassifierInfo(
+        variant=variant, model=cfg.model_dump(), labels=LABELS, feature_preset="seed",
+        feature_spec=feature_spec or frontend.spec.to_dict(), clip_seconds=CLIP_SECONDS,
+        n_bins=frontend.spec.n_bins, n_frames=n_frames,
+    )  # fmt: skip
+    save_classifier(folder / variant, model, info)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    write_world(root)
+    save_tiny_ast(root / "models", "full")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "best.json").write_text(json.dumps({"variant": "full", "value": 0.5}))
+    return root
+
+
+def params_yaml(**overrides: Any) -> str:
+    section = {
+        "opset": 18, "parity_clips": PARITY_CLIPS, "fp32_max_abs_diff": 1e-4, "fp32_min_top1_agreement": 1.0,
+        "fp16": True, "fp16_max_abs_diff": 0.05, "fp16_min_top1_agreement": 0.8,
+        "triton_model_name": "birds", "triton_max_batch_size": 8,
+    }  # fmt: skip
+    return yaml.safe_dump({"export_onnx": section | overrides})
+
+
+def run_stage(world: Path, workdir: Path, params: str) -> int:
+    (workdir / "params.yaml").write_text(params)
+    argv = ["--best", str(world / "metrics" / "best.json"), "--models", str(world / "models")]
+    argv += ["--raw", str(world / "raw"), "--prepared", str(world / "prepared"), "--lms", str(world / "lms")]
+    argv += ["--out", str(workdir / "export"), "--summary", str(workdir / "onnx.json")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # stages read params.yaml from the working directory
+        patch.setenv(onnx_export.REVISION_ENV, REVISION)
+        return stage.main(argv)
+
+
+@pytest.fixture(scope="module")
+def exported(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stage's working directory: ``export/`` and ``onnx.json``."""
+    workdir = tmp_path_factory.mktemp("stage")
+    assert run_stage(world, workdir, params_yaml()) == 0
+    return workdir
+
+
+def summary_of(workdir: Path) -> dict[str, Any]:
+    return json.loads((workdir / "onnx.json").read_text())
+
+
+# -------------------------------------------------------------------------------------- the file
+def test_model_file_follows_the_export_contract(exported: Path) -> None:
+    path = exported / "export" / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["waveform"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    (waveform,), (logits,) = model.graph.input, model.graph.output
+    assert waveform.type.tensor_type.elem_type == logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    in_dims, out_dims = waveform.type.tensor_type.shape.dim, logits.type.tensor_type.shape.dim
+    assert in_dims[0].dim_param and not in_dims[0].HasField("dim_value")  # dynamic batch
+    assert in_dims[1].dim_value == 22050  # 1 s at the seed preset's rate, fixed
+    assert out_dims[0].dim_param and out_dims[1].dim_value == len(LABELS)
+    assert any(node.op_type == "STFT" for node in model.graph.node)  # the front end is in the graph
+    # one self-contained file: no tensor points at external data
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    names = {p.name for p in (exported / "export").iterdir()}
+    assert names - {"model.fp16.onnx"} == {"model.onnx", "model_repository"}
+
+
+def test_metadata_describes_the_model(exported: Path) -> None:
+    model = onnx.load(str(exported / "export" / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["birdops.labels"]) == list(LABELS)
+    assert int(props["birdops.sample_rate_hz"]) == 22050
+    assert float(props["birdops.window_seconds"]) == CLIP_SECONDS
+    assert json.loads(props["birdops.features"]) == build_frontend("seed").spec.to_dict()
+    assert props["birdops.variant"] == "full"
+    assert props["birdops.source_revision"] == REVISION
+    assert props["birdops.opset"] == "18"
+    assert model.opset_import[0].version == 18
+    # no absolute paths of the exporting machine inside the file
+    assert "/work/" not in (exported / "export" / "model.onnx").read_bytes().decode("latin-1")
+
+
+def test_onnxruntime_serves_the_export_like_pytorch(world: Path, exported: Path) -> None:
+    """The exported file loaded by the serving code (no torch) gives PyTorch's windows, any batch size."""
+    classifier = Classifier.load(exported / "export" / "model.onnx", providers=[CPU_PROVIDER])
+    assert classifier.labels == LABELS and classifier.window_seconds == CLIP_SECONDS
+    wave = load_audio(world / "raw" / "audio" / "XC6.flac", classifier.sample_rate_hz)
+    windows, _ = frame_windows(wave, classifier.sample_rate_hz, CLIP_SECONDS, 0.5)  # (N, S)
+    module, _ = onnx_export.load_waveform_classifier(world / "models" / "full")
+    with torch.no_grad():
+        expected = module(torch.from_numpy(windows)).numpy()
+    np.testing.assert_allclose(classifier.logits(windows), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(classifier.logits(windows[:1]), expected[:1], atol=1e-4, rtol=0)
+    scores = classifier.predict_windows(wave, hop_seconds=0.5, batch_size=2).scores
+    np.testing.assert_allclose(scores, torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- gates, summary
+def test_summary_records_parity_size_and_speed(exported: Path) -> None:
+    summary = summary_of(exported)
+    assert summary["variant"] == "full" and summary["opset"] == 18
+    assert summary["fp32_gate_passed"] is True
+    assert 0 <= summary["max_abs_diff"] <= 1e-4
+    assert summary["top1_agreement"] == 1.0
+    assert summary["parity_clips"] == PARITY_CLIPS
+    assert summary["parity_providers"] == CPU_PROVIDER
+    size_mb = (exported / "export" / "model.onnx").stat().st_size / 1e6
+    assert summary["model_size_mb"] == pytest.approx(size_mb)
+    assert summary["benchmark_batch_size"] == 16
+    assert summary["ort_clips_per_s"] > 0 and summary["torch_clips_per_s"] > 0
+    assert summary["ort_speedup"] == pytest.approx(summary["ort_clips_per_s"] / summary["torch_clips_per_s"])
+    assert all(not isinstance(value, (dict, list)) for value in summary.values())  # flat, for dvc metrics
+
+
+def test_fp16_model_keeps_float32_io_and_passes_its_gate(exported: Path) -> None:
+    summary = summary_of(exported)
+    try:
+        import onnxconverter_common  # noqa: F401
+    except ImportError:
+        assert "onnxconverter-common" in summary["fp16_skipped"]
+        assert not (exported / "export" / "model.fp16.onnx").exists()
+        return
+    assert summary["fp16_gate_passed"] is True
+    assert summary["fp16_max_abs_diff"] <= 0.05 and summary["fp16_top1_agreement"] >= 0.8
+    half = onnx.load(str(exported / "export" / "model.fp16.onnx"))
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    types = {init.data_type for init in half.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types  # the transformer's weights
+    # the front end stays float32, its constants too (the dB floor 1e-10 is below float16's range)
+    front_end = set(parity.frontend_nodes(half))
+    assert any(node.op_type == "STFT" for node in half.graph.node if node.name in front_end)
+    producer = {out: node for node in half.graph.node for out in node.output}
+
+    def source(name: str) -> str:  # through the converter's Cast nodes
+        node = producer.get(name)
+        return source(node.input[0]) if node is not None and node.op_type == "Cast" else name
+
+    clip_floors = {source(n.input[1]) for n in half.graph.node if n.op_type == "Clip" and n.name in front_end}
+    floors = [init for init in half.graph.initializer if init.name in clip_floors]
+    assert floors and all(init.data_type == onnx.TensorProto.FLOAT for init in floors)
+    assert all(float(onnx.numpy_helper.to_array(init)) == pytest.approx(1e-10) for init in floors)
+    assert summary["fp16_model_size_mb"] < summary["model_size_mb"]
+
+
+def test_triton_repository_is_written_next_to_the_model(exported: Path) -> None:
+    folder = exported / "export" / "model_repository" / "birds"
+    assert (folder / "1" / "model.onnx").read_bytes() == (exported / "export" / "model.onnx").read_bytes()
+    assert (folder / "labels.txt").read_text().splitlines() == list(LABELS)
+    config = (folder / "config.pbtxt").read_text()
+    assert 'name: "birds"' in config and "max_batch_size: 8" in config
+    assert re.search(r'name: "waveform"\s+data_type: TYPE_FP32\s+dims: \[ 22050 \]', config)
+
+
+def test_a_failed_gate_fails_the_stage(world: Path, exported: Path, tmp_path: Path) -> None:
+    """An impossible limit: the stage exits 1, records the failure and leaves no Triton repository.
+    (The graph is the one already exported: this test is about the gate, not the exporter.)"""
+    model = onnx.load(str(exported / "export" / "model.onnx"))
+    stale = tmp_path / "export" / "model_repository" / "birds" / "config.pbtxt"  # from an earlier run
+    stale.parent.mkdir(parents=True)
+    stale.write_text('name: "birds"')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "export_classifier", lambda classifier, num_samples, opset: model)
+        code = run_stage(world, tmp_path, params_yaml(fp32_max_abs_diff=1e-12, fp16=False))
+    assert code == 1
+    summary = summary_of(tmp_path)
+    assert summary["fp32_gate_passed"] is False and summary["max_abs_diff"] > 1e-12
+    assert not (tmp_path / "export" / "model_repository").exists()
+
+
+def test_gate_limits_are_inclusive_and_nan_fails() -> None:
+    result = parity.ParityResult(clips=4, max_abs_diff=1e-4, top1_agreement=0.75, providers=(CPU_PROVIDER,))
+    assert result.gate("fp32", 1e-4, 0.75).passed
+    assert not result.gate("fp32", 0.9e-4, 0.75).passed
+    failed = result.gate("fp32", 1e-4, 0.76)
+    assert not failed.passed and "FAILED" in failed.message and "0.76" in failed.message
+    nan = parity.ParityResult(clips=4, max_abs_diff=float("nan"), top1_agreement=1.0, providers=())
+    assert not nan.gate("fp32", 1.0, 0.0).passed
+    diff, agreement = parity.compare(np.array([[0.0, 1.0], [2.0, 0.0]]), np.array([[0.0, 1.5], [0.0, 2.0]]))
+    assert diff == 2.0 and agreement == 0.5
+
+
+# --------------------------------------------------------------------------------- clips and checks
+def test_parity_clips_are_the_cached_validation_segments(world: Path) -> None:
+    """Decoded and cut again from the raw recordings, the clips give the cached features back."""
+    frontend = build_frontend("seed")
+    clips, rows = parity.validation_clips(
+        world / "raw", world / "prepared", world / "lms", "seed", 100, 22050, CLIP_SECONDS
+    )
+    cached = load_split(world / "lms", "seed", "val")
+    assert sorted(rows.tolist()) == list(range(len(cached.ids)))  # every val clip, each once
+    with torch.no_grad():
+        features = frontend(torch.from_numpy(clips)).numpy()
+    np.testing.assert_allclose(features, cached.features[rows].astype(np.float32), atol=2e-2, rtol=0)
+    few, few_rows = parity.validation_clips(
+        world / "raw", world / "prepared", world / "lms", "seed", 2, 22050, CLIP_SECONDS
+    )
+    assert len(few) == 2 and {0, len(cached.ids) - 1} == set(few_rows.tolist())  # spread over the split
+
+
+def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
+    spec = {**build_frontend("seed").spec.to_dict(), "top_db": 60.0}
+    save_tiny_ast(tmp_path, "odd", feature_spec=spec)
+    with pytest.raises(onnx_export.ExportError, match="retrain it"):
+        onnx_export.load_waveform_classifier(tmp_path / "odd")
+
+
+def test_best_json_must_name_a_variant(tmp_path: Path) -> None:
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"metric": "val_clip.f1_macro"}))
+    with pytest.raises(onnx_export.ExportError, match="variant"):
+        onnx_export.read_best(path)
+
+
+def test_source_revision_comes_from_git_or_says_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(onnx_export.REVISION_ENV, raising=False)
+    assert onnx_export.git_revision(tmp_path) == "unknown"  # not a git repository
+    assert re.fullmatch(r"[0-9a-f]{40}", onnx_export.git_revision(Path(__file__).parent))
+    monkeypatch.setenv(onnx_export.REVISION_ENV, "abc123")
+    assert onnx_export.git_revision(tmp_path) == "abc123"

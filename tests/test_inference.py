@@ -1,0 +1,204 @@
+"""Serving-side inference (``birdops.serve.inference``) on the tone-detector ONNX model of
+``tones.py``, whose answers are known in advance. The real exported model is served in
+``test_export.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from onnx import helper
+from tones import LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
+
+from birdops.audio import AudioError, frame_windows
+from birdops.serve import inference
+from birdops.serve.inference import CPU_PROVIDER, Classifier, ModelError, ModelMetadata
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tones.onnx"
+    onnx.save(tone_model(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(model_path: Path) -> Classifier:
+    return Classifier.load(model_path, providers=[CPU_PROVIDER], intra_op_threads=1)
+
+
+# ---------------------------------------------------------------------------------------- loading
+def test_load_reads_everything_from_the_model_file(classifier: Classifier) -> None:
+    assert classifier.labels == LABELS
+    assert classifier.sample_rate_hz == RATE_HZ and classifier.window_seconds == WINDOW_SECONDS
+    assert classifier.metadata.variant == "tones" and classifier.metadata.source_revision == "abc123"
+    assert classifier.providers == [CPU_PROVIDER]
+    described = classifier.describe()
+    assert described["num_labels"] == 3 and described["providers"] == [CPU_PROVIDER]
+
+
+def test_default_providers_fall_back_to_the_cpu_and_say_so(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CUDA first when this onnxruntime build has it; without a GPU the session runs on the CPU and
+    the providers actually in use are what the classifier reports."""
+    requested = inference.providers_for("auto")
+    assert requested[-1] == CPU_PROVIDER
+    with caplog.at_level(logging.WARNING, logger="birdops.serve.inference"):
+        loaded = Classifier.load(model_path)
+    assert loaded.requested_providers == requested
+    assert loaded.providers[-1] == CPU_PROVIDER
+    if inference.CUDA_PROVIDER in requested and inference.CUDA_PROVIDER not in loaded.providers:
+        assert "not in use" in caplog.text
+    assert inference.providers_for("cpu") == [CPU_PROVIDER]
+    assert inference.providers_for("cuda")[0] == inference.CUDA_PROVIDER
+
+
+def test_metadata_round_trips_through_props() -> None:
+    metadata = ModelMetadata(("a b", "c d"), 22050, 4.0, {"name": "seed", "n_fft": 2048}, "full", "deadbeef")
+    props = metadata.to_props()
+    assert all(isinstance(value, str) for value in props.values())
+    assert ModelMetadata.from_props(props) == metadata
+    assert metadata.window_samples == 88200
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"birdops.labels": None}, "lacks birdops.labels"),
+        ({"birdops.labels": "[]"}, "non-empty JSON list"),
+        ({"birdops.labels": '["a", "a"]'}, "duplicate"),
+        ({"birdops.labels": "not json"}, "malformed"),
+        ({"birdops.sample_rate_hz": "fast"}, "malformed"),
+        ({"birdops.window_seconds": "0"}, "positive"),
+        ({"birdops.features": "[1, 2]"}, "JSON object"),
+    ],
+)
+def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:
+    props = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
+    for key, value in change.items():
+        if value is None:
+            del props[key]
+        else:
+            props[key] = value
+    with pytest.raises(ModelError, match=message):
+        ModelMetadata.from_props(props, "m.onnx")
+
+
+def test_models_that_are_not_birdops_exports_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such model file"):
+        Classifier.load(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a protobuf" * 10)
+    with pytest.raises(ModelError, match="cannot load"):
+        Classifier.load(garbage, providers=[CPU_PROVIDER])
+    bare = tone_model()
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelError, match="not a birdops export"):
+        Classifier.load(tmp_path / "bare.onnx", providers=[CPU_PROVIDER])
+    wrong_window = tone_model()
+    props = {p.key: p.value for p in wrong_window.metadata_props} | {"birdops.window_seconds": "2.0"}
+    del wrong_window.metadata_props[:]
+    helper.set_model_props(wrong_window, props)
+    onnx.save(wrong_window, str(tmp_path / "wrong.onnx"))
+    with pytest.raises(ModelError, match="takes 8000 samples"):
+        Classifier.load(tmp_path / "wrong.onnx", providers=[CPU_PROVIDER])
+    too_many_labels = tone_model(labels=(*LABELS, "Extra"))
+    onnx.save(too_many_labels, str(tmp_path / "labels.onnx"))
+    with pytest.raises(ModelError, match="3 logits but 4 labels"):
+        Classifier.load(tmp_path / "labels.onnx", providers=[CPU_PROVIDER])
+
+
+# -------------------------------------------------------------------------------------- windows
+@pytest.mark.parametrize("samples", [0, 1, 3999, 8000, 8001, 12000, 16000, 16001, 47123])
+@pytest.mark.parametrize(("hop_seconds", "batch_size"), [(1.0, 1), (0.5, 2), (0.3, 3), (1.0, 64), (2.5, 2)])
+def test_window_batches_are_frame_windows_in_pieces(
+    samples: int, hop_seconds: float, batch_size: int
+) -> None:
+    wave = np.random.default_rng(samples).normal(size=samples).astype(np.float32)
+    expected, expected_starts = frame_windows(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds)
+    batches = list(inference.window_batches(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size))
+    assert all(len(windows) <= batch_size for windows, _ in batches)
+    np.testing.assert_array_equal(np.concatenate([w for w, _ in batches]), expected)
+    np.testing.assert_allclose(np.concatenate([s for _, s in batches]), expected_starts, atol=1e-12)
+
+
+def test_each_window_gets_the_species_of_its_tone(classifier: Classifier) -> None:
+    # 2 s low, 1 s high, 1.5 s mid: windows of 1 s, no overlap (the default hop)
+    wave = tones([(TONES_HZ[0], 2.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 1.5)])
+    result = classifier.predict_windows(wave, batch_size=2)
+    np.testing.assert_allclose(result.starts_s, [0.0, 1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(result.ends_s, [1.0, 2.0, 3.0, 4.0, 4.5])  # the last is cut at the end
+    assert result.duration_s == pytest.approx(4.5)
+    assert result.scores.argmax(axis=1).tolist() == [0, 0, 2, 1, 1]
+    np.testing.assert_allclose(result.scores.sum(axis=1), 1.0, rtol=1e-6)
+    assert [[s.species for s in top] for top in result.window_top(1)] == [
+        ["Low tone"],
+        ["Low tone"],
+        ["High tone"],
+        ["Mid tone"],
+        ["Mid tone"],
+    ]
+    file_top = result.file_top(3)  # mean probability over the windows: 2/5 low, 2/5 mid, 1/5 high
+    assert [s.species for s in file_top] == ["Low tone", "Mid tone", "High tone"]
+    np.testing.assert_allclose([s.score for s in file_top], [0.4, 0.4, 0.2], atol=1e-3)
+
+
+def test_scores_are_the_softmax_of_the_logits_whatever_the_batch(classifier: Classifier) -> None:
+    wave = tones([(TONES_HZ[1], 0.7), (TONES_HZ[0], 0.9), (TONES_HZ[2], 1.9)])
+    windows, starts_s = frame_windows(wave, RATE_HZ, WINDOW_SECONDS, 0.25)
+    logits = classifier.logits(windows)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for batch_size in (1, 3, 100):
+        result = classifier.predict_windows(wave, hop_seconds=0.25, batch_size=batch_size)
+        np.testing.assert_allclose(result.starts_s, starts_s)
+        np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="expected"):
+        classifier.logits(windows[:, :100])
+
+
+def test_overlapping_windows_locate_a_short_call(classifier: Classifier) -> None:
+    """A 1.25 s high call from 2.4 s in low tone: the windows that are mostly call say high."""
+    wave = tones([(TONES_HZ[0], 2.4), (TONES_HZ[2], 1.25), (TONES_HZ[0], 2.35)])
+    result = classifier.predict_windows(wave, hop_seconds=0.5)
+    np.testing.assert_allclose(result.starts_s, np.arange(11) * 0.5)  # 0, 0.5, ..., 5.0 for 6 s
+    high = result.starts_s[result.scores.argmax(axis=1) == 2]
+    np.testing.assert_allclose(high, [2.0, 2.5, 3.0])  # 60 %, 100 % and 65 % of the window is call
+
+
+def test_top_k_orders_limits_and_filters() -> None:
+    probabilities = np.array([0.1, 0.5, 0.1, 0.3])
+    labels = ["a", "b", "c", "d"]
+    assert [s.species for s in inference.top_k(probabilities, labels, 3)] == ["b", "d", "a"]  # ties: index
+    assert [s.species for s in inference.top_k(probabilities, labels, 10, min_score=0.3)] == ["b", "d"]
+    assert inference.top_k(probabilities, labels, 0) == []
+    with pytest.raises(ValueError):
+        inference.aggregate(np.zeros((0, 4)))
+
+
+def test_softmax_is_stable_for_huge_logits() -> None:
+    probabilities = inference.softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]], dtype=np.float32))
+    np.testing.assert_allclose(probabilities, [[1.0, 0.0], [0.5, 0.5]])
+
+
+# ---------------------------------------------------------------------------------------- files
+def test_files_and_bytes_are_decoded_at_the_model_rate(classifier: Classifier, tmp_path: Path) -> None:
+    """A 44.1 kHz stereo FLAC is resampled to the model's 8 kHz; bytes decode like the file."""
+    rate_hz = 44100
+    mono = tones([(TONES_HZ[2], 1.0), (TONES_HZ[0], 1.0)], rate_hz)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([mono, mono], axis=1), rate_hz)
+    from_file = classifier.predict_file(path)
+    assert from_file.duration_s == pytest.approx(2.0, abs=1e-3)
+    assert from_file.scores.argmax(axis=1).tolist() == [2, 0]
+    from_bytes = classifier.predict_bytes(path.read_bytes(), "stereo.flac")
+    np.testing.assert_allclose(from_bytes.scores, from_file.scores)
+    with pytest.raises(AudioError, match=r"upload\.mp3"):
+        classifier.predict_bytes(b"ID3 this is no mp3 at all" * 8, "upload.mp3")

@@ -1,0 +1,254 @@
+"""``birdops serve`` as a real server: the CLI started in a subprocess (uvicorn on 127.0.0.1, a free
+port), real HTTP requests with httpx. The model is the tone detector of ``test_inference``."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from tones import TONES_HZ, tone_model, tones
+
+from birdops.serve import app as serve_app
+
+MAX_UPLOAD_BYTES = 400_000
+MAX_AUDIO_SECONDS = 20.0
+STARTUP_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, server_log: Path) -> Iterator[str]:
+    """The base URL of a running ``birdops serve``; settings from the environment and the options."""
+    model = tmp_path_factory.mktemp("model") / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    port = free_port()
+    env = {
+        **os.environ, "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "BIRDOPS_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS), "BIRDOPS_SERVE_TOP_K": "2",
+        "BIRDOPS_SERVE_DEVICE": "cpu", "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
+    }  # fmt: skip
+    command = [sys.executable, "-m", "birdops.cli", "serve", "--model", str(model), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with server_log.open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_up(url, process, server_log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_up(url: str, process: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"birdops serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"birdops serve did not answer within {STARTUP_SECONDS} s")
+
+
+def encode(wave: np.ndarray, rate_hz: int, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate_hz, format=fmt)
+    return buffer.getvalue()
+
+
+def post(url: str, payload: bytes, filename: str = "call.wav", **params: Any) -> httpx.Response:
+    files = {"file": (filename, payload, "application/octet-stream")}
+    return httpx.post(f"{url}/predict", files=files, params=params, timeout=30.0)
+
+
+LOW_HIGH_MID = tones([(TONES_HZ[0], 1.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 0.6)])  # 2.6 s at 8 kHz
+
+
+# ---------------------------------------------------------------------------------- the endpoints
+def test_health_ready_and_docs(server: str) -> None:
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/ready").json()
+    assert ready["status"] == "ready" and ready["variant"] == "tones" and ready["source_revision"] == "abc123"
+    assert ready["num_labels"] == 3 and ready["labels"] == ["Low tone", "Mid tone", "High tone"]
+    assert (ready["sample_rate_hz"], ready["window_seconds"], ready["hop_seconds"]) == (8000, 1.0, 1.0)
+    assert ready["providers"] == ["CPUExecutionProvider"]  # BIRDOPS_SERVE_DEVICE=cpu
+    assert (ready["max_upload_bytes"], ready["max_audio_seconds"]) == (MAX_UPLOAD_BYTES, MAX_AUDIO_SECONDS)
+    schema = httpx.get(f"{server}/openapi.json").json()
+    assert {"/predict", "/health", "/ready"} <= set(schema["paths"])
+    assert {"413", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+    docs = httpx.get(f"{server}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_a_wav_upload_is_classified_window_by_window(server: str) -> None:
+    response = post(server, encode(LOW_HIGH_MID, 8000, "WAV"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["filename"] == "call.wav" and body["variant"] == "tones"
+    assert body["duration_s"] == pytest.approx(2.6)
+    windows = body["windows"]
+    assert [(w["start_s"], w["end_s"]) for w in windows] == [
+        (0.0, 1.0),
+        (1.0, 2.0),
+        (2.0, pytest.approx(2.6)),
+    ]
+    assert [w["top"][0]["species"] for w in windows] == ["Low tone", "High tone", "Mid tone"]
+    assert all(len(w["top"]) == 2 for w in windows)  # BIRDOPS_SERVE_TOP_K=2
+    # the file: each species wins one of the three windows, so each has a mean probability of 1/3
+    assert len(body["top"]) == 2 and len({s["species"] for s in body["top"]}) == 2
+    assert [s["score"] for s in body["top"]] == [pytest.approx(1 / 3, abs=1e-3)] * 2
+    one = post(server, encode(LOW_HIGH_MID, 8000, "WAV"), top_k=1).json()
+    assert all(len(w["top"]) == 1 for w in one["windows"]) and len(one["top"]) == 1
+
+
+def test_an_mp3_upload_at_another_rate_is_resampled(server: str) -> None:
+    wave = tones([(TONES_HZ[2], 2.0), (TONES_HZ[0], 2.0)], 22050)
+    response = post(server, encode(wave, 22050, "MP3"), filename="field/recording.mp3")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["filename"] == "recording.mp3"
+    assert [w["top"][0]["species"] for w in body["windows"]][:4] == [
+        "High tone",
+        "High tone",
+        "Low tone",
+        "Low tone",
+    ]
+
+
+# ---------------------------------------------------------------------------------------- refusals
+def test_an_oversized_upload_is_refused_before_it_is_read(server: str) -> None:
+    response = post(server, b"\0" * (MAX_UPLOAD_BYTES + 50_000), filename="big.wav")
+    assert response.status_code == 413
+    assert f"at most {MAX_UPLOAD_BYTES} bytes" in response.json()["detail"]
+
+
+def test_an_oversized_chunked_upload_is_cut_off(server: str) -> None:
+    """No Content-Length: the server counts the streamed body and stops at the limit."""
+    boundary = "birdopsboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(20):  # 20 x 64 KiB, well over the limit
+            yield b"\1" * 65536
+        yield tail
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = httpx.post(f"{server}/predict", content=body(), headers=headers, timeout=30.0)
+    assert response.status_code == 413
+    assert "upload too large" in response.json()["detail"]
+
+
+def test_a_file_just_under_the_upload_limit_is_accepted(server: str) -> None:
+    payload = encode(tones([(TONES_HZ[1], 3.0)]), 8000, "WAV")
+    padded = payload + b"\0" * (MAX_UPLOAD_BYTES - len(payload))  # trailing bytes after the WAV data
+    assert len(padded) == MAX_UPLOAD_BYTES
+    assert post(server, padded).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "filename"),
+    [
+        (b"this is not audio at all" * 50, "notes.wav"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "truncated.wav"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8, "broken.mp3"),
+        (b"fLaC\x00\x00\x00\x22" + b"\xff" * 300, "broken.flac"),
+        (b"OggS" + b"\x00" * 400, "broken.ogg"),
+    ],
+)
+def test_corrupt_audio_is_a_client_error(server: str, payload: bytes, filename: str) -> None:
+    response = post(server, payload, filename=filename)
+    assert response.status_code == 422, response.text
+    assert filename in response.json()["detail"] and "cannot decode audio" in response.json()["detail"]
+
+
+def test_an_empty_or_missing_file_is_a_client_error(server: str) -> None:
+    empty = post(server, b"", filename="empty.wav")
+    assert empty.status_code == 422 and "empty file" in empty.json()["detail"]
+    missing = httpx.post(f"{server}/predict", data={"other": "x"}, timeout=10.0)
+    assert missing.status_code == 422
+    silent = post(server, encode(np.zeros(8000, dtype=np.float32), 8000, "WAV"), filename="silence.wav")
+    assert silent.status_code == 422 and "silent" in silent.json()["detail"]
+
+
+def test_too_long_audio_is_refused(server: str) -> None:
+    long_wave = np.tile(tones([(TONES_HZ[0], 1.0)], 4000), int(MAX_AUDIO_SECONDS) + 5)  # 25 s at 4 kHz
+    payload = encode(long_wave, 4000, "FLAC")
+    assert len(payload) < MAX_UPLOAD_BYTES  # small enough as bytes: the duration is what is refused
+    response = post(server, payload, filename="long.flac")
+    assert response.status_code == 413
+    assert (
+        "25.0 s long" in response.json()["detail"] and f"{MAX_AUDIO_SECONDS:g} s" in response.json()["detail"]
+    )
+
+
+def test_a_bad_query_is_a_client_error(server: str) -> None:
+    assert post(server, encode(LOW_HIGH_MID, 8000, "WAV"), top_k=0).status_code == 422
+
+
+def test_the_client_file_name_is_only_a_label(server: str) -> None:
+    response = post(server, encode(LOW_HIGH_MID, 8000, "WAV"), filename="../../etc/passwd.wav")
+    assert response.status_code == 200
+    assert response.json()["filename"] == "passwd.wav"
+    assert serve_app.display_name("a\x00b\n.wav") == "ab.wav"
+    assert serve_app.display_name("C:\\Users\\x\\..\\rec.wav") == "rec.wav"
+    assert serve_app.display_name(None) == serve_app.display_name("/") == "upload"
+
+
+# --------------------------------------------------------------------------------------- concurrency
+def test_concurrent_requests_all_succeed_with_the_same_answer(server: str) -> None:
+    payload = encode(LOW_HIGH_MID, 8000, "FLAC")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(lambda _: post(server, payload, filename="same.flac"), range(12)))
+    assert [r.status_code for r in responses] == [200] * 12
+    bodies = [r.json() for r in responses]
+    assert all(body == bodies[0] for body in bodies)
+    assert httpx.get(f"{server}/health").status_code == 200  # still serving
+
+
+def test_the_server_logged_no_error_and_answered_no_5xx(server: str, server_log: Path) -> None:
+    """Run last: whatever the requests above sent, the server never failed."""
+    httpx.get(f"{server}/health")
+    text = server_log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text
+    assert '"GET /health HTTP/1.1" 200' in text  # the access log is there to be checked
+    assert not re.search(r'HTTP/1\.1" 5\d\d', text)
+
+
+def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path) -> None:
+    assert serve_app.main(["--model", str(tmp_path / "missing.onnx")]) == 2
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not onnx")
+    assert serve_app.main(["--model", str(garbage), "--device", "cpu"]) == 1
