@@ -25,6 +25,13 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- data
+AudioFormat = Literal["mp3", "wav", "flac", "ogg"]
+
+
+def _xeno_canto_formats() -> dict[AudioFormat, float]:
+    return {"mp3": 0.7, "wav": 0.1, "flac": 0.1, "ogg": 0.1}
+
+
 class SyntheticParams(Section):
     """Size and shape of the embedded, generated xeno-canto-like corpus."""
 
@@ -39,9 +46,7 @@ class SyntheticParams(Section):
     long_tail_exponent: float = Field(1.0, ge=0)
     snr_db_range: tuple[float, float] = (-5.0, 30.0)
     # share of each container format; mp3 dominates, as on xeno-canto
-    formats: dict[Literal["mp3", "wav", "flac", "ogg"], float] = Field(
-        default_factory=lambda: {"mp3": 0.7, "wav": 0.1, "flac": 0.1, "ogg": 0.1}
-    )
+    formats: dict[AudioFormat, float] = Field(default_factory=_xeno_canto_formats)
     corrupt_files: int = Field(2, ge=0)  # deliberately broken files, to exercise error paths
 
     @model_validator(mode="after")
@@ -50,6 +55,10 @@ class SyntheticParams(Section):
             raise ValueError("min_recording_seconds must be <= max_recording_seconds")
         if self.recordings < 2 * self.species:
             raise ValueError("recordings must be at least 2 per species")
+        if self.snr_db_range[0] > self.snr_db_range[1]:
+            raise ValueError("snr_db_range must be [low, high]")
+        if any(share < 0 for share in self.formats.values()) or sum(self.formats.values()) <= 0:
+            raise ValueError("formats: shares must be >= 0 and add up to more than 0")
         return self
 
 
@@ -98,7 +107,7 @@ class ActivityParams(Section):
 
 
 class LmsCacheParams(Section):
-    presets: list[Preset] = Field(default_factory=lambda: ["seed", "mfcc"])
+    presets: list[Preset] = Field(default_factory=lambda: list[Preset](["seed", "mfcc"]))
     clip_seconds: float = Field(4.0, gt=0)
     max_clips_per_recording: int = Field(3, ge=1)
     workers: int = Field(2, ge=1)
