@@ -1,0 +1,111 @@
+"""The real DAG, run by real DVC on a tiny configuration in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def tiny_params() -> dict[str, Any]:
+    """The real params.yaml shrunk so the whole DAG runs in about a minute on 2 cores."""
+    params: dict[str, Any] = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(
+        species=4, recordings=28, recordists=8, min_recording_seconds=3.0, max_recording_seconds=6.0,
+        confusable_pairs=1, corrupt_files=1,
+    )
+    params["lms_cache"].update(workers=1, max_clips_per_recording=2)
+    for variant in ("train_phase2b", "train_baseline", "train_full"):
+        params[variant].update(epochs=2, batch_size=8)
+    params["export_onnx"].update(parity_clips=4)
+    return params
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("dag")
+    for name in ("birdops", "pipeline"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (repo / "metrics").mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    dvc(repo, "init", "-q")
+    return repo
+
+
+def test_data_stages_build_and_are_then_up_to_date(repo: Path) -> None:
+    dvc(repo, "repro", "prepare", "lms_cache")
+    manifest = (repo / "data/prepared/manifest.csv").read_text().splitlines()
+    assert len(manifest) > 10
+    assert list((repo / "data/lms/seed").glob("train-*.npy"))
+    data = json.loads((repo / "metrics/data.json").read_text())
+    cache = json.loads((repo / "metrics/cache.json").read_text())
+    assert data and cache
+    again = dvc(repo, "repro", "prepare", "lms_cache")
+    assert "didn't change" in again or "up to date" in again
+    assert "Running stage" not in again
+
+
+def test_the_whole_dag_trains_evaluates_and_exports(repo: Path) -> None:
+    dvc(repo, "repro")
+    for variant in ("phase2b", "baseline", "full"):
+        assert (repo / f"models/{variant}/model.safetensors").is_file()
+        assert (repo / f"metrics/{variant}/metrics.json").is_file()  # dvclive summary
+        assert list((repo / f"metrics/{variant}/plots/metrics").rglob("*.tsv"))  # curves
+        assert (repo / f"metrics/eval/{variant}/confusion.png").is_file()
+    best = json.loads((repo / "metrics/best.json").read_text())
+    assert best["variant"] in ("phase2b", "baseline", "full")
+    onnx_summary = json.loads((repo / "metrics/onnx.json").read_text())
+    assert onnx_summary["fp32_gate_passed"] is True
+    assert (repo / "models/export/model.onnx").is_file()
+    assert list((repo / "models/export/model_repository").glob("*/config.pbtxt"))
+
+    shown = json.loads(dvc(repo, "metrics", "show", "--json"))
+    files = next(iter(shown.values()))["data"]
+    for variant in ("phase2b", "baseline", "full"):
+        assert "accuracy" in json.dumps(files[f"metrics/{variant}.json"]["data"])
+    assert "Running stage" not in dvc(repo, "repro")
+    rendered = dvc(repo, "plots", "show", "--json")
+    assert "confusion" in rendered and "loss.tsv" in rendered
+
+
+def test_a_param_change_shows_in_metrics_diff(repo: Path) -> None:
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the DAG run of the test above")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "tiny DAG")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train_full"]["epochs"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(repo, "repro")
+    assert "Running stage 'train_full'" in out and "Running stage 'train_phase2b'" not in out
+    assert "train_full.epochs" in dvc(repo, "params", "diff", "HEAD", "--md")
+    diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json"))
+    assert any(key.startswith("metrics/full") for key in diff), diff
