@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from worlds import write_prepared_and_cache
 
 from birdops.audio import frame_windows, load_audio
-from birdops.config import EvaluateParams, LmsCacheParams, ModelParams
+from birdops.config import EvaluateParams, ModelParams
 from birdops.evaluate import evaluate as ev
-from birdops.features.cache import build_cache, load_split
+from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
 from birdops.models.factory import build_model
@@ -61,15 +62,7 @@ def write_world(root: Path) -> None:
         rows.append((f"XC{i + 1}", local, LABELS[label], label, split, "rec", "A", seconds))
     (root / "raw" / "audio" / f"{CORRUPT_ID}.wav").write_bytes(b"this is not a wave file" * 20)
     rows.append((CORRUPT_ID, f"audio/{CORRUPT_ID}.wav", LABELS[2], 2, "test", "rec", "A", 3.0))
-    prepared = root / "prepared"
-    prepared.mkdir()
-    with (prepared / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"])
-        writer.writerows(rows)
-    (prepared / "labels.json").write_text(json.dumps(list(LABELS)))
-    params = LmsCacheParams(presets=["seed"], clip_seconds=CLIP_SECONDS, max_clips_per_recording=2, workers=1)
-    build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+    write_prepared_and_cache(root, rows, LABELS, CLIP_SECONDS)
 
 
 def save_model(folder: Path, variant: str, constant_class: int | None) -> None:

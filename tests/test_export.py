@@ -5,7 +5,6 @@ contract of ``docs/architecture.md`` ("Exported model"), then served by ``birdop
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator
@@ -18,11 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from worlds import write_prepared_and_cache
 
 from birdops.audio import frame_windows, load_audio
-from birdops.config import LmsCacheParams, ModelParams
+from birdops.config import ModelParams
 from birdops.export import onnx_export, parity
-from birdops.features.cache import build_cache, load_split
+from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import ClassifierInfo, save_classifier
 from birdops.models.factory import build_model
@@ -61,15 +61,7 @@ def write_world(root: Path) -> None:
         (root / "raw" / "audio").mkdir(parents=True, exist_ok=True)
         sf.write(root / "raw" / local, wave.astype(np.float32), FILE_RATE_HZ)
         rows.append((f"XC{i + 1}", local, LABELS[label], label, split, "rec", "A", seconds))
-    prepared = root / "prepared"
-    prepared.mkdir()
-    with (prepared / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"])
-        writer.writerows(rows)
-    (prepared / "labels.json").write_text(json.dumps(list(LABELS)))
-    params = LmsCacheParams(presets=["seed"], clip_seconds=CLIP_SECONDS, max_clips_per_recording=2, workers=1)
-    build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+    write_prepared_and_cache(root, rows, LABELS, CLIP_SECONDS)
 
 
 def save_tiny_ast(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:

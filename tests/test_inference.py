@@ -21,13 +21,6 @@ from birdops.serve.inference import CPU_PROVIDER, Classifier, ModelError, ModelM
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tones.onnx"
-    onnx.save(tone_model(), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def classifier(model_path: Path) -> Classifier:
     return Classifier.load(model_path, providers=[CPU_PROVIDER], intra_op_threads=1)
 

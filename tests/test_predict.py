@@ -9,23 +9,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import soundfile as sf
-from tones import TONES_HZ, tone_model, tones
+from tones import TONES_HZ, tones
 
 from birdops import cli
 from birdops.serve import predict
 
 LOW, MID, HIGH = "Low tone", "Mid tone", "High tone"
 LONG_SECONDS = 600  # the 10-minute recording: the tone changes every 10 s (low, mid, high, low, ...)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tones.onnx"
-    onnx.save(tone_model(), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
