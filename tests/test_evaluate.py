@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
 from birdops.models.factory import build_model
 from pipeline import evaluate as stage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LABELS = ("Alpha one", "Beta two", "Gamma three")
 TONE_HZ = (1200.0, 2600.0, 5200.0)  # one tone per class, above the 500 Hz high-pass
@@ -84,15 +85,6 @@ def save_model(folder: Path, variant: str, constant_class: int | None) -> None:
         n_frames=n_frames,
     )  # fmt: skip
     save_classifier(folder / variant, model, info)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a busy machine, two spinning threads are ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from birdops.models.factory import build_model
 from birdops.serve.inference import CPU_PROVIDER, Classifier
 from pipeline import export_onnx as stage
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LABELS = ("Alpha one", "Beta two", "Gamma three")
 TONE_HZ = (1200.0, 2600.0, 5200.0)  # one tone per class, above the seed preset's 500 Hz high-pass
 FILE_RATE_HZ = 16000  # resampled to the front end's 22,050 Hz on load
@@ -36,15 +37,6 @@ CLIP_SECONDS = 1.0
 SPLITS = ["train", "train", "train", "val", "val", "val", "test", "test", "test"]
 PARITY_CLIPS = 5
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine are slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_world(root: Path) -> None:
