@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from worlds import write_prepared_and_cache
+from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import frame_windows, load_audio
-from birdops.config import EvaluateParams, ModelParams
+from birdops.config import EvaluateParams
 from birdops.evaluate import evaluate as ev
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
-from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
-from birdops.models.factory import build_model
+from birdops.models.checkpoint import load_classifier, read_info
 from pipeline import evaluate as stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,23 +67,7 @@ def write_world(root: Path) -> None:
 
 def save_model(folder: Path, variant: str, constant_class: int | None) -> None:
     """A tiny AST from the real factory; with ``constant_class`` its logits ignore the input."""
-    frontend = build_frontend("seed")
-    n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
-    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
-    torch.manual_seed(11)
-    model = build_model(cfg, len(LABELS), frontend.spec.n_bins, n_frames)
-    if constant_class is not None:
-        dense = model.get_submodule("classifier.dense")
-        assert isinstance(dense, torch.nn.Linear)
-        with torch.no_grad():
-            dense.weight.zero_()
-            dense.bias.copy_(torch.tensor([5.0 if k == constant_class else 0.0 for k in range(len(LABELS))]))
-    info = ClassifierInfo(
-        variant=variant, model=cfg.model_dump(), labels=LABELS, feature_preset="seed",
-        feature_spec=frontend.spec.to_dict(), clip_seconds=CLIP_SECONDS, n_bins=frontend.spec.n_bins,
-        n_frames=n_frames,
-    )  # fmt: skip
-    save_classifier(folder / variant, model, info)
+    save_tiny_ast(folder, variant, LABELS, CLIP_SECONDS, seed=11, constant_class=constant_class)
 
 
 @pytest.fixture(scope="module")

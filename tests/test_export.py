@@ -16,15 +16,12 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from worlds import write_prepared_and_cache
+from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import frame_windows, load_audio
-from birdops.config import ModelParams
 from birdops.export import onnx_export, parity
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
-from birdops.models.checkpoint import ClassifierInfo, save_classifier
-from birdops.models.factory import build_model
 from birdops.serve.inference import CPU_PROVIDER, Classifier
 from pipeline import export_onnx as stage
 
@@ -56,25 +53,15 @@ def write_world(root: Path) -> None:
     write_prepared_and_cache(root, rows, LABELS, CLIP_SECONDS)
 
 
-def save_tiny_ast(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:
-    frontend = build_frontend("seed")
-    n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
-    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
-    torch.manual_seed(3)
-    model = build_model(cfg, len(LABELS), frontend.spec.n_bins, n_frames)
-    info = ClassifierInfo(
-        variant=variant, model=cfg.model_dump(), labels=LABELS, feature_preset="seed",
-        feature_spec=feature_spec or frontend.spec.to_dict(), clip_seconds=CLIP_SECONDS,
-        n_bins=frontend.spec.n_bins, n_frames=n_frames,
-    )  # fmt: skip
-    save_classifier(folder / variant, model, info)
+def save_model(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:
+    save_tiny_ast(folder, variant, LABELS, CLIP_SECONDS, seed=3, feature_spec=feature_spec)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
     write_world(root)
-    save_tiny_ast(root / "models", "full")
+    save_model(root / "models", "full")
     (root / "metrics").mkdir()
     (root / "metrics" / "best.json").write_text(json.dumps({"variant": "full", "value": 0.5}))
     return root
@@ -267,7 +254,7 @@ def test_parity_clips_are_the_cached_validation_segments(world: Path) -> None:
 
 def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
     spec = {**build_frontend("seed").spec.to_dict(), "top_db": 60.0}
-    save_tiny_ast(tmp_path, "odd", feature_spec=spec)
+    save_model(tmp_path, "odd", feature_spec=spec)
     with pytest.raises(onnx_export.ExportError, match="retrain it"):
         onnx_export.load_waveform_classifier(tmp_path / "odd")
 

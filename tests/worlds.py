@@ -6,9 +6,15 @@ import csv
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from birdops.config import LmsCacheParams
+import torch
+
+from birdops.config import LmsCacheParams, ModelParams
 from birdops.features.cache import build_cache
+from birdops.features.frontend import build_frontend
+from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.models.factory import build_model
 
 MANIFEST_COLUMNS = ["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"]
 
@@ -27,3 +33,34 @@ def write_prepared_and_cache(
     (prepared / "labels.json").write_text(json.dumps(list(labels)))
     params = LmsCacheParams(presets=["seed"], clip_seconds=clip_seconds, max_clips_per_recording=2, workers=1)
     build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+
+
+def save_tiny_ast(
+    folder: Path,
+    variant: str,
+    labels: Sequence[str],
+    clip_seconds: float,
+    seed: int,
+    feature_spec: dict[str, Any] | None = None,
+    constant_class: int | None = None,
+) -> None:
+    """A tiny ``seed``-feature AST from the real factory, saved as ``folder/variant``. With
+    ``constant_class`` its logits ignore the input (the head outputs 5 for that class, 0 elsewhere);
+    ``feature_spec`` overrides the recorded front-end settings."""
+    frontend = build_frontend("seed")
+    n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
+    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
+    torch.manual_seed(seed)
+    model = build_model(cfg, len(labels), frontend.spec.n_bins, n_frames)
+    if constant_class is not None:
+        dense = model.get_submodule("classifier.dense")
+        assert isinstance(dense, torch.nn.Linear)
+        with torch.no_grad():
+            dense.weight.zero_()
+            dense.bias.copy_(torch.tensor([5.0 if k == constant_class else 0.0 for k in range(len(labels))]))
+    info = ClassifierInfo(
+        variant=variant, model=cfg.model_dump(), labels=tuple(labels), feature_preset="seed",
+        feature_spec=feature_spec or frontend.spec.to_dict(), clip_seconds=clip_seconds,
+        n_bins=frontend.spec.n_bins, n_frames=n_frames,
+    )  # fmt: skip
+    save_classifier(folder / variant, model, info)

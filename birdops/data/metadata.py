@@ -54,14 +54,13 @@ class MetadataError(DataError):
 
 
 @dataclass(frozen=True)
-class Problem:
-    """Why one metadata row cannot be used.
+class Rejection:
+    """A recording that is not used, and why.
 
-    ``kind`` is a short code (``duplicate_id``, ``missing_file``...) for counting; ``detail`` is the
-    human-readable explanation.
+    ``kind`` is a short code (``duplicate_id``, ``missing_file``, ``small_class``...) for counting;
+    ``detail`` is the human-readable explanation.
     """
 
-    row: int  # 0-based index of the row in the table
     id: str
     local_path: str
     kind: str
@@ -69,8 +68,15 @@ class Problem:
 
     @property
     def reason(self) -> str:
-        """``"<kind>: <detail>"``, what a rejection list shows."""
+        """``"<kind>: <detail>"``, the ``reason`` column of ``rejected.csv``."""
         return f"{self.kind}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Problem(Rejection):
+    """Why one metadata row cannot be used: a rejection tied to its row of the table."""
+
+    row: int  # 0-based index of the row in the table
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -230,7 +236,7 @@ def validate_rows(rows: Sequence[Mapping[str, str]], raw_dir: str | Path) -> lis
         if found is None and _normal_path(local) in seen_paths:
             found = ("duplicate_file", f"{local} already listed by row {seen_paths[_normal_path(local)] + 1}")
         if found is not None:
-            problems.append(Problem(index, rid, local, *found))
+            problems.append(Problem(rid, local, *found, row=index))
             continue
         seen_ids[rid] = index
         seen_paths[_normal_path(local)] = index

@@ -41,6 +41,7 @@ from birdops.data.metadata import (
     METADATA_FILE,
     NO_SCORE,
     DataError,
+    Rejection,
     format_length,
     label_of,
     parse_length_seconds,
@@ -97,21 +98,6 @@ class ManifestRow:
 
 
 @dataclass(frozen=True)
-class Rejection:
-    """A recording that is not used, and why (``kind`` for counting, ``detail`` for people)."""
-
-    id: str
-    local_path: str
-    kind: str
-    detail: str
-
-    @property
-    def reason(self) -> str:
-        """``"<kind>: <detail>"``, the ``reason`` column of ``rejected.csv``."""
-        return f"{self.kind}: {self.detail}"
-
-
-@dataclass(frozen=True)
 class PreparedCorpus:
     """The result of :func:`prepare_corpus`."""
 
@@ -130,11 +116,12 @@ def screen_rows(
 ) -> tuple[list[Candidate], list[Rejection]]:
     """Split metadata rows into usable candidates and rejections (one reason per rejected row)."""
     problems = {problem.row: problem for problem in validate_rows(rows, raw_dir)}
-    candidates, rejected = [], []
+    candidates: list[Candidate] = []
+    rejected: list[Rejection] = []
     for index, row in enumerate(rows):
         rid, local = row.get("id", "").strip(), row.get(LOCAL_PATH, "").strip()
         if index in problems:
-            rejected.append(Rejection(rid, local, problems[index].kind, problems[index].detail))
+            rejected.append(problems[index])
             continue
         candidate = Candidate(
             id=rid,
