@@ -122,9 +122,18 @@ def spec_for(preset: str) -> FeatureSpec:
 class FrontEnd(nn.Module):
     """Base of the front ends: ``forward(waveform (B, S) float32) -> (B, F, T) float32``."""
 
+    window: torch.Tensor
+    mel_filters: torch.Tensor
+
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
         self.spec = spec
+        periodic = spec.window == "hann_periodic"
+        window = torch.hann_window(spec.win_length_samples, periodic=periodic, dtype=torch.float64)
+        self.register_buffer("window", window.float(), persistent=False)  # (W,)
+        make_filters = slaney_mel_filters if spec.mel_scale == "slaney" else kaldi_mel_filters
+        mel = make_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
+        self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames ``T`` that ``forward`` gives for ``num_samples`` samples."""
@@ -134,16 +143,10 @@ class FrontEnd(nn.Module):
 class LogMelFrontEnd(FrontEnd):
     """``seed`` (log-mel, dB, per-clip normalised) and ``mfcc`` (DCT-II of that dB mel, normalised)."""
 
-    window: torch.Tensor
-    mel_filters: torch.Tensor
     dct: torch.Tensor
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__(spec)
-        window = torch.hann_window(spec.win_length_samples, periodic=True, dtype=torch.float64)
-        self.register_buffer("window", window.float(), persistent=False)  # (n_fft,)
-        mel = slaney_mel_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
-        self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
         dct = dct_ii_ortho(spec.n_mfcc, spec.n_mels) if spec.n_mfcc else np.eye(spec.n_mels)
         self.register_buffer("dct", torch.from_numpy(dct).float(), persistent=False)  # (F, M)
         self.use_dct = spec.n_mfcc is not None
@@ -164,16 +167,6 @@ class LogMelFrontEnd(FrontEnd):
 
 class KaldiFbankFrontEnd(FrontEnd):
     """``ast``: kaldi-compatible log-mel fbank (``torchaudio.compliance.kaldi.fbank``), batched."""
-
-    window: torch.Tensor
-    mel_filters: torch.Tensor
-
-    def __init__(self, spec: FeatureSpec) -> None:
-        super().__init__(spec)
-        window = torch.hann_window(spec.win_length_samples, periodic=False, dtype=torch.float64)
-        self.register_buffer("window", window.float(), persistent=False)  # (W,)
-        mel = kaldi_mel_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
-        self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         spec = self.spec
