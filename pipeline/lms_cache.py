@@ -9,12 +9,12 @@ and the cache metrics to ``--summary``. An interrupted run resumes where it stop
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from birdops.features.cache import build_cache
+from birdops.files import write_json_atomic
 from pipeline._common import setup
 
 log = logging.getLogger("pipeline.lms_cache")
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = setup().lms_cache
     summary = build_cache(args.raw, args.prepared / "manifest.csv", args.out, params)
-    args.summary.parent.mkdir(parents=True, exist_ok=True)
-    args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(args.summary, summary)
     log.info(
         "lms_cache: %d/%d recordings cached (%.1f%%), %d failed, %.1f files/s",
         summary["recordings"]["cached"], summary["recordings"]["manifest"], summary["coverage_percent"],

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from birdops.data.metadata import DataError
-from birdops.data.prepare import log_summary, prepare_corpus, summarize, write_json, write_prepared
+from birdops.data.prepare import log_summary, prepare_corpus, summarize, write_prepared
+from birdops.files import write_json_atomic
 from pipeline._common import setup
 
 log = logging.getLogger("pipeline.prepare")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_prepared(prepared, args.out)
     summary = summarize(prepared)
-    write_json(args.summary, summary)
+    write_json_atomic(args.summary, summary)
     log_summary(summary)
     return 0
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from birdops.files import write_csv_atomic
 
 METADATA_FILE = "metadata.csv"
 
@@ -190,17 +191,6 @@ def write_metadata(path: str | Path, rows: Iterable[Mapping[str, str]]) -> None:
     extra = sorted({key for row in rows for key in row} - set(COLUMNS))
     fieldnames = [*COLUMNS, *extra]
     write_csv_atomic(path, fieldnames, rows)
-
-
-def write_csv_atomic(path: Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write a CSV through a temporary file and rename it, so readers never see half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- validity

@@ -24,7 +24,6 @@ on ``seed`` and the class label, so adding a class does not reshuffle the others
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from collections import Counter, defaultdict
@@ -48,8 +47,8 @@ from birdops.data.metadata import (
     quality_rank,
     read_metadata,
     validate_rows,
-    write_csv_atomic,
 )
+from birdops.files import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ def write_prepared(prepared: PreparedCorpus, out_dir: str | Path) -> None:
         REJECTED_COLUMNS,
         ({"id": r.id, "local_path": r.local_path, "reason": r.reason} for r in prepared.rejected),
     )
-    write_json(out_dir / LABELS_FILE, prepared.labels)
+    write_json_atomic(out_dir / LABELS_FILE, prepared.labels)
 
 
 def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
@@ -328,13 +327,6 @@ def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
         "recordist_disjoint_classes": len(prepared.recordist_disjoint),
         "per_class": per_class,
     }
-
-
-def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def log_summary(summary: Mapping[str, Any]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from birdops.data.prepare import LABELS_FILE, MANIFEST_FILE
 from birdops.evaluate import metrics, plots
 from birdops.features.cache import load_split, read_manifest
 from birdops.features.frontend import FrontEnd, build_frontend
+from birdops.files import write_json_atomic
 from birdops.models.checkpoint import ClassifierInfo, load_classifier
 from birdops.models.classifier import WaveformClassifier
 
@@ -288,7 +288,7 @@ def write_variant(result: VariantEvaluation, out_dir: Path) -> dict[str, Any]:
     ``confusion.png`` (rows normalised), ``per_class_f1.png`` and ``skipped.csv``.
     """
     summary = result.to_metrics()
-    write_json(out_dir / f"{result.name}.json", summary)
+    write_json_atomic(out_dir / f"{result.name}.json", summary)
     folder = out_dir / EVAL_DIR / result.name
     recording = result.test_recording
     recording_table = metrics.per_class(recording.scores, recording.labels, result.labels)
@@ -316,14 +316,6 @@ def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["id", "reason"])
         writer.writerows((s.id, s.reason) for s in skipped)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, replacing ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------- selection
@@ -376,6 +368,6 @@ def evaluate_models(
         summaries[name] = write_variant(result, out_dir)
         log.info("%s: %s", name, json.dumps(summaries[name]))
     best = select_best(summaries, params.select_metric)
-    write_json(out_dir / BEST_FILE, best)
+    write_json_atomic(out_dir / BEST_FILE, best)
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])
     return best

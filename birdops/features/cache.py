@@ -44,6 +44,7 @@ from birdops.audio import AudioError, load_audio
 from birdops.config import ActivityParams, LmsCacheParams
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
+from birdops.files import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def _assemble(
         members = [r for r in recordings if r.split == split]
         clips = _split_clips(members, stems, failed)
         clips_per_split[split] = _write_shards(staging, split, clips, params.shard_max_clips, index)
-    _write_csv(staging / "index.csv", INDEX_COLUMNS, index)
+    write_csv_atomic(staging / "index.csv", INDEX_COLUMNS, index)
     meta = {
         "spec": spec.to_dict(), "clip_seconds": params.clip_seconds,
         "clip_samples": round(params.clip_seconds * spec.sample_rate_hz), "n_bins": spec.n_bins,
@@ -443,7 +444,7 @@ def _write_failed(path: Path, recordings: list[Recording], results: dict[str, _P
         reasons = [r.failed[recording.id] for r in results.values() if recording.id in r.failed]
         if reasons:
             rows.append({"id": recording.id, "local_path": recording.local_path, "reason": reasons[0]})
-    _write_csv(path, FAILED_COLUMNS, rows)
+    write_csv_atomic(path, FAILED_COLUMNS, rows)
 
 
 def reason_kind(reason: str) -> str:
@@ -511,15 +512,6 @@ def _write_partial(path: Path, features: np.ndarray, start_s: np.ndarray) -> Non
 def _write_json(path: Path, data: Any) -> None:
     temp = _temp_path(path)
     temp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temp, path)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    temp = _temp_path(path)
-    with open(temp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
     os.replace(temp, path)
 
 

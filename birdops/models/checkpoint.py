@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from birdops.config import ModelParams
+from birdops.files import write_json_atomic
 from birdops.models.factory import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -101,9 +102,3 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
