@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from birdops.export.onnx_export import export_best, git_revision, write_summary
+from birdops.export.onnx_export import export_best, git_revision
+from birdops.files import write_json_atomic
 from pipeline._common import setup
 
 log = logging.getLogger("pipeline.export_onnx")
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     result = export_best(
         args.best, args.models, args.raw, args.prepared, args.lms, args.out, params, git_revision()
     )
-    write_summary(args.summary, result.summary)
+    write_json_atomic(args.summary, dict(result.summary))
     if not result.passed:
         failed = ", ".join(gate.name for gate in result.gates if not gate.passed)
         log.error("export rejected: the %s parity gate failed (see %s)", failed, args.summary)

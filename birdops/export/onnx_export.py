@@ -22,12 +22,12 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -36,7 +36,7 @@ from birdops.export import parity, triton
 from birdops.models import classifier as saved
 from birdops.models.checkpoint import ClassifierInfo
 from birdops.models.classifier import WaveformClassifier
-from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from birdops.serve.inference import CPU_PROVIDER, INPUT_NAME, OUTPUT_NAME, ModelMetadata, providers_for
 
 log = logging.getLogger(__name__)
 
@@ -186,27 +186,34 @@ def export_best(
         raw_dir, prepared_dir, lms_dir, info.feature_preset, params.parity_clips, metadata.sample_rate_hz,
         info.clip_seconds,
     )  # fmt: skip
-    gates, summary = run_gates(model, model_path, parity.ParityCheck(classifier, clips), params)
+    fp32_session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
+    check = parity.ParityCheck(classifier, clips)
+    gates, summary = run_gates(model, fp32_session, out_dir / FP16_MODEL_FILE, check, params)
     summary = {"variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6} | summary
-    summary |= parity.benchmark(classifier, model_path, clips)
-    if all(gate.passed for gate in gates):
+    summary |= parity.benchmark(classifier, fp32_session, clips)
+    result = StageResult(summary, tuple(gates))
+    if result.passed:
         config = triton.write_repository(
             model_path, out_dir / TRITON_DIR, params.triton_model_name, params.triton_max_batch_size
         )
         log.info("wrote the Triton model repository: %s", config.parent)
-    return StageResult(summary, tuple(gates))
+    return result
 
 
 def run_gates(
-    model: onnx.ModelProto, model_path: Path, check: parity.ParityCheck, params: ExportParams
+    model: onnx.ModelProto,
+    fp32_session: ort.InferenceSession,
+    fp16_path: Path,
+    check: parity.ParityCheck,
+    params: ExportParams,
 ) -> tuple[list[parity.Gate], dict[str, Any]]:
-    """The fp32 gate of ``model_path`` and, with ``params.fp16``, the fp16 model's; each gate's verdict
-    is logged."""
-    fp32 = check.run(model_path, [parity.CPU_PROVIDER])
+    """The fp32 gate of the saved model (``fp32_session``, on the CPU) and, with ``params.fp16``, the
+    gate of the fp16 model written to ``fp16_path``; each gate's verdict is logged."""
+    fp32 = check.run_session(fp32_session)
     gates = [fp32.gate("fp32", params.fp32_max_abs_diff, params.fp32_min_top1_agreement)]
     summary = fp32.to_summary("") | {"fp32_gate_passed": gates[0].passed}
     if params.fp16:
-        fp16_gate, fp16_summary = fp16_export(model, model_path.with_name(FP16_MODEL_FILE), check, params)
+        fp16_gate, fp16_summary = fp16_export(model, fp16_path, check, params)
         summary |= fp16_summary
         gates += [fp16_gate] if fp16_gate else []
     for gate in gates:
@@ -225,13 +232,8 @@ def fp16_export(
         log.warning("fp16 export skipped: %s", err)
         return None, {"fp16_skipped": str(err)}
     size_bytes = save_model(half, path)
-    result = check.run(path, parity.fp16_providers())
+    result = check.run(path, providers_for("auto"))
     gate = result.gate("fp16", params.fp16_max_abs_diff, params.fp16_min_top1_agreement)
     return gate, result.to_summary("fp16_") | {
         "fp16_gate_passed": gate.passed, "fp16_model_size_mb": size_bytes / 1e6,
     }  # fmt: skip
-
-
-def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(summary), indent=2) + "\n")

@@ -27,7 +27,7 @@ from torch import nn
 from birdops.audio import AudioError, load_audio
 from birdops.data.prepare import MANIFEST_FILE
 from birdops.features.cache import cut_clips, load_split, read_manifest
-from birdops.serve.inference import CPU_PROVIDER, CUDA_PROVIDER, INPUT_NAME, OUTPUT_NAME
+from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ class ParityCheck:
         return self._reference
 
     def run(self, model_path: Path, providers: Sequence[str]) -> ParityResult:
-        session = ort.InferenceSession(str(model_path), providers=list(providers))
+        return self.run_session(ort.InferenceSession(str(model_path), providers=list(providers)))
+
+    def run_session(self, session: ort.InferenceSession) -> ParityResult:
         candidate = ort_logits(session, self.clips)
         diff, agreement = compare(self.reference(), candidate)
         return ParityResult(len(self.clips), diff, agreement, tuple(session.get_providers()))
@@ -167,12 +169,6 @@ def ort_logits(session: ort.InferenceSession, clips: np.ndarray, batch_size: int
 
 
 # --------------------------------------------------------------------------------------- float16
-def fp16_providers() -> list[str]:
-    """CUDA (what a float16 model is for) with the CPU as fallback, when this build has CUDA."""
-    available = ort.get_available_providers()
-    return [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in available]
-
-
 def frontend_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes the exporter traced inside ``WaveformClassifier.frontend``."""
     names = []
@@ -237,12 +233,11 @@ def clips_per_second(
 
 
 def benchmark(
-    classifier: nn.Module, model_path: Path, clips: np.ndarray, batch_size: int = BATCH_SIZE
+    classifier: nn.Module, session: ort.InferenceSession, clips: np.ndarray, batch_size: int = BATCH_SIZE
 ) -> dict[str, Any]:
     """onnxruntime (CPU provider) against PyTorch (CPU, float32) on one fixed batch of real clips,
     each with its default threads (one per core)."""
     batch = np.ascontiguousarray(clips[np.arange(batch_size) % len(clips)])  # (B, S)
-    session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
     ort_rate = clips_per_second(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: batch}), batch_size)
     tensor = torch.from_numpy(batch)
     with torch.no_grad():
