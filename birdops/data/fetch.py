@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from birdops.config import XenoCantoParams
 from birdops.data.metadata import (
+    AUDIO_DIR,
     LOCAL_PATH,
     METADATA_FILE,
     QUALITY_GRADES,
@@ -56,7 +57,6 @@ from birdops.data.metadata import (
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "XC_API_KEY"
-AUDIO_DIR = "audio"
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".m4a", ".opus")
 USER_AGENT = "birdops-fetch/0.1 (+https://github.com/birdops)"
 _CHUNK_BYTES = 1 << 16

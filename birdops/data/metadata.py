@@ -25,6 +25,7 @@ from typing import Any
 from birdops.files import write_csv_atomic
 
 METADATA_FILE = "metadata.csv"
+AUDIO_DIR = "audio"  # recordings live in <raw>/audio/, referred to as audio/<file> by local_path
 
 # the recording object of the xeno-canto API v3, in the API's order
 XC_FIELDS: tuple[str, ...] = (

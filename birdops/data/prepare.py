@@ -24,6 +24,7 @@ on ``seed`` and the class label, so adding a class does not reshuffle the others
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections import Counter, defaultdict
@@ -340,3 +341,8 @@ def log_summary(summary: Mapping[str, Any]) -> None:
     small = summary["small_classes"]
     if small["classes"]:
         log.info("prepare: classes below min_per_class (%s): %s", small["policy"], small["classes"])
+
+
+def read_labels(prepared_dir: str | Path) -> tuple[str, ...]:
+    """Class names in index order, from the ``labels.json`` that :func:`write_prepared` wrote."""
+    return tuple(json.loads((Path(prepared_dir) / LABELS_FILE).read_text()))

@@ -57,6 +57,7 @@ from tqdm import tqdm
 from birdops.config import SyntheticParams
 from birdops.data.encoding import encode_audio
 from birdops.data.metadata import (
+    AUDIO_DIR,
     LOCAL_PATH,
     METADATA_FILE,
     QUALITY_GRADES,
@@ -86,7 +87,6 @@ from birdops.data.voices import (
 
 log = logging.getLogger(__name__)
 
-AUDIO_DIR = "audio"
 CORRUPTIONS: tuple[str, ...] = ("truncated_mp3", "random_bytes", "header_only_wav", "silent")
 # the file format each corruption forces (None: keep the planned one)
 _CORRUPTION_FORMAT: dict[str, str | None] = {

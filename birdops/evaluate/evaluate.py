@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from birdops.audio import AudioError, frame_windows, load_audio
 from birdops.config import EvaluateParams
-from birdops.data.prepare import LABELS_FILE, MANIFEST_FILE
+from birdops.data.prepare import MANIFEST_FILE, read_labels
 from birdops.evaluate import metrics, plots
 from birdops.features.cache import load_split, read_manifest
 from birdops.features.frontend import FrontEnd, build_frontend
@@ -100,10 +100,6 @@ class VariantEvaluation:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def read_labels(prepared_dir: Path) -> tuple[str, ...]:
-    """Class names in index order, from ``labels.json``."""
-    return tuple(json.loads((prepared_dir / LABELS_FILE).read_text()))
-
 
 def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> list[Recording]:
     """The manifest's recordings of ``split``, with their audio paths under ``raw_dir``."""

@@ -42,13 +42,13 @@ from tqdm import tqdm
 
 from birdops.audio import AudioError, load_audio
 from birdops.config import ActivityParams, LmsCacheParams
+from birdops.data.prepare import SPLITS
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
 from birdops.files import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1  # bump when the partial or shard format changes: old partials are then stale
 WORK_DIR = ".work"
 FAILED_CSV = "failed.csv"

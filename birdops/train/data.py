@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from birdops.data.prepare import read_labels
 from birdops.features.cache import load_split
 
 
@@ -49,7 +50,7 @@ class TrainData:
 
 def load_train_data(prepared_dir: str | Path, lms_dir: str | Path, preset: str) -> TrainData:
     """Labels from ``<prepared>/labels.json`` and the train/val splits of ``<lms>/<preset>``."""
-    labels = tuple(json.loads((Path(prepared_dir) / "labels.json").read_text()))
+    labels = read_labels(prepared_dir)
     train, val = (load_split(lms_dir, preset, split) for split in ("train", "val"))
     for name, split in (("train", train), ("val", val)):
         if len(split.labels) == 0:
