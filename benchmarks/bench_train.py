@@ -16,7 +16,6 @@ On the CPU, ``--size small --batch-size 8 --steps 3`` runs in seconds (a smoke r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
@@ -29,8 +28,7 @@ import torch
 from birdops.config import LossParams, ModelParams
 from birdops.models.factory import build_model, is_head
 from birdops.train.losses import make_loss
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from birdops.train.trainer import autocast, autocast_dtype
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", default="173,1024", help="model lengths to compare, comma-separated")
     parser.add_argument("--classes", type=int, default=89)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="bf16", choices=sorted(PRECISIONS))
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
@@ -78,8 +76,7 @@ def measure(args: argparse.Namespace, frames: int, device: torch.device) -> dict
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, fused=device.type == "cuda")
     loss_fn = make_loss(LossParams(kind="focal", gamma=2.0))
-    dtype = PRECISIONS[args.precision]
-    cast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    dtype = autocast_dtype(args.precision, device)
 
     real = min(args.real_frames, frames)
     features = torch.zeros(args.batch_size, args.bins, frames, device=device)
@@ -88,14 +85,14 @@ def measure(args: argparse.Namespace, frames: int, device: torch.device) -> dict
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with cast():
+        with autocast(device, dtype):
             loss = loss_fn(model(features), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
     def infer_step() -> None:
-        with torch.inference_mode(), cast():
+        with torch.inference_mode(), autocast(device, dtype):
             model(features)
 
     if device.type == "cuda":

@@ -70,7 +70,7 @@ def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInf
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each replaced atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "variant": info.variant})
     os.replace(tmp, directory / WEIGHTS_FILE)
@@ -96,9 +96,3 @@ def read_info(directory: str | Path) -> ClassifierInfo:
     except (OSError, json.JSONDecodeError) as err:
         raise FileNotFoundError(f"{path}: not a saved birdops classifier ({err})") from err
     return ClassifierInfo.from_dict(data)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig, ViTConfig, ViTModel
 
-from birdops.models.factory import ASTClassifier, ViTClassifier, is_head
+from birdops.models.factory import SIZES, ASTClassifier, ViTClassifier, is_head
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_backbone_strict(model: nn.Module, state: StateDict, source: str) -> boo
 
 def check_size(source: PreTrainedConfig, target: PreTrainedConfig) -> None:
     """The checkpoint must have the transformer size that ``model.size`` builds."""
-    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    fields = tuple(SIZES["base"])  # what model.size sets
     have = {f: getattr(source, f) for f in fields}
     want = {f: getattr(target, f) for f in fields}
     if have != want:
