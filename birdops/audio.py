@@ -6,6 +6,7 @@ in place.
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,21 +28,20 @@ def load_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     Raises :class:`AudioError` naming the file when it is unreadable, empty or silent.
     """
     path = Path(path)
-    try:
-        data, source_rate_hz = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
-        raise AudioError(f"{path}: cannot decode audio: {err}") from err
-    return _clean(data, source_rate_hz, sample_rate_hz, str(path))
+    return _decode(path, sample_rate_hz, str(path))
 
 
 def decode_bytes(payload: bytes, sample_rate_hz: int, name: str = "<upload>") -> np.ndarray:
     """Like :func:`load_audio` for an in-memory file (an HTTP upload); ``name`` is only for messages."""
-    import io
-
     if not payload:
         raise AudioError(f"{name}: empty file")
+    return _decode(io.BytesIO(payload), sample_rate_hz, name)
+
+
+def _decode(source: Path | io.BytesIO, sample_rate_hz: int, name: str) -> np.ndarray:
+    """soundfile's decoding of ``source`` (a path or an in-memory file), then :func:`_clean`."""
     try:
-        data, source_rate_hz = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+        data, source_rate_hz = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
         raise AudioError(f"{name}: cannot decode audio: {err}") from err
     return _clean(data, source_rate_hz, sample_rate_hz, name)

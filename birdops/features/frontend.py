@@ -143,13 +143,13 @@ class FrontEnd(nn.Module):
 class LogMelFrontEnd(FrontEnd):
     """``seed`` (log-mel, dB, per-clip normalised) and ``mfcc`` (DCT-II of that dB mel, normalised)."""
 
-    dct: torch.Tensor
+    dct: torch.Tensor | None
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__(spec)
-        dct = dct_ii_ortho(spec.n_mfcc, spec.n_mels) if spec.n_mfcc else np.eye(spec.n_mels)
-        self.register_buffer("dct", torch.from_numpy(dct).float(), persistent=False)  # (F, M)
-        self.use_dct = spec.n_mfcc is not None
+        dct = dct_ii_ortho(spec.n_mfcc, spec.n_mels) if spec.n_mfcc is not None else None
+        # (F, M) for mfcc; None (no buffer) for seed
+        self.register_buffer("dct", None if dct is None else torch.from_numpy(dct).float(), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         spec = self.spec
@@ -160,7 +160,7 @@ class LogMelFrontEnd(FrontEnd):
         power = stft.real.square() + stft.imag.square()  # (B, K, T)
         mel = torch.matmul(self.mel_filters, power)  # (B, M, T)
         db = power_to_db(mel, amin=1e-10, top_db=spec.top_db or 80.0)  # (B, M, T)
-        if self.use_dct:
+        if self.dct is not None:
             db = torch.matmul(self.dct, db)  # (B, F, T)
         return normalize_per_clip(db, spec.norm_eps)
 
