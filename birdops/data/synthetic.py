@@ -84,6 +84,7 @@ from birdops.data.voices import (
     draw_voice,
     render_voice,
 )
+from birdops.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -551,7 +552,10 @@ def _write_audio(plans: list[RecordingPlan], out_dir: Path, workers: int) -> lis
     with progress:
         if workers <= 1:
             return [_tick(progress, write_recording(p, out_dir)) for p in ordered]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # the workers end with this process, even when it is killed (birdops.procs)
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             results = pool.map(write_recording, ordered, [out_dir] * len(ordered), chunksize=2)
             return [_tick(progress, size) for size in results]
 
