@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from birdops.features.cache import build_cache
+from birdops.features.cache import RUN_KEY, build_cache
 from birdops.files import write_json_atomic
-from pipeline._common import setup
+from pipeline._common import setup, write_run_record
 
 log = logging.getLogger("pipeline.lms_cache")
 
@@ -29,11 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = setup().lms_cache
     summary = build_cache(args.raw, args.prepared / "manifest.csv", args.out, params)
+    run = summary.pop(RUN_KEY)
     write_json_atomic(args.summary, summary)
+    write_run_record("lms_cache", run)
     log.info(
-        "lms_cache: %d/%d recordings cached (%.1f%%), %d failed, %.1f files/s",
+        "lms_cache: %d/%d recordings cached (%.1f%%), %d failed; %d processed in %.1f s (%.1f files/s)",
         summary["recordings"]["cached"], summary["recordings"]["manifest"], summary["coverage_percent"],
-        summary["recordings"]["failed"], summary["files_per_second"],
+        summary["recordings"]["failed"], run["processed_this_run"], run["wall_seconds"],
+        run["files_per_second"],
     )  # fmt: skip
     return 0
 

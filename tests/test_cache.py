@@ -132,16 +132,17 @@ def test_layout_failures_and_summary(reference: tuple[Path, dict]) -> None:
         meta = json.loads((folder / "features.json").read_text())
         assert meta["spec"]["name"] == preset and meta["clip_seconds"] == 2.0
         assert (meta["n_bins"], meta["n_frames"]) == (n_bins, n_frames)
-    assert summary["recordings"] == {
-        "manifest": 9, "cached": 5, "failed": 4, "processed_this_run": 9, "reused_from_interrupted_run": 0,
-    }  # fmt: skip
+    assert summary["recordings"] == {"manifest": 9, "cached": 5, "failed": 4}
+    run = summary[cache.RUN_KEY]  # how the run went: kept apart from the results
+    assert (run["processed_this_run"], run["reused_from_interrupted_run"]) == (9, 0)
+    assert run["wall_seconds"] > 0 and run["files_per_second"] > 0
     assert summary["coverage_percent"] == pytest.approx(100 * 5 / 9, abs=0.01)
     reasons = {"audio is silent": 1, "cannot decode audio": 2, "missing file": 1}
     assert summary["failures_by_reason"] == reasons
     # the short OGG gives exactly one clip; train has at least one clip per call (a: 1, b: 2, e: 1)
     clips = summary["presets"]["seed"]["clips"]
     assert clips["test"] == 1 and clips["train"] >= 4 and clips["val"] >= 1
-    assert summary["presets"]["ast"]["clips"] == clips and summary["workers"] == 1
+    assert summary["presets"]["ast"]["clips"] == clips and summary[cache.RUN_KEY]["workers"] == 1
 
 
 @pytest.mark.parametrize("preset", ["seed", "ast"])
@@ -178,7 +179,7 @@ def test_two_workers_give_the_same_cache(
 ) -> None:
     params = PARAMS.model_copy(update={"workers": 2})
     summary = cache.build_cache(*corpus, tmp_path / "lms", params, chunk_recordings=2)
-    assert summary["workers"] == 2 and summary["recordings"] == reference[1]["recordings"]
+    assert summary[cache.RUN_KEY]["workers"] == 2 and summary["recordings"] == reference[1]["recordings"]
     assert_same_cache(reference[0], tmp_path / "lms", ["seed", "mfcc", "ast"])
 
 
@@ -210,8 +211,8 @@ def test_an_interrupted_run_resumes_without_redoing_finished_recordings(
     summary = cache.build_cache(*corpus, out, PARAMS, chunk_recordings=2)
     decodable = {name for name, *_ in CORPUS.values()} - {"missing.wav"}
     assert sorted(set(second)) == sorted(decodable - {"a.wav", "b.flac"})  # finished ones not redone
-    assert summary["recordings"]["processed_this_run"] == 7
-    assert summary["recordings"]["reused_from_interrupted_run"] == 2
+    assert summary[cache.RUN_KEY]["processed_this_run"] == 7
+    assert summary[cache.RUN_KEY]["reused_from_interrupted_run"] == 2
     assert_same_cache(reference[0], out, ["seed", "mfcc", "ast"])
     assert not (out / ".work").exists()
 

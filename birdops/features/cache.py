@@ -46,11 +46,13 @@ from birdops.data.prepare import SPLITS
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
 from birdops.files import write_csv_atomic
+from birdops.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the partial or shard format changes: old partials are then stale
 WORK_DIR = ".work"
+RUN_KEY = "run"  # the summary's record of how the run went (not a result)
 FAILED_CSV = "failed.csv"
 INDEX_COLUMNS = ("id", "split", "shard", "row", "label_index", "start_s")
 FAILED_COLUMNS = ("id", "local_path", "reason")
@@ -172,8 +174,10 @@ def _frontend(preset: str) -> FrontEnd:
     return _FRONTENDS[preset]
 
 
-def _init_worker(threads: int) -> None:
-    """Pool initializer: split the cores between workers instead of oversubscribing them."""
+def _init_worker(threads: int, owner_pid: int) -> None:
+    """Pool initializer: end with the stage process ``owner_pid`` (never outlive a killed stage), and
+    split the cores between workers instead of oversubscribing them."""
+    die_with_parent(owner_pid)
     torch.set_num_threads(threads)
 
 
@@ -265,7 +269,7 @@ def _run_tasks(tasks: list[_Task], settings: _Settings, workers: int, chunk_reco
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = _worker_context()
         with cf.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
         ) as pool:
             futures = [pool.submit(_process_chunk, chunk, settings) for chunk in chunks]
             try:
@@ -473,16 +477,16 @@ def _summary(
         for name, r in results.items()
     }  # fmt: skip
     return {
-        "recordings": {
-            "manifest": total, "cached": total - len(failed_ids), "failed": len(failed_ids),
-            "processed_this_run": processed, "reused_from_interrupted_run": total - processed,
-        },
+        "recordings": {"manifest": total, "cached": total - len(failed_ids), "failed": len(failed_ids)},
         "coverage_percent": _percent(total - len(failed_ids), total),
         "failures_by_reason": dict(sorted(reasons.items())),
         "presets": presets,
-        "workers": workers,
-        "wall_seconds": round(wall_s, 3),
-        "files_per_second": round(processed / wall_s, 3) if wall_s > 0 else 0.0,
+        # how this run went, not what it produced: a resumed or slower run makes the same cache
+        RUN_KEY: {
+            "processed_this_run": processed, "reused_from_interrupted_run": total - processed,
+            "workers": workers, "wall_seconds": round(wall_s, 3),
+            "files_per_second": round(processed / wall_s, 3) if wall_s > 0 else 0.0,
+        },
     }  # fmt: skip
 
 
