@@ -1,18 +1,22 @@
 """Typed parameters: ``params.yaml`` parsed into frozen pydantic models.
 
 Every section rejects unknown keys, so a typo in ``params.yaml`` fails loudly with the key's path.
-Environment variables override the file: ``BIRDOPS_<SECTION>__<KEY>=value`` (nested with ``__``),
-e.g. ``BIRDOPS_TRAIN_FULL__BATCH_SIZE=8``. Library code receives the section it needs, never the tree.
+``params.yaml`` is the only source: DVC records its values in ``dvc.lock``, so a value that changes
+results must reach a stage through the file (or ``dvc exp run -S section.key=value``), never through
+the environment. An environment variable shaped like an override (``BIRDOPS_<SECTION>__<KEY>``) is
+refused with a message naming the ``-S`` to use. Library code receives the section it needs, never
+the tree.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Preset = Literal["seed", "ast", "mfcc"]
 Quality = Literal["A", "B", "C", "D", "E"]
@@ -208,22 +212,19 @@ class EvaluateParams(Section):
 class ExportParams(Section):
     opset: int = Field(18, ge=17)
     parity_clips: int = Field(32, ge=1)
-    fp32_max_abs_diff: float = Field(1e-4, gt=0)
+    # limits on max |logit diff| relative to the logits' scale (birdops.export.parity.logit_scale)
+    fp32_max_rel_diff: float = Field(1e-3, gt=0)
     fp32_min_top1_agreement: float = Field(1.0, ge=0, le=1)
     fp16: bool = False
-    fp16_max_abs_diff: float = Field(5e-2, gt=0)
+    fp16_max_rel_diff: float = Field(2e-2, gt=0)
     fp16_min_top1_agreement: float = Field(0.98, ge=0, le=1)
     triton_model_name: str = "birdops"
     triton_max_batch_size: int = Field(64, ge=1)
 
 
 # ---------------------------------------------------------------------------------------- the tree
-class Params(BaseSettings):
+class Params(Section):
     """The whole ``params.yaml``; construct through :func:`load_params`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="BIRDOPS_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
 
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
@@ -233,18 +234,6 @@ class Params(BaseSettings):
     train_full: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export_onnx: ExportParams = ExportParams()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # the first source wins: the environment overrides what params.yaml says
-        return env_settings, init_settings
 
     def variant(self, name: str) -> TrainParams:
         """The training section of a variant: ``phase2b``, ``baseline`` or ``full``."""
@@ -261,7 +250,32 @@ class ParamsError(ValueError):
     """``params.yaml`` (or an override) is invalid; the message names the key and the value."""
 
 
+ENV_PREFIX = "BIRDOPS_"
+
+
+def refuse_env_overrides(environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`ParamsError` when the environment holds a ``BIRDOPS_<SECTION>__<KEY>`` variable:
+    DVC would record ``params.yaml``'s value in ``dvc.lock``, not the one that made the output."""
+    environ = os.environ if environ is None else environ
+    sections = {name.upper() for name in Params.model_fields}
+    found = sorted(
+        name for name in environ
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):].split("__")[0] in sections
+        and "__" in name[len(ENV_PREFIX):]
+    )  # fmt: skip
+    if found:
+        hints = ", ".join(
+            f"{name} -> -S {name[len(ENV_PREFIX):].lower().replace('__', '.')}={environ[name]}" for name in found
+        )
+        raise ParamsError(
+            f"parameters come only from params.yaml, so that dvc.lock records the values that made the "
+            f"results; unset {', '.join(found)} and edit params.yaml or run `dvc exp run -S ...` ({hints})"
+        )
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """``params.yaml`` as :class:`Params`; refuses environment overrides (:func:`refuse_env_overrides`)."""
+    refuse_env_overrides()
     path = Path(path)
     try:
         raw: Any = yaml.safe_load(path.read_text()) or {}

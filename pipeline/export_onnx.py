@@ -14,9 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-from birdops.export.onnx_export import export_best, git_revision
+from birdops.export.onnx_export import export_best
 from birdops.files import write_json_atomic
-from pipeline._common import setup
+from pipeline._common import setup, write_run_record
 
 log = logging.getLogger("pipeline.export_onnx")
 
@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", required=True, type=Path, help="metrics JSON to write")
     args = parser.parse_args(argv)
     params = setup().export_onnx
-    result = export_best(
-        args.best, args.models, args.raw, args.prepared, args.lms, args.out, params, git_revision()
-    )
+    result = export_best(args.best, args.models, args.raw, args.prepared, args.lms, args.out, params)
     write_json_atomic(args.summary, dict(result.summary))
+    write_run_record("export_onnx", dict(result.measured))
     if not result.passed:
         failed = ", ".join(gate.name for gate in result.gates if not gate.passed)
         log.error("export rejected: the %s parity gate failed (see %s)", failed, args.summary)

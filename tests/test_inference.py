@@ -29,7 +29,7 @@ def classifier(model_path: Path) -> Classifier:
 def test_load_reads_everything_from_the_model_file(classifier: Classifier) -> None:
     assert classifier.labels == LABELS
     assert classifier.sample_rate_hz == RATE_HZ and classifier.window_seconds == WINDOW_SECONDS
-    assert classifier.metadata.variant == "tones" and classifier.metadata.source_revision == "abc123"
+    assert classifier.metadata.variant == "tones" and classifier.metadata.model_sha256 == "abc123"
     assert classifier.providers == [CPU_PROVIDER]
     described = classifier.describe()
     assert described["num_labels"] == 3 and described["providers"] == [CPU_PROVIDER]

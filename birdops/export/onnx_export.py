@@ -11,8 +11,9 @@ and ``birdops.exporter``. It is one self-contained file (no external data) and p
 ``onnx.checker.check_model(path, full_check=True)``.
 
 :func:`export_best` is the whole ``export_onnx`` stage: export the variant ``metrics/best.json``
-chose, gate it on parity with PyTorch on real validation clips, measure throughput, and write the
-Triton model repository.
+chose, gate it on parity with PyTorch on real validation clips, and write the Triton model
+repository. Its outputs depend only on its inputs: no timing and no commit id goes into the file or
+the summary (throughput is measured by ``benchmarks/bench_onnx.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from torch import nn
 from birdops.config import ExportParams
 from birdops.export import parity, triton
 from birdops.models import classifier as saved
-from birdops.models.checkpoint import ClassifierInfo
+from birdops.models.checkpoint import WEIGHTS_FILE, ClassifierInfo
 from birdops.models.classifier import WaveformClassifier
 from birdops.serve.inference import CPU_PROVIDER, INPUT_NAME, OUTPUT_NAME, ModelMetadata, providers_for
 
@@ -47,7 +48,6 @@ TRITON_DIR = "model_repository"
 MAX_SINGLE_FILE_BYTES = 2**31 - 1
 # node metadata the exporter adds that names files on the exporting machine: dropped from the file
 DROPPED_NODE_PROPS = ("pkg.torch.onnx.stack_trace",)
-REVISION_ENV = "BIRDOPS_SOURCE_REVISION"  # the revision where there is no .git (a Docker build)
 
 
 class ExportError(RuntimeError):
@@ -102,12 +102,22 @@ def save_model(model: onnx.ModelProto, path: Path) -> int:
     return path.stat().st_size
 
 
-def metadata_for(info: ClassifierInfo, variant: str, source_revision: str) -> ModelMetadata:
+def metadata_for(info: ClassifierInfo, variant: str, model_sha256: str) -> ModelMetadata:
     return ModelMetadata(
         labels=info.labels, sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
         window_seconds=info.clip_seconds, features=info.feature_spec, variant=variant,
-        source_revision=source_revision,
+        model_sha256=model_sha256,
     )  # fmt: skip
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """SHA-256 of a trained model's weights file: the exported file names the exact model it holds
+    (``dvc.lock`` maps it to the run that trained it)."""
+    digest = hashlib.sha256()
+    with (model_dir / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_waveform_classifier(model_dir: Path) -> tuple[WaveformClassifier, ClassifierInfo]:
@@ -119,25 +129,15 @@ def load_waveform_classifier(model_dir: Path) -> tuple[WaveformClassifier, Class
         raise ExportError(str(err)) from err
 
 
-def git_revision(cwd: Path | None = None) -> str:
-    """``git rev-parse HEAD`` in ``cwd``; outside a git checkout ``$BIRDOPS_SOURCE_REVISION`` (e.g. set
-    by a Docker build), else ``"unknown"``."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get(REVISION_ENV) or "unknown"
-    return done.stdout.strip() or os.environ.get(REVISION_ENV) or "unknown"
-
-
 # ------------------------------------------------------------------------------------------- stage
 @dataclass(frozen=True)
 class StageResult:
-    """The export stage's summary (``metrics/onnx.json``) and its gates."""
+    """The export stage's summary (``metrics/onnx.json``), its gates, and the measured parity
+    differences (``runs/export_onnx.json``: their last digits vary with the processor)."""
 
     summary: dict[str, Any]
     gates: tuple[parity.Gate, ...]
+    measured: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -163,15 +163,14 @@ def export_best(
     lms_dir: Path,
     out_dir: Path,
     params: ExportParams,
-    source_revision: str,
 ) -> StageResult:
-    """Export the chosen variant to ``out_dir/model.onnx``, gate it, benchmark it and write the Triton
-    repository (only when every gate passed); the summary is returned either way."""
+    """Export the chosen variant to ``out_dir/model.onnx``, gate it and write the Triton repository
+    (only when every gate passed); the summary is returned either way."""
     variant = read_best(best_json)
     classifier, info = load_waveform_classifier(models_dir / variant)
     if info.variant != variant:
         log.warning("%s holds variant %r; exporting it as %r", models_dir / variant, info.variant, variant)
-    metadata = metadata_for(info, variant, source_revision)
+    metadata = metadata_for(info, variant, weights_sha256(models_dir / variant))
     log.info("exporting %s (%s, %d classes, %s s at %d Hz) with opset %d", variant, info.feature_preset,
              len(info.labels), info.clip_seconds, metadata.sample_rate_hz, params.opset)  # fmt: skip
     # what an earlier run by hand left must not pass for this run's output
@@ -186,12 +185,17 @@ def export_best(
         raw_dir, prepared_dir, lms_dir, info.feature_preset, params.parity_clips, metadata.sample_rate_hz,
         info.clip_seconds,
     )  # fmt: skip
+    if len(clips) < params.parity_clips:
+        log.warning("parity is checked on %d validation clips, fewer than parity_clips (%d): the split "
+                    "has no more", len(clips), params.parity_clips)  # fmt: skip
     fp32_session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
     check = parity.ParityCheck(classifier, clips)
-    gates, summary = run_gates(model, fp32_session, out_dir / FP16_MODEL_FILE, check, params)
-    summary = {"variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6} | summary
-    summary |= parity.benchmark(classifier, fp32_session, clips)
-    result = StageResult(summary, tuple(gates))
+    gates, summary, measured = run_gates(model, fp32_session, out_dir / FP16_MODEL_FILE, check, params)
+    summary = {
+        "variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6,
+        "parity_clips_requested": params.parity_clips,
+    } | summary  # fmt: skip
+    result = StageResult(summary, tuple(gates), measured)
     if result.passed:
         config = triton.write_repository(
             model_path, out_dir / TRITON_DIR, params.triton_model_name, params.triton_max_batch_size
@@ -206,34 +210,38 @@ def run_gates(
     fp16_path: Path,
     check: parity.ParityCheck,
     params: ExportParams,
-) -> tuple[list[parity.Gate], dict[str, Any]]:
+) -> tuple[list[parity.Gate], dict[str, Any], dict[str, Any]]:
     """The fp32 gate of the saved model (``fp32_session``, on the CPU) and, with ``params.fp16``, the
     gate of the fp16 model written to ``fp16_path``; each gate's verdict is logged."""
     fp32 = check.run_session(fp32_session)
-    gates = [fp32.gate("fp32", params.fp32_max_abs_diff, params.fp32_min_top1_agreement)]
+    gates = [fp32.gate("fp32", params.fp32_max_rel_diff, params.fp32_min_top1_agreement)]
     summary = fp32.to_summary("") | {"fp32_gate_passed": gates[0].passed}
+    measured = fp32.measurements("")
     if params.fp16:
-        fp16_gate, fp16_summary = fp16_export(model, fp16_path, check, params)
+        fp16_gate, fp16_summary, fp16_measured = fp16_export(model, fp16_path, check, params)
         summary |= fp16_summary
+        measured |= fp16_measured
         gates += [fp16_gate] if fp16_gate else []
     for gate in gates:
         (log.info if gate.passed else log.error)("%s", gate.message)
-    return gates, summary
+    return gates, summary, measured
 
 
 def fp16_export(
     model: onnx.ModelProto, path: Path, check: parity.ParityCheck, params: ExportParams
-) -> tuple[parity.Gate | None, dict[str, Any]]:
+) -> tuple[parity.Gate | None, dict[str, Any], dict[str, Any]]:
     """The float16 model (front end kept in float32) gated against PyTorch, on CUDA when onnxruntime
-    has it; ``(None, {...})`` with the reason when the converter is not installed."""
+    has it: ``(gate, summary, measurements)``; ``(None, {...}, {})`` with the reason when the
+    converter is not installed."""
     try:
         half = parity.to_float16(model)
     except parity.Float16Unavailable as err:
         log.warning("fp16 export skipped: %s", err)
-        return None, {"fp16_skipped": str(err)}
+        return None, {"fp16_skipped": str(err)}, {}
     size_bytes = save_model(half, path)
     result = check.run(path, providers_for("auto"))
-    gate = result.gate("fp16", params.fp16_max_abs_diff, params.fp16_min_top1_agreement)
-    return gate, result.to_summary("fp16_") | {
+    gate = result.gate("fp16", params.fp16_max_rel_diff, params.fp16_min_top1_agreement)
+    summary = result.to_summary("fp16_") | {
         "fp16_gate_passed": gate.passed, "fp16_model_size_mb": size_bytes / 1e6,
     }  # fmt: skip
+    return gate, summary, result.measurements("fp16_")

@@ -38,8 +38,8 @@ SAMPLE_RATE_KEY = "birdops.sample_rate_hz"
 WINDOW_KEY = "birdops.window_seconds"
 FEATURES_KEY = "birdops.features"
 VARIANT_KEY = "birdops.variant"
-REVISION_KEY = "birdops.source_revision"
-REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, REVISION_KEY)
+MODEL_SHA256_KEY = "birdops.model_sha256"
+REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, MODEL_SHA256_KEY)
 
 
 class ModelError(ValueError):
@@ -56,7 +56,7 @@ class ModelMetadata:
     window_seconds: float  # the input's fixed length, in seconds
     features: Mapping[str, Any]  # the front end's FeatureSpec dict (documentation; the graph computes it)
     variant: str
-    source_revision: str  # git commit of the code that exported the model, or "unknown"
+    model_sha256: str  # SHA-256 of the trained weights file the export holds (models/<variant>/)
 
     @property
     def window_samples(self) -> int:
@@ -70,7 +70,7 @@ class ModelMetadata:
             WINDOW_KEY: repr(float(self.window_seconds)),
             FEATURES_KEY: json.dumps(dict(self.features), sort_keys=True),
             VARIANT_KEY: self.variant,
-            REVISION_KEY: self.source_revision,
+            MODEL_SHA256_KEY: self.model_sha256,
         }
 
     @classmethod
@@ -96,7 +96,7 @@ class ModelMetadata:
             raise ModelError(f"{source}: sample rate and window length must be positive")
         return cls(
             labels=tuple(labels), sample_rate_hz=sample_rate_hz, window_seconds=window_seconds,
-            features=features, variant=props[VARIANT_KEY], source_revision=props[REVISION_KEY],
+            features=features, variant=props[VARIANT_KEY], model_sha256=props[MODEL_SHA256_KEY],
         )  # fmt: skip
 
 
@@ -330,7 +330,7 @@ class Classifier:
         """The model's identity and settings, JSON-ready (for logs and ``GET /ready``)."""
         meta = self.metadata
         return {
-            "variant": meta.variant, "source_revision": meta.source_revision,
+            "variant": meta.variant, "model_sha256": meta.model_sha256,
             "num_labels": len(meta.labels), "labels": list(meta.labels),
             "sample_rate_hz": meta.sample_rate_hz, "window_seconds": meta.window_seconds,
             "providers": self.providers,
