@@ -2,12 +2,16 @@
 
     birdops report [--metrics-dir metrics] [--output report.md]
     birdops report --diff origin/main [--output report.md]
+    birdops report --update-readme README.md
 
 The first form reads ``<metrics-dir>/<variant>.json`` (written by the evaluate stage) for phase2b,
 baseline and full and prints a markdown table with each generation's change against the one before,
 followed by the figures of the original report on real xeno-canto data as clearly labelled reference
 rows. The second wraps ``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` into one markdown
-document for a pull-request comment. Standard library only: CI installs just ``dvc`` for it.
+document for a pull-request comment. The third rewrites the results block of the README (between
+:data:`README_BEGIN` and :data:`README_END`) from ``metrics/``, so the figures a newcomer reads are
+the ones ``dvc repro`` gives (``tests/test_readme_results.py`` fails when they disagree). Standard
+library only: CI installs just ``dvc`` for it.
 """
 
 from __future__ import annotations
@@ -166,6 +170,68 @@ def comparison_markdown(found: Mapping[str, Mapping[str, Any] | None]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ README
+README_BEGIN = "<!-- results: generated from metrics/ by `birdops report --update-readme README.md` -->"
+README_END = "<!-- end of results -->"
+
+
+def readme_block(metrics_dir: Path, variants: Sequence[str]) -> str:
+    """The README's results: the variants' table, the test-set sizes and the exported model's
+    confusion matrix, from ``metrics_dir`` (``<variant>.json`` and ``best.json``)."""
+    found = read_variant_metrics(metrics_dir, variants)
+    if any(m is None for m in found.values()):
+        missing = ", ".join(v for v, m in found.items() if m is None)
+        raise ReportError(f"no metrics in {metrics_dir} for {missing}: run the evaluate stage first")
+    try:
+        best = json.loads((metrics_dir / "best.json").read_text())
+        variant, metric, value = best["variant"], best["metric"], float(best["value"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{metrics_dir / 'best.json'}: cannot read the chosen variant: {err}") from err
+    ours = [(f"{v} ({DESCRIPTIONS.get(v, v)})", m) for v, m in found.items()]
+    lines = [
+        README_BEGIN,
+        "",
+        data_line(metrics_dir / "data.json"),
+        "",
+        *table_rows(ours, COLUMNS),
+        "",
+        sizes_line(found),
+        "",
+        f"Exported model: `{variant}`, chosen by validation {metric.split('.')[-1].replace('_', ' ')} "
+        f"({value:.4f}). Its confusion matrix on the test clips, rows normalised "
+        f"(`dvc plots show` renders all three):",
+        "",
+        f"![{variant} confusion matrix]({metrics_dir.as_posix()}/eval/{variant}/confusion.png)",
+        "",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def data_line(path: Path) -> str:
+    """One sentence on the corpus the results come from (``metrics/data.json`` of prepare)."""
+    try:
+        data = json.loads(path.read_text())
+        splits = data["splits"]
+        hours = sum(data["audio_hours"].values())
+        return (
+            f"Corpus: {data['classes']} species; {data['recordings']} recordings, {data['accepted']} "
+            f"accepted ({hours:.2f} h of audio); train/val/test {splits['train']}/{splits['val']}/"
+            f"{splits['test']} recordings."
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ReportError(f"{path}: cannot read the data summary: {err}") from err
+
+
+def replace_readme_block(text: str, block: str) -> str:
+    """``text`` with its results block replaced by ``block``; both markers must be there, once."""
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ReportError(f"the README must hold the markers {README_BEGIN!r} and {README_END!r} once each")
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    return head + block + tail
+
+
 # ------------------------------------------------------------------------------------------ diff
 def dvc_command() -> list[str]:
     """How to run dvc: this interpreter's ``dvc`` module, else a ``dvc`` on the PATH."""
@@ -228,6 +294,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="variants, oldest first")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     parser.add_argument(
+        "--update-readme", type=Path, metavar="README", help="rewrite the results block of this README"
+    )
+    parser.add_argument(
         "--diff",
         metavar="REV",
         help="compare the workspace's DVC metrics and params against Git revision REV",
@@ -252,6 +321,17 @@ def build_report(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.update_readme is not None:
+        try:
+            text = args.update_readme.read_text(encoding="utf-8")
+            block = readme_block(args.metrics_dir, args.variants)
+            updated = replace_readme_block(text, block)
+        except (OSError, ReportError) as err:
+            log.error("%s", err)
+            return 1
+        args.update_readme.write_text(updated, encoding="utf-8")
+        log.info("%s: results block %s", args.update_readme, "unchanged" if updated == text else "updated")
+        return 0
     try:
         document = build_report(args)
     except ReportError as err:

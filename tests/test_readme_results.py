@@ -1,0 +1,49 @@
+"""The README's results are the ones in ``metrics/``: its block is what ``birdops report
+--update-readme`` writes from them, so a figure typed by hand, or left from an older run, fails here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from birdops.evaluate import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_results_block_matches_metrics() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # the block names paths relative to the repository
+        expected = report.readme_block(Path("metrics"), report.VARIANTS)
+    assert report.replace_readme_block(text, expected) == text, (
+        "README.md's results differ from metrics/: run `birdops report --update-readme README.md`"
+    )
+
+
+def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    row = {"accuracy": 0.5, "f1_macro": 0.25, "f1_weighted": 0.4, "map": 0.3, "top5_accuracy": 0.9}
+    for i, variant in enumerate(report.VARIANTS):
+        summary = {"val_clip": row, "test_clip": {**row, "accuracy": 0.5 + i / 10}, "test_recording": row,
+                   "n_test_clips": 9, "n_test_recordings": 4}  # fmt: skip
+        (metrics / f"{variant}.json").write_text(json.dumps(summary))
+    (metrics / "best.json").write_text(json.dumps({"variant": "full", "metric": "val_clip.f1_macro", "value": 0.25}))
+    (metrics / "data.json").write_text(json.dumps({
+        "classes": 3, "recordings": 12, "accepted": 11, "splits": {"train": 7, "val": 2, "test": 2},
+        "audio_hours": {"train": 0.5, "val": 0.1, "test": 0.1},
+    }))  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.README_BEGIN}\nold figures\n{report.README_END}\n\nafter\n")
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--update-readme", "README.md"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\n") and text.endswith("\n\nafter\n") and "old figures" not in text
+    assert "| full (" in text and "70.00% (+10.00 pp)" in text and "train/val/test 7/2/2" in text
+    assert "![full confusion matrix](metrics/eval/full/confusion.png)" in text
+    assert report.main(["--update-readme", "README.md"]) == 0 and readme.read_text() == text  # idempotent
+    readme.write_text("no markers\n")
+    assert report.main(["--update-readme", "README.md"]) == 1
