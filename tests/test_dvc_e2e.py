@@ -109,3 +109,31 @@ def test_a_param_change_shows_in_metrics_diff(repo: Path) -> None:
     assert "train_full.epochs" in dvc(repo, "params", "diff", "HEAD", "--md")
     diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json"))
     assert any(key.startswith("metrics/full") for key in diff), diff
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages ``dvc status`` reports as changed (a stage name, then what changed)."""
+    status = json.loads(dvc(repo, "status", "--json"))
+    return {name.split(":")[-1] for name in status}
+
+
+def test_editing_imported_code_reruns_exactly_the_stages_that_import_it(repo: Path) -> None:
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the DAG run of the test above")
+    assert changed_stages(repo) == set()
+    frontend = repo / "birdops/features/frontend.py"
+    original = frontend.read_text()
+    frontend.write_text(original + "\n# an edit\n")
+    assert changed_stages(repo) == {
+        "lms_cache", "train_phase2b", "train_baseline", "train_full", "evaluate", "export_onnx",
+    }  # fmt: skip
+    frontend.write_text(original)
+    assert changed_stages(repo) == set()
+    plots = repo / "birdops/evaluate/plots.py"
+    plots.write_text(plots.read_text() + "\n# an edit\n")
+    assert changed_stages(repo) == {"evaluate"}
+    out = dvc(repo, "repro")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    # the outputs came out the same, so nothing downstream of evaluate has anything to do
+    assert ran == {"evaluate"}, out
+    assert "Running stage" not in dvc(repo, "repro")
