@@ -13,12 +13,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("birdops.serve.predict", "classify audio files with an exported ONNX model"),
     "serve": ("birdops.serve.app", "serve an exported ONNX model over HTTP"),
     "report": ("birdops.evaluate.report", "compare model variants side by side"),
+    "experiments": ("birdops.evaluate.experiments", "run a plan of DVC experiments, write their tables"),
 }
 
 
 def usage() -> str:
     lines = ["usage: birdops COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n'birdops COMMAND --help' describes a command's options.")
     return "\n".join(lines)
 

@@ -137,3 +137,34 @@ def test_editing_imported_code_reruns_exactly_the_stages_that_import_it(repo: Pa
     # the outputs came out the same, so nothing downstream of evaluate has anything to do
     assert ran == {"evaluate"}, out
     assert "Running stage" not in dvc(repo, "repro")
+
+
+def test_experiments_command_runs_a_plan_and_writes_its_tables(repo: Path) -> None:
+    """`birdops experiments` queues the plan with real `dvc exp run --queue`, runs it and writes the
+    document's tables from `dvc exp show`; the workspace is left as it was."""
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the DAG run of the tests above")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "state before the experiments")
+    (repo / "docs").mkdir(exist_ok=True)
+    plan = {"experiments": [{"name": "one-epoch", "note": "phase2b for 1 epoch", "group": "seeds",
+                             "variants": ["phase2b"], "set": {"train_phase2b.epochs": 1}}]}  # fmt: skip
+    (repo / "docs/plan.yaml").write_text(yaml.safe_dump(plan))
+    from birdops.evaluate.experiments import BEGIN, END
+
+    (repo / "docs/results.md").write_text(f"# Results\n\n{BEGIN}\n{END}\n\nprose\n")
+    lock = (repo / "dvc.lock").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = ["experiments", "--plan", "docs/plan.yaml", "--doc", "docs/results.md"]
+    done = subprocess.run(
+        [sys.executable, "-m", "birdops.cli", *command],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (repo / "docs/results.md").read_text()
+    assert text.startswith("# Results\n\n") and text.endswith("\n\nprose\n")
+    row = next(line for line in text.splitlines() if line.startswith("| one-epoch"))
+    assert "| phase2b |" in row and row.rstrip().endswith("| 1 / 1 |"), row  # kept epoch 1 of 1 run
+    assert any(line.startswith("| default (the committed run) | phase2b |") for line in text.splitlines())
+    assert "seeds: 2 runs" in text
+    assert (repo / "dvc.lock").read_text() == lock  # the experiment ran off to the side
