@@ -264,9 +264,8 @@ def refuse_env_overrides(environ: Mapping[str, str] | None = None) -> None:
         and "__" in name[len(ENV_PREFIX):]
     )  # fmt: skip
     if found:
-        hints = ", ".join(
-            f"{name} -> -S {name[len(ENV_PREFIX):].lower().replace('__', '.')}={environ[name]}" for name in found
-        )
+        keys = {name: name[len(ENV_PREFIX) :].lower().replace("__", ".") for name in found}
+        hints = ", ".join(f"{name} -> -S {key}={environ[name]}" for name, key in keys.items())
         raise ParamsError(
             f"parameters come only from params.yaml, so that dvc.lock records the values that made the "
             f"results; unset {', '.join(found)} and edit params.yaml or run `dvc exp run -S ...` ({hints})"

@@ -28,7 +28,9 @@ X86_KERNEL_CAPS: dict[str, str] = {
 }
 
 
-def pin_cpu_kernels(environ: MutableMapping[str, str] | None = None, machine: str | None = None) -> dict[str, str]:
+def pin_cpu_kernels(
+    environ: MutableMapping[str, str] | None = None, machine: str | None = None
+) -> dict[str, str]:
     """Set the kernel caps that ``environ`` (``os.environ``) does not set yet; returns what it set.
 
     Only on x86-64: other processors have no AVX-512 to cap (and are another machine kind)."""

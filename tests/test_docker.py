@@ -12,11 +12,11 @@ import ast
 import functools
 import re
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from test_dvc_deps import import_closure, stage_module, stages
 
@@ -39,7 +39,12 @@ def installed_extras(target: str) -> set[str]:
     assert all("-c " in line and "requirements.lock" in line for line in lines), (
         f"target {target}: every pip install must be constrained by requirements.lock: {lines}"
     )
-    extras = {e.strip() for line in lines for group in re.findall(r"\[([\w,\s-]+)\]", line) for e in group.split(",")}
+    extras = {
+        e.strip()
+        for line in lines
+        for group in re.findall(r"\[([\w,\s-]+)\]", line)
+        for e in group.split(",")
+    }
     return extras
 
 
@@ -87,7 +92,11 @@ def third_party_imports(files: set[Path]) -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in ("birdops", "pipeline", "__future__")}
+    return {
+        n
+        for n in names
+        if n not in sys.stdlib_module_names and n not in ("birdops", "pipeline", "__future__")
+    }
 
 
 @functools.cache

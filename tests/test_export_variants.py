@@ -44,7 +44,11 @@ def tiny_classifier(arch: str, preset: str, seed: int = 0) -> WaveformClassifier
         ModelParams(arch=arch, size="tiny", features=preset, patch_stride=10), NUM_CLASSES,  # type: ignore[arg-type]
         frontend.spec.n_bins, n_frames,
     )  # fmt: skip
-    head = [m for name, m in model.named_modules() if name.startswith("classifier") and isinstance(m, torch.nn.Linear)]
+    head = [
+        m
+        for name, m in model.named_modules()
+        if name.startswith("classifier") and isinstance(m, torch.nn.Linear)
+    ]
     with torch.no_grad():
         head[-1].weight.mul_(20.0)  # logits of a trained model's size
     return WaveformClassifier(frontend, model).eval()
@@ -69,17 +73,23 @@ def session_of(classifier: WaveformClassifier, path: Path) -> ort.InferenceSessi
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, WaveformClassifier, ort.InferenceSession]:
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, WaveformClassifier, ort.InferenceSession]:
     arch, preset = CASES[request.param]
     classifier = tiny_classifier(arch, preset)
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
     return request.param, classifier, session_of(classifier, path)
 
 
-def test_a_correct_export_passes_the_fp32_gate(case: tuple[str, WaveformClassifier, ort.InferenceSession]) -> None:
+def test_a_correct_export_passes_the_fp32_gate(
+    case: tuple[str, WaveformClassifier, ort.InferenceSession],
+) -> None:
     name, classifier, session = case
     params = export_params()
-    result = parity.ParityCheck(classifier, clips(classifier.frontend.spec.sample_rate_hz)).run_session(session)
+    result = parity.ParityCheck(classifier, clips(classifier.frontend.spec.sample_rate_hz)).run_session(
+        session
+    )
     assert result.scale > 3.0, f"{name}: logits too small to test a relative limit ({result.scale})"
     gate = result.gate("fp32", params.fp32_max_rel_diff, params.fp32_min_top1_agreement)
     assert gate.passed, gate.message
@@ -87,7 +97,9 @@ def test_a_correct_export_passes_the_fp32_gate(case: tuple[str, WaveformClassifi
     assert result.max_rel_diff < params.fp32_max_rel_diff / 10, gate.message
 
 
-def test_an_export_of_other_weights_fails_the_gate(case: tuple[str, WaveformClassifier, ort.InferenceSession]) -> None:
+def test_an_export_of_other_weights_fails_the_gate(
+    case: tuple[str, WaveformClassifier, ort.InferenceSession],
+) -> None:
     """The reference is the same architecture with every weight moved by 1%: the gate must see it."""
     name, classifier, session = case
     params = export_params()

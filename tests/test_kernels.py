@@ -29,7 +29,9 @@ def test_a_stage_process_runs_the_capped_kernels() -> None:
         " 'numpy_off': os.environ['NPY_DISABLE_CPU_FEATURES']}))"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k not in X86_KERNEL_CAPS}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert "AVX512" not in seen["torch"].upper()
     assert "X86_V4" in seen["numpy_off"]

@@ -31,7 +31,9 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
         summary = {"val_clip": row, "test_clip": {**row, "accuracy": 0.5 + i / 10}, "test_recording": row,
                    "n_test_clips": 9, "n_test_recordings": 4}  # fmt: skip
         (metrics / f"{variant}.json").write_text(json.dumps(summary))
-    (metrics / "best.json").write_text(json.dumps({"variant": "full", "metric": "val_clip.f1_macro", "value": 0.25}))
+    (metrics / "best.json").write_text(
+        json.dumps({"variant": "full", "metric": "val_clip.f1_macro", "value": 0.25})
+    )
     (metrics / "data.json").write_text(json.dumps({
         "classes": 3, "recordings": 12, "accepted": 11, "splits": {"train": 7, "val": 2, "test": 2},
         "audio_hours": {"train": 0.5, "val": 0.1, "test": 0.1},
