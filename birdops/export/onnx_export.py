@@ -18,11 +18,11 @@ the summary (throughput is measured by ``benchmarks/bench_onnx.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
