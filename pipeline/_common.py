@@ -17,11 +17,15 @@ from birdops.config import Params, load_params
 from birdops.files import write_json_atomic
 
 RUNS_DIR = Path("runs")
+# libraries whose INFO lines describe their own internals (the ONNX exporter's passes), not the stage
+QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "matplotlib", "urllib3")
 
 
 def setup() -> Params:
     """Configure logging and load ``params.yaml`` (DVC runs stages from the repository root)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     return load_params("params.yaml")
 
 

@@ -207,14 +207,20 @@ def test_select_best_uses_validation_metrics_only() -> None:
         "metric": "val_clip.f1_macro",
         "value": 0.7,
         "candidates": {"a": 0.5, "b": 0.7},
+        "decided_by": "f1_macro",
     }
     assert best == expected
     assert ev.select_best(summaries, "accuracy")["variant"] == "a"
-    # a tie on the selection metric goes to the next validation metric, then to the first listed
+    # a tie on the selection metric goes to the next validation metric, then to the first listed,
+    # and the record says so
     tied = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.5, 0.3, 0.1, 0.1)}
     assert ev.select_best(tied, "f1_macro")["variant"] == "b"
+    assert ev.select_best(tied, "f1_macro")["decided_by"] == "tie on f1_macro between a, b: broken by val_clip.map"
     same = {"a": summary(0.5, 0.2, 0.9, 0.1), "b": summary(0.5, 0.2, 0.9, 0.9)}
     assert ev.select_best(same, "f1_macro")["variant"] == "a"
+    assert "equal on every tie-breaker" in ev.select_best(same, "f1_macro")["decided_by"]
+    zero = {"a": summary(0.0, 0.2, 0.1, 0.1), "b": summary(0.0, 0.3, 0.1, 0.1)}
+    assert ev.select_best(zero, "f1_macro")["decided_by"] == "order (every variant scores 0)"
     with pytest.raises(ValueError, match="no evaluated variant"):
         ev.select_best({}, "map")
 

@@ -160,6 +160,9 @@ def test_plots_and_plot_data_files(tmp_path: Path) -> None:
     assert len(rows) == num_classes and rows[3]["label"] == names[3]
     assert int(rows[3]["support"]) == int(np.sum(labels == 3))
     assert float(rows[3]["f1"]) == pytest.approx(table.f1[3], abs=1e-6)
+    absent = m.per_class(scores[labels != 3], labels[labels != 3], names)  # class 3 has no example
+    row = absent.rows()[3]
+    assert row["support"] == 0 and row["f1"] == row["recall"] == row["average_precision"] == "n/a"
 
     predicted = m.predictions(scores)
     write_confusion_records(labels, predicted, names, tmp_path / "confusion.csv")

@@ -335,11 +335,25 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
 
     best = max(summaries, key=key)  # max keeps the first of equal keys
     candidates = {name: float(summary["val_clip"][metric]) for name, summary in summaries.items()}
+    tied = [name for name, value in candidates.items() if value == candidates[best]]
+    if all(value == 0.0 for value in candidates.values()):
+        decided_by = "order (every variant scores 0)"
+        log.warning("every variant has val_clip.%s = 0: %s is chosen by order alone, not by quality; "
+                    "the models have not learnt to separate the classes", metric, best)  # fmt: skip
+    elif len(tied) > 1:
+        splitter = next((m for m in order[1:] if len({key(n)[order.index(m)] for n in tied}) > 1), None)
+        decided_by = f"tie on {metric} between {', '.join(tied)}: " + (
+            f"broken by val_clip.{splitter}" if splitter else "equal on every tie-breaker, the first in order"
+        )
+        log.warning("%s", decided_by)
+    else:
+        decided_by = metric
     return {
         "variant": best,
         "metric": f"val_clip.{metric}",
         "value": candidates[best],
         "candidates": candidates,
+        "decided_by": decided_by,
     }
 
 

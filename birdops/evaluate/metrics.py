@@ -35,6 +35,8 @@ TOP_K = 5
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
+NOT_AVAILABLE = "n/a"  # a per-class figure of a class without examples in the split
+
 @dataclass(frozen=True)
 class Summary:
     """The headline metrics of one evaluation (all in [0, 1]); see the module docstring."""
@@ -61,15 +63,22 @@ class PerClass:
     average_precision: np.ndarray  # NaN for classes absent from the labels
 
     def rows(self) -> list[dict[str, object]]:
-        """One dict per class: ``label, support, precision, recall, f1, average_precision``."""
+        """One dict per class: ``label, support, precision, recall, f1, average_precision``.
+
+        A class with no example in the split has no recall, F1 or AP: ``"n/a"``, as the headline
+        macro averages leave it out (its precision is still defined when it was predicted)."""
+
+        def number(values: np.ndarray, i: int) -> float | str:
+            return round(float(values[i]), 6) if self.support[i] > 0 else NOT_AVAILABLE
+
         return [
             {
                 "label": label,
                 "support": int(self.support[i]),
                 "precision": round(float(self.precision[i]), 6),
-                "recall": round(float(self.recall[i]), 6),
-                "f1": round(float(self.f1[i]), 6),
-                "average_precision": round(float(self.average_precision[i]), 6),
+                "recall": number(self.recall, i),
+                "f1": number(self.f1, i),
+                "average_precision": number(self.average_precision, i),
             }
             for i, label in enumerate(self.labels)
         ]

@@ -6,7 +6,6 @@ global backend or figure registry is touched and nothing leaks between calls.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from birdops.evaluate.metrics import PerClass
+from birdops.files import write_csv_atomic
 
 # layout of the confusion-matrix figure: inches per class on top of a fixed margin, bounded
 CONFUSION_INCHES_PER_CLASS = 0.14
@@ -89,11 +89,7 @@ def plot_per_class_f1(table: PerClass, path: Path, title: str = "") -> None:
 def write_per_class_csv(table: PerClass, path: Path) -> None:
     """``label, support, precision, recall, f1, average_precision``, one row per class (index order)."""
     rows = table.rows()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(path, list(rows[0]), rows)
 
 
 def write_confusion_records(
@@ -103,8 +99,5 @@ def write_confusion_records(
     ``confusion_normalized`` plot templates."""
     if true_index.shape != predicted_index.shape:
         raise ValueError(f"{true_index.shape} true and {predicted_index.shape} predicted indices")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((labels[t], labels[p]) for t, p in zip(true_index, predicted_index, strict=True))
+    rows = ({"actual": labels[t], "predicted": labels[p]} for t, p in zip(true_index, predicted_index, strict=True))
+    write_csv_atomic(path, ["actual", "predicted"], rows)
