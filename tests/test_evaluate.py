@@ -215,7 +215,8 @@ def test_select_best_uses_validation_metrics_only() -> None:
     # and the record says so
     tied = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.5, 0.3, 0.1, 0.1)}
     assert ev.select_best(tied, "f1_macro")["variant"] == "b"
-    assert ev.select_best(tied, "f1_macro")["decided_by"] == "tie on f1_macro between a, b: broken by val_clip.map"
+    decided = ev.select_best(tied, "f1_macro")["decided_by"]
+    assert decided == "tie on f1_macro between a, b: broken by val_clip.map"
     same = {"a": summary(0.5, 0.2, 0.9, 0.1), "b": summary(0.5, 0.2, 0.9, 0.9)}
     assert ev.select_best(same, "f1_macro")["variant"] == "a"
     assert "equal on every tie-breaker" in ev.select_best(same, "f1_macro")["decided_by"]

@@ -99,5 +99,6 @@ def write_confusion_records(
     ``confusion_normalized`` plot templates."""
     if true_index.shape != predicted_index.shape:
         raise ValueError(f"{true_index.shape} true and {predicted_index.shape} predicted indices")
-    rows = ({"actual": labels[t], "predicted": labels[p]} for t, p in zip(true_index, predicted_index, strict=True))
+    pairs = zip(true_index, predicted_index, strict=True)
+    rows = ({"actual": labels[t], "predicted": labels[p]} for t, p in pairs)
     write_csv_atomic(path, ["actual", "predicted"], rows)
