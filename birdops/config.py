@@ -206,6 +206,9 @@ class EvaluateParams(Section):
     batch_size: int = Field(32, ge=1)
     # validation metric that picks the variant to export (never a test metric)
     select_metric: Literal["accuracy", "f1_macro", "map"] = "f1_macro"
+    # 95% intervals and paired comparisons: resamples of the test recordings (birdops.evaluate.uncertainty)
+    bootstrap_draws: int = Field(1000, ge=100)
+    bootstrap_seed: int = 0
 
 
 # -------------------------------------------------------------------------------------- export_onnx

@@ -3,7 +3,8 @@
     python -m pipeline.evaluate --models models/phase2b models/baseline models/full \\
         --raw data/raw --prepared data/prepared --lms data/lms --out metrics
 
-Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/`` and ``<out>/best.json``.
+Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/``, ``<out>/comparisons.json`` and
+``<out>/best.json``.
 """
 
 from __future__ import annotations

@@ -104,7 +104,13 @@ def read_json(path: Path) -> dict[str, Any]:
 def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path) -> None:
     data = read_json(evaluated / "phase2b.json")
     levels = ("test_clip", "test_recording", "val_clip")
-    assert set(data) == {*levels, "n_test_clips", "n_test_recordings", "n_skipped_recordings", "n_val_clips"}
+    sizes = {"n_test_clips", "n_test_recordings", "n_skipped_recordings", "n_val_clips"}
+    assert set(data) == {*levels, "test_clip_ci95", "test_recording_ci95", *sizes}
+    for level in ("test_clip", "test_recording"):
+        ci = data[f"{level}_ci95"]
+        assert set(ci) == {"accuracy_low", "accuracy_high", "f1_macro_low", "f1_macro_high"}
+        for metric in ("accuracy", "f1_macro"):
+            assert ci[f"{metric}_low"] <= data[level][metric] <= ci[f"{metric}_high"]
     for level in levels:
         assert set(data[level]) == {"accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "map"}
         assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in data[level].values())
@@ -136,6 +142,36 @@ def test_constant_models_give_the_exact_expected_metrics(world: Path, evaluated:
         # a constant score column ranks nothing: AP of a class is its share of the samples
         shares = [np.mean(test_labels == c) for c in range(3)]
         assert data["test_clip"]["map"] == pytest.approx(np.mean(shares), abs=1e-5)
+
+
+def test_generations_are_compared_on_the_same_clips(world: Path, evaluated: Path) -> None:
+    """baseline always says class 0 and full always class 1: their paired difference is known."""
+    found = read_json(evaluated / "comparisons.json")
+    assert set(found) == {"baseline_vs_phase2b", "full_vs_baseline"}
+    labels = load_split(world / "lms", "seed", "test").labels
+    row = found["full_vs_baseline"]
+    assert row["accuracy_diff"] == pytest.approx(np.mean(labels == 1) - np.mean(labels == 0), abs=1e-6)
+    assert row["accuracy_diff_low"] <= row["accuracy_diff"] <= row["accuracy_diff_high"]
+    assert 0.0 <= row["accuracy_p_value"] <= 1.0 and row["n_test_recordings"] == 5
+    within = row["accuracy_diff_low"] <= 0.0 <= row["accuracy_diff_high"]
+    assert row["accuracy_verdict"] == ("within noise" if within else "better")
+
+
+def test_bootstrap_resamples_whole_recordings() -> None:
+    from birdops.evaluate import uncertainty
+
+    groups = np.array(["a", "a", "a", "b", "c"])
+    for sample in uncertainty.resample_indices(groups, 50, seed=1):
+        drawn = groups[sample]
+        assert len(set(drawn)) <= 3
+        assert all(np.sum(drawn == g) % (3 if g == "a" else 1) == 0 for g in set(drawn))
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1] * 5)
+    rec = np.repeat(np.arange(20), 2)
+    same = uncertainty.paired(labels, labels, labels, rec, 3, 200, seed=0)
+    assert same["accuracy"].value == 0.0 and same["accuracy"].within_noise and same["accuracy"].p_value == 1.0
+    wrong = (labels + 1) % 3
+    better = uncertainty.paired(wrong, labels, labels, rec, 3, 200, seed=0)["accuracy"]
+    assert better.value == 1.0 and not better.within_noise and better.p_value == 0.0
 
 
 def test_best_is_chosen_on_validation_not_test(evaluated: Path) -> None:

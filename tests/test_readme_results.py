@@ -38,6 +38,15 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
         "classes": 3, "recordings": 12, "accepted": 11, "splits": {"train": 7, "val": 2, "test": 2},
         "audio_hours": {"train": 0.5, "val": 0.1, "test": 0.1},
     }))  # fmt: skip
+    pair = {"n_test_clips": 9, "n_test_recordings": 4, "accuracy_diff": 0.1, "accuracy_diff_low": -0.2,
+            "accuracy_diff_high": 0.3, "accuracy_p_value": 0.5, "accuracy_verdict": "within noise",
+            "f1_macro_diff": 0.0, "f1_macro_diff_low": -0.1, "f1_macro_diff_high": 0.1,
+            "f1_macro_verdict": "within noise"}  # fmt: skip
+    (metrics / "comparisons.json").write_text(json.dumps({"full_vs_baseline": pair}))
+    for variant in report.VARIANTS:
+        summary = json.loads((metrics / f"{variant}.json").read_text())
+        ci = {"accuracy_low": 0.4, "accuracy_high": 0.6, "f1_macro_low": 0.2, "f1_macro_high": 0.3}
+        (metrics / f"{variant}.json").write_text(json.dumps(summary | {"test_clip_ci95": ci}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{report.README_BEGIN}\nold figures\n{report.README_END}\n\nafter\n")
     monkeypatch.chdir(tmp_path)
@@ -46,6 +55,9 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
     assert text.startswith("# title\n\n") and text.endswith("\n\nafter\n") and "old figures" not in text
     assert "| full (" in text and "70.00% (+10.00 pp)" in text and "train/val/test 7/2/2" in text
     assert "![full confusion matrix](metrics/eval/full/confusion.png)" in text
+    assert "- full: test accuracy 40.0–60.0%, F1 macro 0.200–0.300" in text
+    assert "- full against baseline, on the same 9 test clips: test accuracy +10.0 pp" in text
+    assert "(95% interval -20.0 to +30.0 pp, p = 0.5): within noise" in text
     assert report.main(["--update-readme", "README.md"]) == 0 and readme.read_text() == text  # idempotent
     readme.write_text("no markers\n")
     assert report.main(["--update-readme", "README.md"]) == 1

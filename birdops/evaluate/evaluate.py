@@ -18,6 +18,7 @@ with the highest *validation* ``select_metric`` (the test split never chooses a 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from birdops.audio import AudioError, frame_windows, load_audio
 from birdops.config import EvaluateParams
 from birdops.data.prepare import MANIFEST_FILE, read_labels
-from birdops.evaluate import metrics, plots
+from birdops.evaluate import metrics, plots, uncertainty
 from birdops.features.cache import load_split, read_manifest
 from birdops.features.frontend import FrontEnd, build_frontend
 from birdops.files import write_json_atomic
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"  # per-variant tables and plots: <out>/eval/<variant>/
 BEST_FILE = "best.json"
+COMPARISONS_FILE = "comparisons.json"
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,19 @@ class Scored:
 
     scores: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray  # (N,) the recording of each item: bootstrap resamples recordings
 
     @property
     def summary(self) -> metrics.Summary:
         return metrics.summarize(self.scores, self.labels)
+
+    def intervals(self, params: EvaluateParams) -> dict[str, float]:
+        """95% bootstrap intervals over recordings, flat: ``{metric}_low``, ``{metric}_high``."""
+        found = uncertainty.intervals(
+            metrics.predictions(self.scores), self.labels, self.groups, self.scores.shape[1],
+            params.bootstrap_draws, params.bootstrap_seed,
+        )  # fmt: skip
+        return {f"{name}_{end}": getattr(i, end) for name, i in found.items() for end in ("low", "high")}
 
 
 @dataclass(frozen=True)
@@ -86,11 +97,14 @@ class VariantEvaluation:
     test_recording: Scored
     skipped: list[Skipped] = field(default_factory=list)
 
-    def to_metrics(self) -> dict[str, Any]:
-        """The flat ``<variant>.json``: headline metrics per level, and the sizes they rest on."""
+    def to_metrics(self, params: EvaluateParams) -> dict[str, Any]:
+        """The flat ``<variant>.json``: headline metrics per level, their 95% intervals over test
+        recordings, and the sizes they rest on."""
         return {
             "test_clip": self.test_clip.summary.to_dict(),
+            "test_clip_ci95": self.test_clip.intervals(params),
             "test_recording": self.test_recording.summary.to_dict(),
+            "test_recording_ci95": self.test_recording.intervals(params),
             "val_clip": self.val_clip.summary.to_dict(),
             "n_test_clips": len(self.test_clip.labels),
             "n_test_recordings": len(self.test_recording.labels),
@@ -147,7 +161,7 @@ def evaluate_clips(
             f"model {info.variant!r} expects {(info.n_bins, info.n_frames)}"
         )
     logits = clip_logits(model, cached.features, batch_size, device, desc=f"{info.variant} {split} clips")
-    return Scored(logits, np.asarray(cached.labels, dtype=np.int64))
+    return Scored(logits, np.asarray(cached.labels, dtype=np.int64), np.asarray(cached.ids))
 
 
 # ------------------------------------------------------------------------------- recording level
@@ -253,7 +267,8 @@ def evaluate_recordings(
     if skipped:
         log.warning("%s: %d of %d test recordings skipped", info.variant, len(skipped), len(recordings))
     labels = np.array([r.label_index for r in recordings], dtype=np.int64)
-    return Scored(probs[kept], labels[kept]), skipped
+    ids = np.array([r.id for r in recordings])
+    return Scored(probs[kept], labels[kept], ids[kept]), skipped
 
 
 # --------------------------------------------------------------------------------------- variant
@@ -276,14 +291,14 @@ def evaluate_variant(
     return VariantEvaluation(name, tuple(labels), test_clip, val_clip, test_recording, skipped)
 
 
-def write_variant(result: VariantEvaluation, out_dir: Path) -> dict[str, Any]:
+def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluateParams) -> dict[str, Any]:
     """Write ``<name>.json`` and ``eval/<name>/``; return the metrics written to the JSON.
 
     ``eval/<name>/``: ``per_class.csv`` (test clips) and ``per_class_recording.csv``,
     ``confusion.csv`` (``actual, predicted`` per test clip, for DVC's confusion templates),
     ``confusion.png`` (rows normalised), ``per_class_f1.png`` and ``skipped.csv``.
     """
-    summary = result.to_metrics()
+    summary = result.to_metrics(params)
     write_json_atomic(out_dir / f"{result.name}.json", summary)
     folder = out_dir / EVAL_DIR / result.name
     recording = result.test_recording
@@ -315,6 +330,50 @@ def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- selection
+def compare_generations(results: Mapping[str, VariantEvaluation], params: EvaluateParams) -> dict[str, Any]:
+    """Each variant against the one before it (in evaluation order), paired on the same test clips:
+    ``{"<b>_vs_<a>": {metric_diff, metric_diff_low, metric_diff_high, metric_p_value, metric_verdict}}``
+    (``b - a``; the verdict says whether the 95% interval holds 0)."""
+    names = list(results)
+    out: dict[str, Any] = {}
+    for a, b in itertools.pairwise(names):
+        first, second = results[a].test_clip, results[b].test_clip
+        order_a, order_b = _clip_order(first), _clip_order(second)
+        if set(order_a) != set(order_b):
+            log.warning("%s and %s were tested on different clips: no paired comparison", a, b)
+            continue
+        index_b = np.array([order_b[key] for key in order_a])
+        diffs = uncertainty.paired(
+            metrics.predictions(first.scores), metrics.predictions(second.scores)[index_b], first.labels,
+            first.groups, first.scores.shape[1], params.bootstrap_draws, params.bootstrap_seed,
+        )  # fmt: skip
+        row: dict[str, Any] = {"n_test_clips": len(first.labels), "n_test_recordings": len(set(first.groups))}
+        for metric, d in diffs.items():
+            row |= {
+                f"{metric}_diff": d.value, f"{metric}_diff_low": d.interval.low,
+                f"{metric}_diff_high": d.interval.high, f"{metric}_p_value": d.p_value,
+                f"{metric}_verdict": verdict(d),
+            }  # fmt: skip
+        out[f"{b}_vs_{a}"] = row
+    return out
+
+
+def verdict(difference: uncertainty.Difference) -> str:
+    if difference.within_noise:
+        return "within noise"
+    return "better" if difference.value > 0 else "worse"
+
+
+def _clip_order(scored: Scored) -> dict[tuple[str, int], int]:
+    """(recording, occurrence) -> row: the same clip of two variants' caches, whatever the row order."""
+    seen: dict[str, int] = {}
+    order = {}
+    for row, group in enumerate(scored.groups.tolist()):
+        seen[group] = seen.get(group, -1) + 1
+        order[(group, seen[group])] = row
+    return order
+
+
 # validation metrics that break a tie on the selection metric, in this order
 TIE_BREAKERS: tuple[str, ...] = ("f1_macro", "map", "accuracy")
 
@@ -372,11 +431,18 @@ def evaluate_models(
     labels = read_labels(prepared_dir)
     recordings = read_recordings(prepared_dir, raw_dir, "test")
     summaries: dict[str, dict[str, Any]] = {}
+    results: dict[str, VariantEvaluation] = {}
     for model_dir in model_dirs:
         name = model_dir.name
-        result = evaluate_variant(name, model_dir, lms_dir, recordings, labels, params, device)
-        summaries[name] = write_variant(result, out_dir)
+        results[name] = evaluate_variant(name, model_dir, lms_dir, recordings, labels, params, device)
+        summaries[name] = write_variant(results[name], out_dir, params)
         log.info("%s: %s", name, json.dumps(summaries[name]))
+    comparisons = compare_generations(results, params)
+    write_json_atomic(out_dir / COMPARISONS_FILE, comparisons)
+    for pair, found in comparisons.items():
+        log.info("%s: test accuracy %+.4f (95%% interval %+.4f..%+.4f, p %.3g): %s", pair,
+                 found["accuracy_diff"], found["accuracy_diff_low"], found["accuracy_diff_high"],
+                 found["accuracy_p_value"], found["accuracy_verdict"])  # fmt: skip
     best = select_best(summaries, params.select_metric)
     write_json_atomic(out_dir / BEST_FILE, best)
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])

@@ -141,7 +141,58 @@ def sizes_line(found: Mapping[str, Mapping[str, Any] | None]) -> str:
     return "Test set sizes: " + "; ".join(parts) + "." if parts else ""
 
 
-def comparison_markdown(found: Mapping[str, Mapping[str, Any] | None]) -> str:
+def interval_lines(found: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """The 95% bootstrap intervals (over test recordings) of each variant's clip-level test accuracy
+    and F1 macro, one bullet each."""
+    lines = []
+    for variant, m in found.items():
+        ci = (m or {}).get("test_clip_ci95")
+        if not ci:
+            continue
+        lines.append(
+            f"- {variant}: test accuracy {100 * ci['accuracy_low']:.1f}–{100 * ci['accuracy_high']:.1f}%, "
+            f"F1 macro {ci['f1_macro_low']:.3f}–{ci['f1_macro_high']:.3f}"
+        )
+    return ["95% intervals (bootstrap over test recordings):", "", *lines] if lines else []
+
+
+def _block(lines: list[str]) -> list[str]:
+    return [*lines, ""] if lines else []
+
+
+def read_comparisons(metrics_dir: Path) -> dict[str, Any]:
+    path = metrics_dir / "comparisons.json"
+    try:
+        found = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: cannot read the comparisons: {err}") from err
+    return found if isinstance(found, dict) else {}
+
+
+def comparison_lines(comparisons: Mapping[str, Any]) -> list[str]:
+    """Each paired comparison in words: the difference, its interval, and whether it is noise."""
+    lines = []
+    for pair, row in comparisons.items():
+        newer, older = pair.split("_vs_")
+        acc = (f"test accuracy {100 * row['accuracy_diff']:+.1f} pp (95% interval "
+               f"{100 * row['accuracy_diff_low']:+.1f} to {100 * row['accuracy_diff_high']:+.1f} pp, "
+               f"p = {row['accuracy_p_value']:.2g}): {row['accuracy_verdict']}")  # fmt: skip
+        f1 = (f"F1 macro {row['f1_macro_diff']:+.3f} ({row['f1_macro_diff_low']:+.3f} to "
+              f"{row['f1_macro_diff_high']:+.3f}): {row['f1_macro_verdict']}")  # fmt: skip
+        lines.append(f"- {newer} against {older}, on the same {row['n_test_clips']} test clips: {acc}; {f1}.")
+    if not lines:
+        return []
+    return [
+        "Paired comparisons (each generation against the one before; \"within noise\": the interval "
+        "holds 0, so this test set cannot tell the two apart):",
+        "",
+        *lines,
+    ]
+
+
+def comparison_markdown(
+    found: Mapping[str, Mapping[str, Any] | None], comparisons: Mapping[str, Any] | None = None
+) -> str:
     """The side-by-side report: this repository's variants, then the original report's figures."""
     ours = [(f"{variant} ({DESCRIPTIONS.get(variant, variant)})", m) for variant, m in found.items()]
     published = [
@@ -158,6 +209,8 @@ def comparison_markdown(found: Mapping[str, Mapping[str, Any] | None]) -> str:
         "",
         sizes_line(found),
         "",
+        *_block(interval_lines(found)),
+        *_block(comparison_lines(comparisons or {})),
         "## Reference: original published results (real xeno-canto data, 89 species)",
         "",
         "Figures from the original Phase 3 report (`PHASE3_RESULTS.md`), **not** produced by this "
@@ -197,6 +250,8 @@ def readme_block(metrics_dir: Path, variants: Sequence[str]) -> str:
         "",
         sizes_line(found),
         "",
+        *_block(interval_lines(found)),
+        *_block(comparison_lines(read_comparisons(metrics_dir))),
         f"Exported model: `{variant}`, chosen by validation {metric.split('.')[-1].replace('_', ' ')} "
         f"({value:.4f}). Its confusion matrix on the test clips, rows normalised "
         f"(`dvc plots show` renders all three):",
@@ -310,13 +365,14 @@ def build_report(args: argparse.Namespace) -> str:
     if args.diff:
         parts = ["# birdops: metrics and parameters diff", "", diff_markdown(args.diff, Path.cwd())]
         if any(m is not None for m in found.values()):
-            parts.append(comparison_markdown(found))
+            parts.append(comparison_markdown(found, read_comparisons(args.metrics_dir)))
         return "\n".join(parts)
     if all(m is None for m in found.values()):
         raise ReportError(
             f"no metrics in {args.metrics_dir} for {', '.join(args.variants)}: run the evaluate stage first"
         )
-    return "\n".join(["# birdops: model comparison", "", comparison_markdown(found)])
+    comparisons = read_comparisons(args.metrics_dir)
+    return "\n".join(["# birdops: model comparison", "", comparison_markdown(found, comparisons)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
