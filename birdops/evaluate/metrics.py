@@ -37,6 +37,7 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 
 NOT_AVAILABLE = "n/a"  # a per-class figure of a class without examples in the split
 
+
 @dataclass(frozen=True)
 class Summary:
     """The headline metrics of one evaluation (all in [0, 1]); see the module docstring."""
