@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
 from birdops.config import PrepareParams, SplitParams
@@ -45,15 +47,31 @@ def row(xc_id: str, label: str = "Turdus merula", rec: str = "Ann", q: str = "A"
 
 
 def write_raw(folder: Path, rows: Iterable[dict[str, str]], empty: Iterable[str] = ()) -> Path:
-    """A raw folder: metadata.csv plus a small non-empty file per row (prepare does not decode)."""
+    """A raw folder: metadata.csv plus, per row, a real WAV file (1 kHz, as long as the row says, at
+    least 0.3 s; prepare reads its header) under the row's name."""
     rows = list(rows)
     for r in rows:
         target = folder / r["local_path"]
         if r["local_path"] and ".." not in r["local_path"] and not r["local_path"].startswith("/"):
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(b"" if r["id"] in empty else b"ID3 not decoded here")
+            if r["id"] in empty:
+                target.write_bytes(b"")
+            else:
+                write_noise(target, _seconds_or(r["length"], 12.0))
     write_metadata(folder / "metadata.csv", rows)
     return folder
+
+
+def write_noise(path: Path, seconds: float, rate_hz: int = 1000) -> None:
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, round(max(0.3, seconds) * rate_hz))
+    sf.write(path, noise.astype(np.float32), rate_hz, format="WAV", subtype="PCM_16")
+
+
+def _seconds_or(length: str, default: float) -> float:
+    try:
+        return parse_length_seconds(length)
+    except ValueError:
+        return default
 
 
 def class_rows(label: str, count: int, recordists: int, start: int) -> list[dict[str, str]]:

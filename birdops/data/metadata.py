@@ -271,11 +271,21 @@ def _check_file(local_path: str, raw_dir: Path) -> tuple[str, str] | None:
     if relative.is_absolute() or ".." in relative.parts:
         return ("bad_path", f"{local_path} is not a path inside the raw folder")
     path = raw_dir / relative
+    if not is_inside(path, raw_dir):
+        return ("bad_path", f"{local_path} resolves (through a symbolic link) outside the raw folder")
     if not path.is_file():
         return ("missing_file", f"{local_path} not found in {raw_dir}")
     if path.stat().st_size == 0:
         return ("empty_file", f"{local_path} is empty (0 bytes)")
     return None
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, every symbolic link resolved, lies inside ``folder`` (itself resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def _normal_path(local_path: str) -> str:

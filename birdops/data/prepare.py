@@ -3,10 +3,14 @@
 ``prepare_corpus(raw_dir, params)`` reads ``raw_dir/metadata.csv`` and keeps a recording only when its
 row is valid (:func:`birdops.data.metadata.validate_rows`: id, species label, length, quality grade,
 an existing non-empty audio file, no duplicate id or file), its grade is ``params.min_quality`` or
-better (``"no score"`` counts as worst), and its length is within ``[min_seconds, max_seconds]``.
+better (``"no score"`` counts as worst), its audio file's header is readable and within
+:mod:`birdops.audio`'s limits (:func:`birdops.audio.probe`), its metadata length agrees with the header's
+duration (within ``LENGTH_TOLERANCE_S`` or ``LENGTH_TOLERANCE_SHARE``), and that true duration (not
+the metadata's) is within ``[min_seconds, max_seconds]``; ``length_s`` in the manifest is the true
+duration.
 Classes left with fewer than ``min_per_class`` recordings are dropped or merged into one ``"other"``
 class (``small_classes``); ``"other"`` itself is dropped if it is still too small. Every recording that
-is not kept is listed with one reason. Audio is not decoded here (the cache stage does that).
+is not kept is listed with one reason. Only headers are read here (the cache stage decodes).
 
 Splits are made per class (stratified) with targets ``round(n * fraction)``:
 
@@ -35,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from birdops.audio import AudioError, probe
 from birdops.config import PrepareParams, SplitParams
 from birdops.data.metadata import (
     LOCAL_PATH,
@@ -69,6 +74,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "length_s",
 )
 REJECTED_COLUMNS: tuple[str, ...] = ("id", "local_path", "reason")
+# metadata length vs the header's duration: the larger of these is tolerated
+LENGTH_TOLERANCE_S = 1.5
+LENGTH_TOLERANCE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -123,20 +131,37 @@ def screen_rows(
         if index in problems:
             rejected.append(problems[index])
             continue
+        listed_s = parse_length_seconds(row["length"])
+        try:
+            true_s, _, _ = probe(Path(raw_dir) / local)
+        except AudioError as err:
+            rejected.append(Rejection(rid, local, f"audio_{err.kind}", err.reason))
+            continue
         candidate = Candidate(
             id=rid,
             local_path=local,
             label=label_of(row),
             rec=row.get("rec", "").strip(),
             q=row.get("q", "").strip() or NO_SCORE,
-            length_s=parse_length_seconds(row["length"]),
+            length_s=round(true_s, 3),
         )
-        problem = _quality_or_length_problem(candidate, params)
+        problem = _length_mismatch(listed_s, true_s) or _quality_or_length_problem(candidate, params)
         if problem is None:
             candidates.append(candidate)
         else:
             rejected.append(Rejection(rid, local, *problem))
     return candidates, rejected
+
+
+def _length_mismatch(listed_s: float, true_s: float) -> tuple[str, str] | None:
+    """Metadata lengths are whole seconds (``m:ss``); one further from the file's header duration than
+    :data:`LENGTH_TOLERANCE_S` or :data:`LENGTH_TOLERANCE_SHARE` of it says the row is not this file."""
+    if abs(listed_s - true_s) <= max(LENGTH_TOLERANCE_S, LENGTH_TOLERANCE_SHARE * true_s):
+        return None
+    return (
+        "length_mismatch",
+        f"metadata length {format_length(listed_s)} but the file holds {true_s:.2f} s of audio",
+    )
 
 
 def _quality_or_length_problem(candidate: Candidate, params: PrepareParams) -> tuple[str, str] | None:
