@@ -11,9 +11,12 @@ Inputs are files, folders (searched recursively for audio extensions) and glob p
   End Time (s), Low Freq (Hz), High Freq (Hz), Species, Score``, plus ``Begin Path`` naming the file
   when the table spans several files). The frequency band is the model's feature band.
 
-A file that cannot be decoded is logged, skipped and listed in the summary at the end; the others are
-still classified. Exit status: 0 when at least one file was classified (failures are warnings), 1 when
-none was (every file failed, nothing matched, or the model cannot be loaded), 2 for bad arguments.
+A file that is refused (empty, not audio, truncated, an unsupported sample rate, too many channels, too
+long, too short, NaN/Inf samples, silent: :mod:`birdops.audio`'s :class:`~birdops.audio.AudioError`
+subclasses) or that fails in any other way is logged, skipped and listed in the summary at the end,
+which also counts refusals by cause; the other files are still classified whatever one file does.
+Exit status: 0 when at least one file was classified (refusals are warnings), 1 when none was (every
+file was refused, nothing matched, or the model cannot be loaded), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import glob
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +70,7 @@ class Summary:
     windows: int = 0
     rows: int = 0
     failures: list[str] = field(default_factory=list)  # one message per input, naming it
+    refused: Counter[str] = field(default_factory=Counter)  # refusals by cause (AudioError.kind)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -163,8 +168,14 @@ def predict_files(
             try:
                 result = classifier.predict_file(path, hop_seconds, batch_size)
             except AudioError as err:
-                log.warning("skipped: %s", err)
+                log.warning("refused: %s", err)
                 summary.failures.append(str(err))
+                summary.refused[err.kind] += 1
+                continue
+            except Exception as err:  # one odd file must not end the run: report it and go on
+                log.warning("%s: unexpected error", path, exc_info=True)
+                summary.failures.append(f"{path}: unexpected error: {type(err).__name__}: {err}")
+                summary.refused["error"] += 1
                 continue
             summary.rows += writer.write(detections(str(path), result, top_k, min_score))
             summary.files += 1
@@ -250,7 +261,11 @@ def report(summary: Summary, elapsed_s: float, output: str) -> int:
              summary.files, summary.audio_seconds, summary.windows, summary.rows, output, elapsed_s,
              speed)  # fmt: skip
     if summary.failures:
-        log.warning("%d input(s) could not be classified:", len(summary.failures))
+        causes = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.refused.items()))
+        missing = len(summary.failures) - sum(summary.refused.values())
+        if missing:
+            causes = ", ".join(filter(None, [causes, f"not found {missing}"]))
+        log.warning("%d input(s) could not be classified (%s):", len(summary.failures), causes)
         for message in summary.failures:
             log.warning("  %s", message)
     if summary.files == 0:
