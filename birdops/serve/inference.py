@@ -316,14 +316,14 @@ class Classifier:
         self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
         """:meth:`predict_windows` of an audio file; raises :class:`birdops.audio.AudioError`."""
-        wave = load_audio(path, self.sample_rate_hz)
+        wave = load_audio(path, self.sample_rate_hz, self.window_seconds)
         return self.predict_windows(wave, hop_seconds, batch_size)
 
     def predict_bytes(
         self, payload: bytes, name: str = "<upload>", hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
         """:meth:`predict_windows` of an in-memory audio file (``name`` only appears in messages)."""
-        wave = decode_bytes(payload, self.sample_rate_hz, name)
+        wave = decode_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
         return self.predict_windows(wave, hop_seconds, batch_size)
 
     def describe(self) -> dict[str, Any]:
