@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import onnx
@@ -23,9 +24,13 @@ import soundfile as sf
 from tones import TONES_HZ, tone_model, tones
 
 from birdops.serve import app as serve_app
+from birdops.serve.settings import ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
 MAX_AUDIO_SECONDS = 20.0
+MAX_CONNECTIONS = 40
+HEADER_TIMEOUT_S = 1.5
+BODY_TIMEOUT_S = 2.0
 STARTUP_SECONDS = 60.0
 
 
@@ -50,6 +55,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, server_log: Path) -> Iterat
         **os.environ, "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "BIRDOPS_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS), "BIRDOPS_SERVE_TOP_K": "2",
         "BIRDOPS_SERVE_DEVICE": "cpu", "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
+        "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }  # fmt: skip
     command = [sys.executable, "-m", "birdops.cli", "serve", "--model", str(model), "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
@@ -98,14 +106,14 @@ LOW_HIGH_MID = tones([(TONES_HZ[0], 1.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 0.6)
 def test_health_ready_and_docs(server: str) -> None:
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/ready").json()
-    assert ready["status"] == "ready" and ready["variant"] == "tones" and ready["source_revision"] == "abc123"
+    assert ready["status"] == "ready" and ready["variant"] == "tones" and ready["model_sha256"] == "abc123"
     assert ready["num_labels"] == 3 and ready["labels"] == ["Low tone", "Mid tone", "High tone"]
     assert (ready["sample_rate_hz"], ready["window_seconds"], ready["hop_seconds"]) == (8000, 1.0, 1.0)
     assert ready["providers"] == ["CPUExecutionProvider"]  # BIRDOPS_SERVE_DEVICE=cpu
     assert (ready["max_upload_bytes"], ready["max_audio_seconds"]) == (MAX_UPLOAD_BYTES, MAX_AUDIO_SECONDS)
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/health", "/ready"} <= set(schema["paths"])
-    assert {"413", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+    assert {"408", "413", "422", "503"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -192,6 +200,12 @@ def test_corrupt_audio_is_a_client_error(server: str, payload: bytes, filename: 
     response = post(server, payload, filename=filename)
     assert response.status_code == 422, response.text
     assert filename in response.json()["detail"] and "cannot decode audio" in response.json()["detail"]
+    assert "object at 0x" not in response.json()["detail"]  # no repr of the in-memory file
+
+
+def test_error_details_never_show_object_reprs() -> None:
+    message = "x.wav: cannot decode audio: Error opening <_io.BytesIO object at 0x7f3a2c1b9e40>: bad"
+    assert serve_app.clean_detail(message) == "x.wav: cannot decode audio: Error opening the upload: bad"
 
 
 def test_an_empty_or_missing_file_is_a_client_error(server: str) -> None:
@@ -227,6 +241,55 @@ def test_the_client_file_name_is_only_a_label(server: str) -> None:
     assert serve_app.display_name(None) == serve_app.display_name("/") == "upload"
 
 
+# ------------------------------------------------------------------------------------- slow clients
+def raw_exchange(url: str, data: bytes, wait_s: float) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection, then read until the server closes it (at most ``wait_s``):
+    ``(what the server sent, seconds until it closed)``."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def test_a_slow_sender_of_headers_is_cut_off(server: str) -> None:
+    """Half a request head, then nothing: 408 after the header timeout, and the connection closes."""
+    received, seconds = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty", 15.0)
+    assert received.startswith(b"HTTP/1.1 408 ") and b"request headers not received" in received
+    assert HEADER_TIMEOUT_S - 0.2 < seconds < HEADER_TIMEOUT_S + 3.0
+    idle, seconds = raw_exchange(server, b"", 15.0)  # a connection that never sends a byte
+    assert idle == b"" and seconds < HEADER_TIMEOUT_S + 3.0
+
+
+def test_a_slow_body_is_cut_off(server: str) -> None:
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 5000\r\n\r\n--b\r\n")  # fmt: skip
+    received, seconds = raw_exchange(server, head, 15.0)
+    assert received.startswith(b"HTTP/1.1 408 ") and b"request body not received within" in received
+    assert BODY_TIMEOUT_S - 0.2 < seconds < BODY_TIMEOUT_S + 3.0
+
+
+def test_connections_over_the_cap_get_503_with_retry_after(server: str) -> None:
+    port = int(server.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        response = httpx.get(f"{server}/health", timeout=10.0)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "too many connections" in response.json()["detail"]
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10.0
+    while httpx.get(f"{server}/health", timeout=10.0).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert httpx.get(f"{server}/ready").json()["load"]["connections"] < 5
+
+
 # --------------------------------------------------------------------------------------- concurrency
 def test_concurrent_requests_all_succeed_with_the_same_answer(server: str) -> None:
     payload = encode(LOW_HIGH_MID, 8000, "FLAC")
@@ -239,12 +302,14 @@ def test_concurrent_requests_all_succeed_with_the_same_answer(server: str) -> No
 
 
 def test_the_server_logged_no_error_and_answered_no_5xx(server: str, server_log: Path) -> None:
-    """Run last: whatever the requests above sent, the server never failed."""
+    """Run last: whatever the requests above sent, the server never failed (the one 503 is the
+    connection cap's)."""
     httpx.get(f"{server}/health")
     text = server_log.read_text()
     assert "Traceback" not in text and "ERROR" not in text
     assert '"GET /health HTTP/1.1" 200' in text  # the access log is there to be checked
-    assert not re.search(r'HTTP/1\.1" 5\d\d', text)
+    assert re.findall(r'HTTP/1\.1" (5\d\d)', text) == ["503"]
+    assert "device cpu: running on CPUExecutionProvider" in text  # the one line about the provider
 
 
 def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path) -> None:
@@ -252,3 +317,93 @@ def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not onnx")
     assert serve_app.main(["--model", str(garbage), "--device", "cpu"]) == 1
+
+
+# ------------------------------------------------------------------------------- the queue, in-process
+def test_the_queue_refuses_when_full_and_after_its_wait_timeout() -> None:
+    async def scenario() -> list[str]:
+        queue = serve_app.InferenceQueue(slots=1, max_waiting=1, wait_timeout_s=0.3)
+        events: list[str] = []
+        release = anyio.Event()
+
+        async def holder() -> None:
+            async with queue.admit():
+                events.append("running")
+                await release.wait()
+
+        async def waiter() -> None:
+            try:
+                async with queue.admit():
+                    events.append("waiter ran")
+            except serve_app.Overloaded as err:
+                events.append(f"waiter: {err}")
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(holder)
+            await anyio.sleep(0.05)
+            tasks.start_soon(waiter)
+            await anyio.sleep(0.05)
+            assert (queue.running, queue.waiting, queue.full) == (1, 1, True)
+            with pytest.raises(serve_app.Overloaded, match="1 inferences running and 1 requests waiting"):
+                async with queue.admit():
+                    pass
+            await anyio.sleep(0.4)  # the waiter's 0.3 s are up
+            assert (queue.running, queue.waiting, queue.full) == (1, 0, False)
+            release.set()
+        async with queue.admit():  # everything was given back
+            assert queue.running == 1
+        return events
+
+    events = anyio.run(scenario)
+    assert events == ["running", "waiter: server busy: no inference slot within 0.3 s"]
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_ready_says_saturated(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    model = tmp_path / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    settings = ServeSettings(model_path=model, device="cpu", max_queued_requests=0, retry_after_s=3)
+    classifier = serve_app.load_classifier(settings)
+    with TestClient(serve_app.create_app(classifier, settings)) as client:
+        payload = encode(LOW_HIGH_MID, 8000, "WAV")
+        files = {"file": ("call.wav", payload, "audio/wav")}
+        assert client.post("/predict", files=files).status_code == 200
+        assert client.get("/ready").json()["status"] == "ready"
+        queue = client.app.state.service.queue  # type: ignore[attr-defined]
+        queue.running = settings.max_concurrent_inferences  # every slot taken, no room to wait
+        response = client.post("/predict", files=files)
+        assert response.status_code == 503 and response.headers["retry-after"] == "3"
+        assert "server busy" in response.json()["detail"]
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "saturated"
+        assert ready.headers["retry-after"] == "3" and ready.json()["ready"] is False
+        queue.running = 0
+        assert client.post("/predict", files=files).status_code == 200
+    with TestClient(serve_app.create_app(None, settings)) as client:  # no model yet
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "loading"
+        assert client.post("/predict", files=files).status_code == 503
+
+
+def test_an_inference_past_its_deadline_is_stopped(tmp_path: Path) -> None:
+    model = tmp_path / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    settings = ServeSettings(model_path=model, device="cpu", batch_size=1)
+    classifier = serve_app.load_classifier(settings)
+    payload = encode(LOW_HIGH_MID, 8000, "WAV")
+    budget = serve_app.InferenceBudget(0.5)
+    assert len(serve_app.classify_upload(classifier, settings, payload, "a.wav", budget).scores) == 3
+    budget.expire()
+    with pytest.raises(serve_app.InferenceTimeout, match=r"within 0\.5 s"):
+        serve_app.classify_upload(classifier, settings, payload, "a.wav", budget)
+
+
+def test_auto_picks_the_cpu_quietly_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -> None:
+    usable, why = serve_app.cuda_usable()
+    providers, reason = serve_app.choose_providers("auto")
+    if usable:
+        assert providers[0] == "CUDAExecutionProvider" and reason == "device auto: CUDA is available"
+    else:
+        assert providers == ["CPUExecutionProvider"] and reason == f"device auto: CPU ({why})"
+    assert capfd.readouterr().err == ""  # nothing printed while probing

@@ -8,39 +8,71 @@ the options. Endpoints:
 - ``POST /predict``: multipart upload ``file`` (any format soundfile decodes: WAV, FLAC, OGG, MP3...)
   -> per-window top species and the file's top species (mean window probability). ``?top_k=`` lowers
   or raises the number of species per window and file.
-- ``GET /health``: the process is up. ``GET /ready``: the model is loaded; its metadata and providers.
+- ``GET /health``: the process is up. ``GET /ready``: 200 when the model is loaded and the server has
+  room for another request, else 503 (``status`` ``loading`` or ``saturated``); the model's metadata,
+  providers and the current load.
 - ``GET /docs``: OpenAPI documentation.
 
-Refusals are 4xx with a ``detail`` message, never 5xx: 413 for a body over ``max_upload_bytes`` (from
-``Content-Length`` before anything is read, or as soon as a streamed body passes the limit) and for
-audio longer than ``max_audio_seconds`` (from the file header, before decoding); 422 for an empty,
-corrupt or unsupported file. The upload is decoded from memory: the client's file name only appears
-in messages. Decoding and inference run in worker threads, at most ``max_concurrent_inferences`` at
-a time, so the event loop keeps answering; ``InferenceSession.run`` is thread-safe.
+Refusals are 4xx with a ``detail`` message, and the only 5xx is 503 with ``Retry-After`` for overload:
+413 for a body over ``max_upload_bytes`` (from ``Content-Length`` before anything is read, or as soon
+as a streamed body passes the limit) and for audio longer than ``max_audio_seconds`` (from the file
+header, before decoding); 422 for an empty, corrupt or unsupported file (every
+:class:`birdops.audio.AudioError`); 408 for headers or a body that do not arrive in time; 503 when
+the wait queue is full, a request waited ``queue_timeout_s`` for an inference slot, an inference ran
+past ``inference_timeout_s``, or the connection is over ``max_connections``.
+
+How it holds under load:
+
+- the HTTP protocol is uvicorn's h11 one with deadlines (:func:`guarded_protocol`): a connection must
+  deliver a request's headers within ``header_timeout_s`` (from the connection, or from the request's
+  first byte on a kept-alive one), a head over ``max_header_bytes`` is a 400 (h11's limit), and a
+  request on a connection beyond ``max_connections`` gets 503 and the connection is closed. (uvicorn's
+  own ``limit_concurrency`` is not used: its 503 has no ``Retry-After`` and it only looks at a
+  connection once its headers are complete, so a slow sender is never refused.)
+- the body must arrive within ``body_timeout_s`` (:class:`RequestGuard`, which also enforces the size);
+- decoding and inference run in worker threads, at most ``max_concurrent_inferences`` at a time
+  (:class:`InferenceQueue`); at most ``max_queued_requests`` wait, each at most ``queue_timeout_s``.
+  Only admitted requests hold their upload in memory. The event loop keeps answering meanwhile;
+  ``InferenceSession.run`` is thread-safe, and a run past its deadline is stopped with
+  ``RunOptions.terminate``.
+
+The upload is decoded from memory: the client's file name only appears in messages.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ctypes
+import dataclasses
 import io
 import logging
+import re
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
 
 import anyio
+import h11
+import numpy as np
+import onnxruntime as ort
 import soundfile as sf
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from birdops import __version__
 from birdops.audio import AudioError, decode_bytes
 from birdops.serve.inference import (
+    CPU_PROVIDER,
     CUDA_PROVIDER,
     Classifier,
     ModelError,
@@ -60,6 +92,19 @@ DISPLAY_NAME_CHARS = 100
 
 class AudioTooLong(AudioError):
     """The upload decodes to more audio than the server accepts."""
+
+
+class Overloaded(Exception):
+    """The server cannot take the request now: answered 503 with ``Retry-After``."""
+
+
+# "<_io.BytesIO object at 0x7f...>" and the like: decoder messages name the in-memory file so
+OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def clean_detail(message: str) -> str:
+    """A message fit for a client: no Python object reprs (addresses of in-memory files)."""
+    return OBJECT_REPR.sub("the upload", message)
 
 
 # ------------------------------------------------------------------------------------ API schema
@@ -89,37 +134,50 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class Load(BaseModel):
+    connections: int  # open HTTP connections (this one included)
+    max_connections: int
+    inferences_running: int
+    max_concurrent_inferences: int
+    requests_waiting: int  # for an inference slot
+    max_queued_requests: int
+
+
 class Ready(BaseModel):
-    status: Literal["ready"] = "ready"
-    variant: str
-    source_revision: str
-    num_labels: int
-    labels: list[str]
-    sample_rate_hz: int
-    window_seconds: float
-    hop_seconds: float
-    providers: list[str]  # the onnxruntime execution providers in use, preferred first
+    status: Literal["ready", "saturated", "loading"]
+    ready: bool  # the model is loaded and another request would be admitted (HTTP 200, else 503)
+    variant: str | None = None  # the model's identity and settings, once it is loaded
+    model_sha256: str | None = None
+    num_labels: int | None = None
+    labels: list[str] | None = None
+    sample_rate_hz: int | None = None
+    window_seconds: float | None = None
+    hop_seconds: float | None = None
+    providers: list[str] | None = None  # the onnxruntime execution providers in use, preferred first
     max_upload_bytes: int
     max_audio_seconds: float
+    load: Load
 
 
 class ErrorMessage(BaseModel):
     detail: str
 
 
-# ------------------------------------------------------------------------------------ body limit
-class UploadLimit:
-    """Pure ASGI middleware: a request body over ``max_body_bytes`` gets 413.
+# ------------------------------------------------------------------------------------ body guard
+class RequestGuard:
+    """Pure ASGI middleware: a request body over ``max_body_bytes`` gets 413, one that does not
+    arrive within ``body_timeout_s`` of the request's start gets 408.
 
     A ``Content-Length`` over the limit is refused before a byte of the body is read; a body without
     one (chunked) is counted as it streams in and refused as soon as it passes the limit, so no
-    request ever buffers more than the limit. The exception is an ``HTTPException`` so that FastAPI,
-    which reads the body, passes it on as the 413 instead of a generic 400.
+    request ever buffers more than the limit. The exceptions are ``HTTPException``s so that FastAPI,
+    which reads the body, passes them on as the 413 / 408 instead of a generic 400.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float = 60.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,24 +191,196 @@ class UploadLimit:
             await response(scope, receive, send)
             return
         received = 0
+        deadline = time.monotonic() + self.body_timeout_s
 
-        async def limited_receive() -> Message:
+        async def guarded_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"request body not received within {self.body_timeout_s:g} s"
+                raise HTTPException(408, detail=detail, headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise HTTPException(413, detail=self.message(), headers={"Connection": "close"})
             return message
 
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, guarded_receive, send)
 
     def message(self) -> str:
         limit = self.max_body_bytes - MULTIPART_OVERHEAD_BYTES
         return f"upload too large: this server accepts files of at most {limit} bytes"
 
 
+# --------------------------------------------------------------------------------- the connection
+@dataclasses.dataclass
+class Connections:
+    """Open connections of the server, counted by :func:`guarded_protocol`'s protocol."""
+
+    open: int = 0
+
+
+def overloaded_response(detail: str, retry_after_s: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail}, status_code=503,
+        headers={"Retry-After": str(retry_after_s), "Connection": "close"},
+    )  # fmt: skip
+
+
+def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a header deadline and a connection cap (module docstring)."""
+    refusal = overloaded_response(
+        f"too many connections: this server holds at most {settings.max_connections}",
+        settings.retry_after_s,
+    )
+    timeout_body = f'{{"detail":"request headers not received within {settings.header_timeout_s:g} s"}}'
+    timeout_response = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(timeout_body)}\r\n\r\n{timeout_body}"
+    ).encode()
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await refusal(scope, receive, send)
+
+    class GuardedH11Protocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(cast(asyncio.Transport, transport))
+            connections.open = len(self.connections)
+            if len(self.connections) > settings.max_connections:
+                self.app = refuse  # answered once its request's head is in, then closed
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+            connections.open = len(self.connections)
+
+        def data_received(self, data: bytes) -> None:
+            if self.header_timer is None and self._awaiting_head():
+                self._arm_header_timer()  # the first byte of a request on a kept-alive connection
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # h11 parsed a request's head
+                self._cancel_header_timer()
+
+        def _awaiting_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self.header_timer = self.loop.call_later(settings.header_timeout_s, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _header_timeout(self) -> None:
+            self.header_timer = None
+            if self.transport.is_closing() or not self._awaiting_head():
+                return
+            if self.conn.their_state is h11.IDLE and self.cycle is None and not self.conn.trailing_data[0]:
+                self.transport.close()  # nothing was sent at all: no answer to give
+                return
+            self.transport.write(timeout_response)
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+# ------------------------------------------------------------------------------------- the queue
+class InferenceQueue:
+    """At most ``slots`` inferences run; at most ``max_waiting`` requests wait for one, each at most
+    ``wait_timeout_s``. :meth:`admit` raises :class:`Overloaded` when the queue is full or the wait
+    timed out. Created in the event loop (the lifespan)."""
+
+    def __init__(self, slots: int, max_waiting: int, wait_timeout_s: float) -> None:
+        self.slots = slots
+        self.max_waiting = max_waiting
+        self.wait_timeout_s = wait_timeout_s
+        self.running = 0
+        self.waiting = 0
+        self._limiter = anyio.CapacityLimiter(slots)
+
+    @property
+    def full(self) -> bool:
+        """Another request would be refused."""
+        return self.running >= self.slots and self.waiting >= self.max_waiting
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold an inference slot for the ``async with`` body, after waiting in the queue."""
+        if self.full:
+            raise Overloaded(
+                f"server busy: {self.running} inferences running and {self.waiting} requests waiting"
+            )
+        self.waiting += 1
+        try:
+            with anyio.move_on_after(self.wait_timeout_s) as scope:
+                await self._limiter.acquire()
+        finally:
+            self.waiting -= 1
+        if scope.cancelled_caught:
+            raise Overloaded(f"server busy: no inference slot within {self.wait_timeout_s:g} s")
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._limiter.release()
+
+
 # ------------------------------------------------------------------------------------ inference
+class InferenceTimeout(Overloaded):
+    """An inference ran past ``inference_timeout_s``."""
+
+
+class InferenceBudget:
+    """The time one request's inference may take: its onnxruntime runs share a ``RunOptions`` that
+    :meth:`expire` (called from the event loop) terminates; later runs are not started."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.run_options = ort.RunOptions()
+        self._expired = threading.Event()
+
+    def expire(self) -> None:
+        self._expired.set()
+        self.run_options.terminate = True
+
+    @property
+    def expired(self) -> bool:
+        return self._expired.is_set()
+
+    def error(self) -> InferenceTimeout:
+        return InferenceTimeout(f"inference did not finish within {self.seconds:g} s")
+
+
+class _BudgetedSession:
+    """An ``InferenceSession`` stand-in whose ``run`` keeps to an :class:`InferenceBudget`."""
+
+    def __init__(self, session: ort.InferenceSession, budget: InferenceBudget) -> None:
+        self._session = session
+        self._budget = budget
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        if self._budget.expired:
+            raise self._budget.error()
+        try:
+            return self._session.run(output_names, input_feed, self._budget.run_options)
+        except Exception as err:
+            if self._budget.expired:
+                raise self._budget.error() from err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 def display_name(filename: str | None) -> str:
     """The client's file name as a label for messages: last path component, printable characters,
     at most ``DISPLAY_NAME_CHARS``. It is never used as a path."""
@@ -164,7 +394,7 @@ def audio_seconds(payload: bytes, name: str) -> float:
     try:
         info = sf.info(io.BytesIO(payload))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioError(f"{name}: cannot decode audio: {err}") from err
+        raise AudioError(f"{name}: cannot decode audio: {clean_detail(str(err))}") from err
     return info.frames / info.samplerate if info.samplerate > 0 else 0.0
 
 
@@ -175,13 +405,35 @@ def check_duration(seconds: float, max_seconds: float, name: str) -> None:
         )
 
 
+def decode_upload(payload: bytes, sample_rate_hz: int, max_seconds: float, name: str) -> np.ndarray:
+    """Check the duration from the header, decode from memory, check it again. Every failure is an
+    :class:`AudioError` (a decoder's unexpected exception on odd bytes included)."""
+    try:
+        check_duration(audio_seconds(payload, name), max_seconds, name)
+        wave = decode_bytes(payload, sample_rate_hz, name)
+    except AudioError:
+        raise
+    except Exception as err:  # a decoder bug on one odd upload is still the upload's problem
+        log.warning("%s: unexpected decode error %s: %s", name, type(err).__name__, err)
+        raise AudioError(f"{name}: cannot decode audio: {type(err).__name__}") from err
+    check_duration(len(wave) / sample_rate_hz, max_seconds, name)
+    return wave
+
+
 def classify_upload(
-    classifier: Classifier, settings: ServeSettings, payload: bytes, name: str
+    classifier: Classifier,
+    settings: ServeSettings,
+    payload: bytes,
+    name: str,
+    budget: InferenceBudget | None = None,
 ) -> WindowScores:
-    """Check the duration from the header, decode from memory, check it again, classify (blocking)."""
-    check_duration(audio_seconds(payload, name), settings.max_audio_seconds, name)
-    wave = decode_bytes(payload, classifier.sample_rate_hz, name)
-    check_duration(len(wave) / classifier.sample_rate_hz, settings.max_audio_seconds, name)
+    """Decode and classify an upload (blocking); with a ``budget``, its runs keep to it."""
+    wave = decode_upload(payload, classifier.sample_rate_hz, settings.max_audio_seconds, name)
+    if budget is not None:
+        if budget.expired:
+            raise budget.error()
+        session = cast(ort.InferenceSession, _BudgetedSession(classifier.session, budget))
+        classifier = dataclasses.replace(classifier, session=session)
     return classifier.predict_windows(wave, settings.hop_seconds, settings.batch_size)
 
 
@@ -205,39 +457,87 @@ def to_prediction(
 
 # ------------------------------------------------------------------------------------------ app
 ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorMessage, "description": "the request's headers or body did not arrive in time"},
     413: {"model": ErrorMessage, "description": "upload or audio too large"},
     422: {"model": ErrorMessage, "description": "empty, corrupt or unsupported audio, or a bad request"},
+    503: {"model": ErrorMessage, "description": "overloaded or not ready: retry after Retry-After seconds"},
 }
 
 
-def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
-    """The FastAPI application serving ``classifier`` with ``settings``' limits."""
-    hop_seconds = settings.hop_seconds or classifier.window_seconds
-    limiter: dict[str, anyio.CapacityLimiter] = {}
+@dataclasses.dataclass
+class Service:
+    """What the endpoints share: the model (None until loaded), the queue, the connection count."""
+
+    settings: ServeSettings
+    classifier: Classifier | None = None
+    connections: Connections = dataclasses.field(default_factory=Connections)
+    queue: InferenceQueue | None = None
+
+
+def create_app(
+    classifier: Classifier | None, settings: ServeSettings, connections: Connections | None = None
+) -> FastAPI:
+    """The FastAPI application serving ``classifier`` with ``settings``' limits. ``classifier`` may be
+    None (set ``app.state.service.classifier`` once loaded); ``connections`` is the count kept by
+    :func:`guarded_protocol`'s protocol."""
+    service = Service(settings, classifier, connections or Connections())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limiter["inference"] = anyio.CapacityLimiter(settings.max_concurrent_inferences)
+        service.queue = InferenceQueue(
+            settings.max_concurrent_inferences, settings.max_queued_requests, settings.queue_timeout_s
+        )
         yield
 
     app = FastAPI(
         title="birdops", version=__version__, lifespan=lifespan,
         description="Bird-species classification of audio recordings with an exported ONNX model.",
     )  # fmt: skip
-    app.add_middleware(UploadLimit, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    app.state.service = service
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        body_timeout_s=settings.body_timeout_s,
+    )  # fmt: skip
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Any, err: Overloaded) -> JSONResponse:
+        return overloaded_response(str(err), settings.retry_after_s)
+
+    def current_queue() -> InferenceQueue:
+        if service.queue is None:  # the lifespan did not run
+            raise Overloaded("server starting")
+        return service.queue
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         """The process is up."""
         return Health()
 
-    @app.get("/ready", response_model=Ready)
-    async def ready() -> Ready:
-        """The model is loaded: what it is, and where it runs."""
-        return Ready(
-            **classifier.describe(), hop_seconds=hop_seconds, max_upload_bytes=settings.max_upload_bytes,
-            max_audio_seconds=settings.max_audio_seconds,
+    @app.get("/ready", response_model=Ready, responses={503: {"model": Ready}})
+    async def ready() -> JSONResponse:
+        """200 when the model is loaded and another request would be admitted, else 503: what the
+        model is, where it runs, and the current load."""
+        queue = service.queue
+        running, waiting = (queue.running, queue.waiting) if queue else (0, 0)
+        load = Load(
+            connections=service.connections.open, max_connections=settings.max_connections,
+            inferences_running=running, max_concurrent_inferences=settings.max_concurrent_inferences,
+            requests_waiting=waiting, max_queued_requests=settings.max_queued_requests,
         )  # fmt: skip
+        limits = {
+            "max_upload_bytes": settings.max_upload_bytes, "max_audio_seconds": settings.max_audio_seconds,
+        }  # fmt: skip
+        if service.classifier is None or queue is None:
+            body = Ready(status="loading", ready=False, load=load, **limits)
+        else:
+            saturated = queue.full or service.connections.open >= settings.max_connections
+            body = Ready(
+                status="saturated" if saturated else "ready", ready=not saturated, load=load,
+                hop_seconds=settings.hop_seconds or service.classifier.window_seconds,
+                **service.classifier.describe(), **limits,
+            )  # fmt: skip
+        headers = {} if body.ready else {"Retry-After": str(settings.retry_after_s)}
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
 
     @app.post("/predict", response_model=Prediction, responses=ERRORS)
     async def predict(
@@ -245,34 +545,76 @@ def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
         top_k: Annotated[int | None, Query(ge=1, le=100, description="species per window and file")] = None,
     ) -> Prediction:
         """Classify an uploaded recording, window by window."""
+        classifier = service.classifier
+        if classifier is None:
+            raise Overloaded("the model is not loaded yet")
         name = display_name(file.filename)
-        payload = await file.read(settings.max_upload_bytes + 1)
-        if len(payload) > settings.max_upload_bytes:
-            raise HTTPException(
-                413, detail=f"{name}: upload too large: at most {settings.max_upload_bytes} bytes"
-            )
-        if not payload:
-            raise HTTPException(422, detail=f"{name}: empty file")
-        job = partial(classify_upload, classifier, settings, payload, name)
-        try:
-            result = await anyio.to_thread.run_sync(job, limiter=limiter["inference"])
-        except AudioTooLong as err:
-            raise HTTPException(413, detail=str(err)) from err
-        except AudioError as err:
-            raise HTTPException(422, detail=str(err)) from err
+        async with current_queue().admit():
+            payload = await file.read(settings.max_upload_bytes + 1)
+            if len(payload) > settings.max_upload_bytes:
+                raise HTTPException(
+                    413, detail=f"{name}: upload too large: at most {settings.max_upload_bytes} bytes"
+                )
+            if not payload:
+                raise HTTPException(422, detail=f"{name}: empty file")
+            budget = InferenceBudget(settings.inference_timeout_s)
+            job = partial(classify_upload, classifier, settings, payload, name, budget)
+            timer = asyncio.get_running_loop().call_later(settings.inference_timeout_s, budget.expire)
+            try:
+                result = await anyio.to_thread.run_sync(job)
+            except AudioTooLong as err:
+                raise HTTPException(413, detail=clean_detail(str(err))) from err
+            except AudioError as err:
+                raise HTTPException(422, detail=clean_detail(str(err))) from err
+            finally:
+                timer.cancel()
+        hop_seconds = settings.hop_seconds or classifier.window_seconds
         return to_prediction(result, name, top_k or settings.top_k, hop_seconds, classifier.metadata)
 
     return app
 
 
 # ----------------------------------------------------------------------------------------- main
+def cuda_usable() -> tuple[bool, str]:
+    """Whether onnxruntime's CUDA provider can really run here, without asking onnxruntime (which
+    prints its library errors in red): ``(usable, why not)``."""
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider"
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no NVIDIA driver (libcuda.so.1)"
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return False, "no usable CUDA device"
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
+    except OSError as err:
+        return False, f"CUDA libraries missing ({str(err).split(':')[0]})"
+    return True, ""
+
+
+def choose_providers(device: str) -> tuple[list[str], str]:
+    """The providers for ``device`` and a one-line account of the choice (``auto``: CUDA when it is
+    really usable, else the CPU, quietly)."""
+    if device != "auto":
+        return providers_for("cuda" if device == "cuda" else "cpu"), f"device {device}"
+    usable, why = cuda_usable()
+    if usable:
+        return providers_for("cuda"), "device auto: CUDA is available"
+    return [CPU_PROVIDER], f"device auto: CPU ({why})"
+
+
 def load_classifier(settings: ServeSettings) -> Classifier:
     """The model of ``settings`` on its device; ``device="cuda"`` fails when CUDA is not in use."""
-    classifier = Classifier.load(
-        settings.model_path, providers_for(settings.device), settings.intra_op_threads
-    )
+    providers, reason = choose_providers(settings.device)
+    ort.set_default_logger_severity(3)  # errors only: a CUDA fallback is reported below, in one line
+    classifier = Classifier.load(settings.model_path, providers, settings.intra_op_threads)
     if settings.device == "cuda" and CUDA_PROVIDER not in classifier.providers:
         raise ModelError(f"device 'cuda' was asked for but onnxruntime runs on {classifier.providers}")
+    log.info("%s: running on %s", reason, classifier.providers[0])
     return classifier
 
 
@@ -286,7 +628,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when usable")
     parser.add_argument("--threads", dest="intra_op_threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
     return parser.parse_args(argv)
@@ -309,6 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s", settings.model_path,
              described["variant"], described["num_labels"], described["window_seconds"],
              described["sample_rate_hz"], ", ".join(classifier.providers))  # fmt: skip
-    uvicorn.run(create_app(classifier, settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level)  # fmt: skip
+    connections = Connections()
+    uvicorn.run(
+        create_app(classifier, settings, connections), host=settings.host, port=settings.port,
+        log_level=settings.log_level, http=guarded_protocol(settings, connections),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout_s, timeout_graceful_shutdown=10,
+    )  # fmt: skip
     return 0

@@ -32,6 +32,22 @@ class ServeSettings(BaseSettings):
     batch_size: int = Field(32, ge=1)  # windows per onnxruntime call
     # requests decoded and classified at once; the rest wait (bounds memory and CPU oversubscription)
     max_concurrent_inferences: int = Field(2, ge=1)
+    # requests that may wait for an inference slot; one more is refused at once with 503 + Retry-After
+    max_queued_requests: int = Field(8, ge=0)
+    # the longest a request waits for a slot before it gets 503 + Retry-After
+    queue_timeout_s: float = Field(10.0, gt=0)
+    # decoding and classifying one upload; past it the onnxruntime run is stopped and 503 is answered
+    inference_timeout_s: float = Field(60.0, gt=0)
+    # a connection must deliver a request's headers this soon after it opens (or after the request's
+    # first byte); else 408 and the connection is closed (slow senders cannot hold it)
+    header_timeout_s: float = Field(10.0, gt=0)
+    # the whole request body must arrive this soon after the headers; else 408
+    body_timeout_s: float = Field(60.0, gt=0)
+    # open connections; a request on a connection over the cap gets 503 + Retry-After and is closed
+    max_connections: int = Field(64, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # h11's limit on a request's head; over it: 400
+    keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of every 503
     log_level: str = "info"
 
     @field_validator("model_path")
