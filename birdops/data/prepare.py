@@ -173,9 +173,9 @@ def _quality_or_length_problem(candidate: Candidate, params: PrepareParams) -> t
             )
         return ("low_quality", f"grade {candidate.q} is worse than min_quality {params.min_quality}")
     if candidate.length_s < params.min_seconds:
-        return ("too_short", f"{format_length(candidate.length_s)} is shorter than {params.min_seconds:g} s")
+        return ("too_short", f"{candidate.length_s:.2f} s of audio is shorter than {params.min_seconds:g} s")
     if candidate.length_s > params.max_seconds:
-        return ("too_long", f"{format_length(candidate.length_s)} is longer than {params.max_seconds:g} s")
+        return ("too_long", f"{candidate.length_s:.2f} s of audio is longer than {params.max_seconds:g} s")
     return None
 
 
