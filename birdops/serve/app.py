@@ -70,7 +70,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from birdops import __version__
-from birdops.audio import AudioError, decode_bytes
+from birdops.audio import AudioError, TooLongAudioError, decode_bytes
 from birdops.serve.inference import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -394,28 +394,30 @@ def audio_seconds(payload: bytes, name: str) -> float:
     try:
         info = sf.info(io.BytesIO(payload))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioError(f"{name}: cannot decode audio: {clean_detail(str(err))}") from err
+        raise AudioError(name, f"cannot decode audio: {clean_detail(str(err))}") from err
     return info.frames / info.samplerate if info.samplerate > 0 else 0.0
 
 
 def check_duration(seconds: float, max_seconds: float, name: str) -> None:
     if seconds > max_seconds:
         raise AudioTooLong(
-            f"{name}: audio is {seconds:.1f} s long; this server accepts at most {max_seconds:g} s"
+            name, f"audio is {seconds:.1f} s long; this server accepts at most {max_seconds:g} s"
         )
 
 
-def decode_upload(payload: bytes, sample_rate_hz: int, max_seconds: float, name: str) -> np.ndarray:
+def decode_upload(
+    payload: bytes, sample_rate_hz: int, max_seconds: float, name: str, window_seconds: float | None = None
+) -> np.ndarray:
     """Check the duration from the header, decode from memory, check it again. Every failure is an
     :class:`AudioError` (a decoder's unexpected exception on odd bytes included)."""
     try:
         check_duration(audio_seconds(payload, name), max_seconds, name)
-        wave = decode_bytes(payload, sample_rate_hz, name)
+        wave = decode_bytes(payload, sample_rate_hz, name, window_seconds)
     except AudioError:
         raise
     except Exception as err:  # a decoder bug on one odd upload is still the upload's problem
         log.warning("%s: unexpected decode error %s: %s", name, type(err).__name__, err)
-        raise AudioError(f"{name}: cannot decode audio: {type(err).__name__}") from err
+        raise AudioError(name, f"cannot decode audio: {type(err).__name__}") from err
     check_duration(len(wave) / sample_rate_hz, max_seconds, name)
     return wave
 
@@ -428,7 +430,9 @@ def classify_upload(
     budget: InferenceBudget | None = None,
 ) -> WindowScores:
     """Decode and classify an upload (blocking); with a ``budget``, its runs keep to it."""
-    wave = decode_upload(payload, classifier.sample_rate_hz, settings.max_audio_seconds, name)
+    wave = decode_upload(
+        payload, classifier.sample_rate_hz, settings.max_audio_seconds, name, classifier.window_seconds
+    )
     if budget is not None:
         if budget.expired:
             raise budget.error()
@@ -562,7 +566,7 @@ def create_app(
             timer = asyncio.get_running_loop().call_later(settings.inference_timeout_s, budget.expire)
             try:
                 result = await anyio.to_thread.run_sync(job)
-            except AudioTooLong as err:
+            except (AudioTooLong, TooLongAudioError) as err:
                 raise HTTPException(413, detail=clean_detail(str(err))) from err
             except AudioError as err:
                 raise HTTPException(422, detail=clean_detail(str(err))) from err
