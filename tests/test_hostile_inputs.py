@@ -360,3 +360,45 @@ def row(rid: str, species: str, length: str, local: str) -> dict[str, str]:
     genus, _, epithet = species.partition(" ")
     return {"id": rid, "gen": genus, "sp": epithet, "rec": f"rec{rid}", "q": "A", "length": length,
             "local_path": local}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- birdops predict
+def test_predict_classifies_every_other_file_and_summarises_the_refusals(
+    model_path: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tones import TONES_HZ, tones
+
+    from birdops.serve import predict
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    sf.write(folder / "good.wav", tones([(TONES_HZ[1], 2.0)], 8000), 8000)
+    for make, name in [(_zero, "empty.mp3"), (_html, "page.mp3"), (_mpeg_garbage, "garbage.mp3"),
+                       (_wav_rate(48_000_000), "48mhz.wav"), (_nan, "nan.wav"), (_samples(144), "9ms.wav"),
+                       (_silent, "silent.wav")]:  # fmt: skip
+        make(folder / name)
+    out = tmp_path / "predictions.csv"
+    capfd.readouterr()
+    with caplog.at_level("INFO"):
+        code = predict.main([str(folder), "--model", str(model_path), "--output", str(out)])
+    assert code == 0
+    assert "Illegal Audio-MPEG-Header" not in capfd.readouterr().err
+    rows = out.read_text().splitlines()[1:]
+    assert rows and all(r.startswith(str(folder / "good.wav")) for r in rows)
+    text = caplog.text
+    assert "7 input(s) could not be classified" in text
+    for kind in ("empty 1", "not_audio 2", "unsupported_rate 1", "non_finite 1", "too_short 1", "silent 1"):
+        assert kind in text
+    assert "object at 0x" not in text and "does not exist" not in text
+    record(
+        "birdops predict",
+        "a folder of one good WAV and 7 bad files (empty, HTML, MPEG garbage, 48 MHz, NaN, 9 ms, silent)",
+        "exit status 0; the good file classified; summary: "
+        + next(r.getMessage() for r in caplog.records if "could not be classified" in r.getMessage()),
+    )
+    for good in folder.glob("good.wav"):
+        good.unlink()
+    assert predict.main([str(folder), "--model", str(model_path), "--output", str(out)]) == 1
+    record(
+        "birdops predict", "the same folder without the good file", "exit status 1: no file was classified"
+    )
