@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdops.audio import AudioError, decode_bytes, frame_windows, load_audio
+from birdops.audio import AudioError, decode_bytes, frame_windows, load_audio, resample
 
 
 def tone(seconds: float, rate_hz: int, freq_hz: float = 1000.0) -> np.ndarray:
@@ -23,6 +23,22 @@ def test_load_audio_decodes_and_resamples(tmp_path: Path, ext: str) -> None:
     assert abs(len(wave) - 16000) <= (1200 if ext == "mp3" else 0)
     spectrum = np.abs(np.fft.rfft(wave[2000:14000]))
     assert abs(np.argmax(spectrum) * 16000 / 12000 - 1000) < 5
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("rate_hz", [22050, 16000])
+def test_decoding_is_bit_identical_to_reading_the_whole_file(
+    tmp_path: Path, ext: str, channels: int, rate_hz: int
+) -> None:
+    """The block-wise decoder gives exactly what reading every channel at once, averaging them and
+    resampling gave (the pipeline's cached features depend on it); 7 s spans several blocks."""
+    path = tmp_path / f"a.{ext}"
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (7 * 32000, channels)).astype(np.float32)
+    sf.write(path, noise + tone(7.0, 32000)[:, None] * np.linspace(1, 0.5, channels), 32000)
+    whole, source_rate = sf.read(path, dtype="float32", always_2d=True)
+    expected = resample(whole.mean(axis=1), source_rate, rate_hz)
+    np.testing.assert_array_equal(load_audio(path, rate_hz), expected)
 
 
 def test_corrupt_empty_and_silent_files_name_the_file(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from birdops.audio import (
     TooLongAudioError,
     TooManyChannelsError,
     TooShortAudioError,
+    TruncatedAudioError,
     UnsupportedRateError,
     decode_bytes,
     load_audio,
@@ -113,6 +114,15 @@ def _mpeg_garbage(p: Path) -> None:  # frame-sync-like bytes: libmpg123 complain
     p.write_bytes(b"ID3\x04\x00" + bytes(range(256)) * 40)
 
 
+def _corrupt_mp3(p: Path) -> None:  # a real MP3 with 3 kB of random bytes in the middle
+    t = np.arange(RATE * 3) / RATE
+    sf.write(p, (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), RATE, format="MP3")
+    data = bytearray(p.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+
+
 def _wav_rate(rate_hz: int) -> Callable[[Path], None]:
     def make(p: Path) -> None:
         sf.write(p, noise(0.5, 8000), 8000, subtype="PCM_16")
@@ -174,6 +184,12 @@ CASES: list[tuple[str, str, Callable[[Path], None], type[AudioError] | None]] = 
     ("an HTML error page saved as .mp3", "page.mp3", _html, NotAudioError),
     ("20 kB of random bytes", "random.mp3", _random, NotAudioError),
     ("an ID3 tag and frame-sync garbage", "garbage.mp3", _mpeg_garbage, NotAudioError),
+    (
+        "an MP3 with 3 kB of random bytes in the middle (libmpg123 prints 'Illegal Audio-MPEG-Header')",
+        "corrupt.mp3",
+        _corrupt_mp3,
+        TruncatedAudioError,
+    ),
     ("WAV header claiming 48 MHz", "48mhz.wav", _wav_rate(48_000_000), UnsupportedRateError),
     ("WAV header claiming 1 Hz", "1hz.wav", _wav_rate(1), UnsupportedRateError),
     ("WAV header claiming more frames than the file holds", "truncated.wav", _truncated_wav, None),
