@@ -131,7 +131,11 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     (raises like :func:`load_audio`); nothing is decoded but the header."""
     path = Path(path)
     name = str(path)
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise AudioError(name, f"cannot open: {err.strerror or err}") from err
+    if size == 0:
         raise EmptyAudioError(name, "empty file (0 bytes)")
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
