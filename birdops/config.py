@@ -67,18 +67,19 @@ class SyntheticParams(Section):
 
 
 class XenoCantoParams(Section):
-    """What `birdops fetch` / the corpus stage downloads when ``data.source`` is ``xeno-canto``."""
+    """What `birdops fetch` downloads by default (its flags override these)."""
 
     species: list[str] = Field(default_factory=list)  # scientific names, "Genus species"
     min_quality: Quality = "C"
     max_per_species: int = Field(150, ge=1)
     requests_per_second: float = Field(1.0, gt=0)
-    download: bool = True  # false: use the recordings already in the raw folder as they are
     api_url: str = "https://xeno-canto.org/api/3/recordings"
 
 
 class DataParams(Section):
-    source: Literal["synthetic", "xeno-canto"] = "synthetic"
+    # the raw folder the DAG reads (dvc.yaml: ${data.raw}): the corpus stage's generated data/synthetic,
+    # or a folder of the user's recordings (birdops fetch / brought; `dvc add`), which no stage writes
+    raw: str = Field("data/synthetic", min_length=1)
     seed: int = 7
     synthetic: SyntheticParams = SyntheticParams()
     xeno_canto: XenoCantoParams = XenoCantoParams()

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_real_params_yaml_loads_every_section() -> None:
     params = load_params(ROOT / "params.yaml")
-    assert params.data.source == "synthetic"
+    assert params.data.raw == "data/synthetic"
     for name in VARIANTS:
         assert isinstance(params.variant(name), TrainParams)
     assert params.train_phase2b.model.arch == "vit"

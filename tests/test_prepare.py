@@ -265,11 +265,3 @@ def test_stages_fail_clearly_on_bad_input(
     with caplog.at_level(logging.ERROR):
         assert prepare_stage.main(args) == 1
     assert "data/raw/metadata.csv" in caplog.text and not (tiny_repo / "metrics/data.json").exists()
-    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    params["data"]["source"] = "xeno-canto"
-    params["data"]["xeno_canto"]["download"] = False
-    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    caplog.clear()
-    with caplog.at_level(logging.ERROR):
-        assert corpus_stage.main(["--out", "data/raw"]) == 1
-    assert "metadata.csv" in caplog.text

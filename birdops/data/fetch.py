@@ -345,7 +345,7 @@ def _download_all(
 
 
 def fetch_corpus(params: XenoCantoParams, out_dir: str | Path, api_key: str | None = None) -> FetchSummary:
-    """The corpus stage's download: ``params`` (``data.xeno_canto``) into ``out_dir``.
+    """A download with ``params`` (``data.xeno_canto``) into ``out_dir``, resumed where one stopped.
 
     ``api_key`` defaults to the ``XC_API_KEY`` environment variable.
     """
