@@ -75,6 +75,15 @@ class FakeXenoCanto:
     ranges: dict[str, str] = field(default_factory=dict)
     queries: list[str] = field(default_factory=list)
     broken_species: set[str] = field(default_factory=set)  # API queries naming these answer 503
+    from_start: Counter[str] = field(default_factory=Counter)  # audio bodies sent from byte 0
+    # a download of `stall_id` sends half its bytes, sets `stalled` and hangs until `release` is set
+    stall_id: str | None = None
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def served_twice(self) -> list[str]:
+        """Recordings whose audio was sent from its first byte more than once (a Range resume is not)."""
+        return sorted(xc_id for xc_id, count in self.from_start.items() if count > 1)
 
     def record(self, xc_id: str, genus: str, epithet: str, grade: str, fmt: str) -> dict[str, Any]:
         return {
@@ -134,12 +143,27 @@ def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
                 return
             payload = state.files[xc_id]
             requested = self.headers.get("Range")
+            start = 0
             if requested:
                 state.ranges[xc_id] = requested
                 start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))  # type: ignore[union-attr]
-                self.send(206, payload[start:], "application/octet-stream")
-            else:
-                self.send(200, payload, "application/octet-stream")
+            status = 206 if requested else 200
+            state.from_start[xc_id] += start == 0
+            if xc_id == state.stall_id and not state.release.is_set():
+                self.stall(xc_id, status, payload[start:])
+                return
+            self.send(status, payload[start:], "application/octet-stream")
+
+        def stall(self, xc_id: str, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            state.stalled.set()
+            state.release.wait(60)
+            self.close_connection = True
 
         def send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -160,6 +184,7 @@ def server() -> Iterator[FakeXenoCanto]:
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield state
+    state.release.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -204,6 +229,7 @@ def test_second_run_downloads_nothing(server: FakeXenoCanto, tmp_path: Path) -> 
     assert downloads_again == {k: v for k, v in hits_before.items() if k != FAIL_ALWAYS}
     assert summary.downloaded == 0 and summary.already_present == len(EXPECTED)
     assert {row["id"] for row in read_metadata(tmp_path / "metadata.csv")} == EXPECTED
+    assert server.served_twice() == []
 
 
 def test_a_species_the_api_cannot_answer_keeps_its_earlier_rows(
@@ -266,7 +292,7 @@ def test_cli_fetches_with_the_key_from_the_environment(
     assert {row["id"] for row in read_metadata(tmp_path / "raw" / "metadata.csv")} == EXPECTED
 
 
-def test_corpus_stage_entry_uses_xeno_canto_params(server: FakeXenoCanto, tmp_path: Path) -> None:
+def test_fetch_corpus_uses_the_xeno_canto_params(server: FakeXenoCanto, tmp_path: Path) -> None:
     params = XenoCantoParams(species=["Parus major"], min_quality="B", requests_per_second=500.0,
                              api_url=f"{server.base_url}/api/3/recordings")  # fmt: skip
     summary = fetch_corpus(params, tmp_path, api_key=KEY)
