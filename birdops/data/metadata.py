@@ -288,5 +288,18 @@ def is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def escapes_raw_folder(path: Path, local_path: str) -> bool:
+    """Whether ``path`` (a raw folder joined with ``local_path``) lies, symlinks resolved, outside that
+    raw folder; ``local_path`` absolute or with ``..`` always does. For the stages that open a
+    manifest's files (prepare checked them, but a link may have changed since)."""
+    relative = PurePosixPath(local_path.strip().replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts:
+        return True
+    root = path
+    for _ in relative.parts:
+        root = root.parent
+    return not is_inside(path, root)
+
+
 def _normal_path(local_path: str) -> str:
     return str(PurePosixPath(local_path.strip().replace("\\", "/")))

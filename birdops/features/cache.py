@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from birdops.audio import AudioError, load_audio
 from birdops.config import ActivityParams, LmsCacheParams
+from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import SPLITS
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
@@ -184,6 +185,8 @@ def _init_worker(threads: int, owner_pid: int) -> None:
 def _decode(task: _Task, sample_rate_hz: int) -> np.ndarray | str:
     """The waveform ``(samples,)`` of a task's recording, or why it cannot be used."""
     path = Path(task.audio_path)
+    if escapes_raw_folder(path, task.recording.local_path):
+        return "path outside the raw folder"
     if not path.is_file():
         return "missing file"
     try:
