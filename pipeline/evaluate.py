@@ -1,7 +1,7 @@
 """DVC stage evaluate: clip- and recording-level metrics of every variant, and the best one.
 
     python -m pipeline.evaluate --models models/phase2b models/baseline models/full \\
-        --raw data/raw --prepared data/prepared --lms data/lms --out metrics
+        --raw data/synthetic --prepared data/prepared --lms data/lms --out metrics
 
 Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/``, ``<out>/comparisons.json`` and
 ``<out>/best.json``.

@@ -1,6 +1,6 @@
 """DVC stage export_onnx: the best variant as a self-describing ONNX model, gated on parity.
 
-    python -m pipeline.export_onnx --best metrics/best.json --models models --raw data/raw \\
+    python -m pipeline.export_onnx --best metrics/best.json --models models --raw data/synthetic \\
         --prepared data/prepared --lms data/lms --out models/export --summary metrics/onnx.json
 
 Writes ``<out>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16: true``), ``<out>/model_repository/``

@@ -1,6 +1,6 @@
 """DVC stage ``lms_cache``: decode every prepared recording, choose its clips, cache their features.
 
-``python -m pipeline.lms_cache --raw data/raw --prepared data/prepared --out data/lms
+``python -m pipeline.lms_cache --raw data/synthetic --prepared data/prepared --out data/lms
 --summary metrics/cache.json`` writes ``<out>/<preset>/`` (float16 shards, ``index.csv``,
 ``features.json``) for every preset in ``params.yaml``'s ``lms_cache.presets``, ``<out>/failed.csv``
 and the cache metrics to ``--summary``. An interrupted run resumes where it stopped.

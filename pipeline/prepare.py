@@ -1,6 +1,6 @@
 """DVC stage ``prepare``: screen the raw corpus, drop or merge small classes, split train/val/test.
 
-``python -m pipeline.prepare --raw data/raw --out data/prepared --summary metrics/data.json`` writes
+``python -m pipeline.prepare --raw data/synthetic --out data/prepared --summary metrics/data.json`` writes
 ``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``--out`` and the data metrics to ``--summary``.
 """
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from birdops.audio import AudioError, frame_windows, load_audio
 from birdops.config import EvaluateParams
+from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE, read_labels
 from birdops.evaluate import metrics, plots, uncertainty
 from birdops.features.cache import load_split, read_manifest
@@ -117,8 +118,12 @@ class VariantEvaluation:
 
 def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> list[Recording]:
     """The manifest's recordings of ``split``, with their audio paths under ``raw_dir``."""
-    rows = read_manifest(prepared_dir / MANIFEST_FILE)
-    return [Recording(r.id, raw_dir / r.local_path, r.label_index) for r in rows if r.split == split]
+    rows = [r for r in read_manifest(prepared_dir / MANIFEST_FILE) if r.split == split]
+    inside = [r for r in rows if not escapes_raw_folder(raw_dir / r.local_path, r.local_path)]
+    for row in rows:
+        if row not in inside:
+            log.warning("%s: %s resolves outside %s; left out", row.id, row.local_path, raw_dir)
+    return [Recording(r.id, raw_dir / r.local_path, r.label_index) for r in inside]
 
 
 def check_model(info: ClassifierInfo, labels: Sequence[str], frontend_spec: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from birdops.audio import AudioError, load_audio
+from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE
 from birdops.features.cache import cut_clips, load_split, read_manifest
 from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME
@@ -70,11 +71,17 @@ def validation_clips(
     rows_by_id: dict[str, list[int]] = {}
     for i in picks:
         rows_by_id.setdefault(cached.ids[i], []).append(int(i))
-    paths = {r.id: raw_dir / r.local_path for r in read_manifest(prepared_dir / MANIFEST_FILE)}
+    paths = {
+        r.id: raw_dir / r.local_path
+        for r in read_manifest(prepared_dir / MANIFEST_FILE)
+        if not escapes_raw_folder(raw_dir / r.local_path, r.local_path)  # a link changed since prepare
+    }
     clips, rows = [], []
     for recording_id, recording_rows in rows_by_id.items():
         if recording_id not in paths:
-            raise ParityError(f"cached recording {recording_id} is not in {prepared_dir / MANIFEST_FILE}")
+            log.warning("parity clip skipped: cached recording %s is not in %s, or its file resolves "
+                        "outside %s", recording_id, prepared_dir / MANIFEST_FILE, raw_dir)  # fmt: skip
+            continue
         try:
             wave = load_audio(paths[recording_id], sample_rate_hz)
         except AudioError as err:
