@@ -20,6 +20,8 @@ from birdops.data.metadata import COLUMNS, MetadataError, format_length, parse_l
 from birdops.data.prepare import (
     MANIFEST_COLUMNS,
     OTHER_LABEL,
+    DataError,
+    class_splits,
     prepare_corpus,
     split_targets,
     summarize,
@@ -187,7 +189,11 @@ def test_splits_are_stratified_grouped_and_complete(tmp_path: Path) -> None:
     assert dict(counts["Regulus regulus"]) == {"train": 1, "test": 1}
     assert 0.6 <= counts["Turdus merula"]["train"] / 60 <= 0.8
     assert summary["recordist_disjoint_classes"] == 4
-    assert summary["per_class"]["Erithacus rubecula"] == {"train": 3, "val": 1, "test": 1}
+    # the classes with too few recordists are named as split by recording
+    assert summary["recording_grouped_classes"] == ["Erithacus rubecula", "Regulus regulus"]
+    assert "per_class" not in summary  # per-class tables stay out of the metrics, with the data
+    table = json.loads((tmp_path / "out13" / "class_splits.json").read_text())
+    assert table["Erithacus rubecula"] == {"train": 3, "val": 1, "test": 1}
     assert sum(summary["splits"].values()) == len(manifest)
 
 
@@ -220,7 +226,7 @@ def test_small_classes_are_dropped_or_merged(tmp_path: Path, policy: str) -> Non
         assert [r.kind for r in prepared.rejected] == ["small_class"] * 3
     else:
         assert prepared.labels == ["Parus major", "Turdus merula", OTHER_LABEL]
-        assert summary["per_class"][OTHER_LABEL] == {"train": 1, "val": 1, "test": 1}
+        assert class_splits(prepared)[OTHER_LABEL] == {"train": 1, "val": 1, "test": 1}
         assert not prepared.rejected
 
 
@@ -265,3 +271,13 @@ def test_stages_fail_clearly_on_bad_input(
     with caplog.at_level(logging.ERROR):
         assert prepare_stage.main(args) == 1
     assert "data/raw/metadata.csv" in caplog.text and not (tiny_repo / "metrics/data.json").exists()
+
+
+def test_splits_that_cannot_train_are_refused_with_what_to_change(tmp_path: Path) -> None:
+    """Every class with two recordings (e.g. min_quality A on a small download): no validation split."""
+    rows = []
+    for k, label in enumerate(["Turdus merula", "Parus major", "Regulus regulus"]):
+        rows += class_rows(label, 2, 1, start=1000 * (k + 1))
+    raw = write_raw(tmp_path / "raw", rows)
+    with pytest.raises(DataError, match=r"the val split\(s\) would be empty.*prepare\.min_per_class"):
+        prepare_corpus(raw, PrepareParams())

@@ -63,6 +63,7 @@ OTHER_LABEL = "other"
 MANIFEST_FILE = "manifest.csv"
 LABELS_FILE = "labels.json"
 REJECTED_FILE = "rejected.csv"
+CLASS_SPLITS_FILE = "class_splits.json"  # recordings per class and split
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "id",
     "local_path",
@@ -286,6 +287,37 @@ def _id_key(rid: str) -> tuple[int, str]:
     return (len(rid), rid)  # numeric order for xeno-canto's digit ids
 
 
+def check_trainable(candidates: Sequence[Candidate], splits: Mapping[str, str], raw_dir: Path) -> None:
+    """Raise :class:`DataError` when training could not run on these splits: an empty validation or
+    test split (early stopping and evaluation need them), or a class with no training recording
+    (the model would carry a class it never saw). The message names the classes and what to change."""
+    by_split: dict[str, set[str]] = {split: set() for split in SPLITS}
+    for candidate in candidates:
+        by_split[splits[candidate.id]].add(candidate.label)
+    empty = [split for split in ("val", "test") if not by_split[split]]
+    if empty:
+        raise DataError(
+            f"{raw_dir / METADATA_FILE}: the {' and '.join(empty)} split(s) would be empty: every class "
+            f"has too few recordings for them (a class needs 3 for train, val and test); accept more "
+            f"recordings (prepare.min_quality, prepare.min_seconds) or drop small classes "
+            f"(raise prepare.min_per_class to 3)"
+        )
+    untrained = sorted({c.label for c in candidates} - by_split["train"])
+    if untrained:
+        raise DataError(
+            f"{raw_dir / METADATA_FILE}: no training recording for {', '.join(untrained)}; "
+            f"drop such classes with a higher prepare.min_per_class, or bring more of their recordings"
+        )
+
+
+def class_splits(prepared: PreparedCorpus) -> dict[str, dict[str, int]]:
+    """Recordings per class and split, in label order."""
+    counts: dict[str, dict[str, int]] = {label: dict.fromkeys(SPLITS, 0) for label in prepared.labels}
+    for row in prepared.manifest:
+        counts[row.label][row.split] += 1
+    return counts
+
+
 # ----------------------------------------------------------------------------------------- the stage
 def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus:
     """Screen, filter classes and split the recordings of ``raw_dir`` (see the module docstring).
@@ -304,6 +336,7 @@ def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus
             f"({len(rejected) + len(too_small)} of {len(rows)} recordings rejected); need at least 2"
         )
     splits, disjoint = assign_splits(kept, params.split, params.seed)
+    check_trainable(kept, splits, raw_dir)
     index = {label: i for i, label in enumerate(labels)}
     manifest = [
         ManifestRow(c.id, c.local_path, c.label, index[c.label], splits[c.id], c.rec, c.q, c.length_s)
@@ -330,14 +363,15 @@ def write_prepared(prepared: PreparedCorpus, out_dir: str | Path) -> None:
         ({"id": r.id, "local_path": r.local_path, "reason": r.reason} for r in prepared.rejected),
     )
     write_json_atomic(out_dir / LABELS_FILE, prepared.labels)
+    # the per-class table lives with the data: as metrics it would be one column per class
+    write_json_atomic(out_dir / CLASS_SPLITS_FILE, class_splits(prepared))
 
 
 def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
     """The data metrics: counts per split and per class and split, rejections by reason, class sizes."""
-    per_class: dict[str, dict[str, int]] = {label: dict.fromkeys(SPLITS, 0) for label in prepared.labels}
+    per_class = class_splits(prepared)
     seconds = dict.fromkeys(SPLITS, 0.0)
     for row in prepared.manifest:
-        per_class[row.label][row.split] += 1
         seconds[row.split] += row.length_s
     sizes = sorted(sum(counts.values()) for counts in per_class.values())
     return {
@@ -351,7 +385,8 @@ def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
         "class_size": {"min": sizes[0], "median": float(np.median(sizes)), "max": sizes[-1]} if sizes else {},
         "small_classes": {"policy": prepared.small_class_policy, "classes": prepared.small_classes},
         "recordist_disjoint_classes": len(prepared.recordist_disjoint),
-        "per_class": per_class,
+        # classes whose recordists could not be kept to one split: grouped by recording instead
+        "recording_grouped_classes": sorted(set(prepared.labels) - set(prepared.recordist_disjoint)),
     }
 
 
@@ -363,6 +398,8 @@ def log_summary(summary: Mapping[str, Any]) -> None:
     )  # fmt: skip
     for kind, count in summary["rejected_by_reason"].items():
         log.info("prepare: rejected %d recording(s): %s", count, kind)
+    for label in summary["recording_grouped_classes"]:
+        log.warning("prepare: %s: too few recordists to keep each to one split; split by recording", label)
     small = summary["small_classes"]
     if small["classes"]:
         log.info("prepare: classes below min_per_class (%s): %s", small["policy"], small["classes"])

@@ -445,12 +445,14 @@ def _pending_tasks(
 
 
 def _write_failed(path: Path, recordings: list[Recording], results: dict[str, _PresetResult]) -> None:
-    """One row per recording that failed for any preset, with the first preset's reason."""
+    """One row per recording that failed for any preset, with the first preset's reason; each is
+    also named in the log."""
     rows = []
     for recording in recordings:
         reasons = [r.failed[recording.id] for r in results.values() if recording.id in r.failed]
         if reasons:
             rows.append({"id": recording.id, "local_path": recording.local_path, "reason": reasons[0]})
+            log.warning("lms_cache: %s (%s) not cached: %s", recording.id, recording.local_path, reasons[0])
     write_csv_atomic(path, FAILED_COLUMNS, rows)
 
 
