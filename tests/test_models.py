@@ -195,3 +195,27 @@ def test_a_changed_front_end_is_refused(tmp_path: Path) -> None:
     save_classifier(tmp_path, model, dataclasses.replace(info, feature_spec=spec.to_dict(), clip_seconds=2.0))
     with pytest.raises(ValueError, match="frames"):
         load_waveform_classifier(tmp_path)
+
+
+def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> None:
+    """DVC hashes the model folder: saving the same weights in two processes must give one file
+    (safetensors writes its metadata map in each process's hash order)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from birdops.config import ModelParams\n"
+        "from birdops.models.checkpoint import ClassifierInfo, save_classifier\n"
+        "from birdops.models.factory import build_model\n"
+        "cfg = ModelParams(arch='vit', size='tiny', features='mfcc')\n"
+        "torch.manual_seed(0)\n"
+        "model = build_model(cfg, 3, 40, 50)\n"
+        "info = ClassifierInfo(variant='v', model=cfg.model_dump(), labels=('a', 'b', 'c'),"
+        " feature_preset='mfcc', feature_spec={}, clip_seconds=4.0, n_bins=40, n_frames=50)\n"
+        "save_classifier(sys.argv[1], model, info)\n"
+    )
+    for name in ("one", "two"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, capture_output=True)
+    first, second = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("one", "two"))
+    assert first == second

@@ -72,7 +72,10 @@ def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInf
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "variant": info.variant})
+    # one metadata key only: safetensors writes the metadata map in hash order, which differs from
+    # process to process, so two keys would make identical weights hash differently (the variant is
+    # in config.json)
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, directory / WEIGHTS_FILE)
     write_json_atomic(directory / CONFIG_FILE, info.to_dict())
 
