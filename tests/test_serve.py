@@ -67,12 +67,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, server_log: Path) -> Iterat
         wait_until_up(url, process, server_log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """End a server process: SIGTERM, then SIGKILL when it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_up(url: str, process: subprocess.Popen[str], log: Path) -> None:

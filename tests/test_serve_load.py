@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import psutil
 import pytest
-from test_serve import encode, free_port, wait_until_up
+from test_serve import encode, free_port, stop_process, wait_until_up
 from tones import TONES_HZ, tone_model, tones
 
 pytestmark = pytest.mark.slow
@@ -197,12 +197,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         wait_until_up(url, process, log)
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         text = log.read_text()
         assert "Traceback" not in text, text[-4000:]
 
