@@ -50,6 +50,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("birdops", "pipeline"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    init_project(repo)
+    return repo
+
+
+def init_project(repo: Path) -> None:
+    """Make ``repo`` (the code and a dvc.yaml already in it) a git + DVC project with tiny params."""
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     (repo / "metrics").mkdir()
@@ -57,7 +63,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "config", "user.email", "test@example.com")
     git(repo, "config", "user.name", "test")
     dvc(repo, "init", "-q")
-    return repo
 
 
 def test_data_stages_build_and_are_then_up_to_date(repo: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_dvc_e2e import dvc, git, tiny_params
+from test_dvc_e2e import dvc, git, init_project, tiny_params
 from test_fetch import KEY, FakeXenoCanto, audio_file, server  # noqa: F401  (server: a fixture)
 
 from birdops.config import SyntheticParams
@@ -43,13 +43,7 @@ def make_repo(path: Path) -> Path:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert "${data.raw}" in stages["prepare"]["deps"]
     (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {name: stages[name] for name in DATA_STAGES}}))
-    shutil.copy(ROOT / ".gitignore", path / ".gitignore")
-    (path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    (path / "metrics").mkdir()
-    git(path, "init", "-q")
-    git(path, "config", "user.email", "test@example.com")
-    git(path, "config", "user.name", "test")
-    dvc(path, "init", "-q")
+    init_project(path)
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "project")
     return path
