@@ -16,10 +16,10 @@ from birdops.audio import AudioError, decode_bytes, load_audio
 from birdops.config import SyntheticParams
 from birdops.data.encoding import encode_audio, ogg_crc
 from birdops.data.metadata import COLUMNS, QUALITY_GRADES, parse_also, parse_length_seconds, validate_rows
+from birdops.data.noise import colored_noise
 from birdops.data.synthetic import (
     CorpusPlan,
     class_sizes,
-    colored_noise,
     generate_corpus,
     plan_corpus,
 )

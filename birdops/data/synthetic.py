@@ -51,7 +51,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
-from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from tqdm import tqdm
 
 from birdops.config import SyntheticParams
@@ -76,6 +75,7 @@ from birdops.data.names import (
     invent_recordists,
     invent_species,
 )
+from birdops.data.noise import colored_noise, wind_noise
 from birdops.data.voices import (
     Performance,
     Voice,
@@ -433,36 +433,6 @@ def render_recording(plan: RecordingPlan) -> np.ndarray:
         mix += _distant_call(voice, n, rate, signal_power, rng)
     peak = float(np.max(np.abs(mix))) or 1.0
     return (mix * (rng.uniform(0.25, 0.9) / peak)).astype(np.float32)
-
-
-def colored_noise(num_samples: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise with power spectrum ~ 1 / f**exponent (1 pink, 2 brown), unit RMS, ``(num_samples,)``."""
-    length = next_fast_len(num_samples, real=True)
-    spectrum = rfft(rng.standard_normal(length, dtype=np.float32))  # single precision: 2x faster
-    frequency = rfftfreq(length).astype(np.float32)  # cycles per sample
-    spectrum *= np.maximum(frequency, 1e-3) ** (-exponent / 2)  # flat below ~20-50 Hz: no DC drift
-    spectrum[0] = 0.0
-    noise = irfft(spectrum, length)[:num_samples]
-    return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
-
-
-def wind_noise(num_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
-    """Gusty wind: brown noise low-passed at 150-400 Hz, amplitude-modulated by 0.1-0.5 Hz gusts.
-
-    Unit RMS, ``(num_samples,)``.
-    """
-    length = next_fast_len(num_samples, real=True)
-    spectrum = rfft(rng.standard_normal(length, dtype=np.float32))
-    frequency_hz = rfftfreq(length, 1 / sample_rate_hz).astype(np.float32)
-    cutoff_hz = rng.uniform(150.0, 400.0)
-    spectrum *= 1.0 / (np.maximum(frequency_hz, 5.0) * (1.0 + (frequency_hz / cutoff_hz) ** 4))
-    spectrum[0] = 0.0
-    rumble = irfft(spectrum, length)[:num_samples]
-    gust_hz = rng.uniform(0.1, 0.5)
-    knots = rng.normal(0.0, 0.8, size=int(num_samples / sample_rate_hz * gust_hz) + 2)
-    gusts = np.exp(np.interp(np.linspace(0, len(knots) - 1, num_samples), np.arange(len(knots)), knots))
-    wind = rumble * gusts
-    return (wind / (np.std(wind) + 1e-12)).astype(np.float32)
 
 
 def _reverberate(wave: np.ndarray, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
