@@ -200,6 +200,38 @@ class TrainParams(Section):
         return self
 
 
+# ----------------------------------------------------------------------------------------- pretrain
+class SceneCorpusParams(Section):
+    """The generated pretraining corpus (``birdops.data.sounds``): one-class recordings mixed into scenes."""
+
+    seed: int = 11
+    clip_seconds: float = Field(10.0, gt=0)  # AudioSet's clip length; longer than the fine-tuning clip
+    stems_per_class: int = Field(16, ge=1)  # training recordings of each sound class
+    val_stems_per_class: int = Field(4, ge=1)  # held-out recordings the validation scenes are mixed from
+    max_sources: int = Field(3, ge=1)  # classes per scene: 1 to this many
+    val_clips: int = Field(256, ge=1)
+
+
+class PretrainParams(Section):
+    """The ``pretrain`` stage: an AST pretrained on generated scenes, the embedded stand-in for AudioSet."""
+
+    corpus: SceneCorpusParams = SceneCorpusParams()
+    model: ModelParams = ModelParams(arch="ast", size="small", features="seed", patch_stride=16)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    steps: int = Field(300, ge=1)  # optimizer steps, each on a fresh batch of scenes
+    batch_size: int = Field(32, ge=1)
+    eval_every: int = Field(50, ge=1)  # steps between validations (and resume checkpoints)
+    grad_clip_norm: float | None = 1.0
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainParams:
+        if self.model.arch != "ast" or self.model.pretrained is not None:
+            raise ValueError("pretrain.model: arch must be ast, pretrained null (this stage makes them)")
+        return self
+
+
 # ----------------------------------------------------------------------------------------- evaluate
 class EvaluateParams(Section):
     window_seconds: float | None = None  # None: the model's clip length
@@ -233,6 +265,7 @@ class Params(Section):
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     lms_cache: LmsCacheParams = LmsCacheParams()
+    pretrain: PretrainParams = PretrainParams()
     train_phase2b: TrainParams = TrainParams()
     train_baseline: TrainParams = TrainParams()
     train_full: TrainParams = TrainParams()

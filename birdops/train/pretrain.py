@@ -1,0 +1,252 @@
+"""Pretraining the AST on generated sound scenes: the embedded stand-in for the AudioSet checkpoint.
+
+The report fine-tunes ``MIT/ast-finetuned-audioset-10-10-0.4593``, an AST trained on AudioSet's
+10 s multi-label clips. Offline, :func:`pretrain` makes the same kind of checkpoint from the
+generated corpus of :mod:`birdops.data.sounds`: an AST of the configured size on 10 s clips
+(``max_length`` longer than the 4 s fine-tuning clip), trained multi-label (binary cross-entropy per
+class, as AudioSet models are) on fresh scenes every step, and saved in the Hugging Face layout
+(``config.json`` with its own ``id2label`` + ``model.safetensors``) that
+``ASTForAudioClassification.from_pretrained`` reads. The fine-tuning stages load it through
+``model.pretrained`` exactly as they would load the real one (``birdops.models.pretrained``).
+
+Scenes are mixed in the mel-power domain: every single-class recording ("stem") goes through the
+front end's STFT and mel filterbank once; a scene adds its sources' mel power spectrograms (shifted
+in time, gated, scaled) and the background's, then takes the front end's own dB conversion and
+per-clip normalisation. Adding powers is exact for the expectation over independent sources'
+phases (the cross terms average out); it makes a fresh batch cost microseconds instead of an STFT
+of 10 s per clip, so every step sees new mixtures.
+
+Each batch is a pure function of ``(seed, step)``, so an interrupted run resumes from its last
+saved state (``state/``) and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from torch import nn
+from transformers import ASTForAudioClassification
+
+from birdops.config import OptimParams, PretrainParams, ScheduleParams
+from birdops.data.noise import colored_noise
+from birdops.data.sounds import SOUND_CLASSES, render_stem
+from birdops.features.frontend import LogMelFrontEnd, build_frontend, normalize_per_clip, power_to_db
+from birdops.models.factory import ASTClassifier, build_model
+from birdops.train.data import derive_seed
+from birdops.train.state import TrainState, load_state, save_state
+from birdops.train.trainer import hash_text, lr_factor, make_optimizer
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+HF_BACKBONE_PREFIX = "audio_spectrogram_transformer."  # ASTForAudioClassification's backbone name
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """How pretraining went: the validation scores after the last step, and the history."""
+
+    steps: int
+    val_map: float  # macro mean average precision over the classes, on held-out scenes
+    val_loss: float
+    history: list[dict[str, float]]  # one row per evaluation
+    resumed_steps: int  # steps restored from a resume state (0: a fresh run)
+
+
+# ------------------------------------------------------------------------------------- the scenes
+class MelScenes:
+    """Scenes mixed from stems' mel power spectrograms ``(C, S, M, T)`` over background beds ``(B, M, T)``."""
+
+    def __init__(self, stems: torch.Tensor, beds: torch.Tensor, max_sources: int) -> None:
+        self.stems, self.beds = stems, beds
+        self.max_sources = min(max_sources, stems.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.stems.shape[0])
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mel power (size, M, T), labels (size, C))`` of ``size`` fresh scenes.
+
+        A scene holds one to ``max_sources`` distinct classes, each a random stem of its class shifted
+        circularly to a random start, at -12 to 0 dB, a third of the time present over only a stretch
+        (30 % to all of the clip, faded in and out); over a background bed 15-35 dB down.
+        """
+        classes, per_class, _, frames = self.stems.shape
+        mels = torch.zeros((size, *self.stems.shape[2:]))
+        labels = torch.zeros((size, classes))
+        for b in range(size):
+            count = int(rng.integers(1, self.max_sources + 1))
+            for c in rng.choice(classes, size=count, replace=False):
+                source = torch.roll(
+                    self.stems[c, rng.integers(per_class)], int(rng.integers(frames)), dims=-1
+                )
+                if rng.random() < 1 / 3:
+                    length = int(rng.integers(max(1, round(0.3 * frames)), frames + 1))
+                    start = int(rng.integers(0, frames - length + 1))
+                    gate = torch.zeros(frames)
+                    gate[start : start + length] = torch.from_numpy(
+                        np.hanning(length + 2)[1:-1] ** 0.5
+                    ).float()
+                    source = source * gate
+                mels[b] += source * float(10 ** (rng.uniform(-12.0, 0.0) / 10))  # a power gain
+                labels[b, c] = 1.0
+            bed = torch.roll(self.beds[rng.integers(len(self.beds))], int(rng.integers(frames)), dims=-1)
+            mels[b] += bed * float(10 ** (-rng.uniform(15.0, 35.0) / 10))
+        return mels, labels
+
+
+def mel_power(frontend: LogMelFrontEnd, waveform: torch.Tensor) -> torch.Tensor:
+    """The front end's mel power spectrogram (before dB): ``(B, S) -> (B, M, T)``."""
+    spec = frontend.spec
+    stft = torch.stft(
+        waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples, window=frontend.window,
+        center=True, pad_mode="constant", return_complex=True,
+    )  # fmt: skip  # (B, K, T)
+    return torch.matmul(frontend.mel_filters, stft.real.square() + stft.imag.square())
+
+
+def features_from_mel_power(frontend: LogMelFrontEnd, mel: torch.Tensor) -> torch.Tensor:
+    """The rest of the front end on a mel power spectrogram: dB, the DCT for ``mfcc``, normalisation."""
+    db = power_to_db(mel, amin=1e-10, top_db=frontend.spec.top_db or 80.0)
+    if frontend.dct is not None:
+        db = torch.matmul(frontend.dct, db)
+    return normalize_per_clip(db, frontend.spec.norm_eps)
+
+
+def render_scenes(params: PretrainParams, frontend: LogMelFrontEnd, first_stem: int, count: int) -> MelScenes:
+    """Stems ``first_stem .. first_stem + count - 1`` of every class and 16 beds, as mel power."""
+    corpus, rate = params.corpus, frontend.spec.sample_rate_hz
+    num_samples = round(corpus.clip_seconds * rate)
+    with torch.no_grad():
+        stems = torch.stack([
+            mel_power(frontend, torch.from_numpy(np.stack([
+                render_stem(c, corpus.seed, first_stem + i, corpus.clip_seconds, rate) for i in range(count)
+            ])))
+            for c in range(len(SOUND_CLASSES))
+        ])  # fmt: skip  # (C, count, M, T)
+        rng = np.random.default_rng([corpus.seed, len(SOUND_CLASSES), first_stem])
+        beds = np.stack([colored_noise(num_samples, float(rng.uniform(1.0, 2.0)), rng) for _ in range(16)])
+        return MelScenes(stems, mel_power(frontend, torch.from_numpy(beds)), corpus.max_sources)
+
+
+# -------------------------------------------------------------------------------------- training
+def pretrain(params: PretrainParams, out_dir: str | Path) -> PretrainResult:
+    """Pretrain an AST on generated scenes; write ``config.json`` + ``model.safetensors`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(params.seed)
+    frontend = build_frontend(params.model.features)
+    if not isinstance(frontend, LogMelFrontEnd):
+        raise ValueError(
+            f"pretrain.model.features must be a log-mel preset (seed, mfcc), got {params.model.features}"
+        )
+    spec, corpus = frontend.spec, params.corpus
+    n_frames = spec.num_frames(round(corpus.clip_seconds * spec.sample_rate_hz))
+    started = time.monotonic()
+    train_scenes = render_scenes(params, frontend, 0, corpus.stems_per_class)
+    val_scenes = render_scenes(params, frontend, corpus.stems_per_class, corpus.val_stems_per_class)
+    val_mel, val_labels = val_scenes.batch(np.random.default_rng([corpus.seed, 1]), corpus.val_clips)
+    val_features = features_from_mel_power(frontend, val_mel)
+    log.info(
+        "pretrain corpus: %d classes x %d + %d stems of %.0f s rendered in %.1f s",
+        len(SOUND_CLASSES), corpus.stems_per_class, corpus.val_stems_per_class, corpus.clip_seconds,
+        time.monotonic() - started,
+    )  # fmt: skip
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(params.model, len(SOUND_CLASSES), spec.n_bins, n_frames)
+    assert isinstance(model, ASTClassifier)
+    model.to(device)
+    optimizer = make_optimizer(
+        model, OptimParams(backbone_lr=params.lr, head_lr=params.lr, weight_decay=params.weight_decay)
+    )
+    schedule = ScheduleParams(kind="cosine", warmup_epochs=0.0, min_lr_ratio=0.0)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    state_dir = out_dir / STATE_DIR
+    fingerprint = hash_text(params.model_dump_json())
+    state = TrainState(fingerprint=fingerprint)
+    snapshot = load_state(state_dir, fingerprint)
+    if snapshot is not None:
+        state = snapshot.state
+        model.load_state_dict(snapshot.model)
+        optimizer.load_state_dict(snapshot.optimizer)
+        log.info("resuming pretraining after step %d of %d (from %s)", state.step, params.steps, state_dir)
+    resumed = state.step
+
+    while state.step < params.steps:
+        model.train()
+        factor = lr_factor(state.step, params.steps, 0, schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        mel, labels = train_scenes.batch(
+            np.random.default_rng(derive_seed(params.seed, state.step)), params.batch_size
+        )
+        loss = loss_fn(model(features_from_mel_power(frontend, mel).to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if params.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip_norm)
+        optimizer.step()
+        state.step += 1
+        if state.step % params.eval_every == 0 or state.step == params.steps:
+            row = {
+                "step": float(state.step),
+                "train_loss": float(loss.detach()),
+                **_validate(model, val_features, val_labels, loss_fn),
+            }
+            state.history.append(row)
+            log.info(
+                "pretrain step %d/%d: %s", state.step, params.steps, {k: round(v, 4) for k, v in row.items()}
+            )
+            save_state(
+                state_dir, state, model.state_dict(), {}, optimizer.state_dict()
+            )  # no "best": the last
+
+    last = state.history[-1]
+    save_hf_checkpoint(model, out_dir, list(SOUND_CLASSES))
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return PretrainResult(
+        steps=state.step, val_map=last["val_map"], val_loss=last["val_loss"], history=state.history,
+        resumed_steps=resumed,
+    )  # fmt: skip
+
+
+def _validate(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module, batch_size: int = 64
+) -> dict[str, float]:
+    """Loss and macro mAP on the held-out scenes."""
+    model.eval()
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        logits = torch.cat(
+            [model(features[i : i + batch_size].to(device)).cpu() for i in range(0, len(features), batch_size)]
+        )
+    present = labels.sum(dim=0) > 0  # a class with no positive has no average precision
+    val_map = average_precision_score(labels[:, present].numpy(), logits[:, present].numpy(), average="macro")
+    return {"val_loss": float(loss_fn(logits, labels)), "val_map": float(val_map)}
+
+
+def save_hf_checkpoint(model: ASTClassifier, out_dir: Path, labels: list[str]) -> None:
+    """Save as ``ASTForAudioClassification.save_pretrained`` does: ``config.json`` + ``model.safetensors``,
+    with the sound classes as ``id2label`` and multi-label classification as the problem type."""
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    config.problem_type = "multi_label_classification"
+    config.architectures = ["ASTForAudioClassification"]
+    hf = ASTForAudioClassification(config)
+    renamed = {
+        (HF_BACKBONE_PREFIX + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+        for k, v in model.state_dict().items()
+    }
+    hf.load_state_dict({k: v.cpu() for k, v in renamed.items()}, strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir, safe_serialization=True)
