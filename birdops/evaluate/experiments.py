@@ -5,8 +5,11 @@
 
 A plan names experiments, each a set of ``-S`` overrides of ``params.yaml`` and the variants it is
 about; ``group`` gathers experiments that differ only by seed into one summary (mean and standard
-deviation per variant, the committed run counted as one seed)::
+deviation per variant, the committed run counted as one seed unless ``groups`` says the group's
+runs differ from it in more than the seed)::
 
+    groups:
+      from-scratch: {with_committed_run: false}
     experiments:
       - name: seed-1
         group: seeds
@@ -72,12 +75,16 @@ class Experiment:
 @dataclass
 class Plan:
     experiments: list[Experiment] = field(default_factory=list)
+    # groups whose runs differ from the committed run in more than the seed: it is not one of their seeds
+    without_committed_run: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, path: Path) -> Plan:
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-            plan = cls([_experiment(e) for e in raw["experiments"]])
+            groups = raw.get("groups") or {}
+            apart = frozenset(g for g, o in groups.items() if not (o or {}).get("with_committed_run", True))
+            plan = cls([_experiment(e) for e in raw["experiments"]], apart)
         except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
             raise ExperimentError(f"{path}: cannot read the experiment plan: {err}") from err
         names = [e.name for e in plan.experiments]
@@ -187,11 +194,15 @@ def results_table(plan: Plan, rows: Mapping[str, Mapping[str, Any]]) -> list[str
 
 
 def group_summary(plan: Plan, rows: Mapping[str, Mapping[str, Any]], group: str) -> list[str]:
-    """Mean ± sample standard deviation per variant over the group's runs and the committed one."""
-    members = [DEFAULT_NAME, *(e.name for e in plan.experiments if e.group == group)]
+    """Mean ± sample standard deviation per variant over the group's runs (and the committed one, unless
+    the plan keeps it apart), for the variants the group's experiments are about."""
+    experiments = [e for e in plan.experiments if e.group == group]
+    members = [e.name for e in experiments]
+    if group not in plan.without_committed_run:
+        members.insert(0, DEFAULT_NAME)
     header = f"| variant ({group}: {len(members)} runs) | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    for variant in VARIANTS:
+    for variant in (v for v in VARIANTS if any(v in e.variants for e in experiments)):
         cells = []
         for _, kind, key, pct in COLUMNS:
             found = [
