@@ -53,6 +53,7 @@ MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
+_PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, float32 engine, linear phase, 95 % passband): the
 # one resampler of training and serving; VHQ (28 bits, float64) costs more and changes nothing a
 # log-mel front end sees
@@ -305,10 +306,25 @@ def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> 
             ) from err
         if len(block) == 0:
             return
-        yield block[:, 0].copy() if channels == 1 else block.mean(axis=1)  # (F,)
+        yield _mix_down(block)  # (F,)
         left -= len(block)
         if len(block) < wanted:
             return
+
+
+def _mix_down(block: np.ndarray) -> np.ndarray:
+    """``block (F, C) -> (F,)``, the mean over channels, bit-identical to ``block.mean(axis=1)``: numpy
+    sums fewer than :data:`_PAIRWISE_MIN` values in order, as the column sums here do (about 30x faster
+    than its reduction over a short axis); more channels take numpy's pairwise mean itself."""
+    channels = block.shape[1]
+    if channels >= _PAIRWISE_MIN:
+        return block.mean(axis=1)
+    mono = block[:, 0].copy()
+    for channel in range(1, channels):
+        mono += block[:, channel]
+    if channels > 1:
+        mono /= channels
+    return mono
 
 
 def _checked(blocks: Iterable[np.ndarray], rate_hz: int, minimum_s: float, name: str) -> Iterator[np.ndarray]:
