@@ -258,3 +258,26 @@ def test_streamed_files_score_exactly_like_the_whole_decoded_file(
         np.testing.assert_array_equal(streamed.starts_s, whole.starts_s)
         np.testing.assert_array_equal(streamed.scores, whole.scores)
         assert streamed.duration_s == whole.duration_s
+
+
+def test_a_streamed_file_is_classified_in_memory_that_does_not_grow_with_its_length(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    """Peak traced memory (numpy's buffers included) of predict_file on 20 s and on 200 s of 44.1 kHz
+    stereo, 4 windows a batch: the same (one block and one batch), and far below the 200 s file
+    decoded whole (its mono mix alone is 35 MiB)."""
+    import tracemalloc
+
+    peaks = []
+    for seconds in (20, 200):
+        path = tmp_path / f"{seconds}s.wav"
+        with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as handle:
+            for _ in range(seconds // 10):
+                handle.write(_stereo(10.0, 44100, seed=seconds))
+        tracemalloc.start()
+        result = classifier.predict_file(path, batch_size=4)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert len(result.starts_s) == seconds
+    whole_mono_bytes = 200 * 44100 * 4
+    assert peaks[1] < 1.2 * peaks[0] + 2**20 and peaks[1] < whole_mono_bytes / 8, peaks
