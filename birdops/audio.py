@@ -19,7 +19,7 @@ block down to mono, checking it and resampling it with one streaming soxr resamp
 Both give the same samples, bit for bit: one reader, one resampler (:func:`resample` is soxr's
 one-shot resampler at the same quality, equal to the streamed one, ``tests/test_audio.py``). Mono
 output is bit-identical to decoding the whole file at once and averaging its channels, except for
-mono MP3, where libsndfile's decoder rounds reads of different sizes differently by up to 2^-24.
+mono MP3, where libsndfile's decoder rounds reads of other sizes differently (by less than 1e-6).
 
 Every refusal is an :class:`AudioError` subclass naming the file and the reason; ``kind`` is a short
 machine-readable code (``"empty"``, ``"not_audio"``, ...). A streamed decode raises the refusals found
@@ -48,15 +48,14 @@ MIN_RATE_HZ = 1_000  # sample rates accepted in a header: 1 kHz .. 384 kHz
 MAX_RATE_HZ = 384_000
 MAX_CHANNELS = 32
 MAX_SECONDS = 3600.0  # one hour
-# mono samples at the source rate a whole-file decode holds (128 MiB as float32): 11 min at 48 kHz
+# frames at the source rate a whole-file decode accepts (128 MiB as float32 mono): 11 min at 48 kHz
 MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
-# soxr's "high quality" recipe (20-bit precision, float32 engine, linear phase, 95 % passband): the
-# one resampler of training and serving; VHQ (28 bits, float64) costs more and changes nothing a
-# log-mel front end sees
+# soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
+# training and serving. VHQ's 28 bits would cost more for detail far under SILENCE_PEAK (-100 dBFS).
 RESAMPLE_QUALITY = "HQ"
 
 
