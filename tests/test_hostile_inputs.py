@@ -33,6 +33,7 @@ from birdops.audio import (
     UnsupportedRateError,
     decode_bytes,
     load_audio,
+    stream_audio,
 )
 from birdops.config import PrepareParams
 from birdops.data.metadata import write_metadata
@@ -229,6 +230,14 @@ def test_each_hostile_file_is_decoded_or_refused_by_name(
         assert "object at 0x" not in str(result) and "does not exist" not in str(result)
     else:  # what decodes is finite mono float32 in range
         assert result.dtype == np.float32 and result.ndim == 1 and np.all(np.isfinite(result))
+    # streamed (birdops predict, the service): the same refusal, or the same samples
+    streamed = outcome(lambda: np.concatenate(list(stream_audio(path, RATE))), tmp_path)[1]
+    assert capfd.readouterr().err == ""
+    if isinstance(result, AudioError):
+        assert type(streamed) is type(result) and str(streamed) == str(result)
+    else:
+        assert isinstance(streamed, np.ndarray)
+        np.testing.assert_array_equal(streamed, result)
     # an upload of the same bytes gets the same refusal, named by the upload's name
     if path.stat().st_size:
         upload = outcome(lambda: decode_bytes(path.read_bytes(), RATE, "upload" + path.suffix), tmp_path)[1]
@@ -266,13 +275,22 @@ def test_a_header_beyond_the_limits_is_refused_before_decoding(tmp_path: Path) -
     assert isinstance(err, TooLongAudioError) and "decoding limit" in str(err)
     with pytest.raises(TooLongAudioError):
         audio.probe(path)  # prepare's header check refuses it the same way
+    # streamed, memory does not grow with the file: only the one-hour limit applies
+    blocks = sum(1 for _ in stream_audio(path, RATE))
+    streamed = sum(len(b) for b in stream_audio(path, RATE))
+    record(
+        "Files",
+        "the same `long.flac` streamed (`birdops predict`, the service)",
+        f"decoded in {blocks} blocks: {streamed} samples ({streamed / RATE:.3f} s) at {RATE} Hz",
+    )
+    assert streamed == 400 * RATE
 
 
 BOMB_SCRIPT = textwrap.dedent(
     """
     import sys
     import soundfile as sf
-    from birdops.audio import load_audio
+    from birdops.audio import load_audio, stream_audio
     def peak_kib():  # this process's high-water RSS (ru_maxrss would include the parent's, over fork)
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -281,6 +299,8 @@ BOMB_SCRIPT = textwrap.dedent(
     if how == "whole":  # what the decoder did before: every channel at the source rate, then the mean
         data, _ = sf.read(path, dtype="float32", always_2d=True)
         samples = len(data.mean(axis=1))
+    elif how == "stream":  # birdops predict and the service: one block at a time
+        samples = sum(len(block) for block in stream_audio(path, 16000))
     else:
         samples = len(load_audio(path, 16000))
     peak = peak_kib()
@@ -301,7 +321,8 @@ def peak_rss_mib(path: Path, how: str) -> tuple[int, int, int]:
 
 def test_a_decode_bomb_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     """120 s of near-silence, 8 channels at 96 kHz (a few MB of FLAC, 352 MiB as float32): decoded in
-    blocks and mixed down as it reads, the peak RSS stays far below the whole decoded array's size."""
+    blocks and mixed down as it reads, the peak RSS stays far below the whole decoded array's size, and
+    streamed it holds no more than the whole-file decode."""
     path = tmp_path / "bomb.flac"
     with sf.SoundFile(path, "w", 96_000, 8, format="FLAC", subtype="PCM_16") as handle:
         block = np.zeros((96_000 * 10, 8), dtype=np.int16)
@@ -310,15 +331,18 @@ def test_a_decode_bomb_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
             handle.write(block)
     samples, before_mb, peak_mb = peak_rss_mib(path, "blocks")
     _, whole_before_mb, whole_peak_mb = peak_rss_mib(path, "whole")
+    streamed, stream_before_mb, stream_peak_mb = peak_rss_mib(path, "stream")
     full_mb = 120 * 96_000 * 8 * 4 / 2**20
     record(
         "Files",
         f"decode bomb: 120 s, 96 kHz, 8 channels FLAC ({path.stat().st_size / 2**20:.1f} MiB)",
         f"decoded: {samples} samples; peak RSS {peak_mb} MiB, {peak_mb - before_mb} MiB above the "
         f"interpreter's (reading every channel at once: {whole_peak_mb} MiB, "
-        f"+{whole_peak_mb - whole_before_mb} MiB; the whole file as float32 is {full_mb:.0f} MiB)",
+        f"+{whole_peak_mb - whole_before_mb} MiB; the whole file as float32 is {full_mb:.0f} MiB); "
+        f"streamed: {stream_peak_mb - stream_before_mb} MiB above the interpreter's",
     )
-    assert samples == 120 * 16_000
+    assert samples == streamed == 120 * 16_000
+    assert stream_peak_mb - stream_before_mb <= peak_mb - before_mb
     assert peak_mb - before_mb < full_mb / 2 < whole_peak_mb - whole_before_mb
 
 

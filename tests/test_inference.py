@@ -15,7 +15,7 @@ import soundfile as sf
 from onnx import helper
 from tones import LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
 
-from birdops.audio import AudioError, frame_windows
+from birdops.audio import BLOCK_FRAMES, AudioError, frame_windows, load_audio
 from birdops.serve import inference
 from birdops.serve.inference import CPU_PROVIDER, Classifier, ModelError, ModelMetadata
 
@@ -122,6 +122,25 @@ def test_window_batches_are_frame_windows_in_pieces(
     np.testing.assert_allclose(np.concatenate([s for _, s in batches]), expected_starts, atol=1e-12)
 
 
+@pytest.mark.parametrize("samples", [0, 1, 3999, 8000, 8001, 12000, 16000, 16001, 47123])
+@pytest.mark.parametrize(("hop_seconds", "batch_size"), [(1.0, 1), (0.5, 2), (0.3, 3), (1.0, 64), (2.5, 2)])
+@pytest.mark.parametrize("block_samples", [1, 777, 8000, 30000])
+def test_streamed_windows_are_the_whole_recording_s_batches(
+    samples: int, hop_seconds: float, batch_size: int, block_samples: int
+) -> None:
+    """Fed in blocks of any size, the stream gives window_batches' batches one for one: the same
+    windows, starts and padding of the last window (a block boundary inside a window included)."""
+    wave = np.random.default_rng(samples).normal(size=samples).astype(np.float32)
+    expected = list(inference.window_batches(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size))
+    blocks = (wave[i : i + block_samples] for i in range(0, samples, block_samples))
+    streamed = inference.StreamedWindows(blocks, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size)
+    batches = list(streamed)
+    assert streamed.samples == samples and len(batches) == len(expected)
+    for (windows, starts_s), (want_windows, want_starts_s) in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(windows, want_windows)
+        np.testing.assert_array_equal(starts_s, want_starts_s)
+
+
 def test_each_window_gets_the_species_of_its_tone(classifier: Classifier) -> None:
     # 2 s low, 1 s high, 1.5 s mid: windows of 1 s, no overlap (the default hop)
     wave = tones([(TONES_HZ[0], 2.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 1.5)])
@@ -195,3 +214,70 @@ def test_files_and_bytes_are_decoded_at_the_model_rate(classifier: Classifier, t
     np.testing.assert_allclose(from_bytes.scores, from_file.scores)
     with pytest.raises(AudioError, match=r"upload\.mp3"):
         classifier.predict_bytes(b"ID3 this is no mp3 at all" * 8, "upload.mp3")
+
+
+def _stereo(seconds: float, rate_hz: int, seed: int) -> np.ndarray:
+    """Two channels of tones (a new tone every 0.7 s) in noise, float32 ``(samples, 2)``."""
+    plan = [(TONES_HZ[k % 3], 0.7) for k in range(int(np.ceil(seconds / 0.7)))]
+    mono = tones(plan, rate_hz)[: round(seconds * rate_hz)]
+    noise = np.random.default_rng(seed).normal(0, 0.02, (len(mono), 2))
+    return (np.stack([mono, 0.5 * mono], axis=1) + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("filename", "rate_hz", "channels", "seconds", "hop_seconds", "batch_size"),
+    [
+        ("long.flac", 44100, 2, 9.3, None, 4),  # blocks of 1.49 s: boundaries inside windows and batches
+        ("odd.wav", 11025, 1, 13.7, 0.3, 3),  # overlapping windows, a rate that is no multiple of 8 kHz
+        ("stereo.mp3", 22050, 2, 7.9, 0.7, 2),
+        ("mono.mp3", 16000, 1, 9.1, None, 32),
+        ("high.ogg", 48000, 2, 5.2, 2.5, 2),  # a hop longer than the window: samples no window needs
+        ("short.flac", 32000, 2, 0.6, None, 32),  # shorter than one window: one zero-padded window
+    ],
+)
+def test_streamed_files_score_exactly_like_the_whole_decoded_file(
+    classifier: Classifier,
+    tmp_path: Path,
+    filename: str,
+    rate_hz: int,
+    channels: int,
+    seconds: float,
+    hop_seconds: float | None,
+    batch_size: int,
+) -> None:
+    """predict_file and predict_bytes stream the file; their windows and scores are bit for bit those
+    of the whole file decoded by load_audio (what training and evaluation see) and then windowed."""
+    path = tmp_path / filename
+    sf.write(path, _stereo(seconds, rate_hz, seed=len(filename))[:, :channels], rate_hz)
+    assert seconds < WINDOW_SECONDS or sf.info(path).frames > BLOCK_FRAMES  # more than one block
+    whole = classifier.predict_windows(load_audio(path, RATE_HZ, WINDOW_SECONDS), hop_seconds, batch_size)
+    for streamed in (
+        classifier.predict_file(path, hop_seconds, batch_size),
+        classifier.predict_bytes(path.read_bytes(), filename, hop_seconds, batch_size),
+    ):
+        np.testing.assert_array_equal(streamed.starts_s, whole.starts_s)
+        np.testing.assert_array_equal(streamed.scores, whole.scores)
+        assert streamed.duration_s == whole.duration_s
+
+
+def test_a_streamed_file_is_classified_in_memory_that_does_not_grow_with_its_length(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    """Peak traced memory (numpy's buffers included) of predict_file on 20 s and on 200 s of 44.1 kHz
+    stereo, 4 windows a batch: the same (one block and one batch), and far below the 200 s file
+    decoded whole (its mono mix alone is 35 MiB)."""
+    import tracemalloc
+
+    peaks = []
+    for seconds in (20, 200):
+        path = tmp_path / f"{seconds}s.wav"
+        with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as handle:
+            for _ in range(seconds // 10):
+                handle.write(_stereo(10.0, 44100, seed=seconds))
+        tracemalloc.start()
+        result = classifier.predict_file(path, batch_size=4)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert len(result.starts_s) == seconds
+    whole_mono_bytes = 200 * 44100 * 4
+    assert peaks[1] < 1.2 * peaks[0] + 2**20 and peaks[1] < whole_mono_bytes / 8, peaks

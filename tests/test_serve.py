@@ -412,3 +412,31 @@ def test_auto_picks_the_cpu_quietly_without_a_usable_gpu(capfd: pytest.CaptureFi
     else:
         assert providers == ["CPUExecutionProvider"] and reason == f"device auto: CPU ({why})"
     assert capfd.readouterr().err == ""  # nothing printed while probing
+
+
+def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: Path) -> None:
+    """classify_upload streams the upload's blocks into the windows: the scores are exactly those of the
+    whole decoded upload; audio past max_audio_seconds is refused (413) as the blocks show it, even when
+    the header does not say so."""
+    from birdops.audio import BLOCK_FRAMES, decode_bytes
+
+    model = tmp_path / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    settings = ServeSettings(model_path=model, device="cpu", batch_size=3, hop_seconds=0.4)
+    classifier = serve_app.load_classifier(settings)
+    plan = [(TONES_HZ[k % 3], 0.9) for k in range(12)]  # 10.8 s at 44.1 kHz: 8 blocks
+    wave = tones(plan, 44100)
+    payload = encode(np.stack([wave, 0.5 * wave], axis=1), 44100, "FLAC")
+    assert len(wave) > 7 * BLOCK_FRAMES
+    streamed = serve_app.classify_upload(classifier, settings, payload, "a.flac")
+    whole = classifier.predict_windows(decode_bytes(payload, classifier.sample_rate_hz, "a.flac"), 0.4, 3)
+    np.testing.assert_array_equal(streamed.scores, whole.scores)
+    np.testing.assert_array_equal(streamed.starts_s, whole.starts_s)
+    blocks = serve_app.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
+    with pytest.raises(serve_app.AudioTooLong, match=r"a\.flac: audio is 10\.8 s long"):
+        next(blocks)  # from the header, before anything is decoded
+    blocks = serve_app.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serve_app, "audio_seconds", lambda payload, name: 1.0)  # a header that lies
+        with pytest.raises(serve_app.AudioTooLong, match=r"a\.flac: audio is 2\.\d s long"):
+            list(blocks)

@@ -36,7 +36,8 @@ How it holds under load:
   ``InferenceSession.run`` is thread-safe, and a run past its deadline is stopped with
   ``RunOptions.terminate``.
 
-The upload is decoded from memory: the client's file name only appears in messages.
+The upload is decoded from memory, block by block as its windows are classified: the client's file name
+only appears in messages.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -70,7 +71,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from birdops import __version__
-from birdops.audio import AudioError, TooLongAudioError, decode_bytes
+from birdops.audio import AudioError, TooLongAudioError, stream_bytes
 from birdops.serve.inference import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -405,21 +406,26 @@ def check_duration(seconds: float, max_seconds: float, name: str) -> None:
         )
 
 
-def decode_upload(
+def upload_blocks(
     payload: bytes, sample_rate_hz: int, max_seconds: float, name: str, window_seconds: float | None = None
-) -> np.ndarray:
-    """Check the duration from the header, decode from memory, check it again. Every failure is an
-    :class:`AudioError` (a decoder's unexpected exception on odd bytes included)."""
+) -> Iterator[np.ndarray]:
+    """The upload decoded from memory block by block (:func:`birdops.audio.stream_bytes`): its duration
+    checked from the header before anything is decoded, then on the decoded samples as they come.
+    Every failure is an :class:`AudioError` (a decoder's unexpected exception on odd bytes included);
+    what the consumer of the blocks raises is its own."""
     try:
         check_duration(audio_seconds(payload, name), max_seconds, name)
-        wave = decode_bytes(payload, sample_rate_hz, name, window_seconds)
+        blocks = stream_bytes(payload, sample_rate_hz, name, window_seconds)
+        samples = 0
+        for block in blocks:
+            samples += len(block)
+            check_duration(samples / sample_rate_hz, max_seconds, name)
+            yield block
     except AudioError:
         raise
     except Exception as err:  # a decoder bug on one odd upload is still the upload's problem
         log.warning("%s: unexpected decode error %s: %s", name, type(err).__name__, err)
         raise AudioError(name, f"cannot decode audio: {type(err).__name__}") from err
-    check_duration(len(wave) / sample_rate_hz, max_seconds, name)
-    return wave
 
 
 def classify_upload(
@@ -429,8 +435,9 @@ def classify_upload(
     name: str,
     budget: InferenceBudget | None = None,
 ) -> WindowScores:
-    """Decode and classify an upload (blocking); with a ``budget``, its runs keep to it."""
-    wave = decode_upload(
+    """Decode and classify an upload (blocking), streamed: the windows run as the blocks are decoded,
+    so memory does not grow with the audio's length; with a ``budget``, its runs keep to it."""
+    blocks = upload_blocks(
         payload, classifier.sample_rate_hz, settings.max_audio_seconds, name, classifier.window_seconds
     )
     if budget is not None:
@@ -438,7 +445,7 @@ def classify_upload(
             raise budget.error()
         session = cast(ort.InferenceSession, _BudgetedSession(classifier.session, budget))
         classifier = dataclasses.replace(classifier, session=session)
-    return classifier.predict_windows(wave, settings.hop_seconds, settings.batch_size)
+    return classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size)
 
 
 def to_species(items: Sequence[SpeciesScore]) -> list[Species]:

@@ -7,14 +7,16 @@ metadata props with the labels, sample rate, window length and feature settings.
 A recording is decoded at the model's sample rate, cut into windows of the model's length that start
 every ``hop_seconds`` (the last one zero-padded, as :func:`birdops.audio.frame_windows` does), run in
 batches, and each window's logits become class probabilities (softmax). A file's score for a class is
-the mean of its windows' probabilities.
+the mean of its windows' probabilities. Files and uploads are streamed: decoded, resampled and cut into
+windows block by block (:class:`StreamedWindows`), so memory does not grow with their length; the
+windows, batches and scores are exactly those of the whole decoded array.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import decode_bytes, frame_windows, load_audio
+from birdops.audio import frame_windows, stream_audio, stream_bytes
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,94 @@ def window_batches(
             return
 
 
+class StreamedWindows:
+    """The batches of :func:`window_batches` cut from ``blocks`` (float32 mono pieces of a recording,
+    in order) as they arrive: the same windows, starts and batches, and the same zero-padded last
+    window, while holding at most one batch of windows and one block. Iterate once; ``samples`` is the
+    recording's length once the iteration is over."""
+
+    def __init__(
+        self,
+        blocks: Iterable[np.ndarray],
+        sample_rate_hz: int,
+        window_seconds: float,
+        hop_seconds: float,
+        batch_size: int,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.window_samples = round(window_seconds * sample_rate_hz)
+        self.hop_samples = round(hop_seconds * sample_rate_hz)
+        if self.window_samples <= 0 or self.hop_samples <= 0:
+            raise ValueError("window_seconds and hop_seconds must be positive")
+        self.blocks = blocks
+        self.sample_rate_hz = sample_rate_hz
+        self.batch_size = batch_size
+        self.samples = 0
+        # samples [base, base + fill) of the recording wait in buffer[:fill]; base is the next window's
+        # start, or the recording's end while that start lies beyond it (a hop longer than a window)
+        self._buffer = np.empty((batch_size - 1) * self.hop_samples + self.window_samples, dtype=np.float32)
+        self._fill = 0
+        self._base = 0
+        self._next = 0  # index of the next window to emit
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(windows (B, S), starts_s (B,))``, ``batch_size`` windows a batch but the last."""
+        batch_span = (self.batch_size - 1) * self.hop_samples + self.window_samples
+        for block in self.blocks:
+            self.samples += len(block)
+            self._append(block)
+            while self._next * self.hop_samples + batch_span <= self._base + self._fill:
+                yield self._batch(self._buffer, self._next * self.hop_samples - self._base, self.batch_size)
+            self._drop_before_next()
+        yield from self._tail()
+
+    def _append(self, block: np.ndarray) -> None:
+        skip = self._next * self.hop_samples - (self._base + self._fill)  # > 0: samples no window needs
+        if skip > 0:  # (only with an empty buffer)
+            dropped = min(skip, len(block))
+            block = block[dropped:]
+            self._base += dropped
+        if self._fill + len(block) > len(self._buffer):
+            grown = np.empty(max(2 * len(self._buffer), self._fill + len(block)), dtype=np.float32)
+            grown[: self._fill] = self._buffer[: self._fill]
+            self._buffer = grown
+        self._buffer[self._fill : self._fill + len(block)] = block
+        self._fill += len(block)
+
+    def _batch(self, samples: np.ndarray, offset: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` windows of ``samples`` from ``offset``, one hop apart, as one contiguous batch."""
+        span = (count - 1) * self.hop_samples + self.window_samples
+        views = np.lib.stride_tricks.sliding_window_view(samples[offset : offset + span], self.window_samples)
+        windows = views[:: self.hop_samples].copy()  # (count, S), contiguous: the buffer is reused
+        starts_s = (self._next + np.arange(count)) * self.hop_samples / self.sample_rate_hz
+        self._next += count
+        return windows, starts_s
+
+    def _drop_before_next(self) -> None:
+        cut = min(self._next * self.hop_samples - self._base, self._fill)
+        if cut > 0:
+            kept = self._fill - cut
+            self._buffer[:kept] = self._buffer[cut : self._fill]
+            self._base += cut
+            self._fill = kept
+
+    def _tail(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The windows left at the end, zero-padded as :func:`birdops.audio.frame_windows` pads them."""
+        total = max(1, int(np.ceil(max(self.samples - self.window_samples, 0) / self.hop_samples)) + 1)
+        left = total - self._next
+        if left <= 0:
+            return
+        # what is buffered starts at the next window (an empty buffer when the recording ends before it)
+        padded = np.zeros((left - 1) * self.hop_samples + self.window_samples, dtype=np.float32)
+        padded[: self._fill] = self._buffer[: self._fill]
+        done = 0
+        while done < left:
+            count = min(self.batch_size, left - done)
+            yield self._batch(padded, done * self.hop_samples, count)
+            done += count
+
+
 # ---------------------------------------------------------------------------------------- sessions
 def providers_for(device: Device) -> list[str]:
     """Execution providers to request: ``auto`` is CUDA first with a CPU fallback (when this
@@ -301,30 +391,49 @@ class Classifier:
         i.e. no overlap); they run ``batch_size`` at a time.
         """
         hop_seconds = hop_seconds or self.window_seconds
+        batches = window_batches(wave, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
+        starts_s, scores = self._scores(batches)
+        return self._result(starts_s, scores, len(wave))
+
+    def predict_stream(
+        self, blocks: Iterable[np.ndarray], hop_seconds: float | None = None, batch_size: int = 32
+    ) -> WindowScores:
+        """:meth:`predict_windows` of the recording whose pieces ``blocks`` are (float32 mono at the
+        model's sample rate, in order), classified as they arrive: the same windows and scores."""
+        hop_seconds = hop_seconds or self.window_seconds
+        windows = StreamedWindows(blocks, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
+        starts_s, scores = self._scores(windows)
+        return self._result(starts_s, scores, windows.samples)
+
+    def _scores(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts_s (N,), softmax scores (N, C))`` of every batch of windows."""
         starts: list[np.ndarray] = []
         scores: list[np.ndarray] = []
-        batches = window_batches(wave, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
         for windows, starts_s in batches:
             scores.append(softmax(self.logits(windows)))
             starts.append(starts_s)
+        return np.concatenate(starts), np.concatenate(scores)
+
+    def _result(self, starts_s: np.ndarray, scores: np.ndarray, samples: int) -> WindowScores:
         return WindowScores(
-            starts_s=np.concatenate(starts), scores=np.concatenate(scores), labels=self.labels,
-            window_seconds=self.window_seconds, duration_s=len(wave) / self.sample_rate_hz,
+            starts_s=starts_s, scores=scores, labels=self.labels, window_seconds=self.window_seconds,
+            duration_s=samples / self.sample_rate_hz,
         )  # fmt: skip
 
     def predict_file(
         self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
-        """:meth:`predict_windows` of an audio file; raises :class:`birdops.audio.AudioError`."""
-        wave = load_audio(path, self.sample_rate_hz, self.window_seconds)
-        return self.predict_windows(wave, hop_seconds, batch_size)
+        """:meth:`predict_windows` of an audio file, streamed (:func:`birdops.audio.stream_audio`);
+        raises :class:`birdops.audio.AudioError`."""
+        blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
+        return self.predict_stream(blocks, hop_seconds, batch_size)
 
     def predict_bytes(
         self, payload: bytes, name: str = "<upload>", hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
-        """:meth:`predict_windows` of an in-memory audio file (``name`` only appears in messages)."""
-        wave = decode_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
-        return self.predict_windows(wave, hop_seconds, batch_size)
+        """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
+        blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
+        return self.predict_stream(blocks, hop_seconds, batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The model's identity and settings, JSON-ready (for logs and ``GET /ready``)."""

@@ -3,7 +3,9 @@
     birdops predict recordings/ extra.mp3 "field/**/*.flac" --model models/export/model.onnx \\
         --output predictions.csv [--format csv|raven] [--top-k 3] [--min-score 0.1] [--hop-seconds 2]
 
-Inputs are files, folders (searched recursively for audio extensions) and glob patterns. Formats:
+Inputs are files, folders (searched recursively for audio extensions) and glob patterns. Each file is
+streamed (:meth:`Classifier.predict_file`): decoded, resampled and classified block by block, so memory
+does not grow with its length (an hour of 44.1 kHz audio as well as a minute). Formats:
 
 - ``csv``: ``file, start_s, end_s, species, score``; one row per window and each of its ``top-k``
   species whose probability is at least ``min-score``.
