@@ -54,7 +54,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 FROM base AS serve
 COPY --from=wheel /wheels /wheels
 COPY requirements.lock /tmp/requirements.lock
-# the package and its `serve` extra only: numpy, soundfile, onnxruntime-gpu, FastAPI, uvicorn -- no torch
+# the package and its `serve` extra only: numpy, soundfile, soxr, onnxruntime-gpu, FastAPI, uvicorn -- no torch
 RUN pip install -c /tmp/requirements.lock "$(ls /wheels/birdops-*.whl)[serve]" && rm -rf /wheels \
  && groupadd --system --gid 10001 birdops \
  && useradd --system --uid 10001 --gid 10001 --no-create-home birdops
