@@ -25,7 +25,9 @@ def tiny_params() -> dict[str, Any]:
         confusable_pairs=1, corrupt_files=1,
     )
     params["lms_cache"].update(workers=1, max_clips_per_recording=2)
-    params["pretrain"]["corpus"].update(clip_seconds=6.0, stems_per_class=1, val_stems_per_class=1, val_clips=8)
+    params["pretrain"]["corpus"].update(
+        clip_seconds=6.0, stems_per_class=1, val_stems_per_class=1, val_clips=8
+    )
     params["pretrain"].update(steps=2, batch_size=4, eval_every=1)
     for variant in ("train_phase2b", "train_baseline", "train_full"):
         params[variant].update(epochs=2, batch_size=8)
@@ -82,7 +84,8 @@ def test_data_stages_build_and_are_then_up_to_date(repo: Path) -> None:
 
 def test_the_whole_dag_trains_evaluates_and_exports(repo: Path) -> None:
     dvc(repo, "repro")
-    assert sorted(p.name for p in (repo / "models/pretrain").iterdir()) == ["config.json", "model.safetensors"]
+    checkpoint = sorted(p.name for p in (repo / "models/pretrain").iterdir())
+    assert checkpoint == ["config.json", "model.safetensors"]
     assert json.loads((repo / "metrics/pretrain.json").read_text())["steps"] == 2
     for variant in ("phase2b", "baseline", "full"):
         assert (repo / f"models/{variant}/model.safetensors").is_file()

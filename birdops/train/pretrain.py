@@ -226,9 +226,8 @@ def _validate(
     model.eval()
     with torch.no_grad():
         device = next(model.parameters()).device
-        logits = torch.cat(
-            [model(features[i : i + batch_size].to(device)).cpu() for i in range(0, len(features), batch_size)]
-        )
+        starts = range(0, len(features), batch_size)
+        logits = torch.cat([model(features[i : i + batch_size].to(device)).cpu() for i in starts])
     present = labels.sum(dim=0) > 0  # a class with no positive has no average precision
     val_map = average_precision_score(labels[:, present].numpy(), logits[:, present].numpy(), average="macro")
     return {"val_loss": float(loss_fn(logits, labels)), "val_map": float(val_map)}
