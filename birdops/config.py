@@ -219,9 +219,9 @@ class PretrainParams(Section):
     model: ModelParams = ModelParams(arch="ast", size="small", features="seed", patch_stride=16)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
-    steps: int = Field(300, ge=1)  # optimizer steps, each on a fresh batch of scenes
-    batch_size: int = Field(32, ge=1)
-    eval_every: int = Field(50, ge=1)  # steps between validations (and resume checkpoints)
+    steps: int = Field(600, ge=1)  # optimizer steps, each on a fresh batch of scenes
+    batch_size: int = Field(16, ge=1)
+    eval_every: int = Field(100, ge=1)  # steps between validations (and resume checkpoints)
     grad_clip_norm: float | None = 1.0
     seed: int = 0
 
