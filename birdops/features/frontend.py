@@ -7,7 +7,7 @@ Python control flow, so ``torch.onnx.export(..., dynamo=True)`` traces it with a
 
 The spectrum has two formulations of one transform, chosen by ``torch.compiler.is_exporting()``:
 eagerly (the cache, training, PyTorch evaluation) ``torch.stft`` / ``torch.fft.rfft``; when exported,
-a two-stage Cooley-Tukey DFT written as two MatMuls with constant twiddle factors
+a two-stage Cooley-Tukey DFT written as MatMuls with the twiddle factors in constant matrices
 (:class:`TwoStageDFT`), because onnxruntime's single-threaded ``STFT`` / ``DFT`` kernels cost more
 than the whole rest of the model. Both give the same power spectrum to float32 rounding
 (``tests/test_frontend.py``); the exported graph holds plain ONNX ops only (Triton runs it as is).
@@ -132,25 +132,28 @@ def spec_for(preset: str) -> FeatureSpec:
 
 
 # n_fft -> rows N1 of the exported two-stage DFT (n_fft = N1 x N2): the fastest factorisation in
-# onnxruntime on 2 CPU threads (2048: 64 x 32 ran the seed front end 2.1x faster than the STFT op,
-# 32 x 64 1.8x, 16 x 128 and 128 x 16 slower still)
+# onnxruntime on 2 CPU threads (seed front end: 64 x 32 1.15x faster than 32 x 64; with the twiddle
+# factors as separate complex Muls instead of folded into stage 2, 1.44x slower)
 DFT_ROWS = {2048: 64, 512: 16}
 
 
 class TwoStageDFT(nn.Module):
     """Mel energies of real frames by a two-stage DFT: ``frames (B, T, N) -> mel (B, T, M)``.
 
-    ``N = N1 * N2``, sample ``n = N2 * n1 + n2``, bin ``k = k1 + N1 * k2``: a length-``N1`` DFT over
-    ``n1`` (one MatMul from the left, real input), the twiddle factors ``exp(-2 pi i k1 n2 / N)``, a
-    length-``N2`` DFT over ``n2`` (one MatMul from the right on ``[re | im]``) for the ``k2`` that
-    reach the ``K = N // 2 + 1`` kept bins, the power, and the mel filterbank with its columns put in
-    the ``(k1, k2)`` order of the result (zero for bins past ``K``), so no transpose or gather is
-    needed. Matrices are computed in float64, stored float32.
+    ``N = N1 * N2``, sample ``n = N2 * n1 + n2``, bin ``k = k1 + N1 * k2``:
+
+    1. a length-``N1`` DFT over ``n1``: one MatMul from the left, real input -> ``[re; im]``;
+    2. for each ``k1``, the twiddle factor ``exp(-2 pi i k1 n2 / N)`` and the length-``N2`` DFT over
+       ``n2`` folded into one real ``(2 N2, 2 K2)`` matrix acting on ``[re | im]``: one batched
+       MatMul over ``k1`` with ``B * T`` rows each, for the ``K2`` values of ``k2`` that reach the
+       ``K = N // 2 + 1`` kept bins;
+    3. the power, and the mel filterbank with its columns put in the ``(k1, k2)`` order of the
+       result (zero for bins past ``K``), so no gather is needed.
+
+    Matrices are computed in float64 and stored float32.
     """
 
     stage1: torch.Tensor
-    twiddle_cos: torch.Tensor
-    twiddle_sin: torch.Tensor
     stage2: torch.Tensor
     mel_by_k1k2: torch.Tensor
 
@@ -164,29 +167,26 @@ class TwoStageDFT(nn.Module):
         self.n1, self.n2, self.k2_count = n1, n2, k2_count
         angle1 = 2.0 * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1  # (k1, n1)
         stage1 = np.concatenate([np.cos(angle1), -np.sin(angle1)])  # (2 N1, N1): re rows, im rows
-        twiddle = 2.0 * np.pi * np.outer(np.arange(n1), np.arange(n2)) / n_fft  # (N1, N2): k1, n2
-        angle2 = 2.0 * np.pi * np.outer(np.arange(n2), np.arange(k2_count)) / n2  # (N2, K2)
-        cos2, sin2 = np.cos(angle2), np.sin(angle2)
-        stage2 = np.block([[cos2, -sin2], [sin2, cos2]])  # (2 N2, 2 K2): [re | im] -> [re | im]
+        twiddle = np.outer(np.arange(n1), np.arange(n2)) / n_fft  # (N1, N2): k1 n2 / N
+        angle2 = 2.0 * np.pi * (twiddle[:, :, None] + np.outer(np.arange(n2), np.arange(k2_count)) / n2)
+        cos2, sin2 = np.cos(angle2), np.sin(angle2)  # (N1, N2, K2)
+        # (re + i im) exp(-i angle) = (re cos + im sin) + i (im cos - re sin)
+        stage2 = np.block([[cos2, -sin2], [sin2, cos2]])  # (N1, 2 N2, 2 K2): [re | im] -> [re | im]
         bins = (np.arange(n1)[:, None] + n1 * np.arange(k2_count)[None, :]).reshape(-1)  # (N1 K2,)
         mel = np.zeros((mel_filters.shape[0], n1 * k2_count))  # (M, N1 K2)
         mel[:, bins < n_bins] = mel_filters[:, bins[bins < n_bins]]
-        for name, value in (
-            ("stage1", stage1), ("twiddle_cos", np.cos(twiddle)), ("twiddle_sin", np.sin(twiddle)),
-            ("stage2", stage2), ("mel_by_k1k2", mel.T),
-        ):  # fmt: skip
+        for name, value in (("stage1", stage1), ("stage2", stage2), ("mel_by_k1k2", mel.T)):
             self.register_buffer(name, torch.from_numpy(value).float(), persistent=False)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         batch, n_frames, _ = frames.shape
-        x = frames.reshape(batch, n_frames, self.n1, self.n2)  # (B, T, N1, N2)
-        a = torch.matmul(self.stage1, x)  # (B, T, 2 N1, N2): DFT over n1
-        a_re, a_im = a[:, :, : self.n1], a[:, :, self.n1 :]  # (B, T, N1, N2) each
-        b_re = a_re * self.twiddle_cos + a_im * self.twiddle_sin  # times exp(-i theta)
-        b_im = a_im * self.twiddle_cos - a_re * self.twiddle_sin
-        y = torch.matmul(torch.cat([b_re, b_im], dim=-1), self.stage2)  # (B, T, N1, 2 K2): DFT over n2
-        power = y[..., : self.k2_count].square() + y[..., self.k2_count :].square()  # (B, T, N1, K2)
-        power = power.reshape(batch, n_frames, self.n1 * self.k2_count)  # (B, T, N1 K2)
+        n1, n2, k2_count = self.n1, self.n2, self.k2_count
+        x = frames.reshape(batch * n_frames, n1, n2)  # (BT, N1, N2)
+        a = torch.matmul(self.stage1, x)  # (BT, 2 N1, N2): DFT over n1, [re; im]
+        a = a.reshape(batch * n_frames, 2, n1, n2).permute(2, 0, 1, 3)  # (N1, BT, 2, N2)
+        y = torch.matmul(a.reshape(n1, batch * n_frames, 2 * n2), self.stage2)  # (N1, BT, 2 K2)
+        power = y[..., :k2_count].square() + y[..., k2_count:].square()  # (N1, BT, K2)
+        power = power.permute(1, 0, 2).reshape(batch, n_frames, n1 * k2_count)  # (B, T, N1 K2)
         return torch.matmul(power, self.mel_by_k1k2)  # (B, T, M)
 
 
