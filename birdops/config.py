@@ -254,6 +254,9 @@ class ExportParams(Section):
     fp16: bool = False
     fp16_max_rel_diff: float = Field(2e-2, gt=0)
     fp16_min_top1_agreement: float = Field(0.98, ge=0, le=1)
+    int8: bool = False
+    int8_max_rel_diff: float = Field(1e-1, gt=0)
+    int8_min_top1_agreement: float = Field(0.9, ge=0, le=1)
     triton_model_name: str = "birdops"
     triton_max_batch_size: int = Field(64, ge=1)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
@@ -71,6 +72,7 @@ def params_yaml(**overrides: Any) -> str:
     section = {
         "opset": 18, "parity_clips": PARITY_CLIPS, "fp32_max_rel_diff": 1e-3, "fp32_min_top1_agreement": 1.0,
         "fp16": True, "fp16_max_rel_diff": 0.05, "fp16_min_top1_agreement": 0.8,
+        "int8": True, "int8_max_rel_diff": 0.2, "int8_min_top1_agreement": 0.5,
         "triton_model_name": "birds", "triton_max_batch_size": 8,
     }  # fmt: skip
     return yaml.safe_dump({"export_onnx": section | overrides})
@@ -111,11 +113,14 @@ def test_model_file_follows_the_export_contract(exported: Path) -> None:
     assert in_dims[0].dim_param and not in_dims[0].HasField("dim_value")  # dynamic batch
     assert in_dims[1].dim_value == 22050  # 1 s at the seed preset's rate, fixed
     assert out_dims[0].dim_param and out_dims[1].dim_value == len(LABELS)
-    assert any(node.op_type == "STFT" for node in model.graph.node)  # the front end is in the graph
+    # the front end is in the graph, its spectrum as MatMuls (the two-stage DFT), not the STFT op
+    front_end = set(parity.frontend_nodes(model))
+    assert any(node.op_type == "MatMul" for node in model.graph.node if node.name in front_end)
+    assert not any(node.op_type in {"STFT", "DFT"} for node in model.graph.node)
     # one self-contained file: no tensor points at external data
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
     names = {p.name for p in (exported / "export").iterdir()}
-    assert names - {"model.fp16.onnx"} == {"model.onnx", "model_repository"}
+    assert names - {"model.fp16.onnx"} == {"model.onnx", "model.int8.onnx", "model_repository"}
 
 
 def test_metadata_describes_the_model(world: Path, exported: Path) -> None:
@@ -187,7 +192,7 @@ def test_fp16_model_keeps_float32_io_and_passes_its_gate(exported: Path) -> None
     assert onnx.TensorProto.FLOAT16 in types  # the transformer's weights
     # the front end stays float32, its constants too (the dB floor 1e-10 is below float16's range)
     front_end = set(parity.frontend_nodes(half))
-    assert any(node.op_type == "STFT" for node in half.graph.node if node.name in front_end)
+    assert any(node.op_type == "MatMul" for node in half.graph.node if node.name in front_end)
     producer = {out: node for node in half.graph.node for out in node.output}
 
     def source(name: str) -> str:  # through the converter's Cast nodes
@@ -199,6 +204,54 @@ def test_fp16_model_keeps_float32_io_and_passes_its_gate(exported: Path) -> None
     assert floors and all(init.data_type == onnx.TensorProto.FLOAT for init in floors)
     assert all(float(onnx.numpy_helper.to_array(init)) == pytest.approx(1e-10) for init in floors)
     assert summary["fp16_model_size_mb"] < summary["model_size_mb"]
+
+
+def test_int8_model_quantizes_the_transformer_only_and_passes_its_gate(world: Path, exported: Path) -> None:
+    summary = summary_of(exported)
+    measured = json.loads((exported / "runs" / "export_onnx.json").read_text())
+    assert summary["int8_gate_passed"] is True and summary["int8_parity_clips"] == PARITY_CLIPS
+    # quantization moved the logits (more than float32 rounding does), within the gate's limit
+    assert measured["max_rel_diff"] < measured["int8_max_rel_diff"] <= 0.2
+    clips, rows = parity.validation_clips(
+        world / "raw", world / "prepared", world / "lms", "seed", PARITY_CLIPS, 22050, CLIP_SECONDS
+    )
+    labels = load_split(world / "lms", "seed", "val").labels[rows]
+    classifier, _ = onnx_export.load_waveform_classifier(world / "models" / "full")
+    session = ort.InferenceSession(str(exported / "export" / "model.int8.onnx"), providers=[CPU_PROVIDER])
+    int8_accuracy = float(np.mean(parity.ort_logits(session, clips).argmax(axis=1) == labels))
+    torch_accuracy = float(np.mean(parity.torch_logits(classifier, clips).argmax(axis=1) == labels))
+    assert summary["int8_val_clip_accuracy"] == pytest.approx(int8_accuracy)
+    assert summary["int8_val_clip_accuracy_delta"] == pytest.approx(int8_accuracy - torch_accuracy)
+    model = onnx.load(str(exported / "export" / "model.int8.onnx"))
+    front_end = set(parity.frontend_nodes(model))
+    quantized = [n for n in model.graph.node if n.op_type in {"MatMulInteger", "DynamicQuantizeMatMul"}]
+    assert quantized and not {n.name for n in quantized} & front_end
+    assert any(n.op_type == "MatMul" for n in model.graph.node if n.name in front_end)  # still float32
+    fp32 = onnx.load(str(exported / "export" / "model.onnx"))
+    assert {p.key: p.value for p in model.metadata_props} == {p.key: p.value for p in fp32.metadata_props}
+
+
+def test_the_exported_front_end_gives_the_cached_features_of_real_clips(world: Path, tmp_path: Path) -> None:
+    """The graph's front end (two-stage DFT) on real validation clips against the features the cache
+    holds for them (``torch.stft``, float16) and against the cache's front end in float32."""
+    frontend = build_frontend("seed")
+    clips, rows = parity.validation_clips(
+        world / "raw", world / "prepared", world / "lms", "seed", PARITY_CLIPS, 22050, CLIP_SECONDS
+    )
+    path = tmp_path / "frontend.onnx"
+    torch.onnx.export(
+        frontend, (torch.from_numpy(clips[:2]),), str(path), dynamo=True, input_names=["waveform"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=18, verbose=False,
+    )  # fmt: skip
+    (exported,) = ort.InferenceSession(str(path), providers=[CPU_PROVIDER]).run(None, {"waveform": clips})
+    with torch.no_grad():
+        eager = frontend(torch.from_numpy(clips)).numpy()
+    cached = load_split(world / "lms", "seed", "val").features[rows].astype(np.float32)
+    assert len(clips) >= 4 and exported.shape == cached.shape
+    np.testing.assert_allclose(exported, eager, rtol=0, atol=1e-4)  # float32 rounding only
+    assert np.abs(exported - eager).mean() < 2e-6
+    # the cache is float16: 11 significant bits
+    np.testing.assert_allclose(exported, cached, rtol=1e-3, atol=1e-3)
 
 
 def test_triton_repository_is_written_next_to_the_model(exported: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import librosa
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import scipy.signal
@@ -18,7 +20,10 @@ from birdops.features.frontend import (
     NORM_EPS,
     PRESETS,
     FeatureSpec,
+    LogMelFrontEnd,
+    TwoStageDFT,
     build_frontend,
+    compute_features,
     dct_ii_ortho,
     kaldi_mel_filters,
     slaney_mel_filters,
@@ -170,6 +175,8 @@ def test_onnx_export_with_dynamic_batch_matches_torch(preset: str, tmp_path: Pat
         frontend, (torch.from_numpy(waves[:2]),), str(path), dynamo=True, input_names=["waveform"],
         output_names=["features"], dynamic_shapes=({0: batch},), verbose=False,
     )  # fmt: skip
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert not ops & {"STFT", "DFT"} and "MatMul" in ops  # the two-stage DFT, plain ONNX ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = run(preset, waves)
     for n in (1, 3):  # batch sizes other than the traced one
@@ -180,3 +187,50 @@ def test_onnx_export_with_dynamic_batch_matches_torch(preset: str, tmp_path: Pat
         # log magnifies it; float32 kaldi.fbank itself is that far from float64. The mean stays ~1e-6.
         np.testing.assert_allclose(got, expected[:n], rtol=0, atol=2e-3 if preset == "ast" else 1e-4)
         assert np.abs(got - expected[:n]).mean() < 1e-5
+
+
+def exported_formulation(frontend: torch.nn.Module, waves: np.ndarray) -> np.ndarray:
+    """``frontend``'s output computed eagerly by the formulation it exports (the two-stage DFT)."""
+    with torch.no_grad(), mock.patch("torch.compiler.is_exporting", return_value=True):
+        return frontend(torch.from_numpy(waves)).numpy()
+
+
+@pytest.mark.parametrize(("n_fft", "rows"), [(2048, 64), (2048, 32), (512, 16), (48, 6)])
+def test_two_stage_dft_gives_the_mel_energies_of_the_fft(n_fft: int, rows: int) -> None:
+    rng = np.random.default_rng(n_fft + rows)
+    frames = rng.standard_normal((2, 5, n_fft))  # (B, T, N)
+    filters = rng.uniform(size=(7, n_fft // 2 + 1))  # (M, K): every bin weighs in, the last one too
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # (B, T, K) float64
+    expected = power @ filters.T  # (B, T, M)
+    with torch.no_grad():
+        got = TwoStageDFT(n_fft, rows, filters)(torch.from_numpy(frames).float()).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="not a multiple"):
+        TwoStageDFT(n_fft, rows + 1 if n_fft % (rows + 1) else rows - 1, filters)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_exported_formulation_matches_the_eager_one(preset: str) -> None:
+    frontend = build_frontend(preset)
+    waves = chirps_and_noise(frontend.spec.sample_rate_hz)
+    eager = run(preset, waves)
+    dft = exported_formulation(frontend, waves)
+    assert dft.shape == eager.shape
+    # float32 rounding only: seed/mfcc max ~3e-5 (what onnxruntime's STFT op gave, too); ast's log
+    # magnifies the rounding of its nearly empty lowest bins, as in the ONNX test below
+    np.testing.assert_allclose(dft, eager, rtol=0, atol=2e-3 if preset == "ast" else 5e-5)
+    assert np.abs(dft - eager).mean() < 2e-6
+
+
+def test_shared_spectrogram_gives_bit_identical_features() -> None:
+    frontends = [build_frontend(p) for p in ("seed", "mfcc", "ast", "seed")]
+    waves = chirps_and_noise(22050, count=4)
+    with torch.no_grad():
+        shared = compute_features(frontends, torch.from_numpy(waves))
+        alone = [f(torch.from_numpy(waves)) for f in frontends]
+    assert [f.spec.name for f in frontends] == ["seed", "mfcc", "ast", "seed"]
+    for got, expected in zip(shared, alone, strict=True):
+        assert torch.equal(got, expected)
+    seed, mfcc = frontends[:2]
+    assert isinstance(seed, LogMelFrontEnd) and isinstance(mfcc, LogMelFrontEnd)
+    assert seed.spectrogram_key() == mfcc.spectrogram_key()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 
 from birdops.config import ExportParams
 from birdops.export import parity, triton
+from birdops.features.cache import load_split
 from birdops.models import classifier as saved
 from birdops.models.checkpoint import WEIGHTS_FILE, ClassifierInfo
 from birdops.models.classifier import WaveformClassifier
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 FP16_MODEL_FILE = "model.fp16.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"
 TRITON_DIR = "model_repository"
 # protobuf cannot serialise a message of 2 GiB or more into one file
 MAX_SINGLE_FILE_BYTES = 2**31 - 1
@@ -175,22 +178,24 @@ def export_best(
              len(info.labels), info.clip_seconds, metadata.sample_rate_hz, params.opset)  # fmt: skip
     # what an earlier run by hand left must not pass for this run's output
     (out_dir / FP16_MODEL_FILE).unlink(missing_ok=True)
+    (out_dir / INT8_MODEL_FILE).unlink(missing_ok=True)
     shutil.rmtree(out_dir / TRITON_DIR, ignore_errors=True)
     model = annotate(
         export_classifier(classifier, metadata.window_samples, params.opset), metadata, params.opset
     )
     model_path = out_dir / MODEL_FILE
     size_bytes = save_model(model, model_path)
-    clips, _ = parity.validation_clips(
+    clips, rows = parity.validation_clips(
         raw_dir, prepared_dir, lms_dir, info.feature_preset, params.parity_clips, metadata.sample_rate_hz,
         info.clip_seconds,
     )  # fmt: skip
+    labels = load_split(lms_dir, info.feature_preset, parity.PARITY_SPLIT).labels[rows]  # (N,)
     if len(clips) < params.parity_clips:
         log.warning("parity is checked on %d validation clips, fewer than parity_clips (%d): the split "
                     "has no more", len(clips), params.parity_clips)  # fmt: skip
     fp32_session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
     check = parity.ParityCheck(classifier, clips)
-    gates, summary, measured = run_gates(model, fp32_session, out_dir / FP16_MODEL_FILE, check, params)
+    gates, summary, measured = run_gates(model, fp32_session, out_dir, check, labels, params)
     summary = {
         "variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6,
         "parity_clips_requested": params.parity_clips,
@@ -207,21 +212,30 @@ def export_best(
 def run_gates(
     model: onnx.ModelProto,
     fp32_session: ort.InferenceSession,
-    fp16_path: Path,
+    out_dir: Path,
     check: parity.ParityCheck,
+    labels: np.ndarray,
     params: ExportParams,
 ) -> tuple[list[parity.Gate], dict[str, Any], dict[str, Any]]:
-    """The fp32 gate of the saved model (``fp32_session``, on the CPU) and, with ``params.fp16``, the
-    gate of the fp16 model written to ``fp16_path``; each gate's verdict is logged."""
+    """The fp32 gate of the saved model (``fp32_session``, on the CPU) and, with ``params.fp16`` /
+    ``params.int8``, the gates of the fp16 / int8 models written to ``out_dir``; ``labels`` ``(N,)``
+    are the check's clips' classes. Each gate's verdict is logged."""
     fp32 = check.run_session(fp32_session)
     gates = [fp32.gate("fp32", params.fp32_max_rel_diff, params.fp32_min_top1_agreement)]
     summary = fp32.to_summary("") | {"fp32_gate_passed": gates[0].passed}
     measured = fp32.measurements("")
     if params.fp16:
-        fp16_gate, fp16_summary, fp16_measured = fp16_export(model, fp16_path, check, params)
+        fp16_gate, fp16_summary, fp16_measured = fp16_export(model, out_dir / FP16_MODEL_FILE, check, params)
         summary |= fp16_summary
         measured |= fp16_measured
         gates += [fp16_gate] if fp16_gate else []
+    if params.int8:
+        int8_gate, int8_summary, int8_measured = int8_export(
+            model, out_dir / INT8_MODEL_FILE, check, labels, params
+        )
+        summary |= int8_summary
+        measured |= int8_measured
+        gates.append(int8_gate)
     for gate in gates:
         (log.info if gate.passed else log.error)("%s", gate.message)
     return gates, summary, measured
@@ -245,3 +259,26 @@ def fp16_export(
         "fp16_gate_passed": gate.passed, "fp16_model_size_mb": size_bytes / 1e6,
     }  # fmt: skip
     return gate, summary, result.measurements("fp16_")
+
+
+def int8_export(
+    model: onnx.ModelProto, path: Path, check: parity.ParityCheck, labels: np.ndarray, params: ExportParams
+) -> tuple[parity.Gate, dict[str, Any], dict[str, Any]]:
+    """The int8 model (:func:`birdops.export.parity.to_int8`) gated against PyTorch on the CPU, with
+    the validation clips' accuracy of both: ``(gate, summary, measurements)``."""
+    parity.to_int8(model, path)
+    quantized = onnx.load(str(path))
+    del quantized.metadata_props[:]  # the quantizer's copy: the float32 model's props, as they are
+    quantized.metadata_props.extend(model.metadata_props)
+    size_bytes = save_model(quantized, path)  # the same checks as the float32 file
+    result = check.run(path, [CPU_PROVIDER])
+    gate = result.gate("int8", params.int8_max_rel_diff, params.int8_min_top1_agreement)
+    fp32_accuracy = float(np.mean(check.reference().argmax(axis=1) == labels))
+    int8_accuracy = result.accuracy(labels)
+    log.info("int8 model: validation-clip accuracy %.4f against PyTorch's %.4f", int8_accuracy, fp32_accuracy)
+    summary = result.to_summary("int8_") | {
+        "int8_gate_passed": gate.passed, "int8_model_size_mb": size_bytes / 1e6,
+        "int8_val_clip_accuracy": int8_accuracy,
+        "int8_val_clip_accuracy_delta": int8_accuracy - fp32_accuracy,
+    }  # fmt: skip
+    return gate, summary, result.measurements("int8_")

@@ -47,6 +47,10 @@ class Float16Unavailable(RuntimeError):
     """No float16 model can be made here; the message says why."""
 
 
+class Int8Unavailable(RuntimeError):
+    """No int8 model can be made of this graph; the message says why."""
+
+
 # ---------------------------------------------------------------------------------------- clips
 def validation_clips(
     raw_dir: Path,
@@ -137,6 +141,11 @@ class ParityResult:
     providers: tuple[str, ...]  # what onnxruntime actually ran on
     scale: float = 1.0  # :func:`logit_scale` of the reference logits
     margins: tuple[float, ...] | None = None  # :func:`disagreement_margins`; None: not measured
+    top1: tuple[int, ...] = ()  # the candidate's top-1 class of each clip
+
+    def accuracy(self, labels: np.ndarray) -> float:
+        """Share of clips whose candidate top-1 class is ``labels`` ``(N,)``."""
+        return float(np.mean(np.asarray(self.top1) == labels)) if self.top1 else 0.0
 
     @property
     def max_rel_diff(self) -> float:
@@ -204,7 +213,7 @@ class ParityCheck:
         diff, agreement = compare(reference, candidate)
         return ParityResult(
             len(self.clips), diff, agreement, tuple(session.get_providers()), logit_scale(reference),
-            disagreement_margins(reference, candidate),
+            disagreement_margins(reference, candidate), tuple(int(c) for c in candidate.argmax(axis=1)),
         )  # fmt: skip
 
 
@@ -287,3 +296,23 @@ def clips_per_second(
         run()
         runs += 1
     return runs * batch_size / (time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------------ int8
+def to_int8(model: onnx.ModelProto, path: Path) -> None:
+    """Write to ``path`` a copy of ``model`` whose MatMul weights outside the front end are int8
+    (onnxruntime dynamic quantization: activations are quantized per batch as it runs). The front
+    end stays float32: its DFT matrices and filterbank make the features, and an 8-bit spectrum
+    moves the logits by most of their scale."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    blocked = frontend_nodes(model)
+    if not blocked:
+        raise Int8Unavailable("the graph has no front-end scope metadata to keep the front end in float32")
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    # the exporter's intermediate shapes (value_info) conflict with the quantizer's shape inference
+    del source.graph.value_info[:]
+    quantize_dynamic(
+        source, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, nodes_to_exclude=blocked
+    )

@@ -9,7 +9,8 @@ Layout of ``<out>`` (``data/lms``), one folder per preset::
 
 How a run goes: every manifest recording is decoded once per sample rate (``seed`` and ``mfcc``
 share their 22,050 Hz decode), its clips are chosen by :mod:`birdops.features.activity`, each
-preset's front end runs on them in batches, and the float16 result is saved as a *partial*
+preset's front end runs on them in batches (``seed`` and ``mfcc`` from one shared STFT, mel and dB
+pass), and the float16 result is saved as a *partial*
 ``<out>/.work/<preset>/<fingerprint>.npz`` (or ``<fingerprint>.failed.json`` with the reason). The
 fingerprint hashes the preset's spec, the clip and activity parameters and the recording's id,
 path, size and modification time, so a run that was killed resumes with the recordings that have no
@@ -45,7 +46,14 @@ from birdops.config import ActivityParams, LmsCacheParams
 from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import SPLITS
 from birdops.features.activity import choose_segments
-from birdops.features.frontend import PRESETS, FeatureSpec, FrontEnd, build_frontend, spec_for
+from birdops.features.frontend import (
+    PRESETS,
+    FeatureSpec,
+    FrontEnd,
+    build_frontend,
+    compute_features,
+    spec_for,
+)
 from birdops.files import write_csv_atomic
 from birdops.procs import die_with_parent
 
@@ -166,6 +174,15 @@ def _partial_done(stem: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- workers
+@dataclass(frozen=True)
+class _Decoded:
+    """A task's clips per preset: ``(clips (n, S) float32, starts_s)`` or why it has none. Presets
+    of one sample rate hold the same clips (one decode, one choice of clips)."""
+
+    task: _Task
+    clips: dict[str, tuple[np.ndarray, list[float]] | str]
+
+
 _FRONTENDS: dict[str, FrontEnd] = {}  # per process, built on first use
 
 
@@ -212,32 +229,51 @@ def cut_clips(
     return clips
 
 
-def _process_chunk(tasks: list[_Task], settings: _Settings) -> int:
-    """Write the partials of a few recordings; the front ends run once per preset on all their clips."""
-    pending: dict[str, list[tuple[str, np.ndarray, list[float]]]] = {}  # preset -> (stem, clips, starts)
+def _decode_chunk(tasks: list[_Task], settings: _Settings) -> list[_Decoded]:
+    """Decode a few recordings once per sample rate and cut their clips."""
+    decoded = []
     for task in tasks:
+        clips: dict[str, tuple[np.ndarray, list[float]] | str] = {}
         for sample_rate_hz, presets in _by_sample_rate(list(task.partials)).items():
             wave = _decode(task, sample_rate_hz)
             if isinstance(wave, str):
-                for preset in presets:
-                    _write_json(Path(f"{task.partials[preset]}.failed.json"), {"reason": wave})
+                clips |= dict.fromkeys(presets, wave)
                 continue
             starts_s = choose_segments(
                 wave, sample_rate_hz, settings.clip_seconds, settings.max_clips, settings.activity
             )
-            clips = cut_clips(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
-            for preset in presets:
-                pending.setdefault(preset, []).append((task.partials[preset], clips, starts_s))
-    for preset, items in pending.items():
+            cut = cut_clips(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
+            clips |= dict.fromkeys(presets, (cut, starts_s))
+        decoded.append(_Decoded(task, clips))
+    return decoded
+
+
+def _write_features(decoded: list[_Decoded]) -> int:
+    """Write the partials of decoded recordings. Presets that share clips run in one batch through
+    :func:`compute_features`, so ``seed`` and ``mfcc`` share one STFT, mel and dB pass."""
+    # (sample rate, presets) -> (partial stems per preset, clips, starts) of each recording
+    groups: dict[tuple[int, tuple[str, ...]], list[tuple[list[str], np.ndarray, list[float]]]] = {}
+    for item in decoded:
+        for failed_preset, outcome in item.clips.items():
+            if isinstance(outcome, str):
+                _write_json(Path(f"{item.task.partials[failed_preset]}.failed.json"), {"reason": outcome})
+        for sample_rate_hz, rate_presets in _by_sample_rate(list(item.clips)).items():
+            if isinstance(first := item.clips[rate_presets[0]], str):
+                continue
+            stems = [item.task.partials[p] for p in rate_presets]
+            groups.setdefault((sample_rate_hz, tuple(rate_presets)), []).append((stems, *first))
+    for (_, presets), items in groups.items():
         with torch.no_grad():
-            batch = torch.from_numpy(np.concatenate([clips for _, clips, _ in items]))  # (sum n, S)
-            features = _frontend(preset)(batch).numpy().astype(np.float16)  # (sum n, F, T)
+            batch = torch.from_numpy(np.concatenate([c for _, c, _ in items]))  # (sum n, S)
+            features = compute_features([_frontend(p) for p in presets], batch)  # each (sum n, F, T)
+        halves = [f.numpy().astype(np.float16) for f in features]
         offset = 0
-        for stem, clips, starts_s in items:
-            part = features[offset : offset + len(clips)]
+        for stems, clips, starts_s in items:
+            for stem, preset_features in zip(stems, halves, strict=True):
+                part = preset_features[offset : offset + len(clips)]
+                _write_partial(Path(f"{stem}.npz"), part, np.asarray(starts_s, dtype=np.float64))
             offset += len(clips)
-            _write_partial(Path(f"{stem}.npz"), part, np.asarray(starts_s, dtype=np.float64))
-    return len(tasks)
+    return len(decoded)
 
 
 def _by_sample_rate(presets: Sequence[str]) -> dict[int, list[str]]:
@@ -247,11 +283,21 @@ def _by_sample_rate(presets: Sequence[str]) -> dict[int, list[str]]:
     return groups
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """How workers start: never plain ``fork`` (a child of a process whose OpenMP threads already ran
-    can deadlock). ``forkserver`` imports torch once and forks workers from that clean process,
-    which starts them seconds faster than ``spawn`` (where each worker imports torch itself)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+def _process_chunk(tasks: list[_Task], settings: _Settings) -> int:
+    """Decode a few recordings and write their partials (a pool worker's job); returns the count."""
+    return _write_features(_decode_chunk(tasks, settings))
+
+
+def _worker_context(threads: int) -> multiprocessing.context.BaseContext:
+    """How workers start. ``fork`` when each runs torch on one thread: the workers inherit this
+    process's imports (``forkserver`` imports torch again: 3 s of a stage's start-up), and a
+    one-thread torch never starts an OpenMP team, whose pool a forked child must not touch after
+    the parent used it. With more threads a worker would, so then ``forkserver``, which imports
+    torch once and forks workers from that clean process (``spawn`` where it does not exist)."""
+    methods = multiprocessing.get_all_start_methods()
+    if threads == 1 and "fork" in methods:
+        return multiprocessing.get_context("fork")
+    if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
@@ -270,10 +316,10 @@ def _run_tasks(tasks: list[_Task], settings: _Settings, workers: int, chunk_reco
                 bar.update(_process_chunk(chunk, settings))
             return
         threads = max(1, (os.cpu_count() or 1) // workers)
-        context = _worker_context()
         with cf.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
-        ) as pool:
+            workers, mp_context=_worker_context(threads), initializer=_init_worker,
+            initargs=(threads, os.getpid()),
+        ) as pool:  # fmt: skip
             futures = [pool.submit(_process_chunk, chunk, settings) for chunk in chunks]
             try:
                 for future in cf.as_completed(futures):

@@ -5,6 +5,13 @@ graph, so the features a model was trained on are the features it is served with
 windows and the DCT are buffers computed once in ``__init__``; ``forward`` has no data-dependent
 Python control flow, so ``torch.onnx.export(..., dynamo=True)`` traces it with a dynamic batch.
 
+The spectrum has two formulations of one transform, chosen by ``torch.compiler.is_exporting()``:
+eagerly (the cache, training, PyTorch evaluation) ``torch.stft`` / ``torch.fft.rfft``; when exported,
+a two-stage Cooley-Tukey DFT written as MatMuls with the twiddle factors in constant matrices
+(:class:`TwoStageDFT`), because onnxruntime's single-threaded ``STFT`` / ``DFT`` kernels cost more
+than the whole rest of the model. Both give the same power spectrum to float32 rounding
+(``tests/test_frontend.py``); the exported graph holds plain ONNX ops only (Triton runs it as is).
+
 Presets (``PRESETS``):
 
 - ``seed``: the report's log-mel. 22,050 Hz, n_fft 2048, hop 512, periodic Hann window, centred frames
@@ -25,6 +32,7 @@ Presets (``PRESETS``):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -33,6 +41,10 @@ import torch
 from torch import nn
 
 PRESETS = ("seed", "ast", "mfcc")
+# FeatureSpec fields that apply after LogMelFrontEnd.db_mel (everything else decides the dB mel)
+SPEC_AFTER_DB_MEL = frozenset(
+    {"name", "n_bins", "n_mfcc", "normalization", "norm_mean", "norm_std", "norm_eps"}
+)
 
 # per-clip normalisation: (x - mean) / (std + NORM_EPS); only a constant clip comes near it
 NORM_EPS = 1e-6
@@ -119,6 +131,65 @@ def spec_for(preset: str) -> FeatureSpec:
     )  # fmt: skip
 
 
+# n_fft -> rows N1 of the exported two-stage DFT (n_fft = N1 x N2): the fastest factorisation in
+# onnxruntime on 2 CPU threads (seed front end: 64 x 32 1.15x faster than 32 x 64; with the twiddle
+# factors as separate complex Muls instead of folded into stage 2, 1.44x slower)
+DFT_ROWS = {2048: 64, 512: 16}
+
+
+class TwoStageDFT(nn.Module):
+    """Mel energies of real frames by a two-stage DFT: ``frames (B, T, N) -> mel (B, T, M)``.
+
+    ``N = N1 * N2``, sample ``n = N2 * n1 + n2``, bin ``k = k1 + N1 * k2``:
+
+    1. a length-``N1`` DFT over ``n1``: one MatMul from the left, real input -> ``[re; im]``;
+    2. for each ``k1``, the twiddle factor ``exp(-2 pi i k1 n2 / N)`` and the length-``N2`` DFT over
+       ``n2`` folded into one real ``(2 N2, 2 K2)`` matrix acting on ``[re | im]``: one batched
+       MatMul over ``k1`` with ``B * T`` rows each, for the ``K2`` values of ``k2`` that reach the
+       ``K = N // 2 + 1`` kept bins;
+    3. the power, and the mel filterbank with its columns put in the ``(k1, k2)`` order of the
+       result (zero for bins past ``K``), so no gather is needed.
+
+    Matrices are computed in float64 and stored float32.
+    """
+
+    stage1: torch.Tensor
+    stage2: torch.Tensor
+    mel_by_k1k2: torch.Tensor
+
+    def __init__(self, n_fft: int, rows: int, mel_filters: np.ndarray) -> None:
+        super().__init__()
+        if n_fft % rows:
+            raise ValueError(f"n_fft {n_fft} is not a multiple of the DFT's {rows} rows")
+        n1, n2 = rows, n_fft // rows
+        n_bins = mel_filters.shape[1]  # K
+        k2_count = math.ceil(n_bins / n1)  # K2: columns k2 that hold a kept bin
+        self.n1, self.n2, self.k2_count = n1, n2, k2_count
+        angle1 = 2.0 * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1  # (k1, n1)
+        stage1 = np.concatenate([np.cos(angle1), -np.sin(angle1)])  # (2 N1, N1): re rows, im rows
+        twiddle = np.outer(np.arange(n1), np.arange(n2)) / n_fft  # (N1, N2): k1 n2 / N
+        angle2 = 2.0 * np.pi * (twiddle[:, :, None] + np.outer(np.arange(n2), np.arange(k2_count)) / n2)
+        cos2, sin2 = np.cos(angle2), np.sin(angle2)  # (N1, N2, K2)
+        # (re + i im) exp(-i angle) = (re cos + im sin) + i (im cos - re sin)
+        stage2 = np.block([[cos2, -sin2], [sin2, cos2]])  # (N1, 2 N2, 2 K2): [re | im] -> [re | im]
+        bins = (np.arange(n1)[:, None] + n1 * np.arange(k2_count)[None, :]).reshape(-1)  # (N1 K2,)
+        mel = np.zeros((mel_filters.shape[0], n1 * k2_count))  # (M, N1 K2)
+        mel[:, bins < n_bins] = mel_filters[:, bins[bins < n_bins]]
+        for name, value in (("stage1", stage1), ("stage2", stage2), ("mel_by_k1k2", mel.T)):
+            self.register_buffer(name, torch.from_numpy(value).float(), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        batch, n_frames, _ = frames.shape
+        n1, n2, k2_count = self.n1, self.n2, self.k2_count
+        x = frames.reshape(batch * n_frames, n1, n2)  # (BT, N1, N2)
+        a = torch.matmul(self.stage1, x)  # (BT, 2 N1, N2): DFT over n1, [re; im]
+        a = a.reshape(batch * n_frames, 2, n1, n2).permute(2, 0, 1, 3)  # (N1, BT, 2, N2)
+        y = torch.matmul(a.reshape(n1, batch * n_frames, 2 * n2), self.stage2)  # (N1, BT, 2 K2)
+        power = y[..., :k2_count].square() + y[..., k2_count:].square()  # (N1, BT, K2)
+        power = power.permute(1, 0, 2).reshape(batch, n_frames, n1 * k2_count)  # (B, T, N1 K2)
+        return torch.matmul(power, self.mel_by_k1k2)  # (B, T, M)
+
+
 class FrontEnd(nn.Module):
     """Base of the front ends: ``forward(waveform (B, S) float32) -> (B, F, T) float32``."""
 
@@ -134,6 +205,7 @@ class FrontEnd(nn.Module):
         make_filters = slaney_mel_filters if spec.mel_scale == "slaney" else kaldi_mel_filters
         mel = make_filters(spec.sample_rate_hz, spec.n_fft, spec.n_mels, spec.f_min_hz, spec.f_max_hz)
         self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)  # (M, K)
+        self.dft = TwoStageDFT(spec.n_fft, DFT_ROWS[spec.n_fft], mel)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames ``T`` that ``forward`` gives for ``num_samples`` samples."""
@@ -147,22 +219,56 @@ class LogMelFrontEnd(FrontEnd):
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__(spec)
+        if spec.win_length_samples != spec.n_fft or spec.n_fft % spec.hop_length_samples:
+            raise ValueError(f"{spec.name}: centred frames need win_length = n_fft, a multiple of the hop")
         dct = dct_ii_ortho(spec.n_mfcc, spec.n_mels) if spec.n_mfcc is not None else None
         # (F, M) for mfcc; None (no buffer) for seed
         self.register_buffer("dct", None if dct is None else torch.from_numpy(dct).float(), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.from_db_mel(self.db_mel(waveform))
+
+    def db_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The dB mel spectrogram ``(B, M, T)`` before the DCT and normalisation: the part that
+        presets with the same :meth:`spectrogram_key` share (:func:`compute_features`)."""
         spec = self.spec
-        stft = torch.stft(
-            waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples, window=self.window,
-            center=True, pad_mode="constant", return_complex=True,
-        )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
-        power = stft.real.square() + stft.imag.square()  # (B, K, T)
-        mel = torch.matmul(self.mel_filters, power)  # (B, M, T)
-        db = power_to_db(mel, amin=1e-10, top_db=spec.top_db or 80.0)  # (B, M, T)
+        if torch.compiler.is_exporting():
+            mel = self.dft(self.centred_frames(waveform) * self.window).transpose(1, 2)  # (B, M, T)
+        else:
+            stft = torch.stft(
+                waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples,
+                window=self.window, center=True, pad_mode="constant", return_complex=True,
+            )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
+            power = stft.real.square() + stft.imag.square()  # (B, K, T)
+            mel = torch.matmul(self.mel_filters, power)  # (B, M, T)
+        return power_to_db(mel, amin=1e-10, top_db=spec.top_db or 80.0)  # (B, M, T)
+
+    def from_db_mel(self, db: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, F, T)`` of a dB mel spectrogram ``(B, M, T)`` from :meth:`db_mel`."""
         if self.dct is not None:
             db = torch.matmul(self.dct, db)  # (B, F, T)
-        return normalize_per_clip(db, spec.norm_eps)
+        return normalize_per_clip(db, self.spec.norm_eps)
+
+    def spectrogram_key(self) -> tuple[Any, ...]:
+        """The settings :meth:`db_mel` depends on: front ends with equal keys compute the same one."""
+        spec = self.spec.to_dict()
+        return tuple(v for k, v in spec.items() if k not in SPEC_AFTER_DB_MEL)
+
+    def centred_frames(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``torch.stft(center=True, pad_mode="constant")``'s frames, unwindowed: ``(B, S) -> (B, T, W)``.
+
+        Built from hop-sized blocks (the hop divides the frame length), so the graph slices and
+        concatenates instead of gathering every sample of every frame.
+        """
+        spec = self.spec
+        hop, width = spec.hop_length_samples, spec.win_length_samples
+        n_frames = self.num_frames(waveform.shape[-1])
+        pad = width // 2
+        tail = -(waveform.shape[-1] + 2 * pad) % hop  # to whole blocks; never reaches a frame
+        padded = nn.functional.pad(waveform, (pad, pad + tail))  # (B, S')
+        blocks = padded.reshape(waveform.shape[0], -1, hop)  # (B, S' / hop, hop)
+        parts = [blocks[:, j : j + n_frames] for j in range(width // hop)]  # each (B, T, hop)
+        return torch.cat(parts, dim=-1)  # (B, T, W)
 
 
 class KaldiFbankFrontEnd(FrontEnd):
@@ -176,9 +282,12 @@ class KaldiFbankFrontEnd(FrontEnd):
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # (B, T, W)
         frames = (frames - spec.preemphasis * previous) * self.window  # (B, T, W)
         frames = nn.functional.pad(frames, (0, spec.n_fft - spec.win_length_samples))  # (B, T, n_fft)
-        fft = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
-        power = fft.real.square() + fft.imag.square()  # (B, T, K)
-        mel = torch.matmul(power, self.mel_filters.T)  # (B, T, M)
+        if torch.compiler.is_exporting():
+            mel = self.dft(frames)  # (B, T, M)
+        else:
+            fft = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
+            power = fft.real.square() + fft.imag.square()  # (B, T, K)
+            mel = torch.matmul(power, self.mel_filters.T)  # (B, T, M)
         log_mel = torch.log(torch.clamp(mel, min=spec.norm_eps))  # (B, T, M)
         features = (log_mel - spec.norm_mean) / (2.0 * spec.norm_std)  # (B, T, M)
         return features.transpose(1, 2)  # (B, M, T)
@@ -189,6 +298,23 @@ def build_frontend(preset: str) -> FrontEnd:
     spec = spec_for(preset)
     module: FrontEnd = KaldiFbankFrontEnd(spec) if spec.framing == "snip_edges" else LogMelFrontEnd(spec)
     return module.eval()
+
+
+def compute_features(frontends: Sequence[FrontEnd], waveform: torch.Tensor) -> list[torch.Tensor]:
+    """Each front end's ``forward(waveform)``, ``waveform (B, S)``, with one :meth:`LogMelFrontEnd.db_mel`
+    per :meth:`~LogMelFrontEnd.spectrogram_key` (``seed`` and ``mfcc`` share their STFT, mel and
+    dB): bit-identical to calling the front ends one by one, in about half the time for both."""
+    shared: dict[tuple[Any, ...], torch.Tensor] = {}
+    features = []
+    for frontend in frontends:
+        if isinstance(frontend, LogMelFrontEnd):
+            key = frontend.spectrogram_key()
+            if key not in shared:
+                shared[key] = frontend.db_mel(waveform)  # (B, M, T)
+            features.append(frontend.from_db_mel(shared[key]))
+        else:
+            features.append(frontend(waveform))
+    return features
 
 
 def power_to_db(power: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
