@@ -231,17 +231,23 @@ class LogMelFrontEnd(FrontEnd):
     def db_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """The dB mel spectrogram ``(B, M, T)`` before the DCT and normalisation: the part that
         presets with the same :meth:`spectrogram_key` share (:func:`compute_features`)."""
+        return self.db_of_mel_power(self.mel_power(waveform))
+
+    def mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The mel power spectrogram ``(B, M, T)``: STFT (the two-stage DFT when exported), power, mel."""
         spec = self.spec
         if torch.compiler.is_exporting():
-            mel = self.dft(self.centred_frames(waveform) * self.window).transpose(1, 2)  # (B, M, T)
-        else:
-            stft = torch.stft(
-                waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples,
-                window=self.window, center=True, pad_mode="constant", return_complex=True,
-            )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
-            power = stft.real.square() + stft.imag.square()  # (B, K, T)
-            mel = torch.matmul(self.mel_filters, power)  # (B, M, T)
-        return power_to_db(mel, amin=1e-10, top_db=spec.top_db or 80.0)  # (B, M, T)
+            return self.dft(self.centred_frames(waveform) * self.window).transpose(1, 2)  # (B, M, T)
+        stft = torch.stft(
+            waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples,
+            window=self.window, center=True, pad_mode="constant", return_complex=True,
+        )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
+        power = stft.real.square() + stft.imag.square()  # (B, K, T)
+        return torch.matmul(self.mel_filters, power)  # (B, M, T)
+
+    def db_of_mel_power(self, mel: torch.Tensor) -> torch.Tensor:
+        """``power_to_db`` of a mel power spectrogram with this preset's floor: ``(B, M, T) -> (B, M, T)``."""
+        return power_to_db(mel, amin=1e-10, top_db=self.spec.top_db or 80.0)
 
     def from_db_mel(self, db: torch.Tensor) -> torch.Tensor:
         """Features ``(B, F, T)`` of a dB mel spectrogram ``(B, M, T)`` from :meth:`db_mel`."""

@@ -37,7 +37,7 @@ from transformers import ASTForAudioClassification
 from birdops.config import OptimParams, PretrainParams, ScheduleParams
 from birdops.data.noise import colored_noise
 from birdops.data.sounds import SOUND_CLASSES, render_stem
-from birdops.features.frontend import LogMelFrontEnd, build_frontend, normalize_per_clip, power_to_db
+from birdops.features.frontend import LogMelFrontEnd, build_frontend
 from birdops.models.factory import ASTClassifier, build_model
 from birdops.train.data import derive_seed
 from birdops.train.state import TrainState, load_state, save_state
@@ -103,22 +103,9 @@ class MelScenes:
         return mels, labels
 
 
-def mel_power(frontend: LogMelFrontEnd, waveform: torch.Tensor) -> torch.Tensor:
-    """The front end's mel power spectrogram (before dB): ``(B, S) -> (B, M, T)``."""
-    spec = frontend.spec
-    stft = torch.stft(
-        waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples, window=frontend.window,
-        center=True, pad_mode="constant", return_complex=True,
-    )  # fmt: skip  # (B, K, T)
-    return torch.matmul(frontend.mel_filters, stft.real.square() + stft.imag.square())
-
-
 def features_from_mel_power(frontend: LogMelFrontEnd, mel: torch.Tensor) -> torch.Tensor:
-    """The rest of the front end on a mel power spectrogram: dB, the DCT for ``mfcc``, normalisation."""
-    db = power_to_db(mel, amin=1e-10, top_db=frontend.spec.top_db or 80.0)
-    if frontend.dct is not None:
-        db = torch.matmul(frontend.dct, db)
-    return normalize_per_clip(db, frontend.spec.norm_eps)
+    """The front end's features of a mixed mel power spectrogram ``(B, M, T)``: dB, DCT, normalisation."""
+    return frontend.from_db_mel(frontend.db_of_mel_power(mel))
 
 
 def render_scenes(params: PretrainParams, frontend: LogMelFrontEnd, first_stem: int, count: int) -> MelScenes:
@@ -127,14 +114,14 @@ def render_scenes(params: PretrainParams, frontend: LogMelFrontEnd, first_stem: 
     num_samples = round(corpus.clip_seconds * rate)
     with torch.no_grad():
         stems = torch.stack([
-            mel_power(frontend, torch.from_numpy(np.stack([
+            frontend.mel_power(torch.from_numpy(np.stack([
                 render_stem(c, corpus.seed, first_stem + i, corpus.clip_seconds, rate) for i in range(count)
             ])))
             for c in range(len(SOUND_CLASSES))
         ])  # fmt: skip  # (C, count, M, T)
         rng = np.random.default_rng([corpus.seed, len(SOUND_CLASSES), first_stem])
         beds = np.stack([colored_noise(num_samples, float(rng.uniform(1.0, 2.0)), rng) for _ in range(16)])
-        return MelScenes(stems, mel_power(frontend, torch.from_numpy(beds)), corpus.max_sources)
+        return MelScenes(stems, frontend.mel_power(torch.from_numpy(beds)), corpus.max_sources)
 
 
 # -------------------------------------------------------------------------------------- training
