@@ -51,16 +51,15 @@ class Sizes:
     recordings: int  # of the generated corpus subset
     species: int
     recording_seconds: float  # of the long recording birdops predict classifies
-    train_steps: int  # timed per round
-    warmup_steps: int
+    train_steps: int  # per round, after one untimed pass of as many
     min_calls: int  # model calls per round
     min_seconds: float  # seconds of model calls per round
     cuda_max_batch: int  # the search for the largest batch stops here
 
 
-FULL = Sizes(recordings=120, species=20, recording_seconds=3600.0, train_steps=8, warmup_steps=2,
+FULL = Sizes(recordings=120, species=20, recording_seconds=3600.0, train_steps=8,
              min_calls=10, min_seconds=2.0, cuda_max_batch=4096)  # fmt: skip
-QUICK = Sizes(recordings=16, species=4, recording_seconds=30.0, train_steps=2, warmup_steps=1,
+QUICK = Sizes(recordings=16, species=4, recording_seconds=30.0, train_steps=2,
               min_calls=3, min_seconds=0.2, cuda_max_batch=256)  # fmt: skip
 
 
@@ -173,7 +172,6 @@ class Bench:
                 p.lms_cache.clip_seconds,
                 classes,
                 s.train_steps,
-                s.warmup_steps,
                 a.repeats,
                 frames,
                 s.cuda_max_batch,
@@ -194,8 +192,7 @@ class Bench:
                 self.model()[0], self.work, a.recording_seconds or s.recording_seconds, a.batch_size,
                 a.threads, "cpu", a.repeats),
             "train": lambda: sections.train_section(
-                variants, p.lms_cache.clip_seconds, classes, s.train_steps, s.warmup_steps, a.repeats,
-                device),
+                variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device),
             "cuda": cuda_section,
         }  # fmt: skip
 

@@ -66,6 +66,8 @@ class Table:
     rows: list[tuple[str, ...]] = field(default_factory=list)
 
     def render(self) -> str:
+        if not self.rows:  # a skipped or failed section: its title says why
+            return self.title
         cells = [self.columns, *self.rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
         lines = [self.title]
@@ -277,9 +279,11 @@ def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        warnings = [
-            line for line in log_path.read_text().splitlines() if "WARNING" in line or "ERROR" in line
-        ]
+        # the reason: predict's refusal and error lines (each once; its summary repeats the refusals)
+        warnings = list(dict.fromkeys(
+            line.split(": ", 1)[-1].strip() for line in log_path.read_text().splitlines()
+            if line.startswith(("WARNING", "ERROR"))
+        ))  # fmt: skip
         raise BenchError(
             f"birdops predict exited with {process.returncode}: {' | '.join(warnings)[-TAIL_CHARS:]}"
         )
@@ -343,53 +347,39 @@ def random_split(clips: int, n_bins: int, n_frames: int, num_classes: int, seed:
 @dataclass(frozen=True)
 class TrainRun:
     """One training configuration, ready to time: the trainer's model, net, optimizer recipe and
-    loaders (``birdops.train.trainer``'s own functions), over random clips of the right shape."""
+    loader (``birdops.train.trainer``'s own functions), over random clips of the right shape."""
 
     params: TrainParams
     net: torch.nn.Module
     recipe: Recipe
-    warmup: DataLoader[tuple[torch.Tensor, int]]
-    timed: DataLoader[tuple[torch.Tensor, int]]
+    loader: DataLoader[tuple[torch.Tensor, int]]
     ctx: DistContext
 
-    def timed_epoch(self) -> float:
-        return self.epoch(self.timed)
-
     @property
-    def timed_samples(self) -> int:
-        return len(self.timed) * self.params.batch_size
+    def samples(self) -> int:
+        return len(self.loader) * self.params.batch_size
 
-    def epoch(self, loader: DataLoader[tuple[torch.Tensor, int]]) -> float:
-        """Seconds of ``train_epoch`` over ``loader`` (it ends by reading the loss: synchronised)."""
+    def epoch(self) -> float:
+        """Seconds of ``train_epoch`` over the loader (it ends by reading the loss: synchronised)."""
         generator = torch.Generator().manual_seed(self.params.seed)
         with deterministic_mode(self.params.deterministic, self.ctx.device):
             return wall_seconds(
-                lambda: train_epoch(self.net, loader, self.recipe, generator, self.ctx, 0, "bench")
+                lambda: train_epoch(self.net, self.loader, self.recipe, generator, self.ctx, 0, "bench")
             )
 
 
 def train_run(
-    params: TrainParams,
-    shape: tuple[int, int],
-    num_classes: int,
-    steps: int,
-    warmup: int,
-    device: torch.device,
+    params: TrainParams, shape: tuple[int, int], num_classes: int, steps: int, device: torch.device
 ) -> TrainRun:
-    """A :class:`TrainRun` of ``params`` for ``shape`` = ``(n_bins, n_frames)`` clips: ``warmup``
-    batches to warm up on (compilation, allocator, kernels' first calls), ``steps`` to time."""
+    """A :class:`TrainRun` of ``params``: ``steps`` batches of ``shape`` = ``(n_bins, n_frames)`` clips."""
     ctx = DistContext(rank=0, world_size=1, device=device)
     model = build_training_model(params, num_classes, *shape, ctx)
     optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, device))
-
-    def loader(batches: int, seed: int) -> DataLoader[tuple[torch.Tensor, int]]:
-        split = random_split(batches * params.batch_size, *shape, num_classes, seed)
-        sampler = EpochSampler(split.labels, params.seed, shuffle=True, balanced=params.balanced_sampling)
-        return make_loader(FeatureDataset(split), sampler, params, ctx)
-
-    timed = loader(steps, seed=1)
-    recipe = make_recipe(params, optimizer, num_classes, len(timed), ctx)
-    return TrainRun(params, training_net(model, params, ctx), recipe, loader(warmup, seed=0), timed, ctx)
+    split = random_split(steps * params.batch_size, *shape, num_classes, seed=params.seed)
+    sampler = EpochSampler(split.labels, params.seed, shuffle=True, balanced=params.balanced_sampling)
+    loader = make_loader(FeatureDataset(split), sampler, params, ctx)
+    recipe = make_recipe(params, optimizer, num_classes, len(loader), ctx)
+    return TrainRun(params, training_net(model, params, ctx), recipe, loader, ctx)
 
 
 def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
@@ -399,11 +389,12 @@ def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
 
 
 def time_runs(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict[str, Any]]:
-    """Warm every run up, then time them in interleaved rounds: samples/s (median) of each."""
+    """One untimed pass of each run first (compilation, the allocator, kernels' first calls, the
+    loader's workers starting), then interleaved timed passes: samples/s (median) of each."""
     for run in runs.values():
-        run.epoch(run.warmup)
-    rounds = interleaved({name: run.timed_epoch for name, run in runs.items()}, repeats)
-    return {name: {"steps": len(runs[name].timed), **_samples(seconds, runs[name].timed_samples)}
+        run.epoch()
+    rounds = interleaved({name: run.epoch for name, run in runs.items()}, repeats)
+    return {name: {"steps": len(runs[name].loader), **_samples(seconds, runs[name].samples)}
             for name, seconds in rounds.items()}  # fmt: skip
 
 
@@ -423,22 +414,20 @@ def describe(params: TrainParams) -> dict[str, Any]:
 
 
 def train_section(
-    variants: dict[str, TrainParams], clip_seconds: float, num_classes: int, steps: int, warmup: int,
+    variants: dict[str, TrainParams], clip_seconds: float, num_classes: int, steps: int,
     repeats: int, device: torch.device,
 ) -> Section:  # fmt: skip
     """Training samples/s of each variant as ``params.yaml`` sets it, one trainer step per batch
     (augmentation, forward, loss, backward, clipping, AdamW), on ``device``."""
     runs = {
-        name: train_run(
-            params, clip_shape(params.model.features, clip_seconds), num_classes, steps, warmup, device
-        )
+        name: train_run(params, clip_shape(params.model.features, clip_seconds), num_classes, steps, device)
         for name, params in variants.items()
     }
     timed = time_runs(runs, repeats)
     first = next(iter(timed.values()))["samples_per_s"]
     result = {name: {**describe(variants[name]), **timed[name]} for name in variants}
     table = Table(
-        f"training on {device}: {steps} timed steps after {warmup} warm-up, {num_classes} classes",
+        f"training on {device}: {steps} steps a round after one untimed pass, {num_classes} classes",
         ("variant", "model", "batch", "samples/s", "vs first"),
     )
     for name, row in result.items():
@@ -459,11 +448,15 @@ def train_section(
 BASE_AST = ModelParams(arch="ast", size="base", features="seed", patch_stride=10)
 
 
+GPU_LOADER_WORKERS = 4  # the README's GPU profile: loading and collating off the main thread
+
+
 def base_ast(params: TrainParams, **changes: Any) -> TrainParams:
-    """``params`` with the 86M AudioSet AST architecture, bf16, and ``changes``."""
+    """``params`` with the 86M AudioSet AST architecture, bf16, the GPU profile's loader workers,
+    and ``changes``."""
     data = params.model_dump()
     data["model"] = {**data["model"], **BASE_AST.model_dump(exclude={"dropout", "pretrained"})}
-    return TrainParams(**{**data, "precision": "bf16", **changes})
+    return TrainParams(**{**data, "precision": "bf16", "num_workers": GPU_LOADER_WORKERS, **changes})
 
 
 def largest_batch(params: TrainParams, shape: tuple[int, int], num_classes: int, limit: int) -> int:
@@ -480,20 +473,19 @@ def step_fits(params: TrainParams, shape: tuple[int, int], num_classes: int) -> 
     gc.collect()  # the previous try's model and activations
     torch.cuda.empty_cache()
     try:
-        run = train_run(params, shape, num_classes, 1, 1, torch.device("cuda"))
-        run.epoch(run.warmup)
+        train_run(params, shape, num_classes, 1, torch.device("cuda")).epoch()
     except torch.OutOfMemoryError:
         return False
     return True
 
 
 def measure_alone(
-    params: TrainParams, shape: tuple[int, int], num_classes: int, steps: int, warmup: int, repeats: int
+    params: TrainParams, shape: tuple[int, int], num_classes: int, steps: int, repeats: int
 ) -> dict[str, Any]:
     """Samples/s and peak GPU memory of one configuration, timed with nothing else on the GPU."""
     device = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats(device)
-    runs = {"run": train_run(params, shape, num_classes, steps, warmup, device)}
+    runs = {"run": train_run(params, shape, num_classes, steps, device)}
     timed = time_runs(runs, repeats)["run"]
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
     del runs
@@ -502,7 +494,7 @@ def measure_alone(
 
 
 def cuda_train_section(
-    params: TrainParams, clip_seconds: float, num_classes: int, steps: int, warmup: int, repeats: int,
+    params: TrainParams, clip_seconds: float, num_classes: int, steps: int, repeats: int,
     frames: list[int], max_batch: int, use_compile: bool,
 ) -> Section:  # fmt: skip
     """Base-AST training on the GPU (bf16, the real frame count): eager against SDPA attention (and
@@ -521,7 +513,7 @@ def cuda_train_section(
             configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
     # one configuration at a time: each one's peak memory is its own
     result = {
-        name: measure_alone(config, (n_bins, length), num_classes, steps, warmup, repeats)
+        name: measure_alone(config, (n_bins, length), num_classes, steps, repeats)
         for name, (config, length) in configs.items()
     }
     best = configs["sdpa+compile" if use_compile else "sdpa"][0]
@@ -529,7 +521,7 @@ def cuda_train_section(
     batch = largest_batch(best.model_copy(update={"compile_model": False}), shape, num_classes, max_batch)
     if batch:
         big = best.model_copy(update={"batch_size": batch})
-        result[f"largest batch {batch}"] = measure_alone(big, shape, num_classes, steps, warmup, repeats)
+        result[f"largest batch {batch}"] = measure_alone(big, shape, num_classes, steps, repeats)
     eager = result["eager"]["samples_per_s"]
     table = Table(
         f"base AST training on {torch.cuda.get_device_name(device)}: bf16, {n_bins} bins",
@@ -542,11 +534,11 @@ def cuda_train_section(
 
 
 def skipped(reason: str) -> Section:
-    return Section({"skipped": reason}, (Table(f"skipped: {reason}", ("",)),))
+    return Section({"skipped": reason}, (Table(f"skipped: {reason}", ()),))
 
 
 def failed(reason: str) -> Section:
-    return Section({"failed": reason}, (Table(f"failed: {reason}", ("",)),))
+    return Section({"failed": reason}, (Table(f"failed: {reason}", ()),))
 
 
 def run_section(measure: Callable[[], Section]) -> Section:
