@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from birdops.bench.main import SECTIONS, parse_args
-from birdops.bench.sections import Table
+from birdops.bench.sections import Table, base_ast, clip_shape
 from birdops.bench.timing import interleaved, percentile, rate_summary
-from birdops.config import VARIANTS
+from birdops.config import VARIANTS, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +94,14 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     assert "skipped" in sections["cuda"] or set(sections["cuda"]) == {"train", "onnx"}
     # a timing record of this machine: never a DVC output
     assert not (ROOT / "metrics" / "bench.json").exists()
+
+
+def test_the_gpu_rows_train_the_base_ast_on_real_length_clips() -> None:
+    """The CUDA section's configurations, checked where no GPU is: the 86M AST on the 173 frames of a
+    real 4 s clip, in bf16, fed by the GPU profile's loader workers."""
+    assert clip_shape("seed", 4.0) == (128, 173)
+    full = load_params(ROOT / "params.yaml").train_full
+    sdpa = base_ast(full, attention="sdpa", compile_model=True)
+    assert (sdpa.model.arch, sdpa.model.size, sdpa.model.patch_stride) == ("ast", "base", 10)
+    assert (sdpa.precision, sdpa.attention, sdpa.compile_model, sdpa.num_workers) == ("bf16", "sdpa", True, 4)
+    assert sdpa.optim == full.optim and sdpa.augment == full.augment  # the full variant's recipe otherwise
