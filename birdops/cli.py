@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("birdops.serve.app", "serve an exported ONNX model over HTTP"),
     "report": ("birdops.evaluate.report", "compare model variants side by side"),
     "experiments": ("birdops.evaluate.experiments", "run a plan of DVC experiments, write their tables"),
+    "bench": ("birdops.bench.main", "measure cache, model, predict and training throughput on this machine"),
 }
 
 

@@ -191,6 +191,11 @@ class TrainParams(Section):
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True
+    # GPU training near the chip; the defaults leave CPU results as they were
+    attention: Literal["eager", "sdpa"] = "eager"  # training's kernel; a saved model rebuilds eager
+    compile_model: bool = False  # torch.compile the model for the training steps
+    fused_adamw: Literal["auto", "on", "off"] = "auto"  # auto: the fused kernel on CUDA only
+    prefetch_factor: int = Field(2, ge=1)  # batches each DataLoader worker loads ahead (num_workers > 0)
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:

@@ -219,3 +219,28 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
         subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, capture_output=True)
     first, second = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("one", "two"))
     assert first == second
+
+
+@pytest.mark.parametrize(("cfg", "n_bins"), [(AST, 64), (VIT, 40)])
+def test_sdpa_trained_weights_load_into_the_eager_model(
+    tmp_path: Path, cfg: ModelParams, n_bins: int
+) -> None:
+    """Training may run PyTorch's SDPA kernels; the saved model rebuilds with eager attention (what
+    evaluation and the ONNX export trace) and gives the same logits."""
+    torch.manual_seed(2)
+    sdpa = build_model(cfg, num_classes=3, n_bins=n_bins, n_frames=50, attention="sdpa")
+    assert sdpa.backbone.config._attn_implementation == "sdpa"
+    optimizer = torch.optim.AdamW(sdpa.parameters(), lr=1e-2)
+    x, y = torch.randn(6, n_bins, 50), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(3):  # move the weights away from their initialisation
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(sdpa(x), y).backward()
+        optimizer.step()
+    sdpa.eval()
+    save_classifier(tmp_path, sdpa, info_for(cfg, n_bins, 50, ("a b", "c d", "e f")))
+
+    eager, info = load_classifier(tmp_path)
+    assert eager.backbone.config._attn_implementation == "eager"
+    assert "attention" not in info.model  # the kernel is a training setting, not the architecture
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x), sdpa(x), rtol=1e-5, atol=1e-5)

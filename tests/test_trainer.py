@@ -19,13 +19,16 @@ import birdops.train.trainer as trainer
 from birdops.config import ModelParams, OptimParams, ScheduleParams, TrainParams
 from birdops.models.checkpoint import load_classifier
 from birdops.models.factory import build_model, is_head
-from birdops.train.data import EpochSampler, TrainData
+from birdops.train.data import EpochSampler, FeatureDataset, TrainData
+from birdops.train.distributed import DistContext
 from birdops.train.trainer import (
     accumulation_steps,
     autocast_dtype,
     lr_factor,
+    make_loader,
     make_optimizer,
     train,
+    use_fused_adamw,
 )
 
 N_BINS, N_FRAMES, CLASSES = 32, 40, 3
@@ -308,3 +311,50 @@ def test_gradient_accumulation_matches_the_large_batch(data: TrainData, tmp_path
     for key, value in weights["large"].items():
         torch.testing.assert_close(weights["accumulated"][key], value, rtol=1e-4, atol=1e-5)
     assert any(not torch.allclose(weights["small"][k], v, atol=1e-4) for k, v in weights["large"].items())
+
+
+# ------------------------------------------------------------------------------ GPU-side settings
+def test_gpu_settings_default_to_the_cpu_results() -> None:
+    defaults = TrainParams()
+    assert (defaults.attention, defaults.compile_model, defaults.fused_adamw) == ("eager", False, "auto")
+    assert not use_fused_adamw(defaults, torch.device("cpu"))  # CPU runs keep their results
+    assert use_fused_adamw(defaults, torch.device("cuda", 0))
+    assert not use_fused_adamw(params(fused_adamw="off"), torch.device("cuda", 0))
+    model = build_model(ModelParams(arch="ast", size="tiny"), CLASSES, N_BINS, N_FRAMES)
+    assert make_optimizer(model, OptimParams()).defaults["fused"] is None
+    assert make_optimizer(model, OptimParams(), fused=True).defaults["fused"] is True
+
+
+def test_the_loader_keeps_its_workers_and_prefetches(data: TrainData) -> None:
+    sampler = EpochSampler(data.train.labels, 0, shuffle=True)
+    dataset = FeatureDataset(data.train)
+    cpu, cuda = (DistContext(0, 1, torch.device(name)) for name in ("cpu", "cuda"))
+    in_process = make_loader(dataset, sampler, params(), cpu)
+    assert in_process.num_workers == 0 and not in_process.persistent_workers and not in_process.pin_memory
+    workers = make_loader(dataset, sampler, params(num_workers=2, prefetch_factor=4), cuda)
+    assert workers.persistent_workers and workers.pin_memory and workers.prefetch_factor == 4
+
+
+def test_sdpa_training_matches_eager_training(data: TrainData, tmp_path: Path) -> None:
+    """The attention kernel changes rounding only: the same run, the same curve and weights that load
+    into the eager model."""
+    runs = {name: params(epochs=1, attention=name) for name in ("eager", "sdpa")}
+    results = {name: train(run, data, tmp_path / name, None, "baseline") for name, run in runs.items()}
+    for key in ("train/loss", "val/loss"):
+        assert results["sdpa"].history[0][key] == pytest.approx(results["eager"].history[0][key], rel=1e-4)
+    eager = load_file(tmp_path / "eager" / "model.safetensors")
+    for key, value in load_file(tmp_path / "sdpa" / "model.safetensors").items():
+        torch.testing.assert_close(value, eager[key], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_the_same_run(data: TrainData, tmp_path: Path) -> None:
+    """torch.compile (inductor, here on CPU) runs the training steps; evaluation, the saved weights
+    and their names are the plain model's."""
+    plain = train(params(epochs=1), data, tmp_path / "plain", None, variant="baseline")
+    compiled = train(params(epochs=1, compile_model=True), data, tmp_path / "compiled", None, "baseline")
+    assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=1e-3)
+    weights = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert set(weights) == set(load_file(tmp_path / "plain" / "model.safetensors"))
+    model, _ = load_classifier(tmp_path / "compiled")
+    assert not any("_orig_mod" in name for name in model.state_dict())

@@ -13,7 +13,7 @@ rates and any freezing by prefix rely on.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
 from birdops.config import ModelParams
 
 HEAD_PREFIX = "classifier."
+# attention kernels: eager exports to ONNX and is the fastest on CPU for short sequences; sdpa is
+# PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels on GPUs) for training
+Attention = Literal["eager", "sdpa"]
 
 # transformer sizes shared by both archs: tiny/small run on CPU, base is the 86M AudioSet AST / ViT-B/16
 SIZES: dict[str, dict[str, Any]] = {
@@ -44,12 +47,14 @@ VIT_PATCH: dict[str, int] = {"tiny": 8, "small": 8, "base": 16}
 AST_PATCH = 16
 
 
-def ast_config(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> ASTConfig:
+def ast_config(
+    cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int, attention: Attention = "eager"
+) -> ASTConfig:
     """The AST config for ``n_bins`` mel bins and ``n_frames`` frames (the real clip length)."""
     if n_bins < AST_PATCH or n_frames < AST_PATCH:
         raise ValueError(f"AST needs at least {AST_PATCH} bins and frames, got ({n_bins}, {n_frames})")
     return ASTConfig(
-        **_transformer(cfg, num_classes),
+        **_transformer(cfg, num_classes, attention),
         patch_size=AST_PATCH,
         frequency_stride=cfg.patch_stride,
         time_stride=cfg.patch_stride,
@@ -58,25 +63,27 @@ def ast_config(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -
     )
 
 
-def vit_config(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> ViTConfig:
+def vit_config(
+    cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int, attention: Attention = "eager"
+) -> ViTConfig:
     """The ViT config for a one-channel image of ``(n_bins, n_frames)`` padded up to whole patches."""
     patch = VIT_PATCH[cfg.size]
     return ViTConfig(
-        **_transformer(cfg, num_classes),
+        **_transformer(cfg, num_classes, attention),
         patch_size=patch,
         image_size=(_round_up(n_bins, patch), _round_up(n_frames, patch)),
         num_channels=1,
     )
 
 
-def _transformer(cfg: ModelParams, num_classes: int) -> dict[str, Any]:
+def _transformer(cfg: ModelParams, num_classes: int, attention: Attention) -> dict[str, Any]:
     """Config fields both archs share: size, dropout, classes, attention kernel."""
     return {
         **SIZES[cfg.size],
         "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.dropout,
         "num_labels": num_classes,
-        "attn_implementation": "eager",  # exports to ONNX, and is the fastest on CPU for short sequences
+        "attn_implementation": attention,
     }
 
 
@@ -120,18 +127,23 @@ class ViTClassifier(nn.Module):
         return self.classifier(hidden[:, 0])  # (B, C)
 
 
-def build_model(cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int) -> nn.Module:
+def build_model(
+    cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int, attention: Attention = "eager"
+) -> nn.Module:
     """A freshly initialised classifier ``(B, n_bins, n_frames) -> (B, num_classes)`` logits.
 
     Architecture only: ``cfg.pretrained`` is not read here (see ``birdops.models.pretrained``), so
-    rebuilding a saved model never touches the network.
+    rebuilding a saved model never touches the network. ``attention`` picks the kernel, not the
+    weights: the parameters and their names are the same for both, so weights trained with ``sdpa``
+    load into the ``eager`` model that checkpoints, evaluation and the ONNX export build.
     """
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     if cfg.arch == "ast":
-        return ASTClassifier(ast_config(cfg, num_classes, n_bins, n_frames))
+        return ASTClassifier(ast_config(cfg, num_classes, n_bins, n_frames, attention))
     if cfg.arch == "vit":
-        return ViTClassifier(vit_config(cfg, num_classes, n_bins, n_frames), num_classes, n_bins, n_frames)
+        config = vit_config(cfg, num_classes, n_bins, n_frames, attention)
+        return ViTClassifier(config, num_classes, n_bins, n_frames)
     raise ValueError(f"unknown model.arch {cfg.arch!r}")
 
 

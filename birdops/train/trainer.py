@@ -75,12 +75,8 @@ def _train(
     params: TrainParams, data: TrainData, out_dir: Path, live_dir: Path | None, variant: str, ctx: DistContext
 ) -> TrainResult:
     num_classes = len(data.labels)
-    torch.manual_seed(params.seed)  # the same initial weights on every rank and every re-run
-    model = build_model(params.model, num_classes, data.n_bins, data.n_frames)
-    if params.model.pretrained:
-        load_pretrained(model, params.model.pretrained)
-    model.to(ctx.device)
-    optimizer = make_optimizer(model, params.optim)
+    model = build_training_model(params, num_classes, data.n_bins, data.n_frames, ctx)
+    optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, ctx.device))
     train_sampler, train_loader, val_loader = make_loaders(data, params, ctx)
     recipe = make_recipe(params, optimizer, num_classes, len(train_loader), ctx)
 
@@ -95,11 +91,7 @@ def _train(
     if ctx.is_main:
         log_run(variant, model, data, recipe, ctx)
     live = open_live(live_dir, state.history) if ctx.is_main and live_dir is not None else None
-    net: nn.Module = model
-    if ctx.is_distributed:
-        net = DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
+    net = training_net(model, params, ctx)
     key, larger_is_better = STOP_METRICS[params.early_stopping.metric]
 
     while state.epoch < params.epochs and state.bad_epochs < params.early_stopping.patience:
@@ -158,10 +150,52 @@ def finish(out_dir: Path, model: nn.Module, info: ClassifierInfo, live: Live | N
     )
 
 
+# --------------------------------------------------------------------------------------- the model
+def build_training_model(
+    params: TrainParams, num_classes: int, n_bins: int, n_frames: int, ctx: DistContext
+) -> nn.Module:
+    """The model to train, on ``ctx.device``: seeded (the same initial weights on every rank and every
+    re-run), with ``params.attention``'s kernel, filled from ``model.pretrained`` when it names one."""
+    torch.manual_seed(params.seed)
+    model = build_model(params.model, num_classes, n_bins, n_frames, attention=params.attention)
+    if params.model.pretrained:
+        load_pretrained(model, params.model.pretrained)
+    return model.to(ctx.device)
+
+
+def training_net(model: nn.Module, params: TrainParams, ctx: DistContext) -> nn.Module:
+    """What the training steps call: ``model`` in DDP under torchrun, compiled when
+    ``compile_model`` is set. It shares ``model``'s parameters; evaluation, checkpoints and the resume
+    state use ``model`` itself (no ``_orig_mod.`` or ``module.`` prefixes in the saved names)."""
+    net: nn.Module = model
+    if ctx.is_distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+    if params.compile_model:
+        # compiling the DDP module lets dynamo split the graph at DDP's gradient buckets
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def ddp_module(net: nn.Module) -> DistributedDataParallel | None:
+    """The DDP module inside ``net`` (compiled or not), or None on one process."""
+    inner = getattr(net, "_orig_mod", net)  # torch.compile's wrapper keeps the module it compiled
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
 # ------------------------------------------------------------------------------------ optimization
-def make_optimizer(model: nn.Module, optim: OptimParams) -> torch.optim.AdamW:
+def use_fused_adamw(params: TrainParams, device: torch.device) -> bool:
+    """``fused_adamw``: ``auto`` fuses on CUDA only, so CPU runs keep the results they had."""
+    if params.fused_adamw == "auto":
+        return device.type == "cuda"
+    return params.fused_adamw == "on"
+
+
+def make_optimizer(model: nn.Module, optim: OptimParams, fused: bool = False) -> torch.optim.AdamW:
     """AdamW over four named groups: ``backbone`` / ``head`` (``classifier.*``) at their own learning
-    rates, each split into weights (with weight decay) and ``*_no_decay`` (biases, norms, tokens)."""
+    rates, each split into weights (with weight decay) and ``*_no_decay`` (biases, norms, tokens).
+    ``fused``: one kernel for the whole update (``torch.optim.AdamW(fused=True)``) instead of the
+    per-tensor-list ``foreach`` one; it rounds differently, so it is a parameter."""
     groups: dict[str, list[nn.Parameter]] = {
         "backbone": [],
         "backbone_no_decay": [],
@@ -186,7 +220,7 @@ def make_optimizer(model: nn.Module, optim: OptimParams) -> torch.optim.AdamW:
         for name, members in groups.items()
         if members
     ]
-    return torch.optim.AdamW(param_groups)
+    return torch.optim.AdamW(param_groups, fused=True if fused else None)
 
 
 @dataclass(frozen=True)
@@ -308,6 +342,7 @@ def train_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = 0
+    ddp = ddp_module(net)
     optimizer.zero_grad(set_to_none=True)
     for index, (features, labels) in enumerate(
         tqdm(loader, desc=desc, disable=None if ctx.is_main else True, leave=False)
@@ -320,11 +355,7 @@ def train_epoch(
         group_start = index - index % recipe.accumulation
         group_size = min(recipe.accumulation, n_batches - group_start)
         last_in_group = index == group_start + group_size - 1
-        sync = (
-            net.no_sync()
-            if isinstance(net, DistributedDataParallel) and not last_in_group
-            else contextlib.nullcontext()
-        )
+        sync = ddp.no_sync() if ddp is not None and not last_in_group else contextlib.nullcontext()
         with sync:
             with autocast(ctx.device, recipe.dtype):
                 logits = net(mixed.inputs)  # (B, C)
@@ -411,13 +442,18 @@ def make_loaders(
 def make_loader(
     dataset: FeatureDataset, sampler: EpochSampler, params: TrainParams, ctx: DistContext
 ) -> DataLoader[tuple[torch.Tensor, int]]:
+    """Batches of ``batch_size`` clips in the sampler's order. On CUDA they come in pinned memory, so
+    the step's ``non_blocking`` copies overlap; with ``num_workers`` > 0 the workers live for the
+    whole run (not restarted each epoch) and each keeps ``prefetch_factor`` batches ready."""
+    workers = params.num_workers
     return DataLoader(
         dataset,
         batch_size=params.batch_size,
         sampler=sampler,
-        num_workers=params.num_workers,
+        num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
-        persistent_workers=params.num_workers > 0,
+        persistent_workers=workers > 0,
+        prefetch_factor=params.prefetch_factor if workers > 0 else None,
     )
 
 

@@ -1,0 +1,141 @@
+"""What the benchmarks run on, built from ``params.yaml`` in a work folder unless given.
+
+- a corpus subset: the embedded generator with ``data.synthetic``'s settings and fewer recordings,
+  then ``prepare`` with ``prepare``'s (the same code paths as the DAG's first two stages);
+- a saved classifier of a variant's architecture (seeded random weights: throughput does not depend
+  on what the weights learnt) and its ONNX export, made as the ``export_onnx`` stage makes it;
+- a long recording of bird-like chirps in noise, written block by block as 16-bit FLAC.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from birdops.config import Params, SyntheticParams
+from birdops.data.prepare import MANIFEST_FILE, prepare_corpus, read_labels, write_prepared
+from birdops.data.synthetic import generate_corpus
+from birdops.export.onnx_export import (
+    annotate,
+    export_classifier,
+    load_waveform_classifier,
+    metadata_for,
+    save_model,
+    weights_sha256,
+)
+from birdops.features.frontend import build_frontend
+from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.models.factory import build_model
+
+log = logging.getLogger(__name__)
+
+CHIRP_PERIOD_S = 0.7  # one call every 0.7 s
+BLOCK_SECONDS = 60.0  # the long recording is generated and encoded a minute at a time
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A raw folder and its prepared manifest: the files ``lms_cache`` reads."""
+
+    raw_dir: Path
+    prepared_dir: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared_dir / MANIFEST_FILE
+
+    def recordings(self) -> list[tuple[Path, float]]:
+        """``(audio path, length_s)`` of every manifest row, in manifest order."""
+        with self.manifest.open(newline="") as handle:
+            return [
+                (self.raw_dir / row["local_path"], float(row["length_s"])) for row in csv.DictReader(handle)
+            ]
+
+    def labels(self) -> tuple[str, ...]:
+        return read_labels(self.prepared_dir)
+
+
+def corpus_subset(params: Params, recordings: int, species: int, out_dir: Path) -> Corpus:
+    """Generate ``recordings`` recordings of ``species`` species with ``data.synthetic``'s other
+    settings into ``out_dir/raw`` and prepare them into ``out_dir/prepared``."""
+    base = params.data.synthetic
+    synthetic = SyntheticParams(**{
+        **base.model_dump(), "recordings": recordings, "species": species,
+        "recordists": max(1, recordings // 3), "confusable_pairs": min(base.confusable_pairs, species // 2),
+    })  # fmt: skip
+    raw_dir, prepared_dir = out_dir / "raw", out_dir / "prepared"
+    generate_corpus(synthetic, params.data.seed, raw_dir)
+    write_prepared(prepare_corpus(raw_dir, params.prepare), prepared_dir)
+    return Corpus(raw_dir, prepared_dir)
+
+
+def best_variant(best_json: Path, fallback: str) -> str:
+    """The variant ``metrics/best.json`` names (the one the DAG exports), else ``fallback``."""
+    try:
+        return str(json.loads(best_json.read_text())["variant"])
+    except (OSError, ValueError, KeyError):
+        log.info("%s: no exported variant named; benchmarking %s", best_json, fallback)
+        return fallback
+
+
+def saved_model(params: Params, variant: str, labels: tuple[str, ...], models_dir: Path) -> Path:
+    """Save a seeded, untrained classifier of ``variant``'s architecture as ``models_dir/<variant>``
+    (what ``birdops.models.checkpoint.load_classifier`` reads), for ``lms_cache.clip_seconds`` clips
+    of its preset; returns the folder."""
+    section = params.variant(variant)
+    frontend = build_frontend(section.model.features)
+    clip_seconds = params.lms_cache.clip_seconds
+    n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
+    info = ClassifierInfo(
+        variant=variant, model=section.model.model_dump(), labels=labels, feature_preset=frontend.spec.name,
+        feature_spec=frontend.spec.to_dict(), clip_seconds=clip_seconds, n_bins=frontend.spec.n_bins,
+        n_frames=n_frames,
+    )  # fmt: skip
+    torch.manual_seed(section.seed)
+    model = build_model(section.model, len(labels), info.n_bins, n_frames)
+    save_classifier(models_dir / variant, model, info)
+    return models_dir / variant
+
+
+def exported_model(model_dir: Path, variant: str, opset: int, path: Path) -> Path:
+    """Export the saved classifier in ``model_dir`` to ``path`` as the ``export_onnx`` stage does
+    (front end inside the graph, dynamic batch, ``birdops.*`` metadata, full check); returns ``path``."""
+    classifier, info = load_waveform_classifier(model_dir)
+    num_samples = round(info.clip_seconds * int(info.feature_spec["sample_rate_hz"]))
+    model = export_classifier(classifier, num_samples, opset)
+    annotate(model, metadata_for(info, variant, weights_sha256(model_dir)), opset)
+    save_model(model, path)
+    return path
+
+
+def chirps(seconds: float, sample_rate_hz: int, seed: int = 0, start_s: float = 0.0) -> np.ndarray:
+    """``seconds`` of rising chirps (2-6 kHz for 0.2 s, one every 0.7 s) in faint noise from ``start_s``
+    on: float32 in [-1, 1], shape ``(round(seconds * sample_rate_hz),)``."""
+    rng = np.random.default_rng([seed, round(start_s * sample_rate_hz)])
+    t = start_s + np.arange(round(seconds * sample_rate_hz)) / sample_rate_hz
+    phase_s = np.mod(t, CHIRP_PERIOD_S)  # time since the last chirp started
+    sweep_hz = 2000.0 + 4000.0 * phase_s / 0.2
+    call = np.where(phase_s < 0.2, np.sin(2 * np.pi * sweep_hz * phase_s), 0.0)
+    return (0.3 * call + 0.02 * rng.normal(size=t.shape)).astype(np.float32)
+
+
+def long_recording(path: Path, seconds: float, sample_rate_hz: int) -> Path:
+    """Write ``seconds`` of :func:`chirps` as a mono 16-bit FLAC, one block at a time (an hour at
+    44.1 kHz is 159 M samples: never all in memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(
+        path, "w", samplerate=sample_rate_hz, channels=1, format="FLAC", subtype="PCM_16"
+    ) as out:
+        start_s = 0.0
+        while start_s < seconds:
+            block_s = min(BLOCK_SECONDS, seconds - start_s)
+            out.write(chirps(block_s, sample_rate_hz, start_s=start_s))
+            start_s += block_s
+    return path

@@ -1,0 +1,549 @@
+"""The measurements of ``birdops bench``: each returns its JSON section and the table it prints.
+
+Every comparison is measured side by side in the same run, in interleaved rounds (``timing``), and
+reported as the median of the rounds with the ratio between the sides.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from birdops.bench.inputs import Corpus, chirps, long_recording
+from birdops.bench.timing import call_latencies, interleaved, median, percentile, rate_summary, wall_seconds
+from birdops.config import LmsCacheParams, ModelParams, TrainParams
+from birdops.export.parity import compare, logit_scale
+from birdops.features.frontend import build_frontend, spec_for
+from birdops.models.classifier import load_waveform_classifier
+from birdops.serve.inference import CPU_PROVIDER, CUDA_PROVIDER, Classifier
+from birdops.train.data import EpochSampler, FeatureDataset
+from birdops.train.distributed import DistContext
+from birdops.train.trainer import (
+    Recipe,
+    build_training_model,
+    deterministic_mode,
+    make_loader,
+    make_optimizer,
+    make_recipe,
+    train_epoch,
+    training_net,
+    use_fused_adamw,
+)
+
+PREDICT_RATE_HZ = 44100  # field recorders' usual rate: predict pays for resampling as on real files
+TAIL_CHARS = 2000  # of a failed subprocess's stderr, in the error
+
+
+class BenchError(RuntimeError):
+    """A benchmark failed (a stage or command exited with an error, an input is missing)."""
+
+
+class Unavailable(BenchError):
+    """A benchmark needs what this machine lacks (a GPU, onnxruntime's CUDA provider)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """What a section prints: a title, column names and rows of formatted cells."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+
+    def render(self) -> str:
+        if not self.rows:  # a skipped or failed section: its title says why
+            return self.title
+        cells = [self.columns, *self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = [self.title]
+        for n, row in enumerate(cells):
+            padded = [
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(padded))
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section's figures (its part of the JSON) and the tables it prints."""
+
+    result: dict[str, Any]
+    tables: tuple[Table, ...]
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+# ------------------------------------------------------------------------------------ feature cache
+def stage_env() -> dict[str, str]:
+    """The environment for ``python -m pipeline.lms_cache``: this one, with the folder holding the
+    ``pipeline`` package first on ``PYTHONPATH`` (the stage's process then runs this checkout)."""
+    spec = importlib.util.find_spec("pipeline")
+    if spec is None or spec.origin is None:
+        raise BenchError("the pipeline package (the DVC stages) is not importable; run from the repository")
+    root = str(Path(spec.origin).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
+    """One whole ``lms_cache`` stage into a fresh ``work_dir/lms`` (a finished cache would be reused),
+    run in ``work_dir``, where ``params.yaml`` is and ``runs/lms_cache.json`` goes."""
+    out = work_dir / "lms"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "pipeline.lms_cache", "--raw", str(corpus.raw_dir),
+        "--prepared", str(corpus.prepared_dir), "--out", str(out), "--summary", str(work_dir / "cache.json"),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise BenchError(f"lms_cache stage exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
+
+
+def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> int:
+    """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its refusals."""
+    command = [
+        sys.executable, "-m", "birdops.bench.decode", "--files", str(files),
+        "--rates", ",".join(map(str, rates_hz)), "--workers", str(workers),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise BenchError(f"decode-only run exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
+    return int(done.stdout.split()[-1])
+
+
+def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeats: int) -> Section:
+    """Files/s and audio-seconds/s of the whole ``lms_cache`` stage (a subprocess, start-up included)
+    against decoding the same files at the presets' rates with as many processes (also a subprocess:
+    ``birdops.bench.decode``)."""
+    recordings = corpus.recordings()
+    paths = [path for path, _ in recordings]
+    audio_s = sum(length for _, length in recordings)
+    rates = sorted({spec_for(preset).sample_rate_hz for preset in params.presets})
+    files = work_dir / "decode_files.txt"
+    files.write_text("".join(f"{path}\n" for path in paths))
+    refused: list[int] = []
+    runs = interleaved(
+        {
+            "stage": lambda: wall_seconds(lambda: run_cache_stage(corpus, work_dir)),
+            "decode_only": lambda: wall_seconds(
+                lambda: refused.append(run_decode_only(files, rates, params.workers, work_dir))
+            ),
+        },
+        repeats,
+    )
+    sides = {name: _throughput(seconds, len(paths), audio_s) for name, seconds in runs.items()}
+    share = sides["stage"]["files_per_s"] / sides["decode_only"]["files_per_s"]
+    result: dict[str, Any] = {
+        "recordings": len(paths), "audio_seconds": round(audio_s, 1), "presets": list(params.presets),
+        "decode_rates_hz": rates, "workers": params.workers, "decode_refused": refused[-1], **sides,
+        "stage_over_decode_only": share,
+    }  # fmt: skip
+    table = Table(
+        f"feature cache: {len(paths)} recordings, {audio_s / 60:.1f} min of audio, presets "
+        f"{','.join(params.presets)}, {params.workers} workers",
+        ("", "lms_cache stage", "decode only", "stage / decode"),
+    )
+    for key, label in (("files_per_s", "files/s"), ("audio_s_per_s", "audio s/s")):
+        table.rows.append((label, fmt(sides["stage"][key]), fmt(sides["decode_only"][key]), ratio(share)))
+    table.rows.append(
+        ("wall s (median)", fmt(sides["stage"]["wall_s"], 2), fmt(sides["decode_only"]["wall_s"], 2), "")
+    )
+    return Section(result, (table,))
+
+
+def _throughput(seconds: list[float], files: int, audio_s: float) -> dict[str, Any]:
+    wall = median(seconds)
+    return {"seconds": [round(s, 3) for s in seconds], "wall_s": wall, "files_per_s": files / wall,
+            "audio_s_per_s": audio_s / wall}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- exported model
+def providers(device: str) -> list[str]:
+    return [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_section(
+    onnx_path: Path, models_dir: Path, batch_size: int, threads: int, device: str, repeats: int,
+    min_calls: int, min_seconds: float,
+) -> Section:  # fmt: skip
+    """onnxruntime against PyTorch eager on the same model (the ONNX file's variant, loaded from
+    ``models_dir``), the same batch of ``batch_size`` windows and the same threads: clips/s, p50/p99
+    batch latency, and the parity of their logits."""
+    classifier = Classifier.load(onnx_path, providers=providers(device), intra_op_threads=threads)
+    if device == "cuda" and CUDA_PROVIDER not in classifier.providers:
+        raise Unavailable(f"onnxruntime runs {onnx_path} on {', '.join(classifier.providers)}, not CUDA")
+    module, _ = load_waveform_classifier(models_dir / classifier.metadata.variant, device)
+    wave = chirps(batch_size * classifier.window_seconds, classifier.sample_rate_hz, seed=1)
+    batch = wave[: batch_size * classifier.metadata.window_samples].reshape(batch_size, -1)  # (B, S)
+    tensor = torch.from_numpy(batch).to(device)
+
+    def torch_logits() -> np.ndarray:
+        with torch.inference_mode():
+            logits = module(tensor)  # (B, C)
+        sync(tensor.device)
+        return logits.float().cpu().numpy()
+
+    def ort_logits() -> np.ndarray:
+        return classifier.logits(batch)
+
+    reference, candidate = torch_logits(), ort_logits()  # also the warm-up calls
+    max_abs, top1 = compare(reference, candidate)
+    max_rel = max_abs / logit_scale(reference)
+    rounds = interleaved(
+        {
+            "onnxruntime": functools.partial(call_latencies, ort_logits, min_calls, min_seconds),
+            "pytorch": functools.partial(call_latencies, torch_logits, min_calls, min_seconds),
+        },
+        repeats,
+    )
+    sides = {side: _latency_summary(latencies, batch_size) for side, latencies in rounds.items()}
+    speedup = sides["onnxruntime"]["clips_per_s"] / sides["pytorch"]["clips_per_s"]
+    result: dict[str, Any] = {
+        "model": str(onnx_path), "variant": classifier.metadata.variant, "device": device,
+        "providers": classifier.providers, "threads": threads, "batch_size": batch_size, **sides,
+        "ort_over_torch": speedup, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
+        "parity_digits": -math.log10(max(max_rel, 1e-16)), "top1_agreement": top1,
+    }  # fmt: skip
+    table = Table(
+        f"exported model ({classifier.metadata.variant}) on {device}: batch {batch_size}, {threads} threads; "
+        f"parity {result['parity_digits']:.1f} digits (max |diff| / scale {max_rel:.1e}), top-1 {top1:.3f}",
+        ("", "onnxruntime", "pytorch eager", "ort / torch"),
+    )
+    table.rows.append(
+        (
+            "clips/s",
+            fmt(sides["onnxruntime"]["clips_per_s"]),
+            fmt(sides["pytorch"]["clips_per_s"]),
+            ratio(speedup),
+        )
+    )
+    for key, label in (("p50_ms", "p50 batch ms"), ("p99_ms", "p99 batch ms")):
+        ort_ms, torch_ms = sides["onnxruntime"][key], sides["pytorch"][key]
+        table.rows.append((label, fmt(ort_ms, 2), fmt(torch_ms, 2), ratio(ort_ms / torch_ms)))
+    return Section(result, (table,))
+
+
+def _latency_summary(rounds: list[list[float]], batch_size: int) -> dict[str, Any]:
+    """Median over rounds of clips/s, and p50/p99 of every call's latency pooled over the rounds."""
+    pooled = [s for latencies in rounds for s in latencies]
+    return {
+        "calls": [len(latencies) for latencies in rounds],
+        "clips_per_s": median([batch_size * len(latencies) / sum(latencies) for latencies in rounds]),
+        "p50_ms": 1000 * percentile(pooled, 0.5),
+        "p99_ms": 1000 * percentile(pooled, 0.99),
+    }
+
+
+# -------------------------------------------------------------------------------- birdops predict
+def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
+    """Run ``birdops predict``; returns its wall seconds and its peak RSS in MiB.
+
+    The peak is the ``ru_maxrss`` that ``getrusage(RUSAGE_CHILDREN)`` would report, taken from
+    ``wait4`` for this child alone: ``RUSAGE_CHILDREN`` is the largest of every child waited for so
+    far (the cache stage's included), this child's own is what the figure must be.
+    """
+    with log_path.open("w") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        # the reason: predict's refusal and error lines (each once; its summary repeats the refusals)
+        warnings = list(dict.fromkeys(
+            line.split(": ", 1)[-1].strip() for line in log_path.read_text().splitlines()
+            if line.startswith(("WARNING", "ERROR"))
+        ))  # fmt: skip
+        raise BenchError(
+            f"birdops predict exited with {process.returncode}: {' | '.join(warnings)[-TAIL_CHARS:]}"
+        )
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def predict_section(
+    onnx_path: Path, work_dir: Path, seconds: float, batch_size: int, threads: int, device: str, repeats: int
+) -> Section:
+    """``birdops predict`` (a subprocess, start-up included) on a generated ``seconds``-long 44.1 kHz
+    FLAC: audio seconds per wall second (x real time) and peak RSS."""
+    recording = long_recording(work_dir / "long.flac", seconds, PREDICT_RATE_HZ)
+    output = work_dir / "predict.csv"
+    command = [
+        sys.executable, "-m", "birdops.cli", "predict", str(recording), "--model", str(onnx_path),
+        "--output", str(output), "--batch-size", str(batch_size), "--threads", str(threads),
+        "--device", device,
+    ]  # fmt: skip
+    runs = interleaved({"predict": lambda: run_predict(command, work_dir / "predict.log")}, repeats)[
+        "predict"
+    ]
+    walls, peaks = [wall for wall, _ in runs], [peak for _, peak in runs]
+    with output.open() as handle:
+        rows = sum(1 for _ in handle) - 1
+    result: dict[str, Any] = {
+        "recording_seconds": seconds, "sample_rate_hz": PREDICT_RATE_HZ, "format": "FLAC PCM_16",
+        "recording_mib": recording.stat().st_size / 2**20, "batch_size": batch_size, "threads": threads,
+        "device": device, "seconds": [round(s, 3) for s in walls], "wall_s": median(walls),
+        "x_real_time": seconds / median(walls), "peak_rss_mib": [round(p, 1) for p in peaks],
+        "peak_rss_mib_max": max(peaks), "rows": rows,
+    }  # fmt: skip
+    table = Table(
+        f"birdops predict: {seconds / 60:g} min of 44.1 kHz FLAC, batch {batch_size}, {threads} threads, "
+        f"{device}",
+        ("", "value"),
+        [
+            ("x real time (audio s / wall s)", fmt(result["x_real_time"])),
+            ("wall s (median)", fmt(result["wall_s"], 2)),
+            ("peak RSS MiB (max)", fmt(result["peak_rss_mib_max"])),
+        ],
+    )
+    return Section(result, (table,))
+
+
+# --------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class RandomSplit:
+    """Clips of random features in a cached split's shape and dtype (throughput does not depend on
+    their values)."""
+
+    features: np.ndarray  # (N, F, T) float16
+    labels: np.ndarray  # (N,) int64
+
+
+def random_split(clips: int, n_bins: int, n_frames: int, num_classes: int, seed: int) -> RandomSplit:
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((clips, n_bins, n_frames), dtype=np.float32).astype(np.float16)
+    return RandomSplit(features, np.arange(clips, dtype=np.int64) % num_classes)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training configuration, ready to time: the trainer's model, net, optimizer recipe and
+    loader (``birdops.train.trainer``'s own functions), over random clips of the right shape."""
+
+    params: TrainParams
+    net: torch.nn.Module
+    recipe: Recipe
+    loader: DataLoader[tuple[torch.Tensor, int]]
+    ctx: DistContext
+
+    @property
+    def samples(self) -> int:
+        return len(self.loader) * self.params.batch_size
+
+    def epoch(self) -> float:
+        """Seconds of ``train_epoch`` over the loader (it ends by reading the loss: synchronised)."""
+        generator = torch.Generator().manual_seed(self.params.seed)
+        with deterministic_mode(self.params.deterministic, self.ctx.device):
+            return wall_seconds(
+                lambda: train_epoch(self.net, self.loader, self.recipe, generator, self.ctx, 0, "bench")
+            )
+
+
+def train_run(
+    params: TrainParams, shape: tuple[int, int], num_classes: int, steps: int, device: torch.device
+) -> TrainRun:
+    """A :class:`TrainRun` of ``params``: ``steps`` batches of ``shape`` = ``(n_bins, n_frames)`` clips."""
+    ctx = DistContext(rank=0, world_size=1, device=device)
+    model = build_training_model(params, num_classes, *shape, ctx)
+    optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, device))
+    split = random_split(steps * params.batch_size, *shape, num_classes, seed=params.seed)
+    sampler = EpochSampler(split.labels, params.seed, shuffle=True, balanced=params.balanced_sampling)
+    loader = make_loader(FeatureDataset(split), sampler, params, ctx)
+    recipe = make_recipe(params, optimizer, num_classes, len(loader), ctx)
+    return TrainRun(params, training_net(model, params, ctx), recipe, loader, ctx)
+
+
+def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
+    """``(n_bins, n_frames)`` of a ``clip_seconds`` clip of ``preset``'s features."""
+    frontend = build_frontend(preset)
+    return frontend.spec.n_bins, frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
+
+
+def time_runs(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict[str, Any]]:
+    """One untimed pass of each run first (compilation, the allocator, kernels' first calls, the
+    loader's workers starting), then interleaved timed passes: samples/s (median) of each."""
+    for run in runs.values():
+        run.epoch()
+    rounds = interleaved({name: run.epoch for name, run in runs.items()}, repeats)
+    return {name: {"steps": len(runs[name].loader), **_samples(seconds, runs[name].samples)}
+            for name, seconds in rounds.items()}  # fmt: skip
+
+
+def _samples(seconds: list[float], samples: int) -> dict[str, Any]:
+    summary = rate_summary(seconds, samples)
+    return {"seconds": summary["seconds"], "samples_per_s": summary["per_s"]}
+
+
+def describe(params: TrainParams) -> dict[str, Any]:
+    m = params.model
+    return {
+        "arch": m.arch, "size": m.size, "features": m.features, "patch_stride": m.patch_stride,
+        "batch_size": params.batch_size, "precision": params.precision, "attention": params.attention,
+        "compile_model": params.compile_model, "fused_adamw": params.fused_adamw,
+        "num_workers": params.num_workers,
+    }  # fmt: skip
+
+
+def train_section(
+    variants: dict[str, TrainParams], clip_seconds: float, num_classes: int, steps: int,
+    repeats: int, device: torch.device,
+) -> Section:  # fmt: skip
+    """Training samples/s of each variant as ``params.yaml`` sets it, one trainer step per batch
+    (augmentation, forward, loss, backward, clipping, AdamW), on ``device``."""
+    runs = {
+        name: train_run(params, clip_shape(params.model.features, clip_seconds), num_classes, steps, device)
+        for name, params in variants.items()
+    }
+    timed = time_runs(runs, repeats)
+    first = next(iter(timed.values()))["samples_per_s"]
+    result = {name: {**describe(variants[name]), **timed[name]} for name in variants}
+    table = Table(
+        f"training on {device}: {steps} steps a round after one untimed pass, {num_classes} classes",
+        ("variant", "model", "batch", "samples/s", "vs first"),
+    )
+    for name, row in result.items():
+        model = f"{row['arch']} {row['size']} {row['features']}"
+        table.rows.append(
+            (
+                name,
+                model,
+                str(row["batch_size"]),
+                fmt(row["samples_per_s"]),
+                ratio(row["samples_per_s"] / first),
+            )
+        )
+    return Section({"device": str(device), "num_classes": num_classes, "variants": result}, (table,))
+
+
+# ------------------------------------------------------------------------------------------- CUDA
+BASE_AST = ModelParams(arch="ast", size="base", features="seed", patch_stride=10)
+
+
+GPU_LOADER_WORKERS = 4  # the README's GPU profile: loading and collating off the main thread
+
+
+def base_ast(params: TrainParams, **changes: Any) -> TrainParams:
+    """``params`` with the 86M AudioSet AST architecture, bf16, the GPU profile's loader workers,
+    and ``changes``."""
+    data = params.model_dump()
+    data["model"] = {**data["model"], **BASE_AST.model_dump(exclude={"dropout", "pretrained"})}
+    return TrainParams(**{**data, "precision": "bf16", "num_workers": GPU_LOADER_WORKERS, **changes})
+
+
+def largest_batch(params: TrainParams, shape: tuple[int, int], num_classes: int, limit: int) -> int:
+    """The largest power-of-two multiple of ``params.batch_size`` (up to ``limit``) whose training
+    step fits in GPU memory; 0 when none does."""
+    fitting, batch = 0, params.batch_size
+    while batch <= limit and step_fits(params.model_copy(update={"batch_size": batch}), shape, num_classes):
+        fitting, batch = batch, batch * 2
+    return fitting
+
+
+def step_fits(params: TrainParams, shape: tuple[int, int], num_classes: int) -> bool:
+    """Whether one training step of ``params`` runs on the GPU without running out of memory."""
+    gc.collect()  # the previous try's model and activations
+    torch.cuda.empty_cache()
+    try:
+        train_run(params, shape, num_classes, 1, torch.device("cuda")).epoch()
+    except torch.OutOfMemoryError:
+        return False
+    return True
+
+
+def measure_alone(
+    params: TrainParams, shape: tuple[int, int], num_classes: int, steps: int, repeats: int
+) -> dict[str, Any]:
+    """Samples/s and peak GPU memory of one configuration, timed with nothing else on the GPU."""
+    device = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats(device)
+    runs = {"run": train_run(params, shape, num_classes, steps, device)}
+    timed = time_runs(runs, repeats)["run"]
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    del runs
+    torch.cuda.empty_cache()
+    return {**describe(params), "frames": shape[1], **timed, "peak_gib": peak_gib}
+
+
+def cuda_train_section(
+    params: TrainParams, clip_seconds: float, num_classes: int, steps: int, repeats: int,
+    frames: list[int], max_batch: int, use_compile: bool,
+) -> Section:  # fmt: skip
+    """Base-AST training on the GPU (bf16, the real frame count): eager against SDPA attention (and
+    compiled) at ``params.batch_size``, the other ``frames`` lengths eager, then SDPA at the largest
+    batch that fits, with each configuration's peak memory."""
+    device = torch.device("cuda")
+    n_bins, real_frames = clip_shape("seed", clip_seconds)
+    configs: dict[str, tuple[TrainParams, int]] = {
+        "eager": (base_ast(params, attention="eager"), real_frames),
+        "sdpa": (base_ast(params, attention="sdpa"), real_frames),
+    }
+    if use_compile:
+        configs["sdpa+compile"] = (base_ast(params, attention="sdpa", compile_model=True), real_frames)
+    for length in frames:
+        if length != real_frames:
+            configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
+    # one configuration at a time: each one's peak memory is its own
+    result = {
+        name: measure_alone(config, (n_bins, length), num_classes, steps, repeats)
+        for name, (config, length) in configs.items()
+    }
+    best = configs["sdpa+compile" if use_compile else "sdpa"][0]
+    shape = (n_bins, real_frames)
+    batch = largest_batch(best.model_copy(update={"compile_model": False}), shape, num_classes, max_batch)
+    if batch:
+        big = best.model_copy(update={"batch_size": batch})
+        result[f"largest batch {batch}"] = measure_alone(big, shape, num_classes, steps, repeats)
+    eager = result["eager"]["samples_per_s"]
+    table = Table(
+        f"base AST training on {torch.cuda.get_device_name(device)}: bf16, {n_bins} bins",
+        ("configuration", "frames", "batch", "samples/s", "peak GiB", "vs eager"),
+    )
+    for name, row in result.items():
+        table.rows.append((name, str(row["frames"]), str(row["batch_size"]), fmt(row["samples_per_s"]),
+                           fmt(row["peak_gib"], 2), ratio(row["samples_per_s"] / eager)))  # fmt: skip
+    return Section({"device": torch.cuda.get_device_name(device), "configurations": result}, (table,))
+
+
+def skipped(reason: str) -> Section:
+    return Section({"skipped": reason}, (Table(f"skipped: {reason}", ()),))
+
+
+def failed(reason: str) -> Section:
+    return Section({"failed": reason}, (Table(f"failed: {reason}", ()),))
+
+
+def run_section(measure: Callable[[], Section]) -> Section:
+    """``measure()``, or a skipped section naming the reason when this machine cannot run it."""
+    try:
+        return measure()
+    except Unavailable as err:
+        return skipped(str(err))
