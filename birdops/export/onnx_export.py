@@ -13,7 +13,7 @@ and ``birdops.exporter``. It is one self-contained file (no external data) and p
 :func:`export_best` is the whole ``export_onnx`` stage: export the variant ``metrics/best.json``
 chose, gate it on parity with PyTorch on real validation clips, and write the Triton model
 repository. Its outputs depend only on its inputs: no timing and no commit id goes into the file or
-the summary (throughput is measured by ``benchmarks/bench_onnx.py``).
+the summary (throughput is measured by ``birdops bench``).
 """
 
 from __future__ import annotations
