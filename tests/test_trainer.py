@@ -21,12 +21,11 @@ from birdops.models.checkpoint import load_classifier
 from birdops.models.factory import build_model, is_head
 from birdops.train.data import EpochSampler, FeatureDataset, TrainData
 from birdops.train.distributed import DistContext
+from birdops.train.optim import lr_factor, make_optimizer
 from birdops.train.trainer import (
     accumulation_steps,
     autocast_dtype,
-    lr_factor,
     make_loader,
-    make_optimizer,
     train,
     use_fused_adamw,
 )

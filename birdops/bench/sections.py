@@ -33,12 +33,12 @@ from birdops.models.classifier import load_waveform_classifier
 from birdops.serve.inference import CPU_PROVIDER, CUDA_PROVIDER, Classifier
 from birdops.train.data import EpochSampler, FeatureDataset
 from birdops.train.distributed import DistContext
+from birdops.train.optim import make_optimizer
 from birdops.train.trainer import (
     Recipe,
     build_training_model,
     deterministic_mode,
     make_loader,
-    make_optimizer,
     make_recipe,
     train_epoch,
     training_net,

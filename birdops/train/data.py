@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from birdops.data.prepare import read_labels
 from birdops.features.cache import load_split
+from birdops.train.state import derive_seed
 
 
 class Split(Protocol):
@@ -137,11 +138,6 @@ class EpochSampler(Sampler[int]):
         if self.even:
             return math.ceil(n / self.world_size)
         return len(range(self.rank, n, self.world_size))
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of integers (base seed, epoch, rank...)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
 def data_fingerprint(data: TrainData) -> str:

@@ -39,9 +39,8 @@ from birdops.data.noise import colored_noise
 from birdops.data.sounds import SOUND_CLASSES, render_stem
 from birdops.features.frontend import LogMelFrontEnd, build_frontend
 from birdops.models.factory import ASTClassifier, build_model
-from birdops.train.data import derive_seed
-from birdops.train.state import TrainState, load_state, save_state
-from birdops.train.trainer import hash_text, lr_factor, make_optimizer
+from birdops.train.optim import lr_factor, make_optimizer
+from birdops.train.state import TrainState, derive_seed, hash_text, load_state, save_state
 
 log = logging.getLogger(__name__)
 

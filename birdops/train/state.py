@@ -11,6 +11,7 @@ moment leaves either the previous epoch's state or the new one, never half of ea
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -112,3 +114,14 @@ def load_state(directory: Path, fingerprint: str) -> Snapshot | None:
 
 def _with_prefix(tensors: Tensors, prefix: str) -> Tensors:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ------------------------------------------------- what makes a run repeatable, and resumable
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of integers (base seed, epoch, rank...)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
+
+
+def hash_text(text: str) -> str:
+    """A short digest of ``text``: the fingerprint a resume state is checked against."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -12,7 +12,6 @@ on one process or under ``torchrun`` (DDP, see ``birdops.train.distributed``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -32,15 +31,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from birdops.config import OptimParams, ScheduleParams, TrainParams
+from birdops.config import TrainParams
 from birdops.models.checkpoint import ClassifierInfo, save_classifier
-from birdops.models.factory import build_model, is_head
+from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained
 from birdops.train.augment import mixup, spec_augment
-from birdops.train.data import EpochSampler, FeatureDataset, TrainData, data_fingerprint, derive_seed
+from birdops.train.data import EpochSampler, FeatureDataset, TrainData, data_fingerprint
 from birdops.train.distributed import DistContext, all_gather_1d, all_reduce_sum, barrier, distributed
 from birdops.train.losses import LossFn, make_loss
-from birdops.train.state import Snapshot, TrainState, load_state, save_state
+from birdops.train.optim import Schedule, make_optimizer
+from birdops.train.state import Snapshot, TrainState, derive_seed, hash_text, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ STOP_METRICS: dict[str, tuple[str, bool]] = {
     "val_loss": ("val/loss", False),
 }
 # transformer parameters that are not weights of a linear map: no weight decay (timm does the same)
-NO_DECAY_SUFFIXES = ("bias", "cls_token", "distillation_token", "position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -189,67 +188,6 @@ def use_fused_adamw(params: TrainParams, device: torch.device) -> bool:
     if params.fused_adamw == "auto":
         return device.type == "cuda"
     return params.fused_adamw == "on"
-
-
-def make_optimizer(model: nn.Module, optim: OptimParams, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over four named groups: ``backbone`` / ``head`` (``classifier.*``) at their own learning
-    rates, each split into weights (with weight decay) and ``*_no_decay`` (biases, norms, tokens).
-    ``fused``: one kernel for the whole update (``torch.optim.AdamW(fused=True)``) instead of the
-    per-tensor-list ``foreach`` one; it rounds differently, so it is a parameter."""
-    groups: dict[str, list[nn.Parameter]] = {
-        "backbone": [],
-        "backbone_no_decay": [],
-        "head": [],
-        "head_no_decay": [],
-    }
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        part = "head" if is_head(name) else "backbone"
-        no_decay = parameter.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES)
-        groups[part + ("_no_decay" if no_decay else "")].append(parameter)
-    lr = {"backbone": optim.backbone_lr, "head": optim.head_lr}
-    param_groups = [
-        {
-            "name": name,
-            "params": members,
-            "lr": lr[name.removesuffix("_no_decay")],
-            "base_lr": lr[name.removesuffix("_no_decay")],  # what the schedule scales
-            "weight_decay": 0.0 if name.endswith("_no_decay") else optim.weight_decay,
-        }
-        for name, members in groups.items()
-        if members
-    ]
-    return torch.optim.AdamW(param_groups, fused=True if fused else None)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Learning rate of each param group at optimizer step ``step``: ``base_lr * lr_factor(step)``."""
-
-    total_steps: int
-    warmup_steps: int
-    params: ScheduleParams
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        factor = lr_factor(step, self.total_steps, self.warmup_steps, self.params)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, params: ScheduleParams) -> float:
-    """Multiplier of the base learning rates at optimizer step ``step`` (0-based).
-
-    Linear warmup from ``1 / warmup_steps`` to 1 over ``warmup_steps`` (none by default: warmup
-    made the report's transfer learning diverge), then ``constant`` 1 or ``cosine`` annealing from
-    1 down to ``min_lr_ratio`` at ``total_steps``.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if params.kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return params.min_lr_ratio + (1.0 - params.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def accumulation_steps(params: TrainParams, world_size: int) -> int:
@@ -460,10 +398,6 @@ def make_loader(
 def run_fingerprint(params: TrainParams, data: TrainData, variant: str, world_size: int) -> str:
     """Identity of a run: a resume state from any other params, data or world size is stale."""
     return f"{variant}:{world_size}:{hash_text(params.model_dump_json())}:{data_fingerprint(data)}"
-
-
-def hash_text(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def restore(
