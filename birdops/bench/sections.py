@@ -265,17 +265,34 @@ def _latency_summary(rounds: list[list[float]], batch_size: int) -> dict[str, An
 
 
 # -------------------------------------------------------------------------------- birdops predict
-def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
-    """Run ``birdops predict``; returns its wall seconds and its peak RSS in MiB.
+# `python -c PEAK_WRAPPER PEAK_FILE ARGS...`: runs `birdops ARGS...`, then writes its own peak RSS (KiB)
+PEAK_WRAPPER = """
+import re, sys
+from birdops.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:
+    status = open("/proc/self/status").read()
+    open(sys.argv[1], "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+sys.exit(code)
+"""
 
-    The peak is the ``ru_maxrss`` that ``getrusage(RUSAGE_CHILDREN)`` would report, taken from
-    ``wait4`` for this child alone: ``RUSAGE_CHILDREN`` is the largest of every child waited for so
-    far (the cache stage's included), this child's own is what the figure must be.
+
+def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
+    """Run ``birdops predict`` (``command``: its arguments after ``predict``); returns its wall seconds
+    and its peak RSS in MiB.
+
+    The peak is the child's own ``VmHWM`` (``/proc/self/status``), which it writes as it exits
+    (:data:`PEAK_WRAPPER`). ``ru_maxrss`` cannot tell it: Linux carries the peak of the memory a
+    process had before ``exec`` into it, and a child forked from this process (torch loaded) starts
+    with this process's pages.
     """
+    peak_file = log_path.with_suffix(".peak")
+    wrapped = [sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "predict", *command]
     with log_path.open("w") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, _ = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
@@ -287,7 +304,7 @@ def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
         raise BenchError(
             f"birdops predict exited with {process.returncode}: {' | '.join(warnings)[-TAIL_CHARS:]}"
         )
-    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+    return seconds, int(peak_file.read_text()) / 1024  # VmHWM is in KiB
 
 
 def predict_section(
@@ -298,7 +315,7 @@ def predict_section(
     recording = long_recording(work_dir / "long.flac", seconds, PREDICT_RATE_HZ)
     output = work_dir / "predict.csv"
     command = [
-        sys.executable, "-m", "birdops.cli", "predict", str(recording), "--model", str(onnx_path),
+        str(recording), "--model", str(onnx_path),
         "--output", str(output), "--batch-size", str(batch_size), "--threads", str(threads),
         "--device", device,
     ]  # fmt: skip

@@ -160,7 +160,7 @@ def predict_files(
     top_k: int = 1,
     min_score: float = 0.0,
     hop_seconds: float | None = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
 ) -> Summary:
     """Classify ``paths`` one by one, writing each file's rows as soon as it is done; an undecodable
     file is logged, recorded in the summary and skipped."""
@@ -214,7 +214,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--min-score", type=float, default=0.0, help="drop rows below this probability")
     parser.add_argument("--hop-seconds", type=positive_float, default=None,
                         help="window step (default: the model's window, no overlap)")  # fmt: skip
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="windows per model call")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16,
+        help="windows per model call (16: as fast as 32 on CPU, with half the memory)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")  # fmt: skip
