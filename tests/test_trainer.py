@@ -347,9 +347,14 @@ def test_sdpa_training_matches_eager_training(data: TrainData, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_a_compiled_model_trains_the_same_run(data: TrainData, tmp_path: Path) -> None:
+def test_a_compiled_model_trains_the_same_run(
+    data: TrainData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch.compile (inductor, here on CPU) runs the training steps; evaluation, the saved weights
     and their names are the plain model's."""
+    # a cache of its own: inductor's shared one (/tmp/torchinductor_<user>) may hold another
+    # environment's compiled kernels, and loading one of those crashed the interpreter (SIGBUS)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     plain = train(params(epochs=1), data, tmp_path / "plain", None, variant="baseline")
     compiled = train(params(epochs=1, compile_model=True), data, tmp_path / "compiled", None, "baseline")
     assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=1e-3)
