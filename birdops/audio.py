@@ -317,7 +317,8 @@ def _mix_down(block: np.ndarray) -> np.ndarray:
     than its reduction over a short axis); more channels take numpy's pairwise mean itself."""
     channels = block.shape[1]
     if channels >= _PAIRWISE_MIN:
-        return block.mean(axis=1)
+        out: np.ndarray = block.mean(axis=1)
+        return out
     mono = block[:, 0].copy()
     for channel in range(1, channels):
         mono += block[:, channel]
@@ -378,8 +379,9 @@ def resample(wave: np.ndarray, source_rate_hz: int, target_rate_hz: int) -> np.n
     if source_rate_hz == target_rate_hz:
         return wave.astype(np.float32, copy=False)
     _check_rates(source_rate_hz, target_rate_hz)
-    out = soxr.resample(np.ascontiguousarray(wave, dtype=np.float32), source_rate_hz, target_rate_hz,
-                        quality=RESAMPLE_QUALITY)  # fmt: skip
+    out = soxr.resample(
+        np.ascontiguousarray(wave, dtype=np.float32), source_rate_hz, target_rate_hz, quality=RESAMPLE_QUALITY
+    )
     return np.asarray(out, dtype=np.float32)
 
 

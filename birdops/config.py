@@ -304,10 +304,12 @@ def refuse_env_overrides(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     sections = {name.upper() for name in Params.model_fields}
     found = sorted(
-        name for name in environ
-        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):].split("__")[0] in sections
-        and "__" in name[len(ENV_PREFIX):]
-    )  # fmt: skip
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].split("__")[0] in sections
+        and "__" in name[len(ENV_PREFIX) :]
+    )
     if found:
         keys = {name: name[len(ENV_PREFIX) :].lower().replace("__", ".") for name in found}
         hints = ", ".join(f"{name} -> -S {key}={environ[name]}" for name, key in keys.items())

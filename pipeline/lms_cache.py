@@ -34,10 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     write_run_record("lms_cache", run)
     log.info(
         "lms_cache: %d/%d recordings cached (%.1f%%), %d failed; %d processed in %.1f s (%.1f files/s)",
-        summary["recordings"]["cached"], summary["recordings"]["manifest"], summary["coverage_percent"],
-        summary["recordings"]["failed"], run["processed_this_run"], run["wall_seconds"],
+        summary["recordings"]["cached"],
+        summary["recordings"]["manifest"],
+        summary["coverage_percent"],
+        summary["recordings"]["failed"],
+        run["processed_this_run"],
+        run["wall_seconds"],
         run["files_per_second"],
-    )  # fmt: skip
+    )
     return 0
 
 

@@ -66,10 +66,15 @@ def corpus_subset(params: Params, recordings: int, species: int, out_dir: Path) 
     """Generate ``recordings`` recordings of ``species`` species with ``data.synthetic``'s other
     settings into ``out_dir/raw`` and prepare them into ``out_dir/prepared``."""
     base = params.data.synthetic
-    synthetic = SyntheticParams(**{
-        **base.model_dump(), "recordings": recordings, "species": species,
-        "recordists": max(1, recordings // 3), "confusable_pairs": min(base.confusable_pairs, species // 2),
-    })  # fmt: skip
+    synthetic = SyntheticParams(
+        **{
+            **base.model_dump(),
+            "recordings": recordings,
+            "species": species,
+            "recordists": max(1, recordings // 3),
+            "confusable_pairs": min(base.confusable_pairs, species // 2),
+        }
+    )
     raw_dir, prepared_dir = out_dir / "raw", out_dir / "prepared"
     generate_corpus(synthetic, params.data.seed, raw_dir)
     write_prepared(prepare_corpus(raw_dir, params.prepare), prepared_dir)
@@ -94,10 +99,15 @@ def saved_model(params: Params, variant: str, labels: tuple[str, ...], models_di
     clip_seconds = params.lms_cache.clip_seconds
     n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
     info = ClassifierInfo(
-        variant=variant, model=section.model.model_dump(), labels=labels, feature_preset=frontend.spec.name,
-        feature_spec=frontend.spec.to_dict(), clip_seconds=clip_seconds, n_bins=frontend.spec.n_bins,
+        variant=variant,
+        model=section.model.model_dump(),
+        labels=labels,
+        feature_preset=frontend.spec.name,
+        feature_spec=frontend.spec.to_dict(),
+        clip_seconds=clip_seconds,
+        n_bins=frontend.spec.n_bins,
         n_frames=n_frames,
-    )  # fmt: skip
+    )
     torch.manual_seed(section.seed)
     model = build_model(section.model, len(labels), info.n_bins, n_frames)
     save_classifier(models_dir / variant, model, info)

@@ -57,10 +57,24 @@ class Sizes:
     cuda_max_batch: int  # the search for the largest batch stops here
 
 
-FULL = Sizes(recordings=120, species=20, recording_seconds=3600.0, train_steps=8,
-             min_calls=10, min_seconds=2.0, cuda_max_batch=4096)  # fmt: skip
-QUICK = Sizes(recordings=16, species=4, recording_seconds=30.0, train_steps=2,
-              min_calls=3, min_seconds=0.2, cuda_max_batch=256)  # fmt: skip
+FULL = Sizes(
+    recordings=120,
+    species=20,
+    recording_seconds=3600.0,
+    train_steps=8,
+    min_calls=10,
+    min_seconds=2.0,
+    cuda_max_batch=4096,
+)
+QUICK = Sizes(
+    recordings=16,
+    species=4,
+    recording_seconds=30.0,
+    train_steps=2,
+    min_calls=3,
+    min_seconds=0.2,
+    cuda_max_batch=256,
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -147,8 +161,9 @@ class Bench:
             models = self.work / "models"
             log.info("bench: building and exporting a %s model", self.variant)
             model_dir = inputs.saved_model(self.params, self.variant, labels, models)
-            onnx_path = inputs.exported_model(model_dir, self.variant, self.params.export_onnx.opset,
-                                              self.work / "export" / "model.onnx")  # fmt: skip
+            onnx_path = inputs.exported_model(
+                model_dir, self.variant, self.params.export_onnx.opset, self.work / "export" / "model.onnx"
+            )
             self.built["model"] = (onnx_path, models)
         built: tuple[Path, Path] = self.built["model"]
         return built
@@ -187,22 +202,33 @@ class Bench:
         return {
             "cache": lambda: sections.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
             "model": lambda: sections.model_section(
-                *self.model(), a.batch_size, a.threads, "cpu", a.repeats, s.min_calls, s.min_seconds),
+                *self.model(), a.batch_size, a.threads, "cpu", a.repeats, s.min_calls, s.min_seconds
+            ),
             "predict": lambda: sections.predict_section(
-                self.model()[0], self.work, a.recording_seconds or s.recording_seconds, a.batch_size,
-                a.threads, "cpu", a.repeats),
+                self.model()[0],
+                self.work,
+                a.recording_seconds or s.recording_seconds,
+                a.batch_size,
+                a.threads,
+                "cpu",
+                a.repeats,
+            ),
             "train": lambda: sections.train_section(
-                variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device),
+                variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device
+            ),
             "cuda": cuda_section,
-        }  # fmt: skip
+        }
 
 
 def machine() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
-        "argv": sys.argv[1:] if argv is None else argv, "quick": args.quick, "sizes": asdict(sizes),
-        "repeats": args.repeats, "machine": machine(),
-    }  # fmt: skip
+        "argv": sys.argv[1:] if argv is None else argv,
+        "quick": args.quick,
+        "sizes": asdict(sizes),
+        "repeats": args.repeats,
+        "machine": machine(),
+    }
     with work_folder(args.work_dir) as work:
         shutil.copyfile(args.params, work / "params.yaml")  # the cache stage reads it from its folder
         bench = Bench(args, params, sizes, work)

@@ -116,9 +116,18 @@ def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
     out = work_dir / "lms"
     shutil.rmtree(out, ignore_errors=True)
     command = [
-        sys.executable, "-m", "pipeline.lms_cache", "--raw", str(corpus.raw_dir),
-        "--prepared", str(corpus.prepared_dir), "--out", str(out), "--summary", str(work_dir / "cache.json"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pipeline.lms_cache",
+        "--raw",
+        str(corpus.raw_dir),
+        "--prepared",
+        str(corpus.prepared_dir),
+        "--out",
+        str(out),
+        "--summary",
+        str(work_dir / "cache.json"),
+    ]
     done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
     if done.returncode:
         raise BenchError(f"lms_cache stage exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
@@ -127,9 +136,16 @@ def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
 def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> int:
     """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its refusals."""
     command = [
-        sys.executable, "-m", "birdops.bench.decode", "--files", str(files),
-        "--rates", ",".join(map(str, rates_hz)), "--workers", str(workers),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "birdops.bench.decode",
+        "--files",
+        str(files),
+        "--rates",
+        ",".join(map(str, rates_hz)),
+        "--workers",
+        str(workers),
+    ]
     done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
     if done.returncode:
         raise BenchError(f"decode-only run exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
@@ -159,10 +175,15 @@ def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeat
     sides = {name: _throughput(seconds, len(paths), audio_s) for name, seconds in runs.items()}
     share = sides["stage"]["files_per_s"] / sides["decode_only"]["files_per_s"]
     result: dict[str, Any] = {
-        "recordings": len(paths), "audio_seconds": round(audio_s, 1), "presets": list(params.presets),
-        "decode_rates_hz": rates, "workers": params.workers, "decode_refused": refused[-1], **sides,
+        "recordings": len(paths),
+        "audio_seconds": round(audio_s, 1),
+        "presets": list(params.presets),
+        "decode_rates_hz": rates,
+        "workers": params.workers,
+        "decode_refused": refused[-1],
+        **sides,
         "stage_over_decode_only": share,
-    }  # fmt: skip
+    }
     table = Table(
         f"feature cache: {len(paths)} recordings, {audio_s / 60:.1f} min of audio, presets "
         f"{','.join(params.presets)}, {params.workers} workers",
@@ -178,8 +199,12 @@ def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeat
 
 def _throughput(seconds: list[float], files: int, audio_s: float) -> dict[str, Any]:
     wall = median(seconds)
-    return {"seconds": [round(s, 3) for s in seconds], "wall_s": wall, "files_per_s": files / wall,
-            "audio_s_per_s": audio_s / wall}  # fmt: skip
+    return {
+        "seconds": [round(s, 3) for s in seconds],
+        "wall_s": wall,
+        "files_per_s": files / wall,
+        "audio_s_per_s": audio_s / wall,
+    }
 
 
 # ---------------------------------------------------------------------------------- exported model
@@ -193,9 +218,15 @@ def sync(device: torch.device) -> None:
 
 
 def model_section(
-    onnx_path: Path, models_dir: Path, batch_size: int, threads: int, device: str, repeats: int,
-    min_calls: int, min_seconds: float,
-) -> Section:  # fmt: skip
+    onnx_path: Path,
+    models_dir: Path,
+    batch_size: int,
+    threads: int,
+    device: str,
+    repeats: int,
+    min_calls: int,
+    min_seconds: float,
+) -> Section:
     """onnxruntime against PyTorch eager on the same model (the ONNX file's variant, loaded from
     ``models_dir``), the same batch of ``batch_size`` windows and the same threads: clips/s, p50/p99
     batch latency, and the parity of their logits."""
@@ -211,7 +242,8 @@ def model_section(
         with torch.inference_mode():
             logits = module(tensor)  # (B, C)
         sync(tensor.device)
-        return logits.float().cpu().numpy()
+        out: np.ndarray = logits.float().cpu().numpy()
+        return out
 
     def ort_logits() -> np.ndarray:
         return classifier.logits(batch)
@@ -229,11 +261,19 @@ def model_section(
     sides = {side: _latency_summary(latencies, batch_size) for side, latencies in rounds.items()}
     speedup = sides["onnxruntime"]["clips_per_s"] / sides["pytorch"]["clips_per_s"]
     result: dict[str, Any] = {
-        "model": str(onnx_path), "variant": classifier.metadata.variant, "device": device,
-        "providers": classifier.providers, "threads": threads, "batch_size": batch_size, **sides,
-        "ort_over_torch": speedup, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-        "parity_digits": -math.log10(max(max_rel, 1e-16)), "top1_agreement": top1,
-    }  # fmt: skip
+        "model": str(onnx_path),
+        "variant": classifier.metadata.variant,
+        "device": device,
+        "providers": classifier.providers,
+        "threads": threads,
+        "batch_size": batch_size,
+        **sides,
+        "ort_over_torch": speedup,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "parity_digits": -math.log10(max(max_rel, 1e-16)),
+        "top1_agreement": top1,
+    }
     table = Table(
         f"exported model ({classifier.metadata.variant}) on {device}: batch {batch_size}, {threads} threads; "
         f"parity {result['parity_digits']:.1f} digits (max |diff| / scale {max_rel:.1e}), top-1 {top1:.3f}",
@@ -297,10 +337,13 @@ def run_predict(command: list[str], log_path: Path) -> tuple[float, float]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         # the reason: predict's refusal and error lines (each once; its summary repeats the refusals)
-        warnings = list(dict.fromkeys(
-            line.split(": ", 1)[-1].strip() for line in log_path.read_text().splitlines()
-            if line.startswith(("WARNING", "ERROR"))
-        ))  # fmt: skip
+        warnings = list(
+            dict.fromkeys(
+                line.split(": ", 1)[-1].strip()
+                for line in log_path.read_text().splitlines()
+                if line.startswith(("WARNING", "ERROR"))
+            )
+        )
         raise BenchError(
             f"birdops predict exited with {process.returncode}: {' | '.join(warnings)[-TAIL_CHARS:]}"
         )
@@ -315,10 +358,18 @@ def predict_section(
     recording = long_recording(work_dir / "long.flac", seconds, PREDICT_RATE_HZ)
     output = work_dir / "predict.csv"
     command = [
-        str(recording), "--model", str(onnx_path),
-        "--output", str(output), "--batch-size", str(batch_size), "--threads", str(threads),
-        "--device", device,
-    ]  # fmt: skip
+        str(recording),
+        "--model",
+        str(onnx_path),
+        "--output",
+        str(output),
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
     runs = interleaved({"predict": lambda: run_predict(command, work_dir / "predict.log")}, repeats)[
         "predict"
     ]
@@ -326,12 +377,20 @@ def predict_section(
     with output.open() as handle:
         rows = sum(1 for _ in handle) - 1
     result: dict[str, Any] = {
-        "recording_seconds": seconds, "sample_rate_hz": PREDICT_RATE_HZ, "format": "FLAC PCM_16",
-        "recording_mib": recording.stat().st_size / 2**20, "batch_size": batch_size, "threads": threads,
-        "device": device, "seconds": [round(s, 3) for s in walls], "wall_s": median(walls),
-        "x_real_time": seconds / median(walls), "peak_rss_mib": [round(p, 1) for p in peaks],
-        "peak_rss_mib_max": max(peaks), "rows": rows,
-    }  # fmt: skip
+        "recording_seconds": seconds,
+        "sample_rate_hz": PREDICT_RATE_HZ,
+        "format": "FLAC PCM_16",
+        "recording_mib": recording.stat().st_size / 2**20,
+        "batch_size": batch_size,
+        "threads": threads,
+        "device": device,
+        "seconds": [round(s, 3) for s in walls],
+        "wall_s": median(walls),
+        "x_real_time": seconds / median(walls),
+        "peak_rss_mib": [round(p, 1) for p in peaks],
+        "peak_rss_mib_max": max(peaks),
+        "rows": rows,
+    }
     table = Table(
         f"birdops predict: {seconds / 60:g} min of 44.1 kHz FLAC, batch {batch_size}, {threads} threads, "
         f"{device}",
@@ -411,8 +470,10 @@ def time_runs(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict[str, An
     for run in runs.values():
         run.epoch()
     rounds = interleaved({name: run.epoch for name, run in runs.items()}, repeats)
-    return {name: {"steps": len(runs[name].loader), **_samples(seconds, runs[name].samples)}
-            for name, seconds in rounds.items()}  # fmt: skip
+    return {
+        name: {"steps": len(runs[name].loader), **_samples(seconds, runs[name].samples)}
+        for name, seconds in rounds.items()
+    }
 
 
 def _samples(seconds: list[float], samples: int) -> dict[str, Any]:
@@ -423,17 +484,27 @@ def _samples(seconds: list[float], samples: int) -> dict[str, Any]:
 def describe(params: TrainParams) -> dict[str, Any]:
     m = params.model
     return {
-        "arch": m.arch, "size": m.size, "features": m.features, "patch_stride": m.patch_stride,
-        "batch_size": params.batch_size, "precision": params.precision, "attention": params.attention,
-        "compile_model": params.compile_model, "fused_adamw": params.fused_adamw,
+        "arch": m.arch,
+        "size": m.size,
+        "features": m.features,
+        "patch_stride": m.patch_stride,
+        "batch_size": params.batch_size,
+        "precision": params.precision,
+        "attention": params.attention,
+        "compile_model": params.compile_model,
+        "fused_adamw": params.fused_adamw,
         "num_workers": params.num_workers,
-    }  # fmt: skip
+    }
 
 
 def train_section(
-    variants: dict[str, TrainParams], clip_seconds: float, num_classes: int, steps: int,
-    repeats: int, device: torch.device,
-) -> Section:  # fmt: skip
+    variants: dict[str, TrainParams],
+    clip_seconds: float,
+    num_classes: int,
+    steps: int,
+    repeats: int,
+    device: torch.device,
+) -> Section:
     """Training samples/s of each variant as ``params.yaml`` sets it, one trainer step per batch
     (augmentation, forward, loss, backward, clipping, AdamW), on ``device``."""
     runs = {
@@ -511,9 +582,15 @@ def measure_alone(
 
 
 def cuda_train_section(
-    params: TrainParams, clip_seconds: float, num_classes: int, steps: int, repeats: int,
-    frames: list[int], max_batch: int, use_compile: bool,
-) -> Section:  # fmt: skip
+    params: TrainParams,
+    clip_seconds: float,
+    num_classes: int,
+    steps: int,
+    repeats: int,
+    frames: list[int],
+    max_batch: int,
+    use_compile: bool,
+) -> Section:
     """Base-AST training on the GPU (bf16, the real frame count): eager against SDPA attention (and
     compiled) at ``params.batch_size``, the other ``frames`` lengths eager, then SDPA at the largest
     batch that fits, with each configuration's peak memory."""
@@ -545,8 +622,16 @@ def cuda_train_section(
         ("configuration", "frames", "batch", "samples/s", "peak GiB", "vs eager"),
     )
     for name, row in result.items():
-        table.rows.append((name, str(row["frames"]), str(row["batch_size"]), fmt(row["samples_per_s"]),
-                           fmt(row["peak_gib"], 2), ratio(row["samples_per_s"] / eager)))  # fmt: skip
+        table.rows.append(
+            (
+                name,
+                str(row["frames"]),
+                str(row["batch_size"]),
+                fmt(row["samples_per_s"]),
+                fmt(row["peak_gib"], 2),
+                ratio(row["samples_per_s"] / eager),
+            )
+        )
     return Section({"device": torch.cuda.get_device_name(device), "configurations": result}, (table,))
 
 

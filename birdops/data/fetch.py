@@ -408,8 +408,12 @@ def _write_rows(out_dir: Path, rows_by_species: Mapping[str, list[dict[str, str]
 def _log_summary(summary: FetchSummary) -> None:
     log.info(
         "fetch: %d species, %d recordings listed (%d downloaded, %d already present), %d failed",
-        summary.species, summary.listed, summary.downloaded, summary.already_present, len(summary.failed),
-    )  # fmt: skip
+        summary.species,
+        summary.listed,
+        summary.downloaded,
+        summary.already_present,
+        len(summary.failed),
+    )
     for name, reason in summary.failed_species.items():
         log.error("species %s not updated: %s", name, reason)
 

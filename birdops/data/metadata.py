@@ -29,10 +29,44 @@ AUDIO_DIR = "audio"  # recordings live in <raw>/audio/, referred to as audio/<fi
 
 # the recording object of the xeno-canto API v3, in the API's order
 XC_FIELDS: tuple[str, ...] = (
-    "id", "gen", "sp", "ssp", "group", "en", "rec", "cnt", "loc", "lat", "lon", "alt", "type", "sex",
-    "stage", "method", "url", "file", "file-name", "sono", "osci", "lic", "q", "length", "time", "date",
-    "uploaded", "also", "rmk", "animal-seen", "playback-used", "temp", "regnr", "auto", "dvc", "mic", "smp",
-)  # fmt: skip
+    "id",
+    "gen",
+    "sp",
+    "ssp",
+    "group",
+    "en",
+    "rec",
+    "cnt",
+    "loc",
+    "lat",
+    "lon",
+    "alt",
+    "type",
+    "sex",
+    "stage",
+    "method",
+    "url",
+    "file",
+    "file-name",
+    "sono",
+    "osci",
+    "lic",
+    "q",
+    "length",
+    "time",
+    "date",
+    "uploaded",
+    "also",
+    "rmk",
+    "animal-seen",
+    "playback-used",
+    "temp",
+    "regnr",
+    "auto",
+    "dvc",
+    "mic",
+    "smp",
+)
 LOCAL_PATH = "local_path"
 COLUMNS: tuple[str, ...] = (*XC_FIELDS, LOCAL_PATH)
 # what prepare needs from every row; the other columns may be absent (an older export, a hand-made table)

@@ -14,7 +14,8 @@ def colored_noise(num_samples: int, exponent: float, rng: np.random.Generator) -
     spectrum *= np.maximum(frequency, 1e-3) ** (-exponent / 2)  # flat below ~20-50 Hz: no DC drift
     spectrum[0] = 0.0
     noise = irfft(spectrum, length)[:num_samples]
-    return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+    out: np.ndarray = (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+    return out
 
 
 def wind_noise(num_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
@@ -33,7 +34,8 @@ def wind_noise(num_samples: int, sample_rate_hz: int, rng: np.random.Generator) 
     knots = rng.normal(0.0, 0.8, size=int(num_samples / sample_rate_hz * gust_hz) + 2)
     gusts = np.exp(np.interp(np.linspace(0, len(knots) - 1, num_samples), np.arange(len(knots)), knots))
     wind = rumble * gusts
-    return (wind / (np.std(wind) + 1e-12)).astype(np.float32)
+    out: np.ndarray = (wind / (np.std(wind) + 1e-12)).astype(np.float32)
+    return out
 
 
 def band_noise(
@@ -45,4 +47,5 @@ def band_noise(
     frequency_hz = rfftfreq(length, 1 / sample_rate_hz)
     spectrum[(frequency_hz < low_hz) | (frequency_hz > high_hz)] = 0.0
     noise = irfft(spectrum, length)[:num_samples]
-    return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+    out: np.ndarray = (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+    return out

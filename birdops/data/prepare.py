@@ -394,8 +394,11 @@ def log_summary(summary: Mapping[str, Any]) -> None:
     """One log line per headline number of :func:`summarize`."""
     log.info(
         "prepare: %d of %d recordings accepted in %d classes; splits %s",
-        summary["accepted"], summary["recordings"], summary["classes"], summary["splits"],
-    )  # fmt: skip
+        summary["accepted"],
+        summary["recordings"],
+        summary["classes"],
+        summary["splits"],
+    )
     for kind, count in summary["rejected_by_reason"].items():
         log.info("prepare: rejected %d recording(s): %s", count, kind)
     for label in summary["recording_grouped_classes"]:

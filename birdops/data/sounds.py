@@ -114,8 +114,10 @@ def _seconds(rng: np.random.Generator, low: float, high: float, sample_rate_hz: 
 def speech(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     """Voiced syllables (4-7 per s): a glottal harmonic stack shaped by three moving formants."""
     f0 = rng.uniform(90.0, 250.0) * np.exp(0.08 * _contour(rng, n, 3.0, sr))  # intonation
-    formants = [rng.uniform(*band) * np.exp(0.15 * _contour(rng, n, 6.0, sr)) for band in
-                ((300.0, 900.0), (900.0, 2500.0), (2500.0, 3500.0))]  # fmt: skip
+    formants = [
+        rng.uniform(*band) * np.exp(0.15 * _contour(rng, n, 6.0, sr))
+        for band in ((300.0, 900.0), (900.0, 2500.0), (2500.0, 3500.0))
+    ]
     phase = np.mod((2 * np.pi / sr) * np.cumsum(f0, dtype=np.float64), 2 * np.pi)
     block = 128  # formant gains change slowly: computed every 128 samples (6 ms), held in between
     f0_slow, formants_slow = f0[::block], [f[::block] for f in formants]
@@ -144,7 +146,10 @@ def footsteps(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
 
     def step() -> FloatArray:
         m = _seconds(rng, 0.05, 0.12, sr)
-        return band_noise(rng, m, 40.0, rng.uniform(300.0, 1500.0), sr) * _decay(m, 0.003, 0.02, sr)
+        out: np.ndarray = band_noise(rng, m, 40.0, rng.uniform(300.0, 1500.0), sr) * _decay(
+            m, 0.003, 0.02, sr
+        )
+        return out
 
     return _bursts(rng, n, sr, 1.0 / rng.uniform(1.5, 2.5), 0.08, step)
 
@@ -154,7 +159,10 @@ def clapping(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
 
     def clap() -> FloatArray:
         m = _seconds(rng, 0.03, 0.06, sr)
-        return band_noise(rng, m, 500.0, 8000.0, sr) * _decay(m, 0.001, rng.uniform(0.005, 0.015), sr)
+        out: np.ndarray = band_noise(rng, m, 500.0, 8000.0, sr) * _decay(
+            m, 0.001, rng.uniform(0.005, 0.015), sr
+        )
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(0.08, 0.5), rng.uniform(0.05, 0.5), clap)
 
@@ -169,7 +177,8 @@ def dog_bark(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
         fall = f0 * np.linspace(1.1, 0.8, m)
         voiced = _harmonics(fall, 1.0 / np.arange(1, 12) ** 0.7, sr)
         rough = band_noise(rng, m, 300.0, 4000.0, sr)
-        return (voiced + 0.5 * rough) * _decay(m, 0.01, 0.06, sr)
+        out: np.ndarray = (voiced + 0.5 * rough) * _decay(m, 0.01, 0.06, sr)
+        return out
 
     def group() -> FloatArray:
         return _bursts(rng, round(rng.uniform(0.4, 1.2) * sr), sr, rng.uniform(0.25, 0.4), 0.1, bark)
@@ -184,7 +193,8 @@ def cat_meow(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
         m = _seconds(rng, 0.4, 1.0, sr)
         u = np.linspace(0.0, 1.0, m)
         f0 = rng.uniform(400.0, 1000.0) * (1.0 + 0.4 * np.sin(np.pi * u**0.7))
-        return _harmonics(f0, 0.7 ** np.arange(10), sr) * _hann(m)
+        out: np.ndarray = _harmonics(f0, 0.7 ** np.arange(10), sr) * _hann(m)
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(1.5, 3.0), 0.3, meow)
 
@@ -197,7 +207,8 @@ def frog(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     def croak() -> FloatArray:
         m = round(croak_s * sr)
         pulses = np.clip(np.sin(2 * np.pi * pulse_hz * np.arange(m) / sr), 0.0, None) ** 2
-        return _harmonics(np.full(m, f0), 0.8 ** np.arange(12), sr) * pulses * _hann(m)
+        out: np.ndarray = _harmonics(np.full(m, f0), 0.8 ** np.arange(12), sr) * pulses * _hann(m)
+        return out
 
     return _bursts(rng, n, sr, croak_s + rng.uniform(0.2, 1.0), 0.15, croak)
 
@@ -233,7 +244,10 @@ def piano(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     def note() -> FloatArray:
         m = _seconds(rng, 0.6, 1.5, sr)
         hz = 440.0 * 2 ** ((root + rng.choice([0, 2, 4, 5, 7, 9, 11, 12]) - 69) / 12.0)
-        return _harmonics(np.full(m, hz), 1.0 / np.arange(1, 9) ** 1.5, sr) * _decay(m, 0.004, 0.3, sr)
+        out: np.ndarray = _harmonics(np.full(m, hz), 1.0 / np.arange(1, 9) ** 1.5, sr) * _decay(
+            m, 0.004, 0.3, sr
+        )
+        return out
 
     return _bursts(rng, n, sr, 1.0 / rng.uniform(2.0, 5.0), 0.2, note)
 
@@ -245,7 +259,8 @@ def violin(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
         m = _seconds(rng, 0.4, 1.4, sr)
         hz = 196.0 * 2 ** (rng.uniform(0.0, 3.2))
         vibrato = 1.0 + 0.006 * np.sin(2 * np.pi * rng.uniform(5.0, 6.5) * np.arange(m) / sr)
-        return _harmonics(hz * vibrato, 1.0 / np.arange(1, 16), sr) * _hann(m)
+        out: np.ndarray = _harmonics(hz * vibrato, 1.0 / np.arange(1, 16), sr) * _hann(m)
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(0.4, 1.2), 0.15, note)
 
@@ -258,7 +273,8 @@ def flute(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
         hz = rng.uniform(500.0, 2000.0)
         tone = _harmonics(np.full(m, hz), np.array([1.0, 0.2, 0.08]), sr)
         breath = 0.15 * band_noise(rng, m, hz * 0.8, hz * 3.0, sr)
-        return (tone + breath) * _hann(m)
+        out: np.ndarray = (tone + breath) * _hann(m)
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(0.3, 1.0), 0.2, note)
 
@@ -274,7 +290,8 @@ def bell(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
         partials = sum(
             np.sin(2 * np.pi * hz * r * t) * np.exp(-t * r / 1.2) for r in ratios if hz * r < 10000
         )
-        return np.asarray(partials, dtype=np.float32) * _decay(m, 0.002, 5.0, sr)
+        out: np.ndarray = np.asarray(partials, dtype=np.float32) * _decay(m, 0.002, 5.0, sr)
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(1.0, 2.5), 0.1, strike)
 
@@ -330,9 +347,9 @@ def vehicle_horn(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     def blast() -> FloatArray:
         m = _seconds(rng, 0.2, 1.2, sr)
         stack = 0.85 ** np.arange(20)
-        return (_harmonics(np.full(m, hz), stack, sr) + _harmonics(np.full(m, hz * 1.26), stack, sr)) * _hann(
-            m
-        )
+        notes = _harmonics(np.full(m, hz), stack, sr) + _harmonics(np.full(m, hz * 1.26), stack, sr)
+        out: FloatArray = notes * _hann(m)
+        return out
 
     return _bursts(rng, n, sr, rng.uniform(1.0, 3.0), 0.4, blast)
 
@@ -372,7 +389,8 @@ def rain(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     count = int(n / sr * rng.uniform(30.0, 150.0))
     drops[rng.integers(0, n, size=count)] = rng.uniform(2.0, 8.0, size=count)
     drops = np.convolve(drops, np.exp(-np.arange(round(0.002 * sr)) / (0.0004 * sr)), mode="same")
-    return (hiss + drops * band_noise(rng, n, 2000.0, 10000.0, sr)).astype(np.float32)
+    out: np.ndarray = (hiss + drops * band_noise(rng, n, 2000.0, 10000.0, sr)).astype(np.float32)
+    return out
 
 
 def wind(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
@@ -387,9 +405,11 @@ def stream(rng: np.random.Generator, n: int, sr: int) -> FloatArray:
     def bubble() -> FloatArray:
         m = _seconds(rng, 0.01, 0.04, sr)
         hz = rng.uniform(300.0, 2500.0) * np.linspace(1.0, 1.6, m)
-        return 2.0 * _harmonics(hz, np.array([1.0]), sr) * _decay(m, 0.001, 0.01, sr)
+        out: np.ndarray = 2.0 * _harmonics(hz, np.array([1.0]), sr) * _decay(m, 0.001, 0.01, sr)
+        return out
 
-    return wash + _bursts(rng, n, sr, rng.uniform(0.02, 0.08), 0.8, bubble)
+    out: np.ndarray = wash + _bursts(rng, n, sr, rng.uniform(0.02, 0.08), 0.8, bubble)
+    return out
 
 
 def thunder(rng: np.random.Generator, n: int, sr: int) -> FloatArray:

@@ -210,7 +210,8 @@ def class_sizes(num_species: int, num_recordings: int, exponent: float) -> np.nd
     sizes = np.floor(share).astype(np.int64)
     leftover = extra - int(sizes.sum())
     sizes[np.argsort(-(share - sizes), kind="stable")[:leftover]] += 1
-    return sizes + 2
+    out: np.ndarray = sizes + 2
+    return out
 
 
 def plan_corpus(params: SyntheticParams, seed: int) -> CorpusPlan:
@@ -432,7 +433,8 @@ def render_recording(plan: RecordingPlan) -> np.ndarray:
     for voice in plan.background_voices:
         mix += _distant_call(voice, n, rate, signal_power, rng)
     peak = float(np.max(np.abs(mix))) or 1.0
-    return (mix * (rng.uniform(0.25, 0.9) / peak)).astype(np.float32)
+    out: np.ndarray = (mix * (rng.uniform(0.25, 0.9) / peak)).astype(np.float32)
+    return out
 
 
 def _reverberate(wave: np.ndarray, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
@@ -500,8 +502,12 @@ def generate_corpus(
     summary = _summarise(plan, sum(sizes), removed)
     log.info(
         "corpus: %d recordings of %d species, %.2f h of audio, %.1f MB in %s",
-        summary.recordings, summary.species, summary.audio_hours, summary.bytes_on_disk / 1e6, out_dir,
-    )  # fmt: skip
+        summary.recordings,
+        summary.species,
+        summary.audio_hours,
+        summary.bytes_on_disk / 1e6,
+        out_dir,
+    )
     return summary
 
 

@@ -73,9 +73,13 @@ class Scored:
     def intervals(self, params: EvaluateParams) -> dict[str, float]:
         """95% bootstrap intervals over recordings, flat: ``{metric}_low``, ``{metric}_high``."""
         found = uncertainty.intervals(
-            metrics.predictions(self.scores), self.labels, self.groups, self.scores.shape[1],
-            params.bootstrap_draws, params.bootstrap_seed,
-        )  # fmt: skip
+            metrics.predictions(self.scores),
+            self.labels,
+            self.groups,
+            self.scores.shape[1],
+            params.bootstrap_draws,
+            params.bootstrap_seed,
+        )
         return {f"{name}_{end}": getattr(i, end) for name, i in found.items() for end in ("low", "high")}
 
 
@@ -115,6 +119,7 @@ class VariantEvaluation:
 
 
 # ---------------------------------------------------------------------------------------- inputs
+
 
 def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> list[Recording]:
     """The manifest's recordings of ``split``, with their audio paths under ``raw_dir``."""
@@ -349,16 +354,23 @@ def compare_generations(results: Mapping[str, VariantEvaluation], params: Evalua
             continue
         index_b = np.array([order_b[key] for key in order_a])
         diffs = uncertainty.paired(
-            metrics.predictions(first.scores), metrics.predictions(second.scores)[index_b], first.labels,
-            first.groups, first.scores.shape[1], params.bootstrap_draws, params.bootstrap_seed,
-        )  # fmt: skip
+            metrics.predictions(first.scores),
+            metrics.predictions(second.scores)[index_b],
+            first.labels,
+            first.groups,
+            first.scores.shape[1],
+            params.bootstrap_draws,
+            params.bootstrap_seed,
+        )
         row: dict[str, Any] = {"n_test_clips": len(first.labels), "n_test_recordings": len(set(first.groups))}
         for metric, d in diffs.items():
             row |= {
-                f"{metric}_diff": d.value, f"{metric}_diff_low": d.interval.low,
-                f"{metric}_diff_high": d.interval.high, f"{metric}_p_value": d.p_value,
+                f"{metric}_diff": d.value,
+                f"{metric}_diff_low": d.interval.low,
+                f"{metric}_diff_high": d.interval.high,
+                f"{metric}_p_value": d.p_value,
                 f"{metric}_verdict": verdict(d),
-            }  # fmt: skip
+            }
         out[f"{b}_vs_{a}"] = row
     return out
 
@@ -402,8 +414,12 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
     tied = [name for name, value in candidates.items() if value == candidates[best]]
     if all(value == 0.0 for value in candidates.values()):
         decided_by = "order (every variant scores 0)"
-        log.warning("every variant has val_clip.%s = 0: %s is chosen by order alone, not by quality; "
-                    "the models have not learnt to separate the classes", metric, best)  # fmt: skip
+        log.warning(
+            "every variant has val_clip.%s = 0: %s is chosen by order alone, not by quality; "
+            "the models have not learnt to separate the classes",
+            metric,
+            best,
+        )
     elif len(tied) > 1:
         splitter = next((m for m in order[1:] if len({key(n)[order.index(m)] for n in tied}) > 1), None)
         decided_by = f"tie on {metric} between {', '.join(tied)}: " + (
@@ -445,9 +461,15 @@ def evaluate_models(
     comparisons = compare_generations(results, params)
     write_json_atomic(out_dir / COMPARISONS_FILE, comparisons)
     for pair, found in comparisons.items():
-        log.info("%s: test accuracy %+.4f (95%% interval %+.4f..%+.4f, p %.3g): %s", pair,
-                 found["accuracy_diff"], found["accuracy_diff_low"], found["accuracy_diff_high"],
-                 found["accuracy_p_value"], found["accuracy_verdict"])  # fmt: skip
+        log.info(
+            "%s: test accuracy %+.4f (95%% interval %+.4f..%+.4f, p %.3g): %s",
+            pair,
+            found["accuracy_diff"],
+            found["accuracy_diff_low"],
+            found["accuracy_diff_high"],
+            found["accuracy_p_value"],
+            found["accuracy_verdict"],
+        )
     best = select_best(summaries, params.select_metric)
     write_json_atomic(out_dir / BEST_FILE, best)
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])

@@ -201,4 +201,7 @@ def normalize_rows(counts: np.ndarray) -> np.ndarray:
     """Each row of a confusion matrix divided by its sum (the class's recall profile); rows of
     classes with no true sample stay all zero."""
     totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
+    out: np.ndarray = np.divide(
+        counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0
+    )
+    return out

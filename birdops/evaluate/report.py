@@ -10,7 +10,7 @@ followed by the figures of the original report on real xeno-canto data as clearl
 rows. The second wraps ``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` into one markdown
 document for a pull-request comment. The third rewrites the results block of the README (between
 :data:`README_BEGIN` and :data:`README_END`) from ``metrics/``, so the figures a newcomer reads are
-the ones ``dvc repro`` gives (``tests/test_readme_results.py`` fails when they disagree). Standard
+the ones ``dvc repro`` gives (``tests/evaluate/test_readme_results.py`` fails when they disagree). Standard
 library only: CI installs just ``dvc`` for it.
 """
 
@@ -174,16 +174,20 @@ def comparison_lines(comparisons: Mapping[str, Any]) -> list[str]:
     lines = []
     for pair, row in comparisons.items():
         newer, older = pair.split("_vs_")
-        acc = (f"test accuracy {100 * row['accuracy_diff']:+.1f} pp (95% interval "
-               f"{100 * row['accuracy_diff_low']:+.1f} to {100 * row['accuracy_diff_high']:+.1f} pp, "
-               f"p = {row['accuracy_p_value']:.2g}): {row['accuracy_verdict']}")  # fmt: skip
-        f1 = (f"F1 macro {row['f1_macro_diff']:+.3f} ({row['f1_macro_diff_low']:+.3f} to "
-              f"{row['f1_macro_diff_high']:+.3f}): {row['f1_macro_verdict']}")  # fmt: skip
+        acc = (
+            f"test accuracy {100 * row['accuracy_diff']:+.1f} pp (95% interval "
+            f"{100 * row['accuracy_diff_low']:+.1f} to {100 * row['accuracy_diff_high']:+.1f} pp, "
+            f"p = {row['accuracy_p_value']:.2g}): {row['accuracy_verdict']}"
+        )
+        f1 = (
+            f"F1 macro {row['f1_macro_diff']:+.3f} ({row['f1_macro_diff_low']:+.3f} to "
+            f"{row['f1_macro_diff_high']:+.3f}): {row['f1_macro_verdict']}"
+        )
         lines.append(f"- {newer} against {older}, on the same {row['n_test_clips']} test clips: {acc}; {f1}.")
     if not lines:
         return []
     return [
-        "Paired comparisons (each generation against the one before; \"within noise\": the interval "
+        'Paired comparisons (each generation against the one before; "within noise": the interval '
         "holds 0, so this test set cannot tell the two apart):",
         "",
         *lines,

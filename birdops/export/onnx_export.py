@@ -65,9 +65,16 @@ def export_classifier(classifier: nn.Module, num_samples: int, opset: int) -> on
     example = 0.1 * torch.randn(2, num_samples, generator=torch.Generator().manual_seed(0))  # (2, S)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        classifier, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, optimize=True, verbose=False,
-    )  # fmt: skip
+        classifier,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        dynamo=True,
+        optimize=True,
+        verbose=False,
+    )
     if program is None:  # only the legacy exporter returns None
         raise ExportError("torch.onnx.export returned no program")
     return program.model_proto
@@ -107,10 +114,13 @@ def save_model(model: onnx.ModelProto, path: Path) -> int:
 
 def metadata_for(info: ClassifierInfo, variant: str, model_sha256: str) -> ModelMetadata:
     return ModelMetadata(
-        labels=info.labels, sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
-        window_seconds=info.clip_seconds, features=info.feature_spec, variant=variant,
+        labels=info.labels,
+        sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
+        window_seconds=info.clip_seconds,
+        features=info.feature_spec,
+        variant=variant,
         model_sha256=model_sha256,
-    )  # fmt: skip
+    )
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -174,8 +184,15 @@ def export_best(
     if info.variant != variant:
         log.warning("%s holds variant %r; exporting it as %r", models_dir / variant, info.variant, variant)
     metadata = metadata_for(info, variant, weights_sha256(models_dir / variant))
-    log.info("exporting %s (%s, %d classes, %s s at %d Hz) with opset %d", variant, info.feature_preset,
-             len(info.labels), info.clip_seconds, metadata.sample_rate_hz, params.opset)  # fmt: skip
+    log.info(
+        "exporting %s (%s, %d classes, %s s at %d Hz) with opset %d",
+        variant,
+        info.feature_preset,
+        len(info.labels),
+        info.clip_seconds,
+        metadata.sample_rate_hz,
+        params.opset,
+    )
     # what an earlier run by hand left must not pass for this run's output
     (out_dir / FP16_MODEL_FILE).unlink(missing_ok=True)
     (out_dir / INT8_MODEL_FILE).unlink(missing_ok=True)
@@ -186,20 +203,30 @@ def export_best(
     model_path = out_dir / MODEL_FILE
     size_bytes = save_model(model, model_path)
     clips, rows = parity.validation_clips(
-        raw_dir, prepared_dir, lms_dir, info.feature_preset, params.parity_clips, metadata.sample_rate_hz,
+        raw_dir,
+        prepared_dir,
+        lms_dir,
+        info.feature_preset,
+        params.parity_clips,
+        metadata.sample_rate_hz,
         info.clip_seconds,
-    )  # fmt: skip
+    )
     labels = load_split(lms_dir, info.feature_preset, parity.PARITY_SPLIT).labels[rows]  # (N,)
     if len(clips) < params.parity_clips:
-        log.warning("parity is checked on %d validation clips, fewer than parity_clips (%d): the split "
-                    "has no more", len(clips), params.parity_clips)  # fmt: skip
+        log.warning(
+            "parity is checked on %d validation clips, fewer than parity_clips (%d): the split has no more",
+            len(clips),
+            params.parity_clips,
+        )
     fp32_session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
     check = parity.ParityCheck(classifier, clips)
     gates, summary, measured = run_gates(model, fp32_session, out_dir, check, labels, params)
     summary = {
-        "variant": variant, "opset": params.opset, "model_size_mb": size_bytes / 1e6,
+        "variant": variant,
+        "opset": params.opset,
+        "model_size_mb": size_bytes / 1e6,
         "parity_clips_requested": params.parity_clips,
-    } | summary  # fmt: skip
+    } | summary
     result = StageResult(summary, tuple(gates), measured)
     if result.passed:
         config = triton.write_repository(
@@ -256,8 +283,9 @@ def fp16_export(
     result = check.run(path, providers_for("auto"))
     gate = result.gate("fp16", params.fp16_max_rel_diff, params.fp16_min_top1_agreement)
     summary = result.to_summary("fp16_") | {
-        "fp16_gate_passed": gate.passed, "fp16_model_size_mb": size_bytes / 1e6,
-    }  # fmt: skip
+        "fp16_gate_passed": gate.passed,
+        "fp16_model_size_mb": size_bytes / 1e6,
+    }
     return gate, summary, result.measurements("fp16_")
 
 
@@ -277,8 +305,9 @@ def int8_export(
     int8_accuracy = result.accuracy(labels)
     log.info("int8 model: validation-clip accuracy %.4f against PyTorch's %.4f", int8_accuracy, fp32_accuracy)
     summary = result.to_summary("int8_") | {
-        "int8_gate_passed": gate.passed, "int8_model_size_mb": size_bytes / 1e6,
+        "int8_gate_passed": gate.passed,
+        "int8_model_size_mb": size_bytes / 1e6,
         "int8_val_clip_accuracy": int8_accuracy,
         "int8_val_clip_accuracy_delta": int8_accuracy - fp32_accuracy,
-    }  # fmt: skip
+    }
     return gate, summary, result.measurements("int8_")

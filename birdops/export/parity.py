@@ -83,8 +83,12 @@ def validation_clips(
     clips, rows = [], []
     for recording_id, recording_rows in rows_by_id.items():
         if recording_id not in paths:
-            log.warning("parity clip skipped: cached recording %s is not in %s, or its file resolves "
-                        "outside %s", recording_id, prepared_dir / MANIFEST_FILE, raw_dir)  # fmt: skip
+            log.warning(
+                "parity clip skipped: cached recording %s is not in %s, or its file resolves outside %s",
+                recording_id,
+                prepared_dir / MANIFEST_FILE,
+                raw_dir,
+            )
             continue
         try:
             wave = load_audio(paths[recording_id], sample_rate_hz)
@@ -169,27 +173,34 @@ class ParityResult:
         agreement = self.explained_agreement(max_rel_diff)
         passed = self.max_rel_diff <= max_rel_diff and agreement >= min_top1_agreement
         verdict = "passed" if passed else "FAILED"
-        return Gate(name, passed, (
-            f"{name} parity gate {verdict} on {self.clips} validation clips ({', '.join(self.providers)}): "
-            f"max |logit diff| {self.max_abs_diff:.3g} = {self.max_rel_diff:.3g} of the logit scale "
-            f"{self.scale:.3g} (limit {max_rel_diff:g}), top-1 agreement {agreement:.4f} "
-            f"(minimum {min_top1_agreement:g}; {self.top1_agreement:.4f} before near-ties)"
-        ))  # fmt: skip
+        return Gate(
+            name,
+            passed,
+            (
+                f"{name} parity gate {verdict} on {self.clips} validation clips "
+                f"({', '.join(self.providers)}): "
+                f"max |logit diff| {self.max_abs_diff:.3g} = {self.max_rel_diff:.3g} of the logit scale "
+                f"{self.scale:.3g} (limit {max_rel_diff:g}), top-1 agreement {agreement:.4f} "
+                f"(minimum {min_top1_agreement:g}; {self.top1_agreement:.4f} before near-ties)"
+            ),
+        )
 
     def to_summary(self, prefix: str) -> dict[str, Any]:
         """What the gate checked, for the stage's metrics: the same on every processor."""
         return {
-            f"{prefix}top1_agreement": self.top1_agreement, f"{prefix}parity_clips": self.clips,
+            f"{prefix}top1_agreement": self.top1_agreement,
+            f"{prefix}parity_clips": self.clips,
             f"{prefix}parity_providers": ",".join(self.providers),
-        }  # fmt: skip
+        }
 
     def measurements(self, prefix: str) -> dict[str, Any]:
         """The measured differences: their last digits depend on the processor's kernels (onnxruntime
         picks its own per processor), so they go to the run record, not to the metrics."""
         return {
-            f"{prefix}max_abs_diff": self.max_abs_diff, f"{prefix}max_rel_diff": self.max_rel_diff,
+            f"{prefix}max_abs_diff": self.max_abs_diff,
+            f"{prefix}max_rel_diff": self.max_rel_diff,
             f"{prefix}logit_scale": self.scale,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -212,9 +223,14 @@ class ParityCheck:
         candidate, reference = ort_logits(session, self.clips), self.reference()
         diff, agreement = compare(reference, candidate)
         return ParityResult(
-            len(self.clips), diff, agreement, tuple(session.get_providers()), logit_scale(reference),
-            disagreement_margins(reference, candidate), tuple(int(c) for c in candidate.argmax(axis=1)),
-        )  # fmt: skip
+            len(self.clips),
+            diff,
+            agreement,
+            tuple(session.get_providers()),
+            logit_scale(reference),
+            disagreement_margins(reference, candidate),
+            tuple(int(c) for c in candidate.argmax(axis=1)),
+        )
 
 
 @torch.no_grad()
@@ -281,7 +297,8 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     for value in half.graph.value_info:
         if value.name in front_end_constants:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return half
+    out: onnx.ModelProto = half
+    return out
 
 
 # ------------------------------------------------------------------------------------ throughput

@@ -100,27 +100,29 @@ def render_config(
     labels = f'    label_filename: "{LABELS_FILE}"\n'
     rendered_outputs = [tensor(o, labels if o.name == label_output else "") for o in outputs]
     preferred = ", ".join(str(s) for s in preferred_batch_sizes(max_batch_size))
-    return "\n".join([
-        "# Written by birdops.export.triton from the ONNX graph; regenerate rather than edit.",
-        f'name: "{name}"',
-        'backend: "onnxruntime"',
-        f"max_batch_size: {max_batch_size}",
-        "input [\n" + ",\n".join(tensor(i) for i in inputs) + "\n]",
-        "output [\n" + ",\n".join(rendered_outputs) + "\n]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {preferred} ]",
-        f"  max_queue_delay_microseconds: {max_queue_delay_microseconds}",
-        "}",
-        "instance_group [",
-        "  {",
-        "    # one instance per visible GPU; on a CPU-only server use `kind: KIND_CPU` (and `count: N`",
-        "    # for N parallel instances) -- KIND_GPU fails to load without a GPU",
-        "    count: 1",
-        "    kind: KIND_GPU",
-        "  }",
-        "]",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "# Written by birdops.export.triton from the ONNX graph; regenerate rather than edit.",
+            f'name: "{name}"',
+            'backend: "onnxruntime"',
+            f"max_batch_size: {max_batch_size}",
+            "input [\n" + ",\n".join(tensor(i) for i in inputs) + "\n]",
+            "output [\n" + ",\n".join(rendered_outputs) + "\n]",
+            "dynamic_batching {",
+            f"  preferred_batch_size: [ {preferred} ]",
+            f"  max_queue_delay_microseconds: {max_queue_delay_microseconds}",
+            "}",
+            "instance_group [",
+            "  {",
+            "    # one instance per visible GPU; on a CPU-only server use `kind: KIND_CPU` (and `count: N`",
+            "    # for N parallel instances) -- KIND_GPU fails to load without a GPU",
+            "    count: 1",
+            "    kind: KIND_GPU",
+            "  }",
+            "]",
+            "",
+        ]
+    )
 
 
 def write_repository(model_path: Path, repository: Path, name: str, max_batch_size: int) -> Path:

@@ -37,7 +37,8 @@ def frame_energy_db(
     keep = rfftfreq(frame_samples, 1.0 / sample_rate_hz) >= highpass_hz  # (L // 2 + 1,)
     # Parseval: the mean power of the band-passed frame, up to the one-sided factor 2
     power = 2.0 * spectrum[:, keep].sum(axis=1) / frame_samples**2  # (N,)
-    return 10.0 * np.log10(np.maximum(power, _ENERGY_FLOOR))
+    out: np.ndarray = 10.0 * np.log10(np.maximum(power, _ENERGY_FLOOR))
+    return out
 
 
 def choose_segments(
@@ -76,7 +77,8 @@ def _window_scores_db(energy_db: np.ndarray, frames_per_window: int) -> np.ndarr
     power = 10.0 ** (energy_db / 10.0)  # (N,)
     cumulative = np.concatenate([[0.0], np.cumsum(power)])  # (N + 1,)
     mean_power = (cumulative[frames_per_window:] - cumulative[:-frames_per_window]) / frames_per_window
-    return 10.0 * np.log10(np.maximum(mean_power, _ENERGY_FLOOR))
+    out: np.ndarray = 10.0 * np.log10(np.maximum(mean_power, _ENERGY_FLOOR))
+    return out
 
 
 def _pick_greedy(

@@ -163,9 +163,15 @@ def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: Recording,
     except OSError:
         file_key = [-1, -1]
     key = [
-        CACHE_FORMAT, spec.to_dict(), params.clip_seconds, params.max_clips_per_recording,
-        params.activity.model_dump(), recording.id, recording.local_path, file_key,
-    ]  # fmt: skip
+        CACHE_FORMAT,
+        spec.to_dict(),
+        params.clip_seconds,
+        params.max_clips_per_recording,
+        params.activity.model_dump(),
+        recording.id,
+        recording.local_path,
+        file_key,
+    ]
     return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -317,9 +323,11 @@ def _run_tasks(tasks: list[_Task], settings: _Settings, workers: int, chunk_reco
             return
         threads = max(1, (os.cpu_count() or 1) // workers)
         with cf.ProcessPoolExecutor(
-            workers, mp_context=_worker_context(threads), initializer=_init_worker,
+            workers,
+            mp_context=_worker_context(threads),
+            initializer=_init_worker,
             initargs=(threads, os.getpid()),
-        ) as pool:  # fmt: skip
+        ) as pool:
             futures = [pool.submit(_process_chunk, chunk, settings) for chunk in chunks]
             try:
                 for future in cf.as_completed(futures):
@@ -356,11 +364,15 @@ def _assemble(
         clips_per_split[split] = _write_shards(staging, split, clips, params.shard_max_clips, index)
     write_csv_atomic(staging / "index.csv", INDEX_COLUMNS, index)
     meta = {
-        "spec": spec.to_dict(), "clip_seconds": params.clip_seconds,
-        "clip_samples": round(params.clip_seconds * spec.sample_rate_hz), "n_bins": spec.n_bins,
-        "n_frames": n_frames, "max_clips_per_recording": params.max_clips_per_recording,
-        "activity": params.activity.model_dump(), "cache_format": CACHE_FORMAT,
-    }  # fmt: skip
+        "spec": spec.to_dict(),
+        "clip_seconds": params.clip_seconds,
+        "clip_samples": round(params.clip_seconds * spec.sample_rate_hz),
+        "n_bins": spec.n_bins,
+        "n_frames": n_frames,
+        "max_clips_per_recording": params.max_clips_per_recording,
+        "activity": params.activity.model_dump(),
+        "cache_format": CACHE_FORMAT,
+    }
     _write_json(staging / "features.json", meta)
     _swap_in(staging, out_dir / preset)
     return _PresetResult(clips_per_split, failed, spec.n_bins, n_frames)
@@ -393,10 +405,16 @@ def _write_shards(
     count = 0
     for recording, start_s, clip in clips:
         shard = f"{split}-{count // shard_max_clips:03d}.npy"
-        index.append({
-            "id": recording.id, "split": split, "shard": shard, "row": count % shard_max_clips,
-            "label_index": recording.label_index, "start_s": round(start_s, 6),
-        })  # fmt: skip
+        index.append(
+            {
+                "id": recording.id,
+                "split": split,
+                "shard": shard,
+                "row": count % shard_max_clips,
+                "label_index": recording.label_index,
+                "start_s": round(start_s, 6),
+            }
+        )
         buffer.append(clip)
         count += 1
         if len(buffer) == shard_max_clips:
@@ -439,8 +457,11 @@ def build_cache(
     tasks = _pending_tasks(recordings, presets, stems, raw_dir)
     log.info(
         "lms_cache: %d recordings, presets %s: %d to process, %d done before",
-        len(recordings), presets, len(tasks), len(recordings) - len(tasks),
-    )  # fmt: skip
+        len(recordings),
+        presets,
+        len(tasks),
+        len(recordings) - len(tasks),
+    )
     settings = _Settings(params.clip_seconds, params.max_clips_per_recording, params.activity)
     _run_tasks(tasks, settings, params.workers, chunk_recordings)
     results = {p: _assemble(p, recordings, stems[p], out_dir, params) for p in presets}
@@ -521,12 +542,15 @@ def _summary(
     )
     presets = {
         name: {
-            "clips": r.clips_per_split, "clips_total": sum(r.clips_per_split.values()),
-            "recordings_cached": total - len(r.failed), "recordings_failed": len(r.failed),
-            "coverage_percent": _percent(total - len(r.failed), total), "shape": [r.n_bins, r.n_frames],
+            "clips": r.clips_per_split,
+            "clips_total": sum(r.clips_per_split.values()),
+            "recordings_cached": total - len(r.failed),
+            "recordings_failed": len(r.failed),
+            "coverage_percent": _percent(total - len(r.failed), total),
+            "shape": [r.n_bins, r.n_frames],
         }
         for name, r in results.items()
-    }  # fmt: skip
+    }
     return {
         "recordings": {"manifest": total, "cached": total - len(failed_ids), "failed": len(failed_ids)},
         "coverage_percent": _percent(total - len(failed_ids), total),
@@ -534,11 +558,13 @@ def _summary(
         "presets": presets,
         # how this run went, not what it produced: a resumed or slower run makes the same cache
         RUN_KEY: {
-            "processed_this_run": processed, "reused_from_interrupted_run": total - processed,
-            "workers": workers, "wall_seconds": round(wall_s, 3),
+            "processed_this_run": processed,
+            "reused_from_interrupted_run": total - processed,
+            "workers": workers,
+            "wall_seconds": round(wall_s, 3),
             "files_per_second": round(processed / wall_s, 3) if wall_s > 0 else 0.0,
         },
-    }  # fmt: skip
+    }
 
 
 def _percent(part: int, whole: int) -> float:

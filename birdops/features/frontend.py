@@ -10,7 +10,7 @@ eagerly (the cache, training, PyTorch evaluation) ``torch.stft`` / ``torch.fft.r
 a two-stage Cooley-Tukey DFT written as MatMuls with the twiddle factors in constant matrices
 (:class:`TwoStageDFT`), because onnxruntime's single-threaded ``STFT`` / ``DFT`` kernels cost more
 than the whole rest of the model. Both give the same power spectrum to float32 rounding
-(``tests/test_frontend.py``); the exported graph holds plain ONNX ops only (Triton runs it as is).
+(``tests/features/test_frontend.py``); the exported graph holds plain ONNX ops only (Triton runs it as is).
 
 Presets (``PRESETS``):
 
@@ -115,20 +115,52 @@ def spec_for(preset: str) -> FeatureSpec:
         raise ValueError(f"unknown feature preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if preset == "ast":
         return FeatureSpec(
-            name="ast", sample_rate_hz=16000, n_bins=128, n_fft=512, win_length_samples=400,
-            hop_length_samples=160, window="hann_symmetric", framing="snip_edges", n_mels=128,
-            f_min_hz=20.0, f_max_hz=8000.0, mel_scale="kaldi", preemphasis=0.97, remove_dc_offset=True,
-            log_scale="ln", top_db=None, n_mfcc=None, normalization="fixed", norm_mean=AUDIOSET_MEAN,
-            norm_std=AUDIOSET_STD, norm_eps=float(torch.finfo(torch.float32).eps),
-        )  # fmt: skip
+            name="ast",
+            sample_rate_hz=16000,
+            n_bins=128,
+            n_fft=512,
+            win_length_samples=400,
+            hop_length_samples=160,
+            window="hann_symmetric",
+            framing="snip_edges",
+            n_mels=128,
+            f_min_hz=20.0,
+            f_max_hz=8000.0,
+            mel_scale="kaldi",
+            preemphasis=0.97,
+            remove_dc_offset=True,
+            log_scale="ln",
+            top_db=None,
+            n_mfcc=None,
+            normalization="fixed",
+            norm_mean=AUDIOSET_MEAN,
+            norm_std=AUDIOSET_STD,
+            norm_eps=float(torch.finfo(torch.float32).eps),
+        )
     n_mfcc = 40 if preset == "mfcc" else None
     return FeatureSpec(
-        name=preset, sample_rate_hz=22050, n_bins=n_mfcc or 128, n_fft=2048, win_length_samples=2048,
-        hop_length_samples=512, window="hann_periodic", framing="center", n_mels=128, f_min_hz=500.0,
-        f_max_hz=11025.0, mel_scale="slaney", preemphasis=0.0, remove_dc_offset=False,
-        log_scale="db_ref_max", top_db=80.0, n_mfcc=n_mfcc, normalization="per_clip", norm_mean=0.0,
-        norm_std=1.0, norm_eps=NORM_EPS,
-    )  # fmt: skip
+        name=preset,
+        sample_rate_hz=22050,
+        n_bins=n_mfcc or 128,
+        n_fft=2048,
+        win_length_samples=2048,
+        hop_length_samples=512,
+        window="hann_periodic",
+        framing="center",
+        n_mels=128,
+        f_min_hz=500.0,
+        f_max_hz=11025.0,
+        mel_scale="slaney",
+        preemphasis=0.0,
+        remove_dc_offset=False,
+        log_scale="db_ref_max",
+        top_db=80.0,
+        n_mfcc=n_mfcc,
+        normalization="per_clip",
+        norm_mean=0.0,
+        norm_std=1.0,
+        norm_eps=NORM_EPS,
+    )
 
 
 # n_fft -> rows N1 of the exported two-stage DFT (n_fft = N1 x N2): the fastest factorisation in
@@ -237,11 +269,20 @@ class LogMelFrontEnd(FrontEnd):
         """The mel power spectrogram ``(B, M, T)``: STFT (the two-stage DFT when exported), power, mel."""
         spec = self.spec
         if torch.compiler.is_exporting():
-            return self.dft(self.centred_frames(waveform) * self.window).transpose(1, 2)  # (B, M, T)
+            out: torch.Tensor = self.dft(self.centred_frames(waveform) * self.window).transpose(
+                1, 2
+            )  # (B, M, T)
+            return out
         stft = torch.stft(
-            waveform, spec.n_fft, spec.hop_length_samples, spec.win_length_samples,
-            window=self.window, center=True, pad_mode="constant", return_complex=True,
-        )  # fmt: skip  # (B, K, T), K = n_fft // 2 + 1
+            waveform,
+            spec.n_fft,
+            spec.hop_length_samples,
+            spec.win_length_samples,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # (B, K, T), K = n_fft // 2 + 1
         power = stft.real.square() + stft.imag.square()  # (B, K, T)
         return torch.matmul(self.mel_filters, power)  # (B, M, T)
 
@@ -353,7 +394,8 @@ def slaney_mel_filters(
     lower = -ramps[:-2] / widths_hz[:-1, None]  # (M, K)
     upper = ramps[2:] / widths_hz[1:, None]  # (M, K)
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    return weights * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # Slaney: constant area
+    out: np.ndarray = weights * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # Slaney: constant area
+    return out
 
 
 def _slaney_hz_to_mel(hz: float | np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ class WaveformClassifier(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         features = self.frontend(waveform)  # (B, F, T)
-        return self.model(features)  # (B, C)
+        out: torch.Tensor = self.model(features)  # (B, C)
+        return out
 
 
 def load_waveform_classifier(

@@ -105,7 +105,8 @@ class ASTClassifier(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # features (B, F, T); HF AST takes input_values (B, T, F)
         pooled = self.backbone(input_values=features.transpose(1, 2)).pooler_output  # (B, H)
-        return self.classifier(pooled)  # (B, C)
+        out: torch.Tensor = self.classifier(pooled)  # (B, C)
+        return out
 
 
 class ViTClassifier(nn.Module):
@@ -124,7 +125,8 @@ class ViTClassifier(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         image = F.pad(features, self.pad).unsqueeze(1)  # (B, 1, F', T')
         hidden = self.backbone(pixel_values=image).last_hidden_state  # (B, 1 + patches, H)
-        return self.classifier(hidden[:, 0])  # (B, C)
+        out: torch.Tensor = self.classifier(hidden[:, 0])  # (B, C)
+        return out
 
 
 def build_model(

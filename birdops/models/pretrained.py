@@ -141,7 +141,8 @@ def _from_pretrained(
             continue
         if info["missing_keys"] or info["mismatched_keys"]:
             raise PretrainedError(f"{source}: incomplete checkpoint: {info}")
-        return model
+        out: nn.Module = model
+        return out
     raise PretrainedError(
         f"pretrained weights {source!r} are not available here (offline, or no model.safetensors). "
         f"On a machine with network run `hf download {source} --local-dir pretrained/{path.name}` and set "

@@ -225,9 +225,10 @@ class Connections:
 
 def overloaded_response(detail: str, retry_after_s: int) -> JSONResponse:
     return JSONResponse(
-        {"detail": detail}, status_code=503,
+        {"detail": detail},
+        status_code=503,
         headers={"Retry-After": str(retry_after_s), "Connection": "close"},
-    )  # fmt: skip
+    )
 
 
 def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[H11Protocol]:
@@ -460,10 +461,15 @@ def to_prediction(
         for start, end, top in zip(result.starts_s, result.ends_s, result.window_top(top_k), strict=True)
     ]
     return Prediction(
-        filename=name, duration_s=result.duration_s, sample_rate_hz=metadata.sample_rate_hz,
-        window_seconds=result.window_seconds, hop_seconds=hop_seconds, variant=metadata.variant,
-        top=to_species(result.file_top(top_k)), windows=windows,
-    )  # fmt: skip
+        filename=name,
+        duration_s=result.duration_s,
+        sample_rate_hz=metadata.sample_rate_hz,
+        window_seconds=result.window_seconds,
+        hop_seconds=hop_seconds,
+        variant=metadata.variant,
+        top=to_species(result.file_top(top_k)),
+        windows=windows,
+    )
 
 
 # ------------------------------------------------------------------------------------------ app
@@ -501,14 +507,17 @@ def create_app(
         yield
 
     app = FastAPI(
-        title="birdops", version=__version__, lifespan=lifespan,
+        title="birdops",
+        version=__version__,
+        lifespan=lifespan,
         description="Bird-species classification of audio recordings with an exported ONNX model.",
-    )  # fmt: skip
+    )
     app.state.service = service
     app.add_middleware(
-        RequestGuard, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        RequestGuard,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         body_timeout_s=settings.body_timeout_s,
-    )  # fmt: skip
+    )
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Any, err: Overloaded) -> JSONResponse:
@@ -531,22 +540,29 @@ def create_app(
         queue = service.queue
         running, waiting = (queue.running, queue.waiting) if queue else (0, 0)
         load = Load(
-            connections=service.connections.open, max_connections=settings.max_connections,
-            inferences_running=running, max_concurrent_inferences=settings.max_concurrent_inferences,
-            requests_waiting=waiting, max_queued_requests=settings.max_queued_requests,
-        )  # fmt: skip
+            connections=service.connections.open,
+            max_connections=settings.max_connections,
+            inferences_running=running,
+            max_concurrent_inferences=settings.max_concurrent_inferences,
+            requests_waiting=waiting,
+            max_queued_requests=settings.max_queued_requests,
+        )
         limits = {
-            "max_upload_bytes": settings.max_upload_bytes, "max_audio_seconds": settings.max_audio_seconds,
-        }  # fmt: skip
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_audio_seconds": settings.max_audio_seconds,
+        }
         if service.classifier is None or queue is None:
             body = Ready(status="loading", ready=False, load=load, **limits)
         else:
             saturated = queue.full or service.connections.open >= settings.max_connections
             body = Ready(
-                status="saturated" if saturated else "ready", ready=not saturated, load=load,
+                status="saturated" if saturated else "ready",
+                ready=not saturated,
+                load=load,
                 hop_seconds=settings.hop_seconds or service.classifier.window_seconds,
-                **service.classifier.describe(), **limits,
-            )  # fmt: skip
+                **service.classifier.describe(),
+                **limits,
+            )
         headers = {} if body.ready else {"Retry-After": str(settings.retry_after_s)}
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
 
@@ -659,14 +675,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 1
     described = classifier.describe()
-    log.info("serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s", settings.model_path,
-             described["variant"], described["num_labels"], described["window_seconds"],
-             described["sample_rate_hz"], ", ".join(classifier.providers))  # fmt: skip
+    log.info(
+        "serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s",
+        settings.model_path,
+        described["variant"],
+        described["num_labels"],
+        described["window_seconds"],
+        described["sample_rate_hz"],
+        ", ".join(classifier.providers),
+    )
     connections = Connections()
     uvicorn.run(
-        create_app(classifier, settings, connections), host=settings.host, port=settings.port,
-        log_level=settings.log_level, http=guarded_protocol(settings, connections),
+        create_app(classifier, settings, connections),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=guarded_protocol(settings, connections),
         h11_max_incomplete_event_size=settings.max_header_bytes,
-        timeout_keep_alive=settings.keep_alive_timeout_s, timeout_graceful_shutdown=10,
-    )  # fmt: skip
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_graceful_shutdown=10,
+    )
     return 0

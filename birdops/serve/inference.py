@@ -97,9 +97,13 @@ class ModelMetadata:
         if sample_rate_hz <= 0 or not window_seconds > 0:
             raise ModelError(f"{source}: sample rate and window length must be positive")
         return cls(
-            labels=tuple(labels), sample_rate_hz=sample_rate_hz, window_seconds=window_seconds,
-            features=features, variant=props[VARIANT_KEY], model_sha256=props[MODEL_SHA256_KEY],
-        )  # fmt: skip
+            labels=tuple(labels),
+            sample_rate_hz=sample_rate_hz,
+            window_seconds=window_seconds,
+            features=features,
+            variant=props[VARIANT_KEY],
+            model_sha256=props[MODEL_SHA256_KEY],
+        )
 
 
 # ------------------------------------------------------------------------------------------ scores
@@ -140,14 +144,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Row softmax ``(N, C) -> (N, C)`` float32, computed in float64 so large logits cannot overflow."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def aggregate(scores: np.ndarray) -> np.ndarray:
     """A recording's class probabilities: the mean over its windows ``(N, C) -> (C,)``."""
     if scores.ndim != 2 or len(scores) == 0:
         raise ValueError(f"expected (windows, classes) scores with at least one window, got {scores.shape}")
-    return scores.mean(axis=0)
+    out: np.ndarray = scores.mean(axis=0)
+    return out
 
 
 def top_k(
@@ -289,8 +295,15 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
     """onnxruntime's exception types (plain ``Exception`` subclasses, not RuntimeError)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    names = ("Fail", "InvalidArgument", "NoSuchFile", "InvalidProtobuf", "InvalidGraph", "NotImplemented",
-             "RuntimeException")  # fmt: skip
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "InvalidProtobuf",
+        "InvalidGraph",
+        "NotImplemented",
+        "RuntimeException",
+    )
     return (*(getattr(state, n) for n in names if hasattr(state, n)), RuntimeError)
 
 
@@ -333,9 +346,10 @@ class Classifier:
         classifier._check_signature()
         if CUDA_PROVIDER in requested and CUDA_PROVIDER not in classifier.providers:
             log.warning(
-                "%s was requested but is not in use (no GPU, or CUDA/cuDNN libraries missing); "
-                "running on %s", CUDA_PROVIDER, ", ".join(classifier.providers),
-            )  # fmt: skip
+                "%s was requested but is not in use (no GPU, or CUDA/cuDNN libraries missing); running on %s",
+                CUDA_PROVIDER,
+                ", ".join(classifier.providers),
+            )
         return classifier
 
     def _check_signature(self) -> None:
@@ -416,9 +430,12 @@ class Classifier:
 
     def _result(self, starts_s: np.ndarray, scores: np.ndarray, samples: int) -> WindowScores:
         return WindowScores(
-            starts_s=starts_s, scores=scores, labels=self.labels, window_seconds=self.window_seconds,
+            starts_s=starts_s,
+            scores=scores,
+            labels=self.labels,
+            window_seconds=self.window_seconds,
             duration_s=samples / self.sample_rate_hz,
-        )  # fmt: skip
+        )
 
     def predict_file(
         self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
@@ -439,8 +456,11 @@ class Classifier:
         """The model's identity and settings, JSON-ready (for logs and ``GET /ready``)."""
         meta = self.metadata
         return {
-            "variant": meta.variant, "model_sha256": meta.model_sha256,
-            "num_labels": len(meta.labels), "labels": list(meta.labels),
-            "sample_rate_hz": meta.sample_rate_hz, "window_seconds": meta.window_seconds,
+            "variant": meta.variant,
+            "model_sha256": meta.model_sha256,
+            "num_labels": len(meta.labels),
+            "labels": list(meta.labels),
+            "sample_rate_hz": meta.sample_rate_hz,
+            "window_seconds": meta.window_seconds,
             "providers": self.providers,
-        }  # fmt: skip
+        }

@@ -47,9 +47,17 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"})
 CSV_COLUMNS = ("file", "start_s", "end_s", "species", "score")
 RAVEN_COLUMNS = (
-    "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-    "Species", "Score", "Begin Path",
-)  # fmt: skip
+    "Selection",
+    "View",
+    "Channel",
+    "Begin Time (s)",
+    "End Time (s)",
+    "Low Freq (Hz)",
+    "High Freq (Hz)",
+    "Species",
+    "Score",
+    "Begin Path",
+)
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,17 @@ class TableWriter:
             return [row.file, *times, row.species, f"{row.score:.6f}"]
         self.selection += 1
         low_hz, high_hz = self.band_hz
-        return [str(self.selection), "Spectrogram 1", "1", *times, f"{low_hz:.1f}", f"{high_hz:.1f}",
-                row.species, f"{row.score:.6f}", row.file]  # fmt: skip
+        return [
+            str(self.selection),
+            "Spectrogram 1",
+            "1",
+            *times,
+            f"{low_hz:.1f}",
+            f"{high_hz:.1f}",
+            row.species,
+            f"{row.score:.6f}",
+            row.file,
+        ]
 
 
 def feature_band_hz(classifier: Classifier) -> tuple[float, float]:
@@ -212,15 +229,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--format", choices=("csv", "raven"), default="csv", help="table format")
     parser.add_argument("--top-k", type=positive_int, default=1, help="species per window (default 1)")
     parser.add_argument("--min-score", type=float, default=0.0, help="drop rows below this probability")
-    parser.add_argument("--hop-seconds", type=positive_float, default=None,
-                        help="window step (default: the model's window, no overlap)")  # fmt: skip
     parser.add_argument(
-        "--batch-size", type=positive_int, default=16,
+        "--hop-seconds",
+        type=positive_float,
+        default=None,
+        help="window step (default: the model's window, no overlap)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
         help="windows per model call (16: as fast as 32 on CPU, with half the memory)",
-    )  # fmt: skip
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
     return parser.parse_args(argv)
 
 
@@ -245,9 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as err:
         log.error("%s", err)
         return 1
-    log.info("model %s (%s): %d species, %s s windows at %d Hz on %s", args.model,
-             classifier.metadata.variant, len(classifier.labels), classifier.window_seconds,
-             classifier.sample_rate_hz, ", ".join(classifier.providers))  # fmt: skip
+    log.info(
+        "model %s (%s): %d species, %s s windows at %d Hz on %s",
+        args.model,
+        classifier.metadata.variant,
+        len(classifier.labels),
+        classifier.window_seconds,
+        classifier.sample_rate_hz,
+        ", ".join(classifier.providers),
+    )
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
     with open_output(args.output) as stream:
@@ -262,9 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(summary: Summary, elapsed_s: float, output: str) -> int:
     """Log the run's summary and every failure; the exit status (see the module docstring)."""
     speed = summary.audio_seconds / elapsed_s if elapsed_s > 0 else float("inf")
-    log.info("classified %d files (%.1f s of audio, %d windows, %d rows -> %s) in %.1f s: %.1f audio s/s",
-             summary.files, summary.audio_seconds, summary.windows, summary.rows, output, elapsed_s,
-             speed)  # fmt: skip
+    log.info(
+        "classified %d files (%.1f s of audio, %d windows, %d rows -> %s) in %.1f s: %.1f audio s/s",
+        summary.files,
+        summary.audio_seconds,
+        summary.windows,
+        summary.rows,
+        output,
+        elapsed_s,
+        speed,
+    )
     if summary.failures:
         causes = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.refused.items()))
         missing = len(summary.failures) - sum(summary.refused.values())

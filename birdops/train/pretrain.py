@@ -112,12 +112,21 @@ def render_scenes(params: PretrainParams, frontend: LogMelFrontEnd, first_stem: 
     corpus, rate = params.corpus, frontend.spec.sample_rate_hz
     num_samples = round(corpus.clip_seconds * rate)
     with torch.no_grad():
-        stems = torch.stack([
-            frontend.mel_power(torch.from_numpy(np.stack([
-                render_stem(c, corpus.seed, first_stem + i, corpus.clip_seconds, rate) for i in range(count)
-            ])))
-            for c in range(len(SOUND_CLASSES))
-        ])  # fmt: skip  # (C, count, M, T)
+        stems = torch.stack(
+            [
+                frontend.mel_power(
+                    torch.from_numpy(
+                        np.stack(
+                            [
+                                render_stem(c, corpus.seed, first_stem + i, corpus.clip_seconds, rate)
+                                for i in range(count)
+                            ]
+                        )
+                    )
+                )
+                for c in range(len(SOUND_CLASSES))
+            ]
+        )  # (C, count, M, T)
         rng = np.random.default_rng([corpus.seed, len(SOUND_CLASSES), first_stem])
         beds = np.stack([colored_noise(num_samples, float(rng.uniform(1.0, 2.0)), rng) for _ in range(16)])
         return MelScenes(stems, frontend.mel_power(torch.from_numpy(beds)), corpus.max_sources)
@@ -142,9 +151,12 @@ def pretrain(params: PretrainParams, out_dir: str | Path) -> PretrainResult:
     val_features = features_from_mel_power(frontend, val_mel)
     log.info(
         "pretrain corpus: %d classes x %d + %d stems of %.0f s rendered in %.1f s",
-        len(SOUND_CLASSES), corpus.stems_per_class, corpus.val_stems_per_class, corpus.clip_seconds,
+        len(SOUND_CLASSES),
+        corpus.stems_per_class,
+        corpus.val_stems_per_class,
+        corpus.clip_seconds,
         time.monotonic() - started,
-    )  # fmt: skip
+    )
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(params.model, len(SOUND_CLASSES), spec.n_bins, n_frames)
@@ -200,9 +212,12 @@ def pretrain(params: PretrainParams, out_dir: str | Path) -> PretrainResult:
     save_hf_checkpoint(model, out_dir, list(SOUND_CLASSES))
     shutil.rmtree(state_dir, ignore_errors=True)
     return PretrainResult(
-        steps=state.step, val_map=last["val_map"], val_loss=last["val_loss"], history=state.history,
+        steps=state.step,
+        val_map=last["val_map"],
+        val_loss=last["val_loss"],
+        history=state.history,
         resumed_steps=resumed,
-    )  # fmt: skip
+    )
 
 
 def _validate(

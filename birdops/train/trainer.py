@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
+from dvclive.live import Live
 from sklearn.metrics import f1_score
 from torch import nn
+from torch.amp.grad_scaler import GradScaler
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -122,11 +123,19 @@ def _train(
 
     model.load_state_dict(best_weights)
     info = ClassifierInfo(
-        variant=variant, model=params.model.model_dump(), labels=data.labels, feature_preset=data.preset,
-        feature_spec=data.spec, clip_seconds=data.clip_seconds, n_bins=data.n_bins, n_frames=data.n_frames,
-        best_epoch=state.best_epoch, best_metric=params.early_stopping.metric, best_value=state.best_value,
+        variant=variant,
+        model=params.model.model_dump(),
+        labels=data.labels,
+        feature_preset=data.preset,
+        feature_spec=data.spec,
+        clip_seconds=data.clip_seconds,
+        n_bins=data.n_bins,
+        n_frames=data.n_frames,
+        best_epoch=state.best_epoch,
+        best_metric=params.early_stopping.metric,
+        best_value=state.best_value,
         epochs_run=state.epoch,
-    )  # fmt: skip
+    )
     if ctx.is_main:
         finish(out_dir, model, info, live)
     barrier(ctx)
@@ -231,7 +240,7 @@ def make_recipe(
     return Recipe(
         params=params,
         optimizer=optimizer,
-        scaler=torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16),
+        scaler=GradScaler(ctx.device.type, enabled=dtype == torch.float16),
         loss_fn=make_loss(params.loss),
         schedule=Schedule(
             total_steps=params.epochs * steps_per_epoch,
@@ -250,7 +259,7 @@ class Recipe:
 
     params: TrainParams
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: GradScaler
     loss_fn: LossFn
     schedule: Schedule
     num_classes: int
@@ -367,9 +376,13 @@ def make_loaders(
 ) -> tuple[EpochSampler, DataLoader[tuple[torch.Tensor, int]], DataLoader[tuple[torch.Tensor, int]]]:
     """This rank's shard of the training split (reshuffled each epoch) and of the validation split."""
     train_sampler = EpochSampler(
-        data.train.labels, params.seed, shuffle=True, balanced=params.balanced_sampling,
-        rank=ctx.rank, world_size=ctx.world_size,
-    )  # fmt: skip
+        data.train.labels,
+        params.seed,
+        shuffle=True,
+        balanced=params.balanced_sampling,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
     val_sampler = EpochSampler(
         data.val.labels, params.seed, shuffle=False, even=False, rank=ctx.rank, world_size=ctx.world_size
     )
@@ -401,7 +414,7 @@ def run_fingerprint(params: TrainParams, data: TrainData, variant: str, world_si
 
 
 def restore(
-    snapshot: Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    snapshot: Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: GradScaler
 ) -> tuple[TrainState, dict[str, torch.Tensor]]:
     """Put a saved state back into the model, optimizer and scaler; returns it and the best weights."""
     model.load_state_dict(snapshot.model)
@@ -476,16 +489,36 @@ def log_run(variant: str, model: nn.Module, data: TrainData, recipe: Recipe, ctx
     log.info(
         "%s: %s/%s with %d parameters; %d train / %d val clips of (%d, %d), %d classes; batch %d x %d "
         "accumulation x %d ranks; %s on %s",
-        variant, params.model.arch, params.model.size, sum(p.numel() for p in model.parameters()),
-        len(data.train.labels), len(data.val.labels), data.n_bins, data.n_frames, len(data.labels),
-        params.batch_size, recipe.accumulation, ctx.world_size, recipe.dtype or torch.float32, ctx.device,
-    )  # fmt: skip
+        variant,
+        params.model.arch,
+        params.model.size,
+        sum(p.numel() for p in model.parameters()),
+        len(data.train.labels),
+        len(data.val.labels),
+        data.n_bins,
+        data.n_frames,
+        len(data.labels),
+        params.batch_size,
+        recipe.accumulation,
+        ctx.world_size,
+        recipe.dtype or torch.float32,
+        ctx.device,
+    )
 
 
 def log_epoch(state: TrainState, row: dict[str, float], epochs: int, seconds: float) -> None:
     marker = " *" if state.best_epoch == state.epoch else ""  # a new best epoch
     log.info(
         "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.3f | lr %.2e/%.2e | %.1f s%s",
-        state.epoch, epochs, row["train/loss"], row["train/accuracy"], row["val/loss"], row["val/accuracy"],
-        row["val/f1_macro"], row.get("lr/backbone", math.nan), row.get("lr/head", math.nan), seconds, marker,
-    )  # fmt: skip
+        state.epoch,
+        epochs,
+        row["train/loss"],
+        row["train/accuracy"],
+        row["val/loss"],
+        row["val/accuracy"],
+        row["val/f1_macro"],
+        row.get("lr/backbone", math.nan),
+        row.get("lr/head", math.nan),
+        seconds,
+        marker,
+    )
