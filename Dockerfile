@@ -84,7 +84,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY . .
 # editable: a checkout mounted over /app is the code that runs (and that DVC hashes). The `train`
-# extra is everything a stage imports, onnxruntime included (tests/test_docker.py checks it).
+# extra is everything a stage imports, onnxruntime included (tests/pipeline/test_docker.py checks it).
 RUN pip install -c requirements.lock -e ".[train]" \
  && dvc config --local core.no_scm true
 # root on purpose: the job writes data/, models/ and metrics/ into the mounted checkout, whatever its owner

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from tones import tone_model
+from xenocanto import FakeXenoCanto, serve_xeno_canto
 
 
 @pytest.fixture(scope="module")
@@ -27,3 +28,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeXenoCanto]:
+    """A fake xeno-canto API v3 on 127.0.0.1 (``xenocanto.py``)."""
+    yield from serve_xeno_canto()

@@ -27,8 +27,10 @@ def tone_model(labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_
     constants = {
         "filters": filters[:, None, :].astype(np.float32),  # (2C, 1, K)
         "pairs": np.repeat(np.eye(len(TONES_HZ)), 2, axis=0).astype(np.float32),  # (2C, C): cos^2 + sin^2
-        "axis1": np.array([1]), "axis2": np.array([2]), "floor": np.array(1e-6, dtype=np.float32),
-    }  # fmt: skip
+        "axis1": np.array([1]),
+        "axis2": np.array([2]),
+        "floor": np.array(1e-6, dtype=np.float32),
+    }
     nodes = [
         helper.make_node("Unsqueeze", ["waveform", "axis1"], ["x"]),  # (B, 1, S)
         helper.make_node("Conv", ["x", "filters"], ["y"], strides=[kernel // 2]),  # (B, 2C, T)
@@ -40,10 +42,12 @@ def tone_model(labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_
     ]
     samples = round(window_seconds * RATE_HZ)
     graph = helper.make_graph(
-        nodes, "tones", [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", samples])],
+        nodes,
+        "tones",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", samples])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TONES_HZ)])],
         [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     metadata = ModelMetadata(labels, RATE_HZ, WINDOW_SECONDS, {"f_min_hz": 100.0}, "tones", "abc123")
     helper.set_model_props(model, metadata.to_props())

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from birdops.config import LmsCacheParams, ModelParams
@@ -59,8 +60,25 @@ def save_tiny_ast(
             dense.weight.zero_()
             dense.bias.copy_(torch.tensor([5.0 if k == constant_class else 0.0 for k in range(len(labels))]))
     info = ClassifierInfo(
-        variant=variant, model=cfg.model_dump(), labels=tuple(labels), feature_preset="seed",
-        feature_spec=feature_spec or frontend.spec.to_dict(), clip_seconds=clip_seconds,
-        n_bins=frontend.spec.n_bins, n_frames=n_frames,
-    )  # fmt: skip
+        variant=variant,
+        model=cfg.model_dump(),
+        labels=tuple(labels),
+        feature_preset="seed",
+        feature_spec=feature_spec or frontend.spec.to_dict(),
+        clip_seconds=clip_seconds,
+        n_bins=frontend.spec.n_bins,
+        n_frames=n_frames,
+    )
     save_classifier(folder / variant, model, info)
+
+
+def calls_wave(seconds: float, rate_hz: int, call_starts_s: list[float], seed: int) -> np.ndarray:
+    """Low noise plus 0.6 s rising 2-5 kHz calls at ``call_starts_s``: ``(samples,)`` float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * rate_hz)) / rate_hz
+    wave = 0.005 * rng.standard_normal(t.size)
+    for start_s in call_starts_s:
+        local = t - start_s
+        inside = (local >= 0) & (local < 0.6)
+        wave += 0.4 * np.sin(2 * np.pi * (2000 * local + 2500 * local**2)) * inside
+    return wave.astype(np.float32)

@@ -16,7 +16,7 @@ from birdops.bench.sections import Table, base_ast, clip_shape
 from birdops.bench.timing import interleaved, percentile, rate_summary
 from birdops.config import VARIANTS, load_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rounds_interleave_the_sides() -> None:
@@ -59,8 +59,12 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "birdops.cli", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["repeats"] == 3

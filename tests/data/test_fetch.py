@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
-import re
-import threading
-import urllib.parse
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import soundfile as sf
+from xenocanto import FAIL_ALWAYS, FAIL_ONCE, KEY, FakeXenoCanto
 
 from birdops.audio import load_audio
 from birdops.config import XenoCantoParams
@@ -35,165 +26,18 @@ from birdops.data.fetch import (
 )
 from birdops.data.metadata import read_metadata, validate_rows
 
-KEY = "test-key"
-PAGE_SIZE = 2  # small pages, so every species needs several
-
-
-def audio_file(fmt: str, seed: int) -> bytes:
-    """A real 0.5 s recording in ``fmt`` (wav, flac or mp3)."""
-    rng = np.random.default_rng(seed)
-    wave = (0.3 * np.sin(2 * np.pi * rng.uniform(1500, 4000) * np.arange(4000) / 8000)).astype(np.float32)
-    buffer = io.BytesIO()
-    sf.write(buffer, wave, 8000, format=fmt.upper())
-    return buffer.getvalue()
-
-
-# (id, genus, epithet, grade, format)
-CATALOGUE = [
-    ("1001", "Turdus", "merula", "A", "wav"),
-    ("1002", "Turdus", "merula", "B", "flac"),
-    ("1003", "Turdus", "merula", "A", "mp3"),
-    ("1004", "Turdus", "merula", "C", "wav"),
-    ("1005", "Turdus", "merula", "D", "wav"),  # below the default min quality C
-    ("1006", "Turdus", "merula", "no score", "wav"),
-    ("2001", "Parus", "major", "B", "flac"),
-    ("2002", "Parus", "major", "C", "wav"),  # the server fails once: retried
-    ("2003", "Parus", "major", "C", "mp3"),  # the server always fails: skipped
-    ("2004", "Parus", "major", "E", "wav"),
-    ("3001", "Turdus", "philomelos", "A", "wav"),  # another species of the same genus, never asked for
-]
-FAIL_ONCE, FAIL_ALWAYS = "2002", "2003"
-
-
-@dataclass
-class FakeXenoCanto:
-    """State of the fake API: the files it serves and what it was asked."""
-
-    base_url: str = ""
-    files: dict[str, bytes] = field(default_factory=dict)
-    file_hits: Counter[str] = field(default_factory=Counter)
-    ranges: dict[str, str] = field(default_factory=dict)
-    queries: list[str] = field(default_factory=list)
-    broken_species: set[str] = field(default_factory=set)  # API queries naming these answer 503
-    from_start: Counter[str] = field(default_factory=Counter)  # audio bodies sent from byte 0
-    # a download of `stall_id` sends half its bytes, sets `stalled` and hangs until `release` is set
-    stall_id: str | None = None
-    stalled: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-
-    def served_twice(self) -> list[str]:
-        """Recordings whose audio was sent from its first byte more than once (a Range resume is not)."""
-        return sorted(xc_id for xc_id, count in self.from_start.items() if count > 1)
-
-    def record(self, xc_id: str, genus: str, epithet: str, grade: str, fmt: str) -> dict[str, Any]:
-        return {
-            "id": xc_id, "gen": genus, "sp": epithet, "ssp": "", "grp": "birds", "en": f"{genus} bird",
-            "rec": f"Recordist {xc_id[0]}", "cnt": "Netherlands", "loc": "Somewhere", "lat": "52.1",
-            "lon": "5.1", "alt": "10", "type": "song", "sex": "male", "stage": "adult",
-            "method": "field recording", "url": f"//xeno-canto.org/{xc_id}",
-            "file": f"{self.base_url}/download/{xc_id}", "file-name": f"XC{xc_id}-{genus}-{epithet}.{fmt}",
-            "sono": {"small": f"//xeno-canto.org/sono/{xc_id}.png"}, "osci": {}, "lic": "//cc/by/4.0/",
-            "q": grade, "length": "0:01", "time": "06:00", "date": "2020-05-01", "uploaded": "2020-05-02",
-            "also": ["Parus major"] if genus == "Turdus" else [], "rmk": "", "animal-seen": "yes",
-            "playback-used": "no", "temp": "", "regnr": "", "auto": "no", "dvc": "", "mic": "", "smp": "8000",
-        }  # fmt: skip
-
-    def search(self, query: str, page: int) -> dict[str, Any]:
-        match = re.fullmatch(r'sp:"(\w+) (\w+)" q:([A-E])', query)
-        assert match, f"unexpected query {query!r}"
-        genus, epithet, grade = match.groups()
-        hits = [self.record(*row) for row in CATALOGUE if row[1:4] == (genus, epithet, grade)]
-        pages = max(1, math.ceil(len(hits) / PAGE_SIZE))
-        return {
-            "numRecordings": str(len(hits)), "numSpecies": "1", "page": page, "numPages": pages,
-            "recordings": hits[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
-        }  # fmt: skip
-
-
-def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
-            pass
-
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            if url.path == "/api/3/recordings":
-                self.api(urllib.parse.parse_qs(url.query))
-            elif url.path.startswith("/download/"):
-                self.download(url.path.rsplit("/", 1)[1])
-            else:
-                self.send(404, b"not found", "text/plain")
-
-        def api(self, params: dict[str, list[str]]) -> None:
-            if params.get("key") != [KEY]:
-                body = {"error": "unauthorized", "message": "invalid or missing key"}
-                self.send(401, json.dumps(body).encode(), "application/json")
-                return
-            state.queries.append(params["query"][0])
-            if any(name in params["query"][0] for name in state.broken_species):
-                self.send(503, b"busy", "text/plain")
-                return
-            answer = state.search(params["query"][0], int(params.get("page", ["1"])[0]))
-            self.send(200, json.dumps(answer).encode(), "application/json")
-
-        def download(self, xc_id: str) -> None:
-            state.file_hits[xc_id] += 1
-            if xc_id == FAIL_ALWAYS or (xc_id == FAIL_ONCE and state.file_hits[xc_id] == 1):
-                self.send(500, b"internal error", "text/plain")
-                return
-            payload = state.files[xc_id]
-            requested = self.headers.get("Range")
-            start = 0
-            if requested:
-                state.ranges[xc_id] = requested
-                start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))  # type: ignore[union-attr]
-            status = 206 if requested else 200
-            state.from_start[xc_id] += start == 0
-            if xc_id == state.stall_id and not state.release.is_set():
-                self.stall(xc_id, status, payload[start:])
-                return
-            self.send(status, payload[start:], "application/octet-stream")
-
-        def stall(self, xc_id: str, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            state.stalled.set()
-            state.release.wait(60)
-            self.close_connection = True
-
-        def send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
-
-
-@pytest.fixture
-def server() -> Iterator[FakeXenoCanto]:
-    state = FakeXenoCanto()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    state.files = {row[0]: audio_file(row[4], int(row[0])) for row in CATALOGUE}
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield state
-    state.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-
 
 def settings(state: FakeXenoCanto, **changes: Any) -> FetchSettings:
     base = FetchSettings(
-        api_url=f"{state.base_url}/api/3/recordings", api_key=KEY, min_quality="C", max_per_species=10,
-        requests_per_second=500.0, timeout_seconds=5.0, retries=2, backoff_seconds=0.01,
-    )  # fmt: skip
+        api_url=f"{state.base_url}/api/3/recordings",
+        api_key=KEY,
+        min_quality="C",
+        max_per_species=10,
+        requests_per_second=500.0,
+        timeout_seconds=5.0,
+        retries=2,
+        backoff_seconds=0.01,
+    )
     return replace(base, **changes)
 
 
@@ -280,9 +124,20 @@ def test_cli_fetches_with_the_key_from_the_environment(
 ) -> None:
     species_file = tmp_path / "species.txt"
     species_file.write_text("# wanted\nParus major\n")
-    args = ["--species", "Turdus merula", "--species-file", str(species_file), "--out", str(tmp_path / "raw"),
-            "--api-url", f"{server.base_url}/api/3/recordings", "--rate", "500",
-            "--backoff", "0.01"]  # fmt: skip
+    args = [
+        "--species",
+        "Turdus merula",
+        "--species-file",
+        str(species_file),
+        "--out",
+        str(tmp_path / "raw"),
+        "--api-url",
+        f"{server.base_url}/api/3/recordings",
+        "--rate",
+        "500",
+        "--backoff",
+        "0.01",
+    ]
     monkeypatch.delenv("XC_API_KEY", raising=False)
     with caplog.at_level(logging.ERROR):
         assert fetch.main(args) == 1
@@ -293,8 +148,12 @@ def test_cli_fetches_with_the_key_from_the_environment(
 
 
 def test_fetch_corpus_uses_the_xeno_canto_params(server: FakeXenoCanto, tmp_path: Path) -> None:
-    params = XenoCantoParams(species=["Parus major"], min_quality="B", requests_per_second=500.0,
-                             api_url=f"{server.base_url}/api/3/recordings")  # fmt: skip
+    params = XenoCantoParams(
+        species=["Parus major"],
+        min_quality="B",
+        requests_per_second=500.0,
+        api_url=f"{server.base_url}/api/3/recordings",
+    )
     summary = fetch_corpus(params, tmp_path, api_key=KEY)
     assert summary.listed == 1 and (tmp_path / "audio" / "XC2001.flac").is_file()
     with pytest.raises(FetchError, match="species is empty"):

@@ -30,11 +30,17 @@ from birdops.data.prepare import (
 from pipeline import corpus as corpus_stage
 from pipeline import prepare as prepare_stage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def row(xc_id: str, label: str = "Turdus merula", rec: str = "Ann", q: str = "A", length: str = "0:12",
-        path: str | None = None) -> dict[str, str]:  # fmt: skip
+def row(
+    xc_id: str,
+    label: str = "Turdus merula",
+    rec: str = "Ann",
+    q: str = "A",
+    length: str = "0:12",
+    path: str | None = None,
+) -> dict[str, str]:
     genus, _, epithet = label.partition(" ")
     local = path if path is not None else f"audio/XC{xc_id}.mp3"
     return {
@@ -110,11 +116,21 @@ def test_every_rejected_recording_has_a_reason(tmp_path: Path) -> None:
     rejected = read_csv(tmp_path / "out" / "rejected.csv")
     kinds = [(r["id"], r["reason"].split(":")[0]) for r in rejected]
     assert kinds == [
-        ("100", "duplicate_id"), ("301", "missing_file"), ("302", "empty_file"), ("303", "unknown_label"),
-        ("304", "unknown_label"), ("305", "bad_length"), ("306", "low_quality"), ("307", "low_quality"),
-        ("308", "bad_quality"), ("309", "too_short"), ("310", "too_long"), ("311", "bad_path"),
-        ("312", "duplicate_file"), ("", "missing_id"),
-    ]  # fmt: skip
+        ("100", "duplicate_id"),
+        ("301", "missing_file"),
+        ("302", "empty_file"),
+        ("303", "unknown_label"),
+        ("304", "unknown_label"),
+        ("305", "bad_length"),
+        ("306", "low_quality"),
+        ("307", "low_quality"),
+        ("308", "bad_quality"),
+        ("309", "too_short"),
+        ("310", "too_long"),
+        ("311", "bad_path"),
+        ("312", "duplicate_file"),
+        ("", "missing_id"),
+    ]
     assert all(len(r["reason"]) > len(r["reason"].split(":")[0]) + 5 for r in rejected)
     assert "no score" in rejected[7]["reason"] and "0 bytes" in rejected[2]["reason"]
     manifest = read_csv(tmp_path / "out" / "manifest.csv")
@@ -184,8 +200,11 @@ def test_splits_are_stratified_grouped_and_complete(tmp_path: Path) -> None:
             assert all(counts[label][s] >= 1 for s in ("train", "val", "test")), label
         if recordists >= 3:  # enough recordists: no recordist in two splits of the class
             by_split = splits[label]
-            assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"]
-                        or by_split["val"] & by_split["test"]), label  # fmt: skip
+            assert not (
+                by_split["train"] & by_split["val"]
+                or by_split["train"] & by_split["test"]
+                or by_split["val"] & by_split["test"]
+            ), label
     assert dict(counts["Regulus regulus"]) == {"train": 1, "test": 1}
     assert 0.6 <= counts["Turdus merula"]["train"] / 60 <= 0.8
     assert summary["recordist_disjoint_classes"] == 4
@@ -241,8 +260,15 @@ def test_too_few_classes_is_an_error(tmp_path: Path) -> None:
 def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory whose params.yaml is the real one with a tiny synthetic corpus."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tiny = {"species": 4, "recordings": 16, "recordists": 4, "min_recording_seconds": 1.0,
-            "max_recording_seconds": 2.0, "sample_rate_hz": 16000, "corrupt_files": 2}  # fmt: skip
+    tiny = {
+        "species": 4,
+        "recordings": 16,
+        "recordists": 4,
+        "min_recording_seconds": 1.0,
+        "max_recording_seconds": 2.0,
+        "sample_rate_hz": 16000,
+        "corrupt_files": 2,
+    }
     params["data"]["synthetic"].update(tiny)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

@@ -140,8 +140,9 @@ def test_class_sizes_add_up_and_keep_two_per_class(species: int, recordings: int
 
 
 def test_report_scale_preset_is_expressible_in_params() -> None:
-    preset = SyntheticParams(species=89, recordings=11075, recordists=1500, max_recording_seconds=60.0,
-                             long_tail_exponent=0.3)  # fmt: skip
+    preset = SyntheticParams(
+        species=89, recordings=11075, recordists=1500, max_recording_seconds=60.0, long_tail_exponent=0.3
+    )
     sizes = class_sizes(preset.species, preset.recordings, preset.long_tail_exponent)
     assert sizes.min() == 2 and sizes.max() > 200 and round(sizes.mean()) == 124
 

@@ -10,7 +10,7 @@ import pytest
 
 from birdops.evaluate import report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_results_block_matches_metrics() -> None:
@@ -28,20 +28,41 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
     metrics.mkdir()
     row = {"accuracy": 0.5, "f1_macro": 0.25, "f1_weighted": 0.4, "map": 0.3, "top5_accuracy": 0.9}
     for i, variant in enumerate(report.VARIANTS):
-        summary = {"val_clip": row, "test_clip": {**row, "accuracy": 0.5 + i / 10}, "test_recording": row,
-                   "n_test_clips": 9, "n_test_recordings": 4}  # fmt: skip
+        summary = {
+            "val_clip": row,
+            "test_clip": {**row, "accuracy": 0.5 + i / 10},
+            "test_recording": row,
+            "n_test_clips": 9,
+            "n_test_recordings": 4,
+        }
         (metrics / f"{variant}.json").write_text(json.dumps(summary))
     (metrics / "best.json").write_text(
         json.dumps({"variant": "full", "metric": "val_clip.f1_macro", "value": 0.25})
     )
-    (metrics / "data.json").write_text(json.dumps({
-        "classes": 3, "recordings": 12, "accepted": 11, "splits": {"train": 7, "val": 2, "test": 2},
-        "audio_hours": {"train": 0.5, "val": 0.1, "test": 0.1},
-    }))  # fmt: skip
-    pair = {"n_test_clips": 9, "n_test_recordings": 4, "accuracy_diff": 0.1, "accuracy_diff_low": -0.2,
-            "accuracy_diff_high": 0.3, "accuracy_p_value": 0.5, "accuracy_verdict": "within noise",
-            "f1_macro_diff": 0.0, "f1_macro_diff_low": -0.1, "f1_macro_diff_high": 0.1,
-            "f1_macro_verdict": "within noise"}  # fmt: skip
+    (metrics / "data.json").write_text(
+        json.dumps(
+            {
+                "classes": 3,
+                "recordings": 12,
+                "accepted": 11,
+                "splits": {"train": 7, "val": 2, "test": 2},
+                "audio_hours": {"train": 0.5, "val": 0.1, "test": 0.1},
+            }
+        )
+    )
+    pair = {
+        "n_test_clips": 9,
+        "n_test_recordings": 4,
+        "accuracy_diff": 0.1,
+        "accuracy_diff_low": -0.2,
+        "accuracy_diff_high": 0.3,
+        "accuracy_p_value": 0.5,
+        "accuracy_verdict": "within noise",
+        "f1_macro_diff": 0.0,
+        "f1_macro_diff_low": -0.1,
+        "f1_macro_diff_high": 0.1,
+        "f1_macro_verdict": "within noise",
+    }
     (metrics / "comparisons.json").write_text(json.dumps({"full_vs_baseline": pair}))
     for variant in report.VARIANTS:
         summary = json.loads((metrics / f"{variant}.json").read_text())

@@ -78,8 +78,10 @@ def test_missing_variant_and_missing_metrics(tmp_path: Path, capsys: pytest.Capt
 def git(repo: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", *args],
-        cwd=repo, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture

@@ -70,11 +70,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def params_yaml(**overrides: Any) -> str:
     section = {
-        "opset": 18, "parity_clips": PARITY_CLIPS, "fp32_max_rel_diff": 1e-3, "fp32_min_top1_agreement": 1.0,
-        "fp16": True, "fp16_max_rel_diff": 0.05, "fp16_min_top1_agreement": 0.8,
-        "int8": True, "int8_max_rel_diff": 0.2, "int8_min_top1_agreement": 0.5,
-        "triton_model_name": "birds", "triton_max_batch_size": 8,
-    }  # fmt: skip
+        "opset": 18,
+        "parity_clips": PARITY_CLIPS,
+        "fp32_max_rel_diff": 1e-3,
+        "fp32_min_top1_agreement": 1.0,
+        "fp16": True,
+        "fp16_max_rel_diff": 0.05,
+        "fp16_min_top1_agreement": 0.8,
+        "int8": True,
+        "int8_max_rel_diff": 0.2,
+        "int8_min_top1_agreement": 0.5,
+        "triton_model_name": "birds",
+        "triton_max_batch_size": 8,
+    }
     return yaml.safe_dump({"export_onnx": section | overrides})
 
 
@@ -240,9 +248,15 @@ def test_the_exported_front_end_gives_the_cached_features_of_real_clips(world: P
     )
     path = tmp_path / "frontend.onnx"
     torch.onnx.export(
-        frontend, (torch.from_numpy(clips[:2]),), str(path), dynamo=True, input_names=["waveform"],
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=18, verbose=False,
-    )  # fmt: skip
+        frontend,
+        (torch.from_numpy(clips[:2]),),
+        str(path),
+        dynamo=True,
+        input_names=["waveform"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        opset_version=18,
+        verbose=False,
+    )
     (exported,) = ort.InferenceSession(str(path), providers=[CPU_PROVIDER]).run(None, {"waveform": clips})
     with torch.no_grad():
         eager = frontend(torch.from_numpy(clips)).numpy()

@@ -26,7 +26,7 @@ from birdops.serve.inference import CPU_PROVIDER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLIP_SECONDS = 1.0
 NUM_CLASSES = 6
 CASES = {"phase2b-vit-mfcc": ("vit", "mfcc"), "ast-seed": ("ast", "seed"), "ast-ast": ("ast", "ast")}
@@ -41,9 +41,11 @@ def tiny_classifier(arch: str, preset: str, seed: int = 0) -> WaveformClassifier
     n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
     torch.manual_seed(seed)
     model = build_model(
-        ModelParams(arch=arch, size="tiny", features=preset, patch_stride=10), NUM_CLASSES,  # type: ignore[arg-type]
-        frontend.spec.n_bins, n_frames,
-    )  # fmt: skip
+        ModelParams(arch=arch, size="tiny", features=preset, patch_stride=10),
+        NUM_CLASSES,  # type: ignore[arg-type]
+        frontend.spec.n_bins,
+        n_frames,
+    )
     head = [
         m
         for name, m in model.named_modules()
@@ -131,14 +133,26 @@ def test_near_ties_do_not_fail_a_correct_export() -> None:
     reference = np.array([[5.0, 5.0 + 1e-6, 0.0], [1.0, 0.0, 9.0], [0.0, 8.0, 1.0]], dtype=np.float32)
     candidate = np.array([[5.0 + 1e-6, 5.0, 0.0], [1.0, 0.0, 9.0], [0.0, 8.0, 1.0]], dtype=np.float32)
     diff, agreement = parity.compare(reference, candidate)
-    result = parity.ParityResult(3, diff, agreement, (CPU_PROVIDER,), parity.logit_scale(reference),
-                                 parity.disagreement_margins(reference, candidate))  # fmt: skip
+    result = parity.ParityResult(
+        3,
+        diff,
+        agreement,
+        (CPU_PROVIDER,),
+        parity.logit_scale(reference),
+        parity.disagreement_margins(reference, candidate),
+    )
     assert agreement == pytest.approx(2 / 3) and result.explained_agreement(1e-3) == 1.0
     assert result.gate("fp32", 1e-3, 1.0).passed
     swapped = candidate.copy()
     swapped[2] = [0.0, 1.0, 8.0]  # a clear swap: 7 logits apart
     diff, agreement = parity.compare(reference, swapped)
-    result = parity.ParityResult(3, diff, agreement, (CPU_PROVIDER,), parity.logit_scale(reference),
-                                 parity.disagreement_margins(reference, swapped))  # fmt: skip
+    result = parity.ParityResult(
+        3,
+        diff,
+        agreement,
+        (CPU_PROVIDER,),
+        parity.logit_scale(reference),
+        parity.disagreement_margins(reference, swapped),
+    )
     assert not result.gate("fp32", 1e-3, 1.0).passed
     assert parity.logit_scale(np.full((2, 3), 0.01)) == 1.0  # small logits: the floor of 1

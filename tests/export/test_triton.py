@@ -22,9 +22,23 @@ from onnx import TensorProto, helper, numpy_helper
 from birdops.export import triton
 
 F = descriptor_pb2.FieldDescriptorProto
-DATA_TYPES = ["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
-              "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64",
-              "TYPE_STRING", "TYPE_BF16"]  # fmt: skip
+DATA_TYPES = [
+    "TYPE_INVALID",
+    "TYPE_BOOL",
+    "TYPE_UINT8",
+    "TYPE_UINT16",
+    "TYPE_UINT32",
+    "TYPE_UINT64",
+    "TYPE_INT8",
+    "TYPE_INT16",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_FP16",
+    "TYPE_FP32",
+    "TYPE_FP64",
+    "TYPE_STRING",
+    "TYPE_BF16",
+]
 
 
 def field(name: str, number: int, kind: int, repeated: bool = False, type_name: str = "") -> F:
@@ -45,35 +59,53 @@ def model_config_class() -> Any:
     for number, name in enumerate(DATA_TYPES):
         data_type.value.add(name=name, number=number)
     dt = ".inference.DataType"
-    proto.message_type.add(name="ModelInput").field.extend([
-        field("name", 1, F.TYPE_STRING), field("data_type", 2, F.TYPE_ENUM, type_name=dt),
-        field("dims", 4, F.TYPE_INT64, repeated=True),
-    ])  # fmt: skip
-    proto.message_type.add(name="ModelOutput").field.extend([
-        field("name", 1, F.TYPE_STRING), field("data_type", 2, F.TYPE_ENUM, type_name=dt),
-        field("dims", 3, F.TYPE_INT64, repeated=True), field("label_filename", 4, F.TYPE_STRING),
-    ])  # fmt: skip
-    proto.message_type.add(name="ModelDynamicBatching").field.extend([
-        field("preferred_batch_size", 1, F.TYPE_INT32, repeated=True),
-        field("max_queue_delay_microseconds", 2, F.TYPE_UINT64),
-    ])  # fmt: skip
+    proto.message_type.add(name="ModelInput").field.extend(
+        [
+            field("name", 1, F.TYPE_STRING),
+            field("data_type", 2, F.TYPE_ENUM, type_name=dt),
+            field("dims", 4, F.TYPE_INT64, repeated=True),
+        ]
+    )
+    proto.message_type.add(name="ModelOutput").field.extend(
+        [
+            field("name", 1, F.TYPE_STRING),
+            field("data_type", 2, F.TYPE_ENUM, type_name=dt),
+            field("dims", 3, F.TYPE_INT64, repeated=True),
+            field("label_filename", 4, F.TYPE_STRING),
+        ]
+    )
+    proto.message_type.add(name="ModelDynamicBatching").field.extend(
+        [
+            field("preferred_batch_size", 1, F.TYPE_INT32, repeated=True),
+            field("max_queue_delay_microseconds", 2, F.TYPE_UINT64),
+        ]
+    )
     group = proto.message_type.add(name="ModelInstanceGroup")
     kind = group.enum_type.add(name="Kind")
     for number, name in enumerate(["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"]):
         kind.value.add(name=name, number=number)
-    group.field.extend([
-        field("name", 1, F.TYPE_STRING), field("count", 2, F.TYPE_INT32),
-        field("gpus", 3, F.TYPE_INT32, repeated=True),
-        field("kind", 4, F.TYPE_ENUM, type_name=".inference.ModelInstanceGroup.Kind"),
-    ])  # fmt: skip
-    proto.message_type.add(name="ModelConfig").field.extend([
-        field("name", 1, F.TYPE_STRING), field("platform", 2, F.TYPE_STRING),
-        field("backend", 17, F.TYPE_STRING), field("max_batch_size", 4, F.TYPE_INT32),
-        field("input", 5, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelInput"),
-        field("output", 6, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelOutput"),
-        field("instance_group", 7, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelInstanceGroup"),
-        field("dynamic_batching", 11, F.TYPE_MESSAGE, type_name=".inference.ModelDynamicBatching"),
-    ])  # fmt: skip
+    group.field.extend(
+        [
+            field("name", 1, F.TYPE_STRING),
+            field("count", 2, F.TYPE_INT32),
+            field("gpus", 3, F.TYPE_INT32, repeated=True),
+            field("kind", 4, F.TYPE_ENUM, type_name=".inference.ModelInstanceGroup.Kind"),
+        ]
+    )
+    proto.message_type.add(name="ModelConfig").field.extend(
+        [
+            field("name", 1, F.TYPE_STRING),
+            field("platform", 2, F.TYPE_STRING),
+            field("backend", 17, F.TYPE_STRING),
+            field("max_batch_size", 4, F.TYPE_INT32),
+            field("input", 5, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelInput"),
+            field("output", 6, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelOutput"),
+            field(
+                "instance_group", 7, F.TYPE_MESSAGE, repeated=True, type_name=".inference.ModelInstanceGroup"
+            ),
+            field("dynamic_batching", 11, F.TYPE_MESSAGE, type_name=".inference.ModelDynamicBatching"),
+        ]
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -104,10 +136,12 @@ def write_model(
             helper.make_node("Cast", [f"m{k}"], [out_name], to=out_type),
         ]
     graph = helper.make_graph(
-        nodes, "signature",
+        nodes,
+        "signature",
         [helper.make_tensor_value_info(n, t, d) for n, t, d in inputs],
-        [helper.make_tensor_value_info(n, t, d) for n, t, d in outputs], inits,
-    )  # fmt: skip
+        [helper.make_tensor_value_info(n, t, d) for n, t, d in outputs],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     if labels is not None:
         helper.set_model_props(model, {"birdops.labels": json.dumps(labels)})
@@ -118,17 +152,24 @@ def write_model(
 def graph_signature(path: Path) -> list[tuple[str, int, list[int | str]]]:
     model = onnx.load(str(path))
     return [
-        (v.name, v.type.tensor_type.elem_type, [d.dim_value if d.HasField("dim_value") else d.dim_param
-                                               for d in v.type.tensor_type.shape.dim])
+        (
+            v.name,
+            v.type.tensor_type.elem_type,
+            [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim],
+        )
         for v in [*model.graph.input, *model.graph.output]
-    ]  # fmt: skip
+    ]
 
 
 def test_config_matches_the_birdops_signature(tmp_path: Path) -> None:
     labels = ["Parus major", "Turdus merula", "Erithacus rubecula"]
     model = tmp_path / "model.onnx"
-    write_model(model, [("waveform", TensorProto.FLOAT, ["batch", 88200])],
-                [("logits", TensorProto.FLOAT, ["batch", 3])], labels)  # fmt: skip
+    write_model(
+        model,
+        [("waveform", TensorProto.FLOAT, ["batch", 88200])],
+        [("logits", TensorProto.FLOAT, ["batch", 3])],
+        labels,
+    )
     config_path = triton.write_repository(model, tmp_path / "repo", "birdops", max_batch_size=64)
     assert config_path == tmp_path / "repo" / "birdops" / "config.pbtxt"
     config = parse_config(config_path)
@@ -162,9 +203,11 @@ def test_names_types_and_dims_come_from_the_graph_not_from_assumptions(tmp_path:
     config = parse_config(triton.write_repository(model, tmp_path / "repo", "other", max_batch_size=6))
     declared = [(t.name, DATA_TYPES[t.data_type], list(t.dims)) for t in [*config.input, *config.output]]
     assert declared == [
-        ("audio", "TYPE_FP16", [-1]), ("ids", "TYPE_INT64", [4]),
-        ("scores", "TYPE_FP16", [7]), ("count", "TYPE_INT64", [2]),
-    ]  # fmt: skip
+        ("audio", "TYPE_FP16", [-1]),
+        ("ids", "TYPE_INT64", [4]),
+        ("scores", "TYPE_FP16", [7]),
+        ("count", "TYPE_INT64", [2]),
+    ]
     assert not any(o.label_filename for o in config.output)  # no birdops.labels metadata
     assert not (tmp_path / "repo" / "other" / "labels.txt").exists()
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 6]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from worlds import MANIFEST_COLUMNS, calls_wave
 
 import birdops.features.cache as cache
 from birdops.audio import load_audio
@@ -21,7 +22,6 @@ from birdops.features.frontend import build_frontend
 PARAMS = LmsCacheParams(
     presets=["seed", "mfcc", "ast"], clip_seconds=2.0, max_clips_per_recording=2, workers=1, shard_max_clips=3
 )
-MANIFEST_COLUMNS = ("id", "local_path", "label", "label_index", "split", "rec", "q", "length_s")
 # id -> (file name, split, label index, what it is); the audio is written by `make_corpus`
 CORPUS = {
     "1": ("a.wav", "train", 0, "6 s WAV at 22,050 Hz, stereo, a call at 3.5 s"),
@@ -35,18 +35,6 @@ CORPUS = {
     "9": ("missing.wav", "train", 1, "no such file"),
 }
 FAILED = {"6": "cannot decode audio", "7": "cannot decode audio", "8": "audio is silent", "9": "missing file"}
-
-
-def calls_wave(seconds: float, rate_hz: int, call_starts_s: list[float], seed: int) -> np.ndarray:
-    """Low noise plus 0.6 s rising 2-5 kHz calls at ``call_starts_s``: ``(samples,)`` float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * rate_hz)) / rate_hz
-    wave = 0.005 * rng.standard_normal(t.size)
-    for start_s in call_starts_s:
-        local = t - start_s
-        inside = (local >= 0) & (local < 0.6)
-        wave += 0.4 * np.sin(2 * np.pi * (2000 * local + 2500 * local**2)) * inside
-    return wave.astype(np.float32)
 
 
 def make_corpus(root: Path) -> tuple[Path, Path]:
@@ -72,8 +60,18 @@ def make_corpus(root: Path) -> tuple[Path, Path]:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         for rec_id, (name, split, label_index, _) in CORPUS.items():
-            writer.writerow([rec_id, f"audio/{name}", f"Genus species{label_index}", label_index, split,
-                             f"recordist {rec_id}", "A", 5.0])  # fmt: skip
+            writer.writerow(
+                [
+                    rec_id,
+                    f"audio/{name}",
+                    f"Genus species{label_index}",
+                    label_index,
+                    split,
+                    f"recordist {rec_id}",
+                    "A",
+                    5.0,
+                ]
+            )
     return raw, manifest
 
 

@@ -50,9 +50,20 @@ def run(preset: str, waves: np.ndarray) -> np.ndarray:
 def librosa_db_mel(wave: np.ndarray) -> np.ndarray:
     """The report's log-mel in float64 librosa: ``(128, T)`` dB."""
     mel = librosa.feature.melspectrogram(
-        y=wave.astype(np.float64), sr=22050, n_fft=2048, hop_length=512, window="hann", center=True,
-        pad_mode="constant", power=2.0, n_mels=128, fmin=500.0, fmax=11025.0, htk=False, norm="slaney",
-    )  # fmt: skip
+        y=wave.astype(np.float64),
+        sr=22050,
+        n_fft=2048,
+        hop_length=512,
+        window="hann",
+        center=True,
+        pad_mode="constant",
+        power=2.0,
+        n_mels=128,
+        fmin=500.0,
+        fmax=11025.0,
+        htk=False,
+        norm="slaney",
+    )
     return librosa.power_to_db(mel, ref=np.max, amin=1e-10, top_db=80.0)
 
 
@@ -97,9 +108,15 @@ def test_ast_matches_torchaudio_kaldi_fbank() -> None:
     diffs = []
     for i, wave in enumerate(waves):
         fbank = kaldi.fbank(
-            torch.from_numpy(wave[None]), htk_compat=True, sample_frequency=16000, use_energy=False,
-            window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10,
-        ).numpy()  # fmt: skip  # (T, 128)
+            torch.from_numpy(wave[None]),
+            htk_compat=True,
+            sample_frequency=16000,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=10,
+        ).numpy()  # (T, 128)
         reference = ((fbank + 4.2677393) / (2 * 4.5689974)).T  # (128, T)
         diffs.append(np.abs(ours[i] - reference).max())
     # measured ~2e-4: both sides are float32, and the log of the quietest bins (lowest mel bands,
@@ -148,9 +165,18 @@ def test_seed_cuts_energy_below_the_500_hz_high_pass() -> None:
     high = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
     with torch.no_grad():
         frontend = build_frontend("seed")
-        mel = torch.matmul(frontend.mel_filters, torch.stft(
-            torch.from_numpy(np.stack([low, high])), 2048, 512, window=frontend.window, return_complex=True
-        ).abs().square())  # fmt: skip  # (2, 128, T)
+        mel = torch.matmul(
+            frontend.mel_filters,
+            torch.stft(
+                torch.from_numpy(np.stack([low, high])),
+                2048,
+                512,
+                window=frontend.window,
+                return_complex=True,
+            )
+            .abs()
+            .square(),
+        )  # (2, 128, T)
     # away from the zero-padded edges (whose onset clicks are broadband) 200 Hz leaves < -60 dB
     assert mel[0, :, 4:-4].max() < 1e-6 * mel[1, :, 4:-4].max()
 
@@ -172,9 +198,15 @@ def test_onnx_export_with_dynamic_batch_matches_torch(preset: str, tmp_path: Pat
     path = tmp_path / f"{preset}.onnx"
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(
-        frontend, (torch.from_numpy(waves[:2]),), str(path), dynamo=True, input_names=["waveform"],
-        output_names=["features"], dynamic_shapes=({0: batch},), verbose=False,
-    )  # fmt: skip
+        frontend,
+        (torch.from_numpy(waves[:2]),),
+        str(path),
+        dynamo=True,
+        input_names=["waveform"],
+        output_names=["features"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert not ops & {"STFT", "DFT"} and "MatMul" in ops  # the two-stage DFT, plain ONNX ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

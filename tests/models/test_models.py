@@ -23,11 +23,19 @@ VIT = ModelParams(arch="vit", size="tiny", features="mfcc")
 
 def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
     return ClassifierInfo(
-        variant="test", model=cfg.model_dump(), labels=labels, feature_preset=cfg.features,
+        variant="test",
+        model=cfg.model_dump(),
+        labels=labels,
+        feature_preset=cfg.features,
         feature_spec={"name": cfg.features, "sample_rate_hz": 22050, "n_bins": n_bins},
-        clip_seconds=4.0, n_bins=n_bins, n_frames=n_frames, best_epoch=2, best_metric="val_accuracy",
-        best_value=0.5, epochs_run=3,
-    )  # fmt: skip
+        clip_seconds=4.0,
+        n_bins=n_bins,
+        n_frames=n_frames,
+        best_epoch=2,
+        best_metric="val_accuracy",
+        best_value=0.5,
+        epochs_run=3,
+    )
 
 
 @pytest.mark.parametrize(("cfg", "n_bins", "n_frames"), [(AST, 128, 173), (VIT, 40, 173), (AST, 64, 40)])

@@ -20,7 +20,7 @@ import tomllib
 from packaging.requirements import Requirement
 from test_dvc_deps import import_closure, stage_module, stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]["name"]
 

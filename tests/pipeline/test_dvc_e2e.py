@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -21,8 +21,13 @@ def tiny_params() -> dict[str, Any]:
     """The real params.yaml shrunk so the whole DAG runs in about a minute on 2 cores."""
     params: dict[str, Any] = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["synthetic"].update(
-        species=4, recordings=28, recordists=8, min_recording_seconds=3.0, max_recording_seconds=6.0,
-        confusable_pairs=1, corrupt_files=1,
+        species=4,
+        recordings=28,
+        recordists=8,
+        min_recording_seconds=3.0,
+        max_recording_seconds=6.0,
+        confusable_pairs=1,
+        corrupt_files=1,
     )
     params["lms_cache"].update(workers=1, max_clips_per_recording=2)
     params["pretrain"]["corpus"].update(
@@ -137,8 +142,14 @@ def test_editing_imported_code_reruns_exactly_the_stages_that_import_it(repo: Pa
     original = frontend.read_text()
     frontend.write_text(original + "\n# an edit\n")
     assert changed_stages(repo) == {
-        "lms_cache", "pretrain", "train_phase2b", "train_baseline", "train_full", "evaluate", "export_onnx",
-    }  # fmt: skip
+        "lms_cache",
+        "pretrain",
+        "train_phase2b",
+        "train_baseline",
+        "train_full",
+        "evaluate",
+        "export_onnx",
+    }
     frontend.write_text(original)
     assert changed_stages(repo) == set()
     plots = repo / "birdops/evaluate/plots.py"
@@ -159,8 +170,17 @@ def test_experiments_command_runs_a_plan_and_writes_its_tables(repo: Path) -> No
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "state before the experiments")
     (repo / "docs").mkdir(exist_ok=True)
-    plan = {"experiments": [{"name": "one-epoch", "note": "phase2b for 1 epoch", "group": "seeds",
-                             "variants": ["phase2b"], "set": {"train_phase2b.epochs": 1}}]}  # fmt: skip
+    plan = {
+        "experiments": [
+            {
+                "name": "one-epoch",
+                "note": "phase2b for 1 epoch",
+                "group": "seeds",
+                "variants": ["phase2b"],
+                "set": {"train_phase2b.epochs": 1},
+            }
+        ]
+    }
     (repo / "docs/plan.yaml").write_text(yaml.safe_dump(plan))
     from birdops.evaluate.experiments import BEGIN, END
 
@@ -170,8 +190,13 @@ def test_experiments_command_runs_a_plan_and_writes_its_tables(repo: Path) -> No
     command = ["experiments", "--plan", "docs/plan.yaml", "--doc", "docs/results.md"]
     done = subprocess.run(
         [sys.executable, "-m", "birdops.cli", *command],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     text = (repo / "docs/results.md").read_text()
     assert text.startswith("# Results\n\n") and text.endswith("\n\nprose\n")

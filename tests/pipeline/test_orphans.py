@@ -20,11 +20,11 @@ import psutil
 import pytest
 import soundfile as sf
 import yaml
-from test_cache import MANIFEST_COLUMNS, calls_wave
+from worlds import MANIFEST_COLUMNS, calls_wave
 
 from birdops.procs import die_with_parent, process_alive
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECORDINGS = 48
 STAGE_TIMEOUT_S = 240.0
 
@@ -41,8 +41,18 @@ def prepared_world(root: Path) -> None:
         wave = calls_wave(12.0, rate_hz, [1.0 + (i % 7), 9.0 - (i % 5)], seed=i)
         sf.write(audio / f"r{i:03d}.wav", wave, rate_hz)
         split = ("train", "train", "val", "test")[i % 4]
-        rows.append([str(100 + i), f"audio/r{i:03d}.wav", f"Genus species{i % 3}", i % 3, split,
-                     f"recordist {i}", "A", 12.0])  # fmt: skip
+        rows.append(
+            [
+                str(100 + i),
+                f"audio/r{i:03d}.wav",
+                f"Genus species{i % 3}",
+                i % 3,
+                split,
+                f"recordist {i}",
+                "A",
+                12.0,
+            ]
+        )
     with open(root / "prepared" / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
@@ -55,8 +65,19 @@ def prepared_world(root: Path) -> None:
 def start_stage(root: Path, out: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDOPS_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "pipeline.lms_cache", "--raw", "raw", "--prepared", "prepared",
-               "--out", out, "--summary", f"{out}.json"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.lms_cache",
+        "--raw",
+        "raw",
+        "--prepared",
+        "prepared",
+        "--out",
+        out,
+        "--summary",
+        f"{out}.json",
+    ]
     return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -129,8 +150,10 @@ def test_a_killed_stage_leaves_no_worker_and_resumes_to_the_same_cache(tmp_path:
 
     finish(start_stage(tmp_path, "lms"))  # resumes
     assert_identical(tmp_path / "reference", tmp_path / "lms")
-    print(f"\nreference run {reference_s:.1f} s; killed after {done_before_kill}/{RECORDINGS} "
-          f"partials with {len(workers)} child processes; none left")  # fmt: skip
+    print(
+        f"\nreference run {reference_s:.1f} s; killed after {done_before_kill}/{RECORDINGS} "
+        f"partials with {len(workers)} child processes; none left"
+    )
     shutil.rmtree(tmp_path / "raw")
 
 
@@ -145,13 +168,22 @@ def test_die_with_parent_ends_a_child_whose_parent_is_killed(tmp_path: Path) -> 
     pid_file = tmp_path / "child.pid"
     code = (
         "import multiprocessing as mp, sys, time\n"
-        "sys.path.insert(0, sys.argv[2])\n"
+        "sys.path[:0] = sys.argv[2:]\n"
         "from test_orphans import _orphan_child\n"
         "if __name__ == '__main__':\n"
         "    p = mp.get_context('spawn').Process(target=_orphan_child, args=(sys.argv[1],))\n"
         "    p.start(); time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code, str(pid_file), str(Path(__file__).parent)])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(pid_file),
+            str(Path(__file__).parent),
+            str(Path(__file__).parents[1]),
+        ]
+    )
     try:
         deadline = time.monotonic() + 60
         while not pid_file.is_file() or not pid_file.read_text():

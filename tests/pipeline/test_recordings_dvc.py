@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 from test_dvc_e2e import dvc, git, init_project, tiny_params
-from test_fetch import KEY, FakeXenoCanto, audio_file, server  # noqa: F401  (server: a fixture)
+from xenocanto import KEY, FakeXenoCanto, audio_file
 
 from birdops.config import SyntheticParams
 from birdops.data.metadata import read_metadata
 from birdops.data.synthetic import generate_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 RECORDINGS = "recordings"
@@ -136,13 +136,28 @@ STALL = "3001"  # the last species' only recording: the download is cut off in t
 
 def fetch_command(state: FakeXenoCanto) -> list[str]:
     return [
-        sys.executable, "-m", "birdops.cli", "fetch", "--species", *SPECIES, "--out", RECORDINGS,
-        "--api-url", f"{state.base_url}/api/3/recordings", "--rate", "500", "--retries", "2",
-        "--backoff", "0.01", "--timeout", "30",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "birdops.cli",
+        "fetch",
+        "--species",
+        *SPECIES,
+        "--out",
+        RECORDINGS,
+        "--api-url",
+        f"{state.base_url}/api/3/recordings",
+        "--rate",
+        "500",
+        "--retries",
+        "2",
+        "--backoff",
+        "0.01",
+        "--timeout",
+        "30",
+    ]
 
 
-def test_an_interrupted_download_resumes_across_experiments(server: FakeXenoCanto, tmp_path: Path) -> None:  # noqa: F811
+def test_an_interrupted_download_resumes_across_experiments(server: FakeXenoCanto, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["min_seconds"] = 0.1  # the fake API's recordings are 0.5 s long
@@ -152,8 +167,9 @@ def test_an_interrupted_download_resumes_across_experiments(server: FakeXenoCant
     server.files[STALL] = audio_file("wav", 3001) * 40  # large enough that part of it reaches the disk
     server.stall_id = STALL
 
-    fetch = subprocess.Popen(fetch_command(server), cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)  # fmt: skip
+    fetch = subprocess.Popen(
+        fetch_command(server), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     assert server.stalled.wait(60), "the download never reached the stalled recording"
     time.sleep(0.5)  # the first half is written
     fetch.kill()  # interrupted in the middle of a file
@@ -172,8 +188,9 @@ def test_an_interrupted_download_resumes_across_experiments(server: FakeXenoCant
     assert prepared_ids(repo) <= first_ids
 
     server.release.set()
-    resumed = subprocess.run(fetch_command(server), cwd=repo, env=env, capture_output=True, text=True,
-                             check=False)  # fmt: skip
+    resumed = subprocess.run(
+        fetch_command(server), cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     complete = repo / RECORDINGS / "audio" / f"XC{STALL}.wav"
     assert not part.exists() and complete.read_bytes() == server.files[STALL]

@@ -47,8 +47,11 @@ def test_serving_runs_without_importing_torch(tmp_path: Path) -> None:
     table = tmp_path / "table.csv"
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(model), str(audio), str(table)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["top"] == ["High tone"]  # it really classified the file

@@ -59,8 +59,10 @@ def test_a_folder_is_classified_window_by_window_and_the_corrupt_file_reported(
     assert sorted(by_file) == ["a.wav", "b.MP3", "c.flac", "long.flac"]  # not notes.txt, not corrupt.mp3
     a = by_file["a.wav"]
     assert [(r["start_s"], r["end_s"], r["species"]) for r in a] == [
-        ("0.000", "1.000", LOW), ("1.000", "2.000", HIGH), ("2.000", "3.000", MID)
-    ]  # fmt: skip
+        ("0.000", "1.000", LOW),
+        ("1.000", "2.000", HIGH),
+        ("2.000", "3.000", MID),
+    ]
     assert all(0.99 < float(r["score"]) <= 1.0 for r in a)
     assert {r["species"] for r in by_file["b.MP3"]} == {HIGH}  # a 16 kHz MP3, resampled to 8 kHz
     assert [r["species"] for r in by_file["c.flac"]] == [MID, MID]
@@ -83,17 +85,29 @@ def test_raven_selection_table(model_path: Path, recordings: Path, tmp_path: Pat
     assert run([*argv, "--model", str(model_path), "--output", str(out), "--format", "raven"]) == 0
     header = out.read_text().splitlines()[0].split("\t")
     assert header == [
-        "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-        "Species", "Score", "Begin Path",
-    ]  # fmt: skip
+        "Selection",
+        "View",
+        "Channel",
+        "Begin Time (s)",
+        "End Time (s)",
+        "Low Freq (Hz)",
+        "High Freq (Hz)",
+        "Species",
+        "Score",
+        "Begin Path",
+    ]
     rows = read_table(out, delimiter="\t")
     assert [int(r["Selection"]) for r in rows] == [1, 2, 3, 4, 5]
     assert {(r["View"], r["Channel"]) for r in rows} == {("Spectrogram 1", "1")}
     # the band comes from the model's feature metadata: f_min 100 Hz, no f_max -> Nyquist of 8 kHz
     assert {(r["Low Freq (Hz)"], r["High Freq (Hz)"]) for r in rows} == {("100.0", "4000.0")}
     assert [(r["Begin Time (s)"], r["Species"]) for r in rows] == [
-        ("0.000", LOW), ("1.000", HIGH), ("2.000", MID), ("0.000", MID), ("1.000", MID)
-    ]  # fmt: skip
+        ("0.000", LOW),
+        ("1.000", HIGH),
+        ("2.000", MID),
+        ("0.000", MID),
+        ("1.000", MID),
+    ]
     assert [Path(r["Begin Path"]).name for r in rows] == ["a.wav"] * 3 + ["c.flac"] * 2
 
 

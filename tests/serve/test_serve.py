@@ -52,13 +52,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, server_log: Path) -> Iterat
     onnx.save(tone_model(), str(model))
     port = free_port()
     env = {
-        **os.environ, "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        "BIRDOPS_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS), "BIRDOPS_SERVE_TOP_K": "2",
-        "BIRDOPS_SERVE_DEVICE": "cpu", "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
+        **os.environ,
+        "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "BIRDOPS_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS),
+        "BIRDOPS_SERVE_TOP_K": "2",
+        "BIRDOPS_SERVE_DEVICE": "cpu",
+        "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
         "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-    }  # fmt: skip
+    }
     command = [sys.executable, "-m", "birdops.cli", "serve", "--model", str(model), "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with server_log.open("w") as log:
@@ -168,8 +171,10 @@ def test_an_oversized_upload_is_refused_before_it_is_read(server: str) -> None:
 def test_an_oversized_chunked_upload_is_cut_off(server: str) -> None:
     """No Content-Length: the server counts the streamed body and stops at the limit."""
     boundary = "birdopsboundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
 
     def body() -> Iterator[bytes]:
@@ -270,8 +275,10 @@ def test_a_slow_sender_of_headers_is_cut_off(server: str) -> None:
 
 
 def test_a_slow_body_is_cut_off(server: str) -> None:
-    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 5000\r\n\r\n--b\r\n")  # fmt: skip
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 5000\r\n\r\n--b\r\n"
+    )
     received, seconds = raw_exchange(server, head, 15.0)
     assert received.startswith(b"HTTP/1.1 408 ") and b"request body not received within" in received
     assert BODY_TIMEOUT_S - 0.2 < seconds < BODY_TIMEOUT_S + 3.0

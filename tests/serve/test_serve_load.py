@@ -46,12 +46,16 @@ TEST_BUDGET_S = 90.0
 RSS_GROWTH_LIMIT_MB = 300.0
 
 GOOD = {  # name -> (payload, expected top species of each window)
-    "low-high-mid.wav": (encode(tones([(TONES_HZ[0], 1.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 0.6)]), 8000,
-                                "WAV"), ["Low tone", "High tone", "Mid tone"]),
-    "mid-low.flac": (encode(tones([(TONES_HZ[1], 2.0), (TONES_HZ[0], 1.0)]), 8000, "FLAC"),
-                     ["Mid tone", "Mid tone", "Low tone"]),
+    "low-high-mid.wav": (
+        encode(tones([(TONES_HZ[0], 1.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 0.6)]), 8000, "WAV"),
+        ["Low tone", "High tone", "Mid tone"],
+    ),
+    "mid-low.flac": (
+        encode(tones([(TONES_HZ[1], 2.0), (TONES_HZ[0], 1.0)]), 8000, "FLAC"),
+        ["Mid tone", "Mid tone", "Low tone"],
+    ),
     "high.wav": (encode(tones([(TONES_HZ[2], 4.0)], 16000), 16000, "WAV"), ["High tone"] * 4),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -84,8 +88,15 @@ def good_request(client: httpx.Client, url: str, name: str) -> Outcome:
             continue
         body = response.json() if response.status_code == 200 else {}
         correct = [w["top"][0]["species"] for w in body.get("windows", [])] == expected
-        return Outcome("good", response.status_code, time.monotonic() - started, attempt,
-                       correct=correct, refusals=refusals, dropped=dropped)  # fmt: skip
+        return Outcome(
+            "good",
+            response.status_code,
+            time.monotonic() - started,
+            attempt,
+            correct=correct,
+            refusals=refusals,
+            dropped=dropped,
+        )
     return Outcome("good", "gave up", time.monotonic() - started, MAX_ATTEMPTS, correct=False)
 
 
@@ -113,15 +124,19 @@ def raw(url: str, chunks: list[bytes], pause_s: float = 0.0, wait_s: float = 15.
 
 
 def multipart(boundary: str, name: str, payload: bytes, field: str = "file") -> bytes:
-    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     return part.encode() + payload + f"\r\n--{boundary}--\r\n".encode()
 
 
 def head(length: int, boundary: str = "b0undary") -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def hostile(kind: str, url: str) -> Callable[[], tuple[int | str, bool]]:
@@ -136,10 +151,17 @@ def hostile(kind: str, url: str) -> Callable[[], tuple[int | str, bool]]:
         return lambda: raw(url, [head(10 * MAX_UPLOAD_BYTES)])
     if kind == "oversized (streamed)":
         body = multipart("b0undary", "big.wav", b"\1" * (2 * MAX_UPLOAD_BYTES))
-        chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536])
-                           for i in range(0, len(body), 65536)) + b"0\r\n\r\n"  # fmt: skip
-        start = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                 b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n")  # fmt: skip
+        chunked = (
+            b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536])
+                for i in range(0, len(body), 65536)
+            )
+            + b"0\r\n\r\n"
+        )
+        start = (
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n"
+        )
         return lambda: raw(url, [start, chunked])
     if kind == "malformed multipart":
         body = b"--wrong\r\nContent-Disposition: form-data; name=file\r\n\r\nxx" + bytes(
@@ -162,8 +184,15 @@ def hostile(kind: str, url: str) -> Callable[[], tuple[int | str, bool]]:
     raise ValueError(kind)
 
 
-HOSTILE_KINDS = ("slow headers", "slow body", "oversized (Content-Length)", "oversized (streamed)",
-                 "malformed multipart", "garbage audio", "garbage http")  # fmt: skip
+HOSTILE_KINDS = (
+    "slow headers",
+    "slow body",
+    "oversized (Content-Length)",
+    "oversized (streamed)",
+    "malformed multipart",
+    "garbage audio",
+    "garbage http",
+)
 
 
 def jobs(seed: int = 0) -> list[str]:
@@ -181,13 +210,17 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     onnx.save(tone_model(), str(model))
     port = free_port()
     env = {
-        **os.environ, "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES), "BIRDOPS_SERVE_DEVICE": "cpu",
-        "BIRDOPS_SERVE_INTRA_OP_THREADS": "1", "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        **os.environ,
+        "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "BIRDOPS_SERVE_DEVICE": "cpu",
+        "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
+        "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-        "BIRDOPS_SERVE_QUEUE_TIMEOUT_S": "5", "BIRDOPS_SERVE_MAX_QUEUED_REQUESTS": "8",
+        "BIRDOPS_SERVE_QUEUE_TIMEOUT_S": "5",
+        "BIRDOPS_SERVE_MAX_QUEUED_REQUESTS": "8",
         "BIRDOPS_SERVE_LOG_LEVEL": "warning",
-    }  # fmt: skip
+    }
     log = tmp_path / "server.log"
     command = [sys.executable, "-m", "birdops.cli", "serve", "--model", str(model), "--port", str(port)]
     with log.open("w") as out:
@@ -287,10 +320,12 @@ def test_the_server_holds_under_a_bounded_hostile_load(server: tuple[str, subpro
     )
     print(f"final answers by status: {dict(sorted(by_status.items()))}")
     print(f"hostile by kind: {hostile_by_kind}")
-    print(f"good: p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms; {retried} retried, at most "
-          f"{max(o.attempts for o in good)} attempts; on the way {refusals} answers 503 with "
-          f"Retry-After and {dropped} dropped connections")  # fmt: skip
-    print(f"server RSS: {baseline_mb:.0f} MB at start, peak {peak[0]:.0f} MB")  # fmt: skip
+    print(
+        f"good: p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms; {retried} retried, at most "
+        f"{max(o.attempts for o in good)} attempts; on the way {refusals} answers 503 with "
+        f"Retry-After and {dropped} dropped connections"
+    )
+    print(f"server RSS: {baseline_mb:.0f} MB at start, peak {peak[0]:.0f} MB")
 
     assert len(outcomes) == REQUESTS and wall_s < TEST_BUDGET_S
     assert all(o.status == 200 and o.correct for o in good), [

@@ -20,7 +20,7 @@ from birdops.features.frontend import spec_for
 from birdops.models.checkpoint import load_classifier
 from pipeline import train as train_stage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["Alpha one", "Beta two", "Gamma three"]
 N_BINS, N_FRAMES = 32, 40
 
@@ -39,10 +39,16 @@ def write_cache(root: Path, preset: str, sizes: dict[str, int]) -> None:
         shard = f"{split}-000.npy"
         np.save(folder / shard, features.astype(np.float16))
         index += [
-            {"id": f"{split}{i // 2}", "split": split, "shard": shard, "row": i, "label_index": int(label),
-             "start_s": 0.0}
+            {
+                "id": f"{split}{i // 2}",
+                "split": split,
+                "shard": shard,
+                "row": i,
+                "label_index": int(label),
+                "start_s": 0.0,
+            }
             for i, label in enumerate(labels)
-        ]  # fmt: skip
+        ]
     with (folder / "index.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "split", "shard", "row", "label_index", "start_s"])
         writer.writeheader()
@@ -57,8 +63,10 @@ def workdir(tmp_path: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_full"].update(
         model={"arch": "ast", "size": "tiny", "features": "seed", "patch_stride": 10},
-        epochs=2, batch_size=4, effective_batch_size=8,
-    )  # fmt: skip
+        epochs=2,
+        batch_size=4,
+        effective_batch_size=8,
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/prepared/labels.json").write_text(json.dumps(LABELS))
@@ -103,9 +111,19 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_under_torchrun(workdir: Path) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "pipeline.train", *ARGS,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "pipeline.train",
+        *ARGS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

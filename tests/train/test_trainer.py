@@ -289,8 +289,11 @@ def test_early_stopping_ends_the_run_after_patience(data: TrainData, tmp_path: P
 def test_balanced_sampling_and_bf16_run(data: TrainData, tmp_path: Path) -> None:
     result = train(
         params(epochs=1, balanced_sampling=True, precision="bf16", schedule={"kind": "constant"}),
-        data, tmp_path / "out", None, variant="baseline",
-    )  # fmt: skip
+        data,
+        tmp_path / "out",
+        None,
+        variant="baseline",
+    )
     row = result.history[0]
     assert math.isfinite(row["train/loss"]) and math.isfinite(row["val/loss"])
     assert row["lr/backbone"] == row["lr/head"] == 3e-3
