@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from birdops.kernels import X86_KERNEL_CAPS, pin_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,7 @@ def test_caps_are_added_and_a_users_choice_is_kept() -> None:
     assert pin_cpu_kernels(other, machine="aarch64") == {} and other == {}
 
 
+@pytest.mark.slow
 def test_a_stage_process_runs_the_capped_kernels() -> None:
     """A fresh interpreter that imports the stages' package first, as ``python -m pipeline.X`` does."""
     code = (

@@ -205,6 +205,7 @@ def test_a_changed_front_end_is_refused(tmp_path: Path) -> None:
         load_waveform_classifier(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> None:
     """DVC hashes the model folder: saving the same weights in two processes must give one file
     (safetensors writes its metadata map in each process's hash order)."""

@@ -163,6 +163,7 @@ def _orphan_child(queue_path: str) -> None:  # pragma: no cover - runs in the gr
     time.sleep(60)
 
 
+@pytest.mark.slow
 def test_die_with_parent_ends_a_child_whose_parent_is_killed(tmp_path: Path) -> None:
     """Unit level: a parent process starts a child that calls die_with_parent, then is SIGKILLed."""
     pid_file = tmp_path / "child.pid"

@@ -324,6 +324,7 @@ def peak_rss_mib(path: Path, how: str) -> tuple[int, int, int]:
     return samples, before, peak
 
 
+@pytest.mark.slow
 def test_a_decode_bomb_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     """120 s of near-silence, 8 channels at 96 kHz (a few MB of FLAC, 352 MiB as float32): decoded in
     blocks and mixed down as it reads, the peak RSS stays far below the whole decoded array's size, and

@@ -199,6 +199,7 @@ def test_training_keeps_the_best_epoch_and_logs_every_epoch(data: TrainData, tmp
     assert not (live / "dvc.yaml").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(
     data: TrainData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
