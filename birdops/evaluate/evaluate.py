@@ -31,11 +31,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from birdops import metrics
 from birdops.audio import AudioError, frame_windows, load_audio
 from birdops.config import EvaluateParams
 from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE, read_labels
-from birdops.evaluate import metrics, plots, uncertainty
+from birdops.evaluate import plots, uncertainty
 from birdops.features.cache import load_split, read_manifest
 from birdops.features.frontend import FrontEnd, build_frontend
 from birdops.files import write_json_atomic

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from birdops.evaluate.metrics import PerClass
+from birdops.metrics import PerClass
 from birdops.files import write_csv_atomic
 
 # layout of the confusion-matrix figure: inches per class on top of a fixed margin, bounded
