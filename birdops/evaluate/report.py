@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from birdops.config import VARIANTS
 from birdops.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("phase2b", "baseline", "full")
 DESCRIPTIONS: dict[str, str] = {
     "phase2b": "Phase 2B: MFCC + ViT",
     "baseline": "Phase 3 baseline: log-mel + AST",
