@@ -160,6 +160,8 @@ class XenoCantoClient:
         if part.stat().st_size == 0:
             part.unlink()
             raise FetchError(f"{dest.name}: the server sent an empty file")
+        # not birdops.files: the .part file is the download itself, kept across runs so an
+        # interrupted one resumes with a Range request; only its last step, the rename, is atomic
         os.replace(part, dest)
 
     def _retrying(self, action: Callable[[], Any], what: str) -> Any:

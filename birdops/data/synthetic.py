@@ -84,6 +84,7 @@ from birdops.data.voices import (
     draw_voice,
     render_voice,
 )
+from birdops.files import write_bytes_atomic
 from birdops.procs import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -515,9 +516,7 @@ def write_recording(plan: RecordingPlan, out_dir: Path) -> int:
     """Render, encode and atomically write one recording; returns its size in bytes."""
     payload = recording_bytes(plan)
     path = out_dir / plan.local_path
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, payload)
     return len(payload)
 
 

@@ -17,7 +17,6 @@ with the highest *validation* ``select_metric`` (the test split never chooses a 
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
@@ -31,14 +30,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from birdops import metrics
 from birdops.audio import AudioError, frame_windows, load_audio
 from birdops.config import EvaluateParams
 from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE, read_labels
-from birdops.evaluate import metrics, plots, uncertainty
+from birdops.evaluate import plots, uncertainty
 from birdops.features.cache import load_split, read_manifest
 from birdops.features.frontend import FrontEnd, build_frontend
-from birdops.files import write_json_atomic
+from birdops.files import write_csv_atomic, write_json_atomic
 from birdops.models.checkpoint import ClassifierInfo, load_classifier
 from birdops.models.classifier import WaveformClassifier
 
@@ -332,11 +332,7 @@ def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluatePara
 
 def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
     """``id, reason`` of the recordings left out of the recording-level evaluation."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "reason"])
-        writer.writerows((s.id, s.reason) for s in skipped)
+    write_csv_atomic(path, ["id", "reason"], ({"id": s.id, "reason": s.reason} for s in skipped))
 
 
 # ------------------------------------------------------------------------------------- selection

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from birdops.evaluate.report import VARIANTS
+from birdops.config import VARIANTS
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from birdops.evaluate.metrics import PerClass
-from birdops.files import write_csv_atomic
+from birdops.files import atomic_path, write_csv_atomic
+from birdops.metrics import PerClass
 
 # layout of the confusion-matrix figure: inches per class on top of a fixed margin, bounded
 CONFUSION_INCHES_PER_CLASS = 0.14
@@ -42,6 +42,12 @@ def _new_figure(width_inches: float, height_inches: float) -> Figure:
     return fig
 
 
+def _save_png(fig: Figure, path: Path) -> None:
+    # the temporary file's name has no .png suffix, so the format is named
+    with atomic_path(path) as temp:
+        fig.savefig(temp, format="png")
+
+
 def plot_confusion(normalized: np.ndarray, labels: Sequence[str], path: Path, title: str = "") -> None:
     """Save the row-normalised confusion matrix ``(C, C)`` (row = true, column = predicted) as a PNG.
 
@@ -63,8 +69,7 @@ def plot_confusion(normalized: np.ndarray, labels: Sequence[str], path: Path, ti
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.colorbar(image, ax=ax, shrink=0.6, label="share of the true class")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save_png(fig, path)
 
 
 def plot_per_class_f1(table: PerClass, path: Path, title: str = "") -> None:
@@ -82,8 +87,7 @@ def plot_per_class_f1(table: PerClass, path: Path, title: str = "") -> None:
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("F1")
     ax.set_title(title or "per-class F1")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save_png(fig, path)
 
 
 def write_per_class_csv(table: PerClass, path: Path) -> None:

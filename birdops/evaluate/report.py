@@ -10,8 +10,8 @@ followed by the figures of the original report on real xeno-canto data as clearl
 rows. The second wraps ``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` into one markdown
 document for a pull-request comment. The third rewrites the results block of the README (between
 :data:`README_BEGIN` and :data:`README_END`) from ``metrics/``, so the figures a newcomer reads are
-the ones ``dvc repro`` gives (``tests/evaluate/test_readme_results.py`` fails when they disagree). Standard
-library only: CI installs just ``dvc`` for it.
+the ones ``dvc repro`` gives (``tests/evaluate/test_readme_results.py`` fails when they disagree). The
+core package only (no torch, no scikit-learn): CI installs just ``birdops`` and ``dvc`` for it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from birdops.config import VARIANTS
+from birdops.files import write_text_atomic
+
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("phase2b", "baseline", "full")
 DESCRIPTIONS: dict[str, str] = {
     "phase2b": "Phase 2B: MFCC + ViT",
     "baseline": "Phase 3 baseline: log-mel + AST",
@@ -389,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ReportError) as err:
             log.error("%s", err)
             return 1
-        args.update_readme.write_text(updated, encoding="utf-8")
+        write_text_atomic(args.update_readme, updated)
         log.info("%s: results block %s", args.update_readme, "unchanged" if updated == text else "updated")
         return 0
     try:
@@ -399,7 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     sys.stdout.write(document)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(document)
+        write_text_atomic(args.output, document)
         log.info("wrote %s", args.output)
     return 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import nn
 from birdops.config import ExportParams
 from birdops.export import parity, triton
 from birdops.features.cache import load_split
+from birdops.files import atomic_path
 from birdops.models import classifier as saved
 from birdops.models.checkpoint import WEIGHTS_FILE, ClassifierInfo
 from birdops.models.classifier import WaveformClassifier
@@ -104,10 +104,8 @@ def save_model(model: onnx.ModelProto, path: Path) -> int:
     size = model.ByteSize()
     if size > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model is {size / 2**30:.2f} GiB; one ONNX file holds less than 2 GiB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        onnx.save(model, str(temp))  # a ".tmp" name is saved as protobuf, as an ".onnx" one is
     onnx.checker.check_model(str(path), full_check=True)
     return path.stat().st_size
 

@@ -54,7 +54,7 @@ from birdops.features.frontend import (
     compute_features,
     spec_for,
 )
-from birdops.files import write_csv_atomic
+from birdops.files import atomic_path, swap_folder, write_csv_atomic, write_text_atomic
 from birdops.procs import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -427,12 +427,7 @@ def _write_shards(
 
 def _swap_in(staging: Path, target: Path) -> None:
     """Replace folder ``target`` by ``staging`` (the old one is renamed away, then deleted)."""
-    old = staging.with_name(staging.name.replace(".assembling", ".old"))
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder(staging, target, old=staging.with_name(staging.name.replace(".assembling", ".old")))
 
 
 # -------------------------------------------------------------------------------------------- stage
@@ -572,28 +567,21 @@ def _percent(part: int, whole: int) -> float:
 
 
 # -------------------------------------------------------------------------------------- atomic i/o
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
+# through birdops.files; an open handle, not a name, goes to numpy: np.save and np.savez append
+# their suffix to a name that lacks it (the temporary one does)
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    temp = _temp_path(path)
-    with open(temp, "wb") as f:
+    with atomic_path(path) as temp, open(temp, "wb") as f:
         np.save(f, array)
-    os.replace(temp, path)
 
 
 def _write_partial(path: Path, features: np.ndarray, start_s: np.ndarray) -> None:
-    temp = _temp_path(path)
-    with open(temp, "wb") as f:
+    with atomic_path(path) as temp, open(temp, "wb") as f:
         np.savez(f, features=features, start_s=start_s)
-    os.replace(temp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    temp = _temp_path(path)
-    temp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temp, path)
+    # ASCII JSON (non-ASCII escaped), unlike write_json_atomic: the bytes earlier caches hold
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from birdops.config import ModelParams
-from birdops.files import write_json_atomic
+from birdops.files import atomic_path, write_json_atomic
 from birdops.models.factory import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -71,12 +70,11 @@ def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInf
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
     # one metadata key only: safetensors writes the metadata map in hash order, which differs from
     # process to process, so two keys would make identical weights hash differently (the variant is
     # in config.json)
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / WEIGHTS_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as temp:
+        save_file(state, str(temp), metadata={"format": "pt"})
     write_json_atomic(directory / CONFIG_FILE, info.to_dict())
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from birdops.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,8 @@ def save_state(
             tensors[f"optim/{index}/{name}"] = value
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"state": dataclasses.asdict(state), "param_groups": optimizer["param_groups"]}
-    tmp = directory / f".{STATE_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"birdops": json.dumps(meta)})
-    os.replace(tmp, directory / STATE_FILE)
+    with atomic_path(directory / STATE_FILE) as temp:
+        save_file(tensors, str(temp), metadata={"birdops": json.dumps(meta)})
 
 
 def load_state(directory: Path, fingerprint: str) -> Snapshot | None:

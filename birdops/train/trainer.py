@@ -21,10 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from dvclive.live import Live
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.amp.grad_scaler import GradScaler
 from torch.nn import functional as F
@@ -32,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from birdops import metrics
 from birdops.config import TrainParams
 from birdops.models.checkpoint import ClassifierInfo, save_classifier
 from birdops.models.factory import build_model
@@ -352,8 +351,8 @@ def evaluate(
     loss = float(all_reduce_sum(loss_sum, ctx)) / len(actual)
     return {
         "val/loss": loss,
-        "val/accuracy": float(np.mean(predicted == actual)),
-        "val/f1_macro": float(f1_score(actual, predicted, average="macro", zero_division=0)),
+        "val/accuracy": metrics.accuracy_of_predictions(predicted, actual),
+        "val/f1_macro": metrics.f1_macro_of_predictions(predicted, actual),
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from birdops.config import VARIANTS
 from birdops.evaluate import report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +18,7 @@ def test_the_readme_results_block_matches_metrics() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)  # the block names paths relative to the repository
-        expected = report.readme_block(Path("metrics"), report.VARIANTS)
+        expected = report.readme_block(Path("metrics"), VARIANTS)
     assert report.replace_readme_block(text, expected) == text, (
         "README.md's results differ from metrics/: run `birdops report --update-readme README.md`"
     )
@@ -27,7 +28,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     row = {"accuracy": 0.5, "f1_macro": 0.25, "f1_weighted": 0.4, "map": 0.3, "top5_accuracy": 0.9}
-    for i, variant in enumerate(report.VARIANTS):
+    for i, variant in enumerate(VARIANTS):
         summary = {
             "val_clip": row,
             "test_clip": {**row, "accuracy": 0.5 + i / 10},
@@ -64,7 +65,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
         "f1_macro_verdict": "within noise",
     }
     (metrics / "comparisons.json").write_text(json.dumps({"full_vs_baseline": pair}))
-    for variant in report.VARIANTS:
+    for variant in VARIANTS:
         summary = json.loads((metrics / f"{variant}.json").read_text())
         ci = {"accuracy_low": 0.4, "accuracy_high": 0.6, "f1_macro_low": 0.2, "f1_macro_high": 0.3}
         (metrics / f"{variant}.json").write_text(json.dumps(summary | {"test_clip_ci95": ci}))

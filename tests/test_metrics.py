@@ -1,24 +1,11 @@
-"""birdops.evaluate.metrics against values computed by hand on tiny examples, and the plot writers."""
+"""birdops.metrics against values computed by hand on tiny examples."""
 
 from __future__ import annotations
-
-import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from birdops.evaluate import metrics as m
-from birdops.evaluate.plots import (
-    CONFUSION_INCHES_PER_CLASS,
-    DPI,
-    confusion_side_inches,
-    plot_confusion,
-    plot_per_class_f1,
-    tick_font_size,
-    write_confusion_records,
-    write_per_class_csv,
-)
+from birdops import metrics as m
 
 # 4 samples, 3 classes, probabilities. Predictions: 0, 1, 1, 2 (sample 1 is a class-0 sample taken for 1).
 PROBS = np.array(
@@ -62,6 +49,27 @@ def test_f1_macro_counts_predicted_absent_classes_but_not_unused_ones() -> None:
     scores = np.array([[5.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 5.0, 0, 0]])
     summary = m.summarize(scores, np.array([0, 0, 1]))
     assert summary.f1_macro == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_metrics_of_predictions_equal_those_of_the_scores_they_come_from() -> None:
+    # the trainer's validation takes the argmax on the device and passes predicted classes: the
+    # figures must be the very floats evaluation computes from the scores (ties, absent classes)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        scores = rng.integers(0, 3, size=(40, 6)).astype(np.float64)  # many ties
+        labels = rng.choice([0, 2, 5], size=40)  # classes 1, 3, 4 absent from the split
+        predicted = m.predictions(scores)
+        summary = m.summarize(scores, labels)
+        assert m.accuracy_of_predictions(predicted, labels) == summary.accuracy == m.accuracy(scores, labels)
+        assert m.f1_macro_of_predictions(predicted, labels) == summary.f1_macro
+        assert m.f1_weighted_of_predictions(predicted, labels) == summary.f1_weighted
+
+
+def test_bad_predictions_are_rejected() -> None:
+    with pytest.raises(ValueError, match="expected predictions"):
+        m.accuracy_of_predictions(np.array([0, 1]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="predictions must be integers"):
+        m.f1_macro_of_predictions(np.array([0.0, 1.0]), np.array([0, 1]))
 
 
 def test_average_precision_by_hand() -> None:
@@ -126,48 +134,3 @@ def test_summary_dict_is_flat_and_rounded() -> None:
 def test_bad_inputs_are_rejected(scores: np.ndarray, labels: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         m.summarize(scores, labels)
-
-
-def test_figure_scales_with_the_number_of_classes() -> None:
-    # at 89 classes: one row ~10 pt tall, labels ~5.6 pt, so every class name stays readable
-    row_points = 72 * CONFUSION_INCHES_PER_CLASS
-    assert tick_font_size(89) < row_points and 5.0 < tick_font_size(89) < 6.0
-    assert tick_font_size(500) == 5.0 and tick_font_size(5) == 9.0
-    assert confusion_side_inches(89) == pytest.approx(3.0 + 0.14 * 89)
-    assert confusion_side_inches(10) < confusion_side_inches(89) < confusion_side_inches(1000) == 40.0
-
-
-def test_plots_and_plot_data_files(tmp_path: Path) -> None:
-    num_classes = 30
-    names = [f"Genus species{i}" for i in range(num_classes)]
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, num_classes, size=200)
-    scores = rng.normal(size=(200, num_classes))
-    scores[np.arange(200), labels] += 2.0
-    counts = m.confusion_counts(scores, labels)
-    plot_confusion(m.normalize_rows(counts), names, tmp_path / "cm.png")
-    table = m.per_class(scores, labels, names)
-    plot_per_class_f1(table, tmp_path / "f1.png")
-    for png in ("cm.png", "f1.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from matplotlib.image import imread
-
-    height, width = imread(tmp_path / "cm.png").shape[:2]
-    assert height == round(confusion_side_inches(num_classes) * DPI) and width > height  # + colour bar
-
-    write_per_class_csv(table, tmp_path / "per_class.csv")
-    rows = list(csv.DictReader((tmp_path / "per_class.csv").open()))
-    assert len(rows) == num_classes and rows[3]["label"] == names[3]
-    assert int(rows[3]["support"]) == int(np.sum(labels == 3))
-    assert float(rows[3]["f1"]) == pytest.approx(table.f1[3], abs=1e-6)
-    absent = m.per_class(scores[labels != 3], labels[labels != 3], names)  # class 3 has no example
-    row = absent.rows()[3]
-    assert row["support"] == 0 and row["f1"] == row["recall"] == row["average_precision"] == "n/a"
-
-    predicted = m.predictions(scores)
-    write_confusion_records(labels, predicted, names, tmp_path / "confusion.csv")
-    records = list(csv.DictReader((tmp_path / "confusion.csv").open()))
-    assert len(records) == 200
-    assert records[0] == {"actual": names[labels[0]], "predicted": names[predicted[0]]}
-    with pytest.raises(ValueError, match="does not match"):
-        plot_confusion(np.zeros((2, 2)), names, tmp_path / "bad.png")

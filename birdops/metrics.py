@@ -1,4 +1,6 @@
-"""Classification metrics from scores ``(N, C)`` and integer labels ``(N,)`` (numpy + scikit-learn).
+"""Classification metrics, the one definition training's validation and evaluation both use
+(numpy + scikit-learn): from scores ``(N, C)`` and integer labels ``(N,)``, or, where the argmax was
+already taken (the trainer takes it on the device, before gathering ranks), from predicted classes.
 
 Scores are logits or probabilities. Accuracy, top-k and F1 only depend on each row's order, which a
 softmax keeps; average precision ranks the samples of one class *across rows*, so it is computed on
@@ -124,10 +126,39 @@ def predictions(scores: np.ndarray) -> np.ndarray:
     return np.asarray(np.argmax(scores, axis=1), dtype=np.int64)
 
 
+def check_predictions(predicted: np.ndarray, labels: np.ndarray) -> None:
+    """Raise ValueError unless ``predicted`` and ``labels`` are two integer arrays ``(N,)``."""
+    if predicted.ndim != 1 or predicted.shape != labels.shape:
+        shapes = f"{predicted.shape} and {labels.shape}"
+        raise ValueError(f"expected predictions (N,) and labels (N,), got {shapes}")
+    for name, values in (("predictions", predicted), ("labels", labels)):
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{name} must be integers, got {values.dtype}")
+
+
+def accuracy_of_predictions(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples whose predicted class ``(N,)`` is their label ``(N,)``."""
+    check_predictions(predicted, labels)
+    return float(np.mean(predicted == labels))
+
+
+def f1_macro_of_predictions(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 over the classes in ``labels`` or ``predicted``
+    (scikit-learn's default set; a class with no predicted or no true sample counts 0)."""
+    check_predictions(predicted, labels)
+    return float(f1_score(labels, predicted, average="macro", zero_division=0))
+
+
+def f1_weighted_of_predictions(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the per-class F1 weighted by support (true samples per class)."""
+    check_predictions(predicted, labels)
+    return float(f1_score(labels, predicted, average="weighted", zero_division=0))
+
+
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Share of rows whose top-scoring class is the label."""
     scores, labels = check_inputs(scores, labels)
-    return float(np.mean(predictions(scores) == labels))
+    return accuracy_of_predictions(predictions(scores), labels)
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = TOP_K) -> float:
@@ -162,8 +193,8 @@ def summarize(scores: np.ndarray, labels: np.ndarray) -> Summary:
     return Summary(
         accuracy=accuracy(scores, labels),
         top5_accuracy=top_k_accuracy(scores, labels, TOP_K),
-        f1_macro=float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        f1_weighted=float(f1_score(labels, predicted, average="weighted", zero_division=0)),
+        f1_macro=f1_macro_of_predictions(predicted, labels),
+        f1_weighted=f1_weighted_of_predictions(predicted, labels),
         map=mean_average_precision(scores, labels),
     )
 
