@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from birdops.config import VARIANTS
+from birdops.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def write_document(path: Path, block: str) -> None:
         raise ExperimentError(f"{path} must hold the markers {BEGIN!r} and {END!r} once each")
     head, rest = text.split(BEGIN)
     _, tail = rest.split(END)
-    path.write_text(head + block + tail, encoding="utf-8")
+    write_text_atomic(path, head + block + tail)
 
 
 # ---------------------------------------------------------------------------------------------- cli
