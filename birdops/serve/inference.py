@@ -6,8 +6,8 @@ metadata props with the labels, sample rate, window length and feature settings.
 
 A recording is decoded at the model's sample rate, cut into even windows of the model's length that
 start every ``hop_seconds`` (the last one zero-padded: :mod:`birdops.windows`), run in batches, and each
-window's logits become class probabilities (softmax). A file's score for a class
-is the mean of its windows' probabilities. Files and uploads are
+window's logits become class probabilities (:func:`birdops.scores.softmax`). A file's score for a class
+is the mean of its windows' probabilities (:func:`birdops.scores.aggregate`). Files and uploads are
 streamed: decoded, resampled and cut into windows block by block
 (:class:`birdops.windows.StreamedWindows`), so memory does not grow with their length; the windows,
 batches and scores are exactly those of the whole decoded array.
@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from birdops.audio import stream_audio, stream_bytes
+from birdops.scores import aggregate, softmax
 from birdops.windows import StreamedWindows, even_batches, even_hop_seconds
 
 log = logging.getLogger(__name__)
@@ -140,22 +141,6 @@ class WindowScores:
     def window_top(self, k: int, min_score: float = 0.0) -> list[list[SpeciesScore]]:
         """For each window, its ``k`` most probable classes with a score >= ``min_score``."""
         return [top_k(row, self.labels, k, min_score) for row in self.scores]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax ``(N, C) -> (N, C)`` float32, computed in float64 so large logits cannot overflow."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-def aggregate(scores: np.ndarray) -> np.ndarray:
-    """A recording's class probabilities: the mean over its windows ``(N, C) -> (C,)``."""
-    if scores.ndim != 2 or len(scores) == 0:
-        raise ValueError(f"expected (windows, classes) scores with at least one window, got {scores.shape}")
-    out: np.ndarray = scores.mean(axis=0)
-    return out
 
 
 def top_k(
@@ -312,7 +297,7 @@ class Classifier:
         starts: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for windows, starts_s in batches:
-            scores.append(softmax(self.logits(windows)))
+            scores.append(softmax(self.logits(windows)).astype(np.float32))  # (B, C) float32
             starts.append(starts_s)
         return np.concatenate(starts), np.concatenate(scores)
 

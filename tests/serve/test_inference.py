@@ -140,6 +140,7 @@ def test_scores_are_the_softmax_of_the_logits_whatever_the_batch(classifier: Cla
         result = classifier.predict_windows(wave, hop_seconds=0.25, batch_size=batch_size)
         np.testing.assert_allclose(result.starts_s, starts_s)
         np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-7)
+        assert result.scores.dtype == np.float32  # the float64 softmax, rounded once
     with pytest.raises(ValueError, match="expected"):
         classifier.logits(windows[:, :100])
 
@@ -159,13 +160,6 @@ def test_top_k_orders_limits_and_filters() -> None:
     assert [s.species for s in inference.top_k(probabilities, labels, 3)] == ["b", "d", "a"]  # ties: index
     assert [s.species for s in inference.top_k(probabilities, labels, 10, min_score=0.3)] == ["b", "d"]
     assert inference.top_k(probabilities, labels, 0) == []
-    with pytest.raises(ValueError):
-        inference.aggregate(np.zeros((0, 4)))
-
-
-def test_softmax_is_stable_for_huge_logits() -> None:
-    probabilities = inference.softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]], dtype=np.float32))
-    np.testing.assert_allclose(probabilities, [[1.0, 0.0], [0.5, 0.5]])
 
 
 # ---------------------------------------------------------------------------------------- files
