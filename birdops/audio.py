@@ -1,5 +1,4 @@
-"""Audio decoding, resampling and windowing: numpy, soundfile and soxr only (serving imports this, never
-torch).
+"""Audio decoding and resampling: numpy, soundfile and soxr only (serving imports this, never torch).
 
 Waveforms are float32 mono arrays in [-1, 1], shape ``(samples,)``; they are values, never changed
 in place.
@@ -388,23 +387,3 @@ def resample(wave: np.ndarray, source_rate_hz: int, target_rate_hz: int) -> np.n
 def _check_rates(source_rate_hz: int, target_rate_hz: int) -> None:
     if source_rate_hz <= 0 or target_rate_hz <= 0:
         raise ValueError(f"sample rates must be positive, got {source_rate_hz} -> {target_rate_hz}")
-
-
-def frame_windows(
-    wave: np.ndarray, sample_rate_hz: int, window_seconds: float, hop_seconds: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ``wave`` into windows: ``(windows (N, window_samples), starts_s (N,))``.
-
-    Windows start every ``hop_seconds``; the last one is zero-padded, so every sample is covered and a
-    recording shorter than one window gives a single padded window.
-    """
-    window_samples = round(window_seconds * sample_rate_hz)
-    hop_samples = round(hop_seconds * sample_rate_hz)
-    if window_samples <= 0 or hop_samples <= 0:
-        raise ValueError("window_seconds and hop_seconds must be positive")
-    n = max(1, int(np.ceil(max(len(wave) - window_samples, 0) / hop_samples)) + 1)
-    padded = np.zeros((n - 1) * hop_samples + window_samples, dtype=np.float32)
-    padded[: len(wave)] = wave
-    starts = np.arange(n) * hop_samples
-    windows = np.stack([padded[s : s + window_samples] for s in starts])
-    return windows, starts / sample_rate_hz

@@ -32,6 +32,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from birdops.scores import softmax
+
 TOP_K = 5
 # a row is taken as a probability distribution when it is >= 0 and sums to 1 within this tolerance
 PROBABILITY_SUM_TOLERANCE = 1e-3
@@ -102,13 +104,6 @@ def check_inputs(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or infinite values")
     return scores, labels.astype(np.int64)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax of ``(N, C)`` logits, numerically stable."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 def is_probability(scores: np.ndarray) -> bool:

@@ -10,7 +10,6 @@ from birdops.audio import (
     NonFiniteAudioError,
     SilentAudioError,
     decode_bytes,
-    frame_windows,
     load_audio,
     resample,
     stream_audio,
@@ -109,14 +108,3 @@ def test_corrupt_empty_and_silent_files_name_the_file(tmp_path: Path) -> None:
         load_audio(silent, 16000)
     with pytest.raises(AudioError, match="empty file"):
         decode_bytes(b"", 16000, "upload.wav")
-
-
-def test_frame_windows_cover_every_sample() -> None:
-    wave = np.arange(10, dtype=np.float32) + 1
-    windows, starts = frame_windows(wave, sample_rate_hz=2, window_seconds=2.0, hop_seconds=1.5)
-    assert windows.shape == (3, 4)
-    np.testing.assert_allclose(starts, [0.0, 1.5, 3.0])
-    np.testing.assert_array_equal(windows[2], [7, 8, 9, 10])
-    short, starts = frame_windows(wave[:3], 2, 2.0, 1.0)
-    np.testing.assert_array_equal(short, [[1, 2, 3, 0]])
-    np.testing.assert_allclose(starts, [0.0])

@@ -44,6 +44,7 @@ from birdops.train.trainer import (
     training_net,
     use_fused_adamw,
 )
+from birdops.windows import even_windows, seconds_to_samples
 
 PREDICT_RATE_HZ = 44100  # field recorders' usual rate: predict pays for resampling as on real files
 TAIL_CHARS = 2000  # of a failed subprocess's stderr, in the error
@@ -234,8 +235,9 @@ def model_section(
     if device == "cuda" and CUDA_PROVIDER not in classifier.providers:
         raise Unavailable(f"onnxruntime runs {onnx_path} on {', '.join(classifier.providers)}, not CUDA")
     module, _ = load_waveform_classifier(models_dir / classifier.metadata.variant, device)
-    wave = chirps(batch_size * classifier.window_seconds, classifier.sample_rate_hz, seed=1)
-    batch = wave[: batch_size * classifier.metadata.window_samples].reshape(batch_size, -1)  # (B, S)
+    window_s, rate_hz = classifier.window_seconds, classifier.sample_rate_hz
+    windows, _ = even_windows(chirps(batch_size * window_s, rate_hz, seed=1), rate_hz, window_s, window_s)
+    batch = windows[:batch_size]  # (B, S): the first batch_size windows, end to end
     tensor = torch.from_numpy(batch).to(device)
 
     def torch_logits() -> np.ndarray:
@@ -461,7 +463,8 @@ def train_run(
 def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
     """``(n_bins, n_frames)`` of a ``clip_seconds`` clip of ``preset``'s features."""
     frontend = build_frontend(preset)
-    return frontend.spec.n_bins, frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
+    clip_samples = seconds_to_samples(clip_seconds, frontend.spec.sample_rate_hz)
+    return frontend.spec.n_bins, frontend.num_frames(clip_samples)
 
 
 def time_runs(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict[str, Any]]:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from birdops import metrics
-from birdops.audio import AudioError, frame_windows, load_audio
+from birdops.audio import AudioError, load_audio
 from birdops.config import EvaluateParams
 from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE, read_labels
@@ -41,6 +41,7 @@ from birdops.features.frontend import FrontEnd, build_frontend
 from birdops.files import write_csv_atomic, write_json_atomic
 from birdops.models.checkpoint import ClassifierInfo, load_classifier
 from birdops.models.classifier import WaveformClassifier
+from birdops.windows import even_windows
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,8 @@ def recording_windows(
     skipped: list[Skipped],
     desc: str = "recordings",
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(recording index, windows (N, S))`` for each decodable recording; undecodable ones are
-    logged and appended to ``skipped``."""
+    """``(recording index, windows (N, S))`` for each decodable recording, its even windows
+    (:func:`birdops.windows.even_windows`); undecodable ones are logged and appended to ``skipped``."""
     for index, recording in enumerate(tqdm(recordings, desc=desc, unit="rec", leave=False)):
         try:
             wave = load_audio(recording.path, sample_rate_hz)
@@ -192,7 +193,7 @@ def recording_windows(
             log.warning("recording %s skipped: %s", recording.id, err)
             skipped.append(Skipped(recording.id, str(err)))
             continue
-        windows, _ = frame_windows(wave, sample_rate_hz, window_seconds, hop_seconds)
+        windows, _ = even_windows(wave, sample_rate_hz, window_seconds, hop_seconds)
         yield index, windows
 
 

@@ -27,8 +27,9 @@ from torch import nn
 from birdops.audio import AudioError, load_audio
 from birdops.data.metadata import escapes_raw_folder
 from birdops.data.prepare import MANIFEST_FILE
-from birdops.features.cache import cut_clips, load_split, read_manifest
+from birdops.features.cache import load_split, read_manifest
 from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME
+from birdops.windows import clips_at
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def validation_clips(
         except AudioError as err:
             log.warning("parity clip skipped: %s", err)
             continue
-        clips.append(cut_clips(wave, sample_rate_hz, cached.start_s[recording_rows].tolist(), clip_seconds))
+        clips.append(clips_at(wave, sample_rate_hz, cached.start_s[recording_rows].tolist(), clip_seconds))
         rows += recording_rows
     if not clips:
         raise ParityError("none of the chosen validation recordings could be decoded")

@@ -7,6 +7,7 @@ start on a frame boundary are scored by their mean energy in dB over that floor,
 ``max_clips`` non-overlapping windows with the highest score are chosen greedily, keeping those at
 least ``min_snr_db`` over the floor (the single best window when none is). Everything is a pure
 function of the waveform and the parameters: the same recording always gives the same clips.
+The clips themselves are cut at these starts by :func:`birdops.windows.clips_at`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from scipy.fft import rfft, rfftfreq
 
 from birdops.config import ActivityParams
+from birdops.windows import seconds_to_samples
 
 # the noise floor: this percentile of the frame energies (quiet frames between calls)
 NOISE_FLOOR_PERCENTILE = 10.0
@@ -29,7 +31,7 @@ def frame_energy_db(
 
     ``wave`` is ``(samples,)``; trailing samples that do not fill a frame are ignored.
     """
-    frame_samples = max(1, round(frame_seconds * sample_rate_hz))
+    frame_samples = max(1, seconds_to_samples(frame_seconds, sample_rate_hz))
     n_frames = len(wave) // frame_samples
     frames = np.asarray(wave[: n_frames * frame_samples], dtype=np.float64)
     frames = frames.reshape(n_frames, frame_samples)  # (N, L)
@@ -54,8 +56,8 @@ def choose_segments(
     inside the recording and start on multiples of ``frame_seconds`` (a clip that would need a later
     start is taken from the end, so the recording's last sample can be covered).
     """
-    clip_samples = round(clip_seconds * sample_rate_hz)
-    frame_samples = max(1, round(params.frame_seconds * sample_rate_hz))
+    clip_samples = seconds_to_samples(clip_seconds, sample_rate_hz)
+    frame_samples = max(1, seconds_to_samples(params.frame_seconds, sample_rate_hz))
     if len(wave) <= clip_samples:
         return [0.0]
     energy_db = frame_energy_db(wave, sample_rate_hz, params.frame_seconds, params.highpass_hz)

@@ -56,6 +56,7 @@ from birdops.features.frontend import (
 )
 from birdops.files import atomic_path, swap_folder, write_csv_atomic, write_text_atomic
 from birdops.procs import die_with_parent
+from birdops.windows import clips_at
 
 log = logging.getLogger(__name__)
 
@@ -223,18 +224,6 @@ def _decode(task: _Task, sample_rate_hz: int) -> np.ndarray | str:
     return reason.replace(str(path), task.recording.local_path)
 
 
-def cut_clips(
-    wave: np.ndarray, sample_rate_hz: int, starts_s: Sequence[float], clip_seconds: float
-) -> np.ndarray:
-    """The clips starting at ``starts_s`` seconds, zero-padded past the end: ``(n, clip_samples)``."""
-    clip_samples = round(clip_seconds * sample_rate_hz)
-    clips = np.zeros((len(starts_s), clip_samples), dtype=np.float32)
-    for i, start_s in enumerate(starts_s):
-        piece = wave[round(start_s * sample_rate_hz) :][:clip_samples]
-        clips[i, : len(piece)] = piece
-    return clips
-
-
 def _decode_chunk(tasks: list[_Task], settings: _Settings) -> list[_Decoded]:
     """Decode a few recordings once per sample rate and cut their clips."""
     decoded = []
@@ -248,7 +237,7 @@ def _decode_chunk(tasks: list[_Task], settings: _Settings) -> list[_Decoded]:
             starts_s = choose_segments(
                 wave, sample_rate_hz, settings.clip_seconds, settings.max_clips, settings.activity
             )
-            cut = cut_clips(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
+            cut = clips_at(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
             clips |= dict.fromkeys(presets, (cut, starts_s))
         decoded.append(_Decoded(task, clips))
     return decoded

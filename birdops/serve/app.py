@@ -83,6 +83,7 @@ from birdops.serve.inference import (
     providers_for,
 )
 from birdops.serve.settings import ServeSettings
+from birdops.windows import even_hop_seconds
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +560,7 @@ def create_app(
                 status="saturated" if saturated else "ready",
                 ready=not saturated,
                 load=load,
-                hop_seconds=settings.hop_seconds or service.classifier.window_seconds,
+                hop_seconds=even_hop_seconds(settings.hop_seconds, service.classifier.window_seconds),
                 **service.classifier.describe(),
                 **limits,
             )
@@ -595,7 +596,7 @@ def create_app(
                 raise HTTPException(422, detail=clean_detail(str(err))) from err
             finally:
                 timer.cancel()
-        hop_seconds = settings.hop_seconds or classifier.window_seconds
+        hop_seconds = even_hop_seconds(settings.hop_seconds, classifier.window_seconds)
         return to_prediction(result, name, top_k or settings.top_k, hop_seconds, classifier.metadata)
 
     return app

@@ -4,19 +4,20 @@ The ``.onnx`` file describes itself (``docs/architecture.md``, "Exported model")
 float32 ``[batch, samples]``, output ``logits`` float32 ``[batch, classes]``, and ``birdops.*``
 metadata props with the labels, sample rate, window length and feature settings. Nothing else is read.
 
-A recording is decoded at the model's sample rate, cut into windows of the model's length that start
-every ``hop_seconds`` (the last one zero-padded, as :func:`birdops.audio.frame_windows` does), run in
-batches, and each window's logits become class probabilities (softmax). A file's score for a class is
-the mean of its windows' probabilities. Files and uploads are streamed: decoded, resampled and cut into
-windows block by block (:class:`StreamedWindows`), so memory does not grow with their length; the
-windows, batches and scores are exactly those of the whole decoded array.
+A recording is decoded at the model's sample rate, cut into even windows of the model's length that
+start every ``hop_seconds`` (the last one zero-padded: :mod:`birdops.windows`), run in batches, and each
+window's logits become class probabilities (:func:`birdops.scores.softmax`). A file's score for a class
+is the mean of its windows' probabilities (:func:`birdops.scores.aggregate`). Files and uploads are
+streamed: decoded, resampled and cut into windows block by block
+(:class:`birdops.windows.StreamedWindows`), so memory does not grow with their length; the windows,
+batches and scores are exactly those of the whole decoded array.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,9 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import frame_windows, stream_audio, stream_bytes
+from birdops.audio import stream_audio, stream_bytes
+from birdops.scores import aggregate, softmax
+from birdops.windows import StreamedWindows, even_batches, even_hop_seconds
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +143,6 @@ class WindowScores:
         return [top_k(row, self.labels, k, min_score) for row in self.scores]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax ``(N, C) -> (N, C)`` float32, computed in float64 so large logits cannot overflow."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-def aggregate(scores: np.ndarray) -> np.ndarray:
-    """A recording's class probabilities: the mean over its windows ``(N, C) -> (C,)``."""
-    if scores.ndim != 2 or len(scores) == 0:
-        raise ValueError(f"expected (windows, classes) scores with at least one window, got {scores.shape}")
-    out: np.ndarray = scores.mean(axis=0)
-    return out
-
-
 def top_k(
     probabilities: np.ndarray, labels: Sequence[str], k: int, min_score: float = 0.0
 ) -> list[SpeciesScore]:
@@ -163,120 +150,6 @@ def top_k(
     class index first)."""
     order = np.argsort(-probabilities, kind="stable")[: max(k, 0)]
     return [SpeciesScore(labels[i], float(probabilities[i])) for i in order if probabilities[i] >= min_score]
-
-
-def window_batches(
-    wave: np.ndarray, sample_rate_hz: int, window_seconds: float, hop_seconds: float, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(windows (B, S), starts_s (B,))`` of ``wave``, ``batch_size`` windows at a time.
-
-    The windows are exactly :func:`birdops.audio.frame_windows`'s, but only one batch of them is in
-    memory at once: a long recording cut every second would otherwise hold hours of copies.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    window_samples = round(window_seconds * sample_rate_hz)
-    hop_samples = round(hop_seconds * sample_rate_hz)
-    if window_samples <= 0 or hop_samples <= 0:
-        raise ValueError("window_seconds and hop_seconds must be positive")
-    first = 0  # index of the batch's first window
-    while True:
-        start_sample = first * hop_samples
-        piece = wave[start_sample : start_sample + (batch_size - 1) * hop_samples + window_samples]
-        windows, _ = frame_windows(piece, sample_rate_hz, window_seconds, hop_seconds)
-        starts_s = (first + np.arange(len(windows))) * hop_samples / sample_rate_hz
-        yield windows, starts_s
-        first += len(windows)
-        if start_sample + (len(windows) - 1) * hop_samples + window_samples >= len(wave):
-            return
-
-
-class StreamedWindows:
-    """The batches of :func:`window_batches` cut from ``blocks`` (float32 mono pieces of a recording,
-    in order) as they arrive: the same windows, starts and batches, and the same zero-padded last
-    window, while holding at most one batch of windows and one block. Iterate once; ``samples`` is the
-    recording's length once the iteration is over."""
-
-    def __init__(
-        self,
-        blocks: Iterable[np.ndarray],
-        sample_rate_hz: int,
-        window_seconds: float,
-        hop_seconds: float,
-        batch_size: int,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.window_samples = round(window_seconds * sample_rate_hz)
-        self.hop_samples = round(hop_seconds * sample_rate_hz)
-        if self.window_samples <= 0 or self.hop_samples <= 0:
-            raise ValueError("window_seconds and hop_seconds must be positive")
-        self.blocks = blocks
-        self.sample_rate_hz = sample_rate_hz
-        self.batch_size = batch_size
-        self.samples = 0
-        # samples [base, base + fill) of the recording wait in buffer[:fill]; base is the next window's
-        # start, or the recording's end while that start lies beyond it (a hop longer than a window)
-        self._buffer = np.empty((batch_size - 1) * self.hop_samples + self.window_samples, dtype=np.float32)
-        self._fill = 0
-        self._base = 0
-        self._next = 0  # index of the next window to emit
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(windows (B, S), starts_s (B,))``, ``batch_size`` windows a batch but the last."""
-        batch_span = (self.batch_size - 1) * self.hop_samples + self.window_samples
-        for block in self.blocks:
-            self.samples += len(block)
-            self._append(block)
-            while self._next * self.hop_samples + batch_span <= self._base + self._fill:
-                yield self._batch(self._buffer, self._next * self.hop_samples - self._base, self.batch_size)
-            self._drop_before_next()
-        yield from self._tail()
-
-    def _append(self, block: np.ndarray) -> None:
-        skip = self._next * self.hop_samples - (self._base + self._fill)  # > 0: samples no window needs
-        if skip > 0:  # (only with an empty buffer)
-            dropped = min(skip, len(block))
-            block = block[dropped:]
-            self._base += dropped
-        if self._fill + len(block) > len(self._buffer):
-            grown = np.empty(max(2 * len(self._buffer), self._fill + len(block)), dtype=np.float32)
-            grown[: self._fill] = self._buffer[: self._fill]
-            self._buffer = grown
-        self._buffer[self._fill : self._fill + len(block)] = block
-        self._fill += len(block)
-
-    def _batch(self, samples: np.ndarray, offset: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` windows of ``samples`` from ``offset``, one hop apart, as one contiguous batch."""
-        span = (count - 1) * self.hop_samples + self.window_samples
-        views = np.lib.stride_tricks.sliding_window_view(samples[offset : offset + span], self.window_samples)
-        windows = views[:: self.hop_samples].copy()  # (count, S), contiguous: the buffer is reused
-        starts_s = (self._next + np.arange(count)) * self.hop_samples / self.sample_rate_hz
-        self._next += count
-        return windows, starts_s
-
-    def _drop_before_next(self) -> None:
-        cut = min(self._next * self.hop_samples - self._base, self._fill)
-        if cut > 0:
-            kept = self._fill - cut
-            self._buffer[:kept] = self._buffer[cut : self._fill]
-            self._base += cut
-            self._fill = kept
-
-    def _tail(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The windows left at the end, zero-padded as :func:`birdops.audio.frame_windows` pads them."""
-        total = max(1, int(np.ceil(max(self.samples - self.window_samples, 0) / self.hop_samples)) + 1)
-        left = total - self._next
-        if left <= 0:
-            return
-        # what is buffered starts at the next window (an empty buffer when the recording ends before it)
-        padded = np.zeros((left - 1) * self.hop_samples + self.window_samples, dtype=np.float32)
-        padded[: self._fill] = self._buffer[: self._fill]
-        done = 0
-        while done < left:
-            count = min(self.batch_size, left - done)
-            yield self._batch(padded, done * self.hop_samples, count)
-            done += count
 
 
 # ---------------------------------------------------------------------------------------- sessions
@@ -404,8 +277,8 @@ class Classifier:
         Windows are the model's length and start every ``hop_seconds`` (default: the window length,
         i.e. no overlap); they run ``batch_size`` at a time.
         """
-        hop_seconds = hop_seconds or self.window_seconds
-        batches = window_batches(wave, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
+        hop_seconds = even_hop_seconds(hop_seconds, self.window_seconds)
+        batches = even_batches(wave, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
         starts_s, scores = self._scores(batches)
         return self._result(starts_s, scores, len(wave))
 
@@ -414,7 +287,7 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_windows` of the recording whose pieces ``blocks`` are (float32 mono at the
         model's sample rate, in order), classified as they arrive: the same windows and scores."""
-        hop_seconds = hop_seconds or self.window_seconds
+        hop_seconds = even_hop_seconds(hop_seconds, self.window_seconds)
         windows = StreamedWindows(blocks, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
         starts_s, scores = self._scores(windows)
         return self._result(starts_s, scores, windows.samples)
@@ -424,7 +297,7 @@ class Classifier:
         starts: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for windows, starts_s in batches:
-            scores.append(softmax(self.logits(windows)))
+            scores.append(softmax(self.logits(windows)).astype(np.float32))  # (B, C) float32
             starts.append(starts_s)
         return np.concatenate(starts), np.concatenate(scores)
 

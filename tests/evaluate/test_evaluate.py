@@ -19,12 +19,13 @@ import soundfile as sf
 import torch
 from worlds import save_tiny_ast, write_prepared_and_cache
 
-from birdops.audio import frame_windows, load_audio
+from birdops.audio import load_audio
 from birdops.config import EvaluateParams
 from birdops.evaluate import evaluate as ev
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import load_classifier, read_info
+from birdops.windows import even_windows
 from pipeline import evaluate as stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -211,7 +212,7 @@ def test_recording_probabilities_match_a_direct_computation(world: Path) -> None
     expected = []
     for recording in recordings[:-1]:  # the corrupt one is last
         wave = load_audio(recording.path, 22050)
-        windows, _ = frame_windows(wave, 22050, CLIP_SECONDS, 0.4)
+        windows, _ = even_windows(wave, 22050, CLIP_SECONDS, 0.4)
         with torch.no_grad():
             logits = model(frontend(torch.from_numpy(windows)))
         expected.append(torch.softmax(logits, dim=1).mean(dim=0).numpy())

@@ -20,11 +20,12 @@ import torch
 import yaml
 from worlds import save_tiny_ast, write_prepared_and_cache
 
-from birdops.audio import frame_windows, load_audio
+from birdops.audio import load_audio
 from birdops.export import onnx_export, parity
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.serve.inference import CPU_PROVIDER, Classifier
+from birdops.windows import even_windows
 from pipeline import export_onnx as stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,7 +153,7 @@ def test_onnxruntime_serves_the_export_like_pytorch(world: Path, exported: Path)
     classifier = Classifier.load(exported / "export" / "model.onnx", providers=[CPU_PROVIDER])
     assert classifier.labels == LABELS and classifier.window_seconds == CLIP_SECONDS
     wave = load_audio(world / "raw" / "audio" / "XC6.flac", classifier.sample_rate_hz)
-    windows, _ = frame_windows(wave, classifier.sample_rate_hz, CLIP_SECONDS, 0.5)  # (N, S)
+    windows, _ = even_windows(wave, classifier.sample_rate_hz, CLIP_SECONDS, 0.5)  # (N, S)
     module, _ = onnx_export.load_waveform_classifier(world / "models" / "full")
     with torch.no_grad():
         expected = module(torch.from_numpy(windows)).numpy()

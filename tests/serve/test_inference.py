@@ -15,9 +15,10 @@ import soundfile as sf
 from onnx import helper
 from tones import LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
 
-from birdops.audio import BLOCK_FRAMES, AudioError, frame_windows, load_audio
+from birdops.audio import BLOCK_FRAMES, AudioError, load_audio
 from birdops.serve import inference
 from birdops.serve.inference import CPU_PROVIDER, Classifier, ModelError, ModelMetadata
+from birdops.windows import even_windows
 
 
 @pytest.fixture(scope="module")
@@ -108,39 +109,6 @@ def test_models_that_are_not_birdops_exports_are_refused(tmp_path: Path) -> None
         Classifier.load(tmp_path / "labels.onnx", providers=[CPU_PROVIDER])
 
 
-# -------------------------------------------------------------------------------------- windows
-@pytest.mark.parametrize("samples", [0, 1, 3999, 8000, 8001, 12000, 16000, 16001, 47123])
-@pytest.mark.parametrize(("hop_seconds", "batch_size"), [(1.0, 1), (0.5, 2), (0.3, 3), (1.0, 64), (2.5, 2)])
-def test_window_batches_are_frame_windows_in_pieces(
-    samples: int, hop_seconds: float, batch_size: int
-) -> None:
-    wave = np.random.default_rng(samples).normal(size=samples).astype(np.float32)
-    expected, expected_starts = frame_windows(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds)
-    batches = list(inference.window_batches(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size))
-    assert all(len(windows) <= batch_size for windows, _ in batches)
-    np.testing.assert_array_equal(np.concatenate([w for w, _ in batches]), expected)
-    np.testing.assert_allclose(np.concatenate([s for _, s in batches]), expected_starts, atol=1e-12)
-
-
-@pytest.mark.parametrize("samples", [0, 1, 3999, 8000, 8001, 12000, 16000, 16001, 47123])
-@pytest.mark.parametrize(("hop_seconds", "batch_size"), [(1.0, 1), (0.5, 2), (0.3, 3), (1.0, 64), (2.5, 2)])
-@pytest.mark.parametrize("block_samples", [1, 777, 8000, 30000])
-def test_streamed_windows_are_the_whole_recording_s_batches(
-    samples: int, hop_seconds: float, batch_size: int, block_samples: int
-) -> None:
-    """Fed in blocks of any size, the stream gives window_batches' batches one for one: the same
-    windows, starts and padding of the last window (a block boundary inside a window included)."""
-    wave = np.random.default_rng(samples).normal(size=samples).astype(np.float32)
-    expected = list(inference.window_batches(wave, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size))
-    blocks = (wave[i : i + block_samples] for i in range(0, samples, block_samples))
-    streamed = inference.StreamedWindows(blocks, RATE_HZ, WINDOW_SECONDS, hop_seconds, batch_size)
-    batches = list(streamed)
-    assert streamed.samples == samples and len(batches) == len(expected)
-    for (windows, starts_s), (want_windows, want_starts_s) in zip(batches, expected, strict=True):
-        np.testing.assert_array_equal(windows, want_windows)
-        np.testing.assert_array_equal(starts_s, want_starts_s)
-
-
 def test_each_window_gets_the_species_of_its_tone(classifier: Classifier) -> None:
     # 2 s low, 1 s high, 1.5 s mid: windows of 1 s, no overlap (the default hop)
     wave = tones([(TONES_HZ[0], 2.0), (TONES_HZ[2], 1.0), (TONES_HZ[1], 1.5)])
@@ -164,7 +132,7 @@ def test_each_window_gets_the_species_of_its_tone(classifier: Classifier) -> Non
 
 def test_scores_are_the_softmax_of_the_logits_whatever_the_batch(classifier: Classifier) -> None:
     wave = tones([(TONES_HZ[1], 0.7), (TONES_HZ[0], 0.9), (TONES_HZ[2], 1.9)])
-    windows, starts_s = frame_windows(wave, RATE_HZ, WINDOW_SECONDS, 0.25)
+    windows, starts_s = even_windows(wave, RATE_HZ, WINDOW_SECONDS, 0.25)
     logits = classifier.logits(windows)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
@@ -172,6 +140,7 @@ def test_scores_are_the_softmax_of_the_logits_whatever_the_batch(classifier: Cla
         result = classifier.predict_windows(wave, hop_seconds=0.25, batch_size=batch_size)
         np.testing.assert_allclose(result.starts_s, starts_s)
         np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-7)
+        assert result.scores.dtype == np.float32  # the float64 softmax, rounded once
     with pytest.raises(ValueError, match="expected"):
         classifier.logits(windows[:, :100])
 
@@ -191,13 +160,6 @@ def test_top_k_orders_limits_and_filters() -> None:
     assert [s.species for s in inference.top_k(probabilities, labels, 3)] == ["b", "d", "a"]  # ties: index
     assert [s.species for s in inference.top_k(probabilities, labels, 10, min_score=0.3)] == ["b", "d"]
     assert inference.top_k(probabilities, labels, 0) == []
-    with pytest.raises(ValueError):
-        inference.aggregate(np.zeros((0, 4)))
-
-
-def test_softmax_is_stable_for_huge_logits() -> None:
-    probabilities = inference.softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]], dtype=np.float32))
-    np.testing.assert_allclose(probabilities, [[1.0, 0.0], [0.5, 0.5]])
 
 
 # ---------------------------------------------------------------------------------------- files

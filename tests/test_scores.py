@@ -1,0 +1,33 @@
+"""Class probabilities from logits and per-recording aggregation (``birdops.scores``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from birdops.scores import aggregate, softmax
+
+
+def test_softmax_is_stable_for_huge_logits() -> None:
+    probabilities = softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]], dtype=np.float32))
+    np.testing.assert_allclose(probabilities, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_softmax_is_computed_in_float64_whatever_the_logits() -> None:
+    """Float32 logits give the float64 softmax of their float64 values (serving rounds that to
+    float32; evaluation's metrics keep it)."""
+    logits = (np.random.default_rng(0).normal(size=(50, 7)) * 20).astype(np.float32)
+    probabilities = softmax(logits)
+    assert probabilities.dtype == np.float64
+    np.testing.assert_array_equal(probabilities, softmax(logits.astype(np.float64)))
+    wide = logits.astype(np.float64)
+    expected = np.exp(wide - wide.max(axis=1, keepdims=True))
+    np.testing.assert_array_equal(probabilities, expected / expected.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_aggregate_is_the_mean_over_windows() -> None:
+    scores = np.array([[0.2, 0.8], [0.6, 0.4], [1.0, 0.0]])
+    np.testing.assert_allclose(aggregate(scores), [0.6, 0.4])
+    with pytest.raises(ValueError):
+        aggregate(np.zeros((0, 4)))
