@@ -40,6 +40,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from birdops.audio import AudioError
+from birdops.files import atomic_path
 from birdops.serve.inference import Classifier, ModelError, WindowScores, providers_for
 
 log = logging.getLogger(__name__)
@@ -209,13 +210,12 @@ def predict_files(
 
 @contextmanager
 def open_output(target: str) -> Iterator[TextIO]:
-    """``-`` is standard output; anything else a file, its folder created if needed."""
+    """``-`` is standard output; anything else a file, its folder created if needed, that appears
+    complete or not at all (``birdops.files.atomic_path``)."""
     if target == "-":
         yield sys.stdout
         return
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as stream:
+    with atomic_path(target) as temp, temp.open("w", newline="", encoding="utf-8") as stream:
         yield stream
 
 
