@@ -29,8 +29,9 @@ from birdops.bench.timing import call_latencies, interleaved, median, percentile
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
 from birdops.export.parity import compare, logit_scale
 from birdops.features.frontend import build_frontend, spec_for
-from birdops.models.classifier import load_waveform_classifier
-from birdops.serve.inference import CPU_PROVIDER, CUDA_PROVIDER, Classifier
+from birdops.models.checkpoint import load_classifier
+from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER
+from birdops.serve.inference import Classifier
 from birdops.train.data import EpochSampler, FeatureDataset
 from birdops.train.distributed import DistContext
 from birdops.train.optim import make_optimizer
@@ -233,7 +234,7 @@ def model_section(
     classifier = Classifier.load(onnx_path, providers=providers(device), intra_op_threads=threads)
     if device == "cuda" and CUDA_PROVIDER not in classifier.providers:
         raise Unavailable(f"onnxruntime runs {onnx_path} on {', '.join(classifier.providers)}, not CUDA")
-    module, _ = load_waveform_classifier(models_dir / classifier.metadata.variant, device)
+    module = load_classifier(models_dir / classifier.metadata.variant, device).waveform_classifier()
     wave = chirps(batch_size * classifier.window_seconds, classifier.sample_rate_hz, seed=1)
     batch = wave[: batch_size * classifier.metadata.window_samples].reshape(batch_size, -1)  # (B, S)
     tensor = torch.from_numpy(batch).to(device)

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from birdops.config import TrainParams
-from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.contracts import ClassifierInfo
+from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained
 from birdops.train.augment import mixup, spec_augment
