@@ -1,5 +1,5 @@
 """A trained classifier on disk (``model.safetensors`` + ``config.json``, nothing pickled): writing it,
-and :func:`load_classifier`, the one way back for training, evaluation, export and benchmarks.
+and :func:`load_classifier`, the one way back (evaluation, the ONNX export and the benchmarks use it).
 
 ``config.json`` holds a :class:`birdops.contracts.ClassifierInfo`: everything needed to rebuild the
 model with ``build_model`` (never a pretrained download) and to feed it (labels, feature preset and
@@ -77,11 +77,11 @@ def load_classifier(
         )
     model = build_model(info.model_params, info.num_classes, info.n_bins, info.n_frames)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
-    frontend = checked_frontend(directory, info).to(device).eval() if with_frontend else None
+    frontend = _checked_frontend(directory, info).to(device).eval() if with_frontend else None
     return SavedClassifier(directory, model.to(device).eval(), info, frontend)
 
 
-def checked_frontend(directory: Path, info: ClassifierInfo) -> FrontEnd:
+def _checked_frontend(directory: Path, info: ClassifierInfo) -> FrontEnd:
     """The front end of ``info``'s preset, if it still computes the features the model was trained on."""
     frontend = build_frontend(info.feature_preset)
     if frontend.spec.to_dict() != info.feature_spec:
