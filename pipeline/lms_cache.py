@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from birdops.contracts import manifest_path
 from birdops.features.cache import RUN_KEY, build_cache
 from birdops.files import write_json_atomic
 from pipeline._common import setup, write_run_record
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, required=True, help="cache metrics JSON to write")
     args = parser.parse_args(argv)
     params = setup().lms_cache
-    summary = build_cache(args.raw, args.prepared / "manifest.csv", args.out, params)
+    summary = build_cache(args.raw, manifest_path(args.prepared), args.out, params)
     run = summary.pop(RUN_KEY)
     write_json_atomic(args.summary, summary)
     write_run_record("lms_cache", run)

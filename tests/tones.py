@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from birdops.serve.inference import ModelMetadata
+from birdops.contracts import ModelMetadata
 
 LABELS = ("Low tone", "Mid tone", "High tone")
 TONES_HZ = (400.0, 1200.0, 3000.0)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from birdops.config import LmsCacheParams, ModelParams
+from birdops.contracts import ClassifierInfo
 from birdops.features.cache import build_cache
 from birdops.features.frontend import build_frontend
-from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 
 MANIFEST_COLUMNS = ["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"]

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -20,18 +19,12 @@ import soundfile as sf
 import torch
 
 from birdops.config import Params, SyntheticParams
-from birdops.data.prepare import MANIFEST_FILE, prepare_corpus, read_labels, write_prepared
+from birdops.contracts import ClassifierInfo, labels_path, manifest_path, read_labels, read_manifest
+from birdops.data.prepare import prepare_corpus, write_prepared
 from birdops.data.synthetic import generate_corpus
-from birdops.export.onnx_export import (
-    annotate,
-    export_classifier,
-    load_waveform_classifier,
-    metadata_for,
-    save_model,
-    weights_sha256,
-)
+from birdops.export.onnx_export import annotate, export_classifier, metadata_for, save_model, weights_sha256
 from birdops.features.frontend import build_frontend
-from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.models.checkpoint import load_classifier, save_classifier
 from birdops.models.factory import build_model
 
 log = logging.getLogger(__name__)
@@ -49,17 +42,14 @@ class Corpus:
 
     @property
     def manifest(self) -> Path:
-        return self.prepared_dir / MANIFEST_FILE
+        return manifest_path(self.prepared_dir)
 
     def recordings(self) -> list[tuple[Path, float]]:
         """``(audio path, length_s)`` of every manifest row, in manifest order."""
-        with self.manifest.open(newline="") as handle:
-            return [
-                (self.raw_dir / row["local_path"], float(row["length_s"])) for row in csv.DictReader(handle)
-            ]
+        return [(self.raw_dir / row.local_path, row.length_s) for row in read_manifest(self.manifest)]
 
     def labels(self) -> tuple[str, ...]:
-        return read_labels(self.prepared_dir)
+        return read_labels(labels_path(self.prepared_dir))
 
 
 def corpus_subset(params: Params, recordings: int, species: int, out_dir: Path) -> Corpus:
@@ -92,7 +82,7 @@ def best_variant(best_json: Path, fallback: str) -> str:
 
 def saved_model(params: Params, variant: str, labels: tuple[str, ...], models_dir: Path) -> Path:
     """Save a seeded, untrained classifier of ``variant``'s architecture as ``models_dir/<variant>``
-    (what ``birdops.models.checkpoint.load_classifier`` reads), for ``lms_cache.clip_seconds`` clips
+    (what :func:`birdops.models.checkpoint.load_classifier` reads), for ``lms_cache.clip_seconds`` clips
     of its preset; returns the folder."""
     section = params.variant(variant)
     frontend = build_frontend(section.model.features)
@@ -117,7 +107,8 @@ def saved_model(params: Params, variant: str, labels: tuple[str, ...], models_di
 def exported_model(model_dir: Path, variant: str, opset: int, path: Path) -> Path:
     """Export the saved classifier in ``model_dir`` to ``path`` as the ``export_onnx`` stage does
     (front end inside the graph, dynamic batch, ``birdops.*`` metadata, full check); returns ``path``."""
-    classifier, info = load_waveform_classifier(model_dir)
+    saved = load_classifier(model_dir)
+    classifier, info = saved.waveform_classifier(), saved.info
     num_samples = round(info.clip_seconds * int(info.feature_spec["sample_rate_hz"]))
     model = export_classifier(classifier, num_samples, opset)
     annotate(model, metadata_for(info, variant, weights_sha256(model_dir)), opset)

@@ -29,8 +29,9 @@ from birdops.bench.timing import call_latencies, interleaved, median, percentile
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
 from birdops.export.parity import compare, logit_scale
 from birdops.features.frontend import build_frontend, spec_for
-from birdops.models.classifier import load_waveform_classifier
-from birdops.serve.inference import CPU_PROVIDER, CUDA_PROVIDER, Classifier
+from birdops.models.checkpoint import load_classifier
+from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER
+from birdops.serve.inference import Classifier
 from birdops.train.data import EpochSampler, FeatureDataset
 from birdops.train.distributed import DistContext
 from birdops.train.optim import make_optimizer
@@ -234,7 +235,7 @@ def model_section(
     classifier = Classifier.load(onnx_path, providers=providers(device), intra_op_threads=threads)
     if device == "cuda" and CUDA_PROVIDER not in classifier.providers:
         raise Unavailable(f"onnxruntime runs {onnx_path} on {', '.join(classifier.providers)}, not CUDA")
-    module, _ = load_waveform_classifier(models_dir / classifier.metadata.variant, device)
+    module = load_classifier(models_dir / classifier.metadata.variant, device).waveform_classifier()
     window_s, rate_hz = classifier.window_seconds, classifier.sample_rate_hz
     windows, _ = even_windows(chirps(batch_size * window_s, rate_hz, seed=1), rate_hz, window_s, window_s)
     batch = windows[:batch_size]  # (B, S): the first batch_size windows, end to end

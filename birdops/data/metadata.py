@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from birdops.contracts import is_inside
 from birdops.files import write_csv_atomic
 
 METADATA_FILE = "metadata.csv"
@@ -312,27 +313,6 @@ def _check_file(local_path: str, raw_dir: Path) -> tuple[str, str] | None:
     if path.stat().st_size == 0:
         return ("empty_file", f"{local_path} is empty (0 bytes)")
     return None
-
-
-def is_inside(path: Path, folder: Path) -> bool:
-    """Whether ``path``, every symbolic link resolved, lies inside ``folder`` (itself resolved)."""
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
-
-
-def escapes_raw_folder(path: Path, local_path: str) -> bool:
-    """Whether ``path`` (a raw folder joined with ``local_path``) lies, symlinks resolved, outside that
-    raw folder; ``local_path`` absolute or with ``..`` always does. For the stages that open a
-    manifest's files (prepare checked them, but a link may have changed since)."""
-    relative = PurePosixPath(local_path.strip().replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts:
-        return True
-    root = path
-    for _ in relative.parts:
-        root = root.parent
-    return not is_inside(path, root)
 
 
 def _normal_path(local_path: str) -> str:

@@ -28,12 +28,11 @@ on ``seed`` and the class label, so adding a class does not reshuffle the others
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,17 @@ import numpy as np
 
 from birdops.audio import AudioError, probe
 from birdops.config import PrepareParams, SplitParams
+from birdops.contracts import (
+    CLASS_SPLITS_FILE,
+    REJECTED_COLUMNS,
+    REJECTED_FILE,
+    SPLITS,
+    ManifestRow,
+    labels_path,
+    manifest_path,
+    write_labels,
+    write_manifest,
+)
 from birdops.data.metadata import (
     LOCAL_PATH,
     METADATA_FILE,
@@ -58,23 +68,7 @@ from birdops.files import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 OTHER_LABEL = "other"
-MANIFEST_FILE = "manifest.csv"
-LABELS_FILE = "labels.json"
-REJECTED_FILE = "rejected.csv"
-CLASS_SPLITS_FILE = "class_splits.json"  # recordings per class and split
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "id",
-    "local_path",
-    "label",
-    "label_index",
-    "split",
-    "rec",
-    "q",
-    "length_s",
-)
-REJECTED_COLUMNS: tuple[str, ...] = ("id", "local_path", "reason")
 # metadata length vs the header's duration: the larger of these is tolerated
 LENGTH_TOLERANCE_S = 1.5
 LENGTH_TOLERANCE_SHARE = 0.1
@@ -87,20 +81,6 @@ class Candidate:
     id: str
     local_path: str
     label: str
-    rec: str
-    q: str
-    length_s: float
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    """One accepted recording (a row of ``manifest.csv``)."""
-
-    id: str
-    local_path: str
-    label: str
-    label_index: int
-    split: str
     rec: str
     q: str
     length_s: float
@@ -356,13 +336,13 @@ def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus
 def write_prepared(prepared: PreparedCorpus, out_dir: str | Path) -> None:
     """Write ``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    write_csv_atomic(out_dir / MANIFEST_FILE, MANIFEST_COLUMNS, (asdict(row) for row in prepared.manifest))
+    write_manifest(manifest_path(out_dir), prepared.manifest)
     write_csv_atomic(
         out_dir / REJECTED_FILE,
         REJECTED_COLUMNS,
         ({"id": r.id, "local_path": r.local_path, "reason": r.reason} for r in prepared.rejected),
     )
-    write_json_atomic(out_dir / LABELS_FILE, prepared.labels)
+    write_labels(labels_path(out_dir), prepared.labels)
     # the per-class table lives with the data: as metrics it would be one column per class
     write_json_atomic(out_dir / CLASS_SPLITS_FILE, class_splits(prepared))
 
@@ -406,8 +386,3 @@ def log_summary(summary: Mapping[str, Any]) -> None:
     small = summary["small_classes"]
     if small["classes"]:
         log.info("prepare: classes below min_per_class (%s): %s", small["policy"], small["classes"])
-
-
-def read_labels(prepared_dir: str | Path) -> tuple[str, ...]:
-    """Class names in index order, from the ``labels.json`` that :func:`write_prepared` wrote."""
-    return tuple(json.loads((Path(prepared_dir) / LABELS_FILE).read_text()))

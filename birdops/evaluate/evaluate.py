@@ -33,13 +33,19 @@ from tqdm import tqdm
 from birdops import metrics
 from birdops.audio import AudioError, load_audio
 from birdops.config import EvaluateParams
-from birdops.data.metadata import escapes_raw_folder
-from birdops.data.prepare import MANIFEST_FILE, read_labels
+from birdops.contracts import (
+    ClassifierInfo,
+    PathEscapeError,
+    labels_path,
+    manifest_path,
+    read_labels,
+    read_manifest,
+)
 from birdops.evaluate import plots, uncertainty
-from birdops.features.cache import load_split, read_manifest
-from birdops.features.frontend import FrontEnd, build_frontend
+from birdops.features.cache import load_split
+from birdops.features.frontend import FrontEnd
 from birdops.files import write_csv_atomic, write_json_atomic
-from birdops.models.checkpoint import ClassifierInfo, load_classifier
+from birdops.models.checkpoint import load_classifier
 from birdops.models.classifier import WaveformClassifier
 from birdops.windows import even_windows
 
@@ -52,7 +58,8 @@ COMPARISONS_FILE = "comparisons.json"
 
 @dataclass(frozen=True)
 class Recording:
-    """One test recording of the manifest: its audio file and true class index."""
+    """A manifest row to score: its id and true class index, with its audio file resolved under the raw
+    folder (:meth:`birdops.contracts.ManifestRow.audio_path`)."""
 
     id: str
     path: Path
@@ -124,26 +131,15 @@ class VariantEvaluation:
 
 def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> list[Recording]:
     """The manifest's recordings of ``split``, with their audio paths under ``raw_dir``."""
-    rows = [r for r in read_manifest(prepared_dir / MANIFEST_FILE) if r.split == split]
-    inside = [r for r in rows if not escapes_raw_folder(raw_dir / r.local_path, r.local_path)]
-    for row in rows:
-        if row not in inside:
-            log.warning("%s: %s resolves outside %s; left out", row.id, row.local_path, raw_dir)
-    return [Recording(r.id, raw_dir / r.local_path, r.label_index) for r in inside]
-
-
-def check_model(info: ClassifierInfo, labels: Sequence[str], frontend_spec: Mapping[str, Any]) -> None:
-    """Raise ValueError when a saved model does not fit the prepared labels or the current front end."""
-    if tuple(labels) != info.labels:
-        raise ValueError(
-            f"model {info.variant!r} was trained on {len(info.labels)} labels that differ from the "
-            f"{len(labels)} prepared ones; retrain it"
-        )
-    if dict(frontend_spec) != info.feature_spec:
-        raise ValueError(
-            f"model {info.variant!r} was trained on {info.feature_preset!r} features whose settings "
-            "differ from the current front end; rebuild the cache and retrain"
-        )
+    recordings = []
+    for row in read_manifest(manifest_path(prepared_dir)):
+        if row.split != split:
+            continue
+        try:
+            recordings.append(Recording(row.id, row.audio_path(raw_dir), row.label_index))
+        except PathEscapeError as err:
+            log.warning("%s; left out", err)
+    return recordings
 
 
 # ------------------------------------------------------------------------------------ clip level
@@ -293,9 +289,9 @@ def evaluate_variant(
     device: torch.device,
 ) -> VariantEvaluation:
     """Clip-level (test, val) and recording-level (test) scores of the classifier in ``model_dir``."""
-    model, info = load_classifier(model_dir, device)
-    frontend = build_frontend(info.feature_preset)
-    check_model(info, labels, frontend.spec.to_dict())
+    saved = load_classifier(model_dir, device, labels=labels)
+    model, info, frontend = saved.model, saved.info, saved.frontend
+    assert frontend is not None  # loaded with its front end, the default
     test_clip = evaluate_clips(model, info, lms_dir, "test", params.batch_size, device)
     val_clip = evaluate_clips(model, info, lms_dir, "val", params.batch_size, device)
     test_recording, skipped = evaluate_recordings(model, frontend, info, recordings, params, device)
@@ -446,7 +442,7 @@ def evaluate_models(
     """Evaluate every model folder (named after its variant, e.g. ``models/full``), write the outputs
     under ``out_dir`` and return the ``best.json`` content."""
     device = torch.device(device)
-    labels = read_labels(prepared_dir)
+    labels = read_labels(labels_path(prepared_dir))
     recordings = read_recordings(prepared_dir, raw_dir, "test")
     summaries: dict[str, dict[str, Any]] = {}
     results: dict[str, VariantEvaluation] = {}

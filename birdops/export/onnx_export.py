@@ -6,7 +6,7 @@ exported file takes raw waveforms and nothing outside it computes features. The 
 
 The file follows ``docs/architecture.md`` ("Exported model"): input ``waveform`` float32
 ``[batch, samples]`` (samples fixed, batch dynamic), output ``logits`` float32 ``[batch, classes]``,
-``birdops.*`` metadata props (:class:`birdops.serve.inference.ModelMetadata`) plus ``birdops.opset``
+``birdops.*`` metadata props (:class:`birdops.contracts.ModelMetadata`) plus ``birdops.opset``
 and ``birdops.exporter``. It is one self-contained file (no external data) and passes
 ``onnx.checker.check_model(path, full_check=True)``.
 
@@ -33,13 +33,20 @@ import torch
 from torch import nn
 
 from birdops.config import ExportParams
+from birdops.contracts import (
+    EXPORTER_KEY,
+    INPUT_NAME,
+    OPSET_KEY,
+    OUTPUT_NAME,
+    WEIGHTS_FILE,
+    ClassifierInfo,
+    ModelMetadata,
+)
 from birdops.export import parity, triton
 from birdops.features.cache import load_split
 from birdops.files import atomic_path
-from birdops.models import classifier as saved
-from birdops.models.checkpoint import WEIGHTS_FILE, ClassifierInfo
-from birdops.models.classifier import WaveformClassifier
-from birdops.serve.inference import CPU_PROVIDER, INPUT_NAME, OUTPUT_NAME, ModelMetadata, providers_for
+from birdops.models.checkpoint import load_classifier
+from birdops.providers import CPU_PROVIDER, providers_for
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +92,8 @@ def annotate(model: onnx.ModelProto, metadata: ModelMetadata, opset: int) -> onn
     per-node stack traces (absolute paths of this machine) removed. Mutates and returns ``model``."""
     props = {
         **metadata.to_props(),
-        "birdops.opset": str(opset),
-        "birdops.exporter": f"torch {torch.__version__} dynamo, onnx {onnx.__version__}",
+        OPSET_KEY: str(opset),
+        EXPORTER_KEY: f"torch {torch.__version__} dynamo, onnx {onnx.__version__}",
     }
     kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
@@ -131,15 +138,6 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def load_waveform_classifier(model_dir: Path) -> tuple[WaveformClassifier, ClassifierInfo]:
-    """The saved classifier of ``model_dir`` behind its front end; a model whose features no longer
-    match the current front end is an :class:`ExportError`."""
-    try:
-        return saved.load_waveform_classifier(model_dir)
-    except ValueError as err:
-        raise ExportError(str(err)) from err
-
-
 # ------------------------------------------------------------------------------------------- stage
 @dataclass(frozen=True)
 class StageResult:
@@ -178,7 +176,11 @@ def export_best(
     """Export the chosen variant to ``out_dir/model.onnx``, gate it and write the Triton repository
     (only when every gate passed); the summary is returned either way."""
     variant = read_best(best_json)
-    classifier, info = load_waveform_classifier(models_dir / variant)
+    try:  # a model whose features no longer match the current front end cannot be exported
+        saved = load_classifier(models_dir / variant)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    classifier, info = saved.waveform_classifier(), saved.info
     if info.variant != variant:
         log.warning("%s holds variant %r; exporting it as %r", models_dir / variant, info.variant, variant)
     metadata = metadata_for(info, variant, weights_sha256(models_dir / variant))

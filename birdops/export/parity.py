@@ -25,10 +25,8 @@ import torch
 from torch import nn
 
 from birdops.audio import AudioError, load_audio
-from birdops.data.metadata import escapes_raw_folder
-from birdops.data.prepare import MANIFEST_FILE
-from birdops.features.cache import load_split, read_manifest
-from birdops.serve.inference import INPUT_NAME, OUTPUT_NAME
+from birdops.contracts import INPUT_NAME, OUTPUT_NAME, PathEscapeError, manifest_path, read_manifest
+from birdops.features.cache import load_split
 from birdops.windows import clips_at
 
 log = logging.getLogger(__name__)
@@ -76,18 +74,20 @@ def validation_clips(
     rows_by_id: dict[str, list[int]] = {}
     for i in picks:
         rows_by_id.setdefault(cached.ids[i], []).append(int(i))
-    paths = {
-        r.id: raw_dir / r.local_path
-        for r in read_manifest(prepared_dir / MANIFEST_FILE)
-        if not escapes_raw_folder(raw_dir / r.local_path, r.local_path)  # a link changed since prepare
-    }
+    manifest = manifest_path(prepared_dir)
+    paths = {}
+    for row in read_manifest(manifest):
+        try:
+            paths[row.id] = row.audio_path(raw_dir)
+        except PathEscapeError:  # a link changed since prepare
+            continue
     clips, rows = [], []
     for recording_id, recording_rows in rows_by_id.items():
         if recording_id not in paths:
             log.warning(
                 "parity clip skipped: cached recording %s is not in %s, or its file resolves outside %s",
                 recording_id,
-                prepared_dir / MANIFEST_FILE,
+                manifest,
                 raw_dir,
             )
             continue

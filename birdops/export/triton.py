@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from birdops.serve.inference import LABELS_KEY, OUTPUT_NAME
+from birdops.contracts import LABELS_KEY, OUTPUT_NAME
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"

@@ -43,8 +43,15 @@ from tqdm import tqdm
 
 from birdops.audio import AudioError, load_audio
 from birdops.config import ActivityParams, LmsCacheParams
-from birdops.data.metadata import escapes_raw_folder
-from birdops.data.prepare import SPLITS
+from birdops.contracts import (
+    FAILED_FILE,
+    FEATURES_FILE,
+    INDEX_FILE,
+    SPLITS,
+    ManifestRow,
+    PathEscapeError,
+    read_manifest,
+)
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import (
     PRESETS,
@@ -63,7 +70,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the partial or shard format changes: old partials are then stale
 WORK_DIR = ".work"
 RUN_KEY = "run"  # the summary's record of how the run went (not a result)
-FAILED_CSV = "failed.csv"
 INDEX_COLUMNS = ("id", "split", "shard", "row", "label_index", "start_s")
 FAILED_COLUMNS = ("id", "local_path", "reason")
 
@@ -89,9 +95,9 @@ class CachedSplit:
 def load_split(lms_dir: str | Path, preset: str, split: str) -> CachedSplit:
     """Read split ``split`` of ``<lms_dir>/<preset>`` (see the module docstring for the layout)."""
     folder = Path(lms_dir) / preset
-    meta = json.loads((folder / "features.json").read_text())
+    meta = json.loads((folder / FEATURES_FILE).read_text())
     spec = FeatureSpec.from_dict(meta["spec"])
-    rows = [r for r in _read_csv(folder / "index.csv") if r["split"] == split]
+    rows = [r for r in _read_csv(folder / INDEX_FILE) if r["split"] == split]
     shards: list[np.ndarray] = []
     for name in dict.fromkeys(r["shard"] for r in rows):  # shard names in index order
         shard = np.load(folder / name, mmap_mode="r")  # (n, F, T)
@@ -116,34 +122,13 @@ def load_split(lms_dir: str | Path, preset: str, split: str) -> CachedSplit:
     )
 
 
-# ---------------------------------------------------------------------------------------- manifest
-@dataclass(frozen=True)
-class Recording:
-    """One manifest row: what the cache needs of it."""
-
-    id: str
-    local_path: str  # relative to the raw folder
-    split: str
-    label_index: int
-
-
-def read_manifest(path: str | Path) -> list[Recording]:
-    """The rows of ``manifest.csv`` (``id, local_path, label, label_index, split, ...``)."""
-    recordings = []
-    for row in _read_csv(Path(path)):
-        if row["split"] not in SPLITS:
-            raise ValueError(f"{path}: recording {row['id']} has unknown split {row['split']!r}")
-        recordings.append(Recording(row["id"], row["local_path"], row["split"], int(row["label_index"])))
-    return recordings
-
-
 # ------------------------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class _Task:
     """The presets of one recording that still lack a partial, with where to write each."""
 
-    recording: Recording
-    audio_path: str
+    recording: ManifestRow
+    raw_dir: str  # the manifest paths start here (the worker resolves and checks the path)
     partials: dict[str, str]  # preset -> partial path without extension
 
 
@@ -156,7 +141,7 @@ class _Settings:
     activity: ActivityParams
 
 
-def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: Recording, audio_path: Path) -> str:
+def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: ManifestRow, audio_path: Path) -> str:
     """Hash of everything a recording's cached clips depend on (a missing file hashes as such)."""
     try:
         stat = audio_path.stat()
@@ -208,8 +193,9 @@ def _init_worker(threads: int, owner_pid: int) -> None:
 
 def _decode(task: _Task, sample_rate_hz: int) -> np.ndarray | str:
     """The waveform ``(samples,)`` of a task's recording, or why it cannot be used."""
-    path = Path(task.audio_path)
-    if escapes_raw_folder(path, task.recording.local_path):
+    try:
+        path = task.recording.audio_path(task.raw_dir)
+    except PathEscapeError:
         return "path outside the raw folder"
     if not path.is_file():
         return "missing file"
@@ -336,7 +322,7 @@ class _PresetResult:
 
 
 def _assemble(
-    preset: str, recordings: list[Recording], stems: dict[str, str], out_dir: Path, params: LmsCacheParams
+    preset: str, recordings: list[ManifestRow], stems: dict[str, str], out_dir: Path, params: LmsCacheParams
 ) -> _PresetResult:
     """Build ``<out>/<preset>`` from the partials and swap it in for the old folder."""
     spec = spec_for(preset)
@@ -351,7 +337,7 @@ def _assemble(
         members = [r for r in recordings if r.split == split]
         clips = _split_clips(members, stems, failed)
         clips_per_split[split] = _write_shards(staging, split, clips, params.shard_max_clips, index)
-    write_csv_atomic(staging / "index.csv", INDEX_COLUMNS, index)
+    write_csv_atomic(staging / INDEX_FILE, INDEX_COLUMNS, index)
     meta = {
         "spec": spec.to_dict(),
         "clip_seconds": params.clip_seconds,
@@ -362,14 +348,14 @@ def _assemble(
         "activity": params.activity.model_dump(),
         "cache_format": CACHE_FORMAT,
     }
-    _write_json(staging / "features.json", meta)
+    _write_json(staging / FEATURES_FILE, meta)
     _swap_in(staging, out_dir / preset)
     return _PresetResult(clips_per_split, failed, spec.n_bins, n_frames)
 
 
 def _split_clips(
-    members: list[Recording], stems: dict[str, str], failed: dict[str, str]
-) -> Iterator[tuple[Recording, float, np.ndarray]]:
+    members: list[ManifestRow], stems: dict[str, str], failed: dict[str, str]
+) -> Iterator[tuple[ManifestRow, float, np.ndarray]]:
     """``(recording, start_s, features (F, T) float16)`` of every clip of a split; fills ``failed``."""
     for recording in members:
         stem = stems[recording.id]
@@ -385,7 +371,7 @@ def _split_clips(
 def _write_shards(
     folder: Path,
     split: str,
-    clips: Iterator[tuple[Recording, float, np.ndarray]],
+    clips: Iterator[tuple[ManifestRow, float, np.ndarray]],
     shard_max_clips: int,
     index: list[dict[str, Any]],
 ) -> int:
@@ -449,14 +435,14 @@ def build_cache(
     settings = _Settings(params.clip_seconds, params.max_clips_per_recording, params.activity)
     _run_tasks(tasks, settings, params.workers, chunk_recordings)
     results = {p: _assemble(p, recordings, stems[p], out_dir, params) for p in presets}
-    _write_failed(out_dir / FAILED_CSV, recordings, results)
+    _write_failed(out_dir / FAILED_FILE, recordings, results)
     shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
     wall_s = time.perf_counter() - started
     return _summary(recordings, results, len(tasks), wall_s, params.workers)
 
 
 def _fingerprints(
-    recordings: list[Recording], presets: list[str], raw_dir: Path, out_dir: Path, params: LmsCacheParams
+    recordings: list[ManifestRow], presets: list[str], raw_dir: Path, out_dir: Path, params: LmsCacheParams
 ) -> dict[str, dict[str, str]]:
     """preset -> recording id -> partial path without extension."""
     stems: dict[str, dict[str, str]] = {}
@@ -485,17 +471,17 @@ def _clean_stale(out_dir: Path, presets: list[str], stems: dict[str, dict[str, s
 
 
 def _pending_tasks(
-    recordings: list[Recording], presets: list[str], stems: dict[str, dict[str, str]], raw_dir: Path
+    recordings: list[ManifestRow], presets: list[str], stems: dict[str, dict[str, str]], raw_dir: Path
 ) -> list[_Task]:
     tasks = []
     for recording in recordings:
         todo = {p: stems[p][recording.id] for p in presets if not _partial_done(stems[p][recording.id])}
         if todo:
-            tasks.append(_Task(recording, str(raw_dir / recording.local_path), todo))
+            tasks.append(_Task(recording, str(raw_dir), todo))
     return tasks
 
 
-def _write_failed(path: Path, recordings: list[Recording], results: dict[str, _PresetResult]) -> None:
+def _write_failed(path: Path, recordings: list[ManifestRow], results: dict[str, _PresetResult]) -> None:
     """One row per recording that failed for any preset, with the first preset's reason; each is
     also named in the log."""
     rows = []
@@ -513,7 +499,7 @@ def reason_kind(reason: str) -> str:
 
 
 def _summary(
-    recordings: list[Recording],
+    recordings: list[ManifestRow],
     results: dict[str, _PresetResult],
     processed: int,
     wall_s: float,

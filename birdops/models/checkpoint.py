@@ -1,68 +1,26 @@
-"""A trained classifier on disk: ``model.safetensors`` + ``config.json``, nothing pickled.
+"""A trained classifier on disk (``model.safetensors`` + ``config.json``, nothing pickled): writing it,
+and :func:`load_classifier`, the one way back (evaluation, the ONNX export and the benchmarks use it).
 
-``config.json`` holds a :class:`ClassifierInfo`: everything needed to rebuild the model with
-``build_model`` (never a pretrained download) and to feed it (labels, feature preset and spec,
-clip length, input shape), plus a short summary of the training run.
+``config.json`` holds a :class:`birdops.contracts.ClassifierInfo`: everything needed to rebuild the
+model with ``build_model`` (never a pretrained download) and to feed it (labels, feature preset and
+spec, clip length, input shape), plus a short summary of the training run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from birdops.config import ModelParams
+from birdops.contracts import CONFIG_FILE, WEIGHTS_FILE, ClassifierInfo, read_info
+from birdops.features.frontend import FrontEnd, build_frontend
 from birdops.files import atomic_path, write_json_atomic
+from birdops.models.classifier import WaveformClassifier
 from birdops.models.factory import build_model
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-@dataclass(frozen=True)
-class ClassifierInfo:
-    """What a saved classifier is: its variant, architecture, labels and input."""
-
-    variant: str
-    model: dict[str, Any]  # ModelParams.model_dump()
-    labels: tuple[str, ...]  # class names in logit order
-    feature_preset: str  # birdops.features preset: seed | ast | mfcc
-    feature_spec: dict[str, Any]  # FeatureSpec.to_dict() of that preset
-    clip_seconds: float
-    n_bins: int  # F of the (B, F, T) input
-    n_frames: int  # T of the (B, F, T) input
-    # training summary (absent for a model that was not trained by birdops.train)
-    best_epoch: int | None = None  # 1-based epoch whose weights were kept
-    best_metric: str | None = None  # the early-stopping metric, e.g. val_accuracy
-    best_value: float | None = None
-    epochs_run: int | None = None
-
-    @property
-    def model_params(self) -> ModelParams:
-        return ModelParams(**self.model)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["labels"] = list(self.labels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifierInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown classifier config keys: {unknown}")
-        return cls(**{**data, "labels": tuple(data["labels"])})
 
 
 def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInfo) -> None:
@@ -78,22 +36,62 @@ def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInf
     write_json_atomic(directory / CONFIG_FILE, info.to_dict())
 
 
+@dataclass(frozen=True)
+class SavedClassifier:
+    """A classifier loaded by :func:`load_classifier`, in eval mode on its device."""
+
+    directory: Path
+    model: nn.Module  # (B, F, T) features -> (B, C) logits
+    info: ClassifierInfo
+    frontend: FrontEnd | None  # the preset's front end, checked against ``info``; None when not asked for
+
+    def waveform_classifier(self) -> WaveformClassifier:
+        """``(B, S)`` waveforms -> ``(B, C)`` logits: the checked front end followed by the model."""
+        if self.frontend is None:
+            raise ValueError(f"{self.directory}: the classifier was loaded without its front end")
+        return WaveformClassifier(self.frontend, self.model).eval()
+
+
 def load_classifier(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, ClassifierInfo]:
-    """The classifier saved in ``directory``, in eval mode on ``device``, and its info."""
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    with_frontend: bool = True,
+    labels: Sequence[str] | None = None,
+) -> SavedClassifier:
+    """The classifier saved in ``directory``, in eval mode on ``device``.
+
+    With ``with_frontend`` (the default) its preset's front end is built too, and refused (ValueError)
+    when its settings differ from those the model was trained on (the preset's code changed since:
+    the model would see features it never learnt) or when a clip of the model's length gives another
+    frame count than the model takes. With ``labels``, labels other than the model's are refused.
+    """
     directory = Path(directory)
     info = read_info(directory)
+    if labels is not None and tuple(labels) != info.labels:
+        raise ValueError(
+            f"{directory}: model {info.variant!r} was trained on {len(info.labels)} labels that differ "
+            f"from the {len(labels)} given ones; retrain it"
+        )
     model = build_model(info.model_params, info.num_classes, info.n_bins, info.n_frames)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
-    return model.to(device).eval(), info
+    frontend = _checked_frontend(directory, info).to(device).eval() if with_frontend else None
+    return SavedClassifier(directory, model.to(device).eval(), info, frontend)
 
 
-def read_info(directory: str | Path) -> ClassifierInfo:
-    """The ``config.json`` of a saved classifier."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FileNotFoundError(f"{path}: not a saved birdops classifier ({err})") from err
-    return ClassifierInfo.from_dict(data)
+def _checked_frontend(directory: Path, info: ClassifierInfo) -> FrontEnd:
+    """The front end of ``info``'s preset, if it still computes the features the model was trained on."""
+    frontend = build_frontend(info.feature_preset)
+    if frontend.spec.to_dict() != info.feature_spec:
+        raise ValueError(
+            f"{directory}: model {info.variant!r} was trained on {info.feature_preset!r} features whose "
+            f"settings differ from the current front end ({info.feature_spec}, now "
+            f"{frontend.spec.to_dict()}); rebuild the cache and retrain it"
+        )
+    clip_samples = round(info.clip_seconds * frontend.spec.sample_rate_hz)
+    if frontend.num_frames(clip_samples) != info.n_frames:
+        raise ValueError(
+            f"{directory}: a {info.clip_seconds} s clip gives {frontend.num_frames(clip_samples)} frames, "
+            f"the model takes {info.n_frames}"
+        )
+    return frontend

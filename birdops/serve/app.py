@@ -72,16 +72,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from birdops import __version__
 from birdops.audio import AudioError, TooLongAudioError, stream_bytes
-from birdops.serve.inference import (
-    CPU_PROVIDER,
-    CUDA_PROVIDER,
-    Classifier,
-    ModelError,
-    ModelMetadata,
-    SpeciesScore,
-    WindowScores,
-    providers_for,
-)
+from birdops.contracts import ModelMetadata
+from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER, providers_for
+from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores
 from birdops.serve.settings import ServeSettings
 from birdops.windows import even_hop_seconds
 
@@ -635,8 +628,9 @@ def choose_providers(device: str) -> tuple[list[str], str]:
     return [CPU_PROVIDER], f"device auto: CPU ({why})"
 
 
-def load_classifier(settings: ServeSettings) -> Classifier:
-    """The model of ``settings`` on its device; ``device="cuda"`` fails when CUDA is not in use."""
+def open_model(settings: ServeSettings) -> Classifier:
+    """Open the model of ``settings`` in an onnxruntime session on its device; ``device="cuda"``
+    fails when CUDA is not in use."""
     providers, reason = choose_providers(settings.device)
     ort.set_default_logger_severity(3)  # errors only: a CUDA fallback is reported below, in one line
     classifier = Classifier.load(settings.model_path, providers, settings.intra_op_threads)
@@ -671,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("invalid settings: %s", err)
         return 2
     try:
-        classifier = load_classifier(settings)
+        classifier = open_model(settings)
     except ModelError as err:
         log.error("%s", err)
         return 1

@@ -15,98 +15,26 @@ batches and scores are exactly those of the whole decoded array.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from birdops.audio import stream_audio, stream_bytes
+from birdops.contracts import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
+from birdops.providers import CUDA_PROVIDER, providers_for
 from birdops.scores import aggregate, softmax
 from birdops.windows import StreamedWindows, even_batches, even_hop_seconds
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "waveform"
-OUTPUT_NAME = "logits"
-CPU_PROVIDER = "CPUExecutionProvider"
-CUDA_PROVIDER = "CUDAExecutionProvider"
-Device = Literal["auto", "cpu", "cuda"]
-
-# metadata_props keys of the exported model (written by birdops.export.onnx_export)
-LABELS_KEY = "birdops.labels"
-SAMPLE_RATE_KEY = "birdops.sample_rate_hz"
-WINDOW_KEY = "birdops.window_seconds"
-FEATURES_KEY = "birdops.features"
-VARIANT_KEY = "birdops.variant"
-MODEL_SHA256_KEY = "birdops.model_sha256"
-REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, MODEL_SHA256_KEY)
-
 
 class ModelError(ValueError):
     """A model file cannot be served: unreadable, not a birdops export, or inconsistent metadata."""
-
-
-# ---------------------------------------------------------------------------------------- metadata
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What an exported model says about itself; ``to_props``/``from_props`` are the file format."""
-
-    labels: tuple[str, ...]  # class names in logit order
-    sample_rate_hz: int  # of the waveform input
-    window_seconds: float  # the input's fixed length, in seconds
-    features: Mapping[str, Any]  # the front end's FeatureSpec dict (documentation; the graph computes it)
-    variant: str
-    model_sha256: str  # SHA-256 of the trained weights file the export holds (models/<variant>/)
-
-    @property
-    def window_samples(self) -> int:
-        return round(self.window_seconds * self.sample_rate_hz)
-
-    def to_props(self) -> dict[str, str]:
-        """The ``birdops.*`` metadata props, every value a string (JSON for lists and dicts)."""
-        return {
-            LABELS_KEY: json.dumps(list(self.labels)),
-            SAMPLE_RATE_KEY: str(self.sample_rate_hz),
-            WINDOW_KEY: repr(float(self.window_seconds)),
-            FEATURES_KEY: json.dumps(dict(self.features), sort_keys=True),
-            VARIANT_KEY: self.variant,
-            MODEL_SHA256_KEY: self.model_sha256,
-        }
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
-        """Parse the metadata props; :class:`ModelError` names the missing or malformed key."""
-        missing = [key for key in REQUIRED_KEYS if key not in props]
-        if missing:
-            raise ModelError(f"{source}: not a birdops export, metadata lacks {', '.join(missing)}")
-        try:
-            labels = json.loads(props[LABELS_KEY])
-            if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-                raise ValueError(f"{LABELS_KEY} must be a non-empty JSON list of strings")
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"{LABELS_KEY} has duplicate labels")
-            features = json.loads(props[FEATURES_KEY])
-            if not isinstance(features, dict):
-                raise ValueError(f"{FEATURES_KEY} must be a JSON object")
-            sample_rate_hz = int(props[SAMPLE_RATE_KEY])
-            window_seconds = float(props[WINDOW_KEY])
-        except ValueError as err:  # json.JSONDecodeError is a ValueError too
-            raise ModelError(f"{source}: malformed birdops metadata: {err}") from err
-        if sample_rate_hz <= 0 or not window_seconds > 0:
-            raise ModelError(f"{source}: sample rate and window length must be positive")
-        return cls(
-            labels=tuple(labels),
-            sample_rate_hz=sample_rate_hz,
-            window_seconds=window_seconds,
-            features=features,
-            variant=props[VARIANT_KEY],
-            model_sha256=props[MODEL_SHA256_KEY],
-        )
 
 
 # ------------------------------------------------------------------------------------------ scores
@@ -153,17 +81,6 @@ def top_k(
 
 
 # ---------------------------------------------------------------------------------------- sessions
-def providers_for(device: Device) -> list[str]:
-    """Execution providers to request: ``auto`` is CUDA first with a CPU fallback (when this
-    onnxruntime build has CUDA at all), ``cpu`` and ``cuda`` only that one."""
-    if device == "cpu":
-        return [CPU_PROVIDER]
-    if device == "cuda":
-        return [CUDA_PROVIDER, CPU_PROVIDER]
-    available = ort.get_available_providers()
-    return [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in available]
-
-
 def _ort_errors() -> tuple[type[BaseException], ...]:
     """onnxruntime's exception types (plain ``Exception`` subclasses, not RuntimeError)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
@@ -214,7 +131,10 @@ class Classifier:
             session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except _ort_errors() as err:
             raise ModelError(f"{path}: onnxruntime cannot load the model: {err}") from err
-        metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+        try:
+            metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+        except MetadataError as err:
+            raise ModelError(str(err)) from err
         classifier = cls(session, metadata, path, requested)
         classifier._check_signature()
         if CUDA_PROVIDER in requested and CUDA_PROVIDER not in classifier.providers:

@@ -41,7 +41,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from birdops.audio import AudioError
 from birdops.files import atomic_path
-from birdops.serve.inference import Classifier, ModelError, WindowScores, providers_for
+from birdops.providers import providers_for
+from birdops.serve.inference import Classifier, ModelError, WindowScores
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from birdops.serve.inference import Device
+from birdops.providers import Device
 
 
 class ServeSettings(BaseSettings):

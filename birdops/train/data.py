@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from birdops.data.prepare import read_labels
+from birdops.contracts import labels_path, read_labels
 from birdops.features.cache import load_split
 from birdops.train.state import derive_seed
 
@@ -51,7 +51,7 @@ class TrainData:
 
 def load_train_data(prepared_dir: str | Path, lms_dir: str | Path, preset: str) -> TrainData:
     """Labels from ``<prepared>/labels.json`` and the train/val splits of ``<lms>/<preset>``."""
-    labels = read_labels(prepared_dir)
+    labels = read_labels(labels_path(prepared_dir))
     train, val = (load_split(lms_dir, preset, split) for split in ("train", "val"))
     for name, split in (("train", train), ("val", val)):
         if len(split.labels) == 0:

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from birdops import metrics
 from birdops.config import TrainParams
-from birdops.models.checkpoint import ClassifierInfo, save_classifier
+from birdops.contracts import ClassifierInfo
+from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained
 from birdops.train.augment import mixup, spec_augment

@@ -16,9 +16,9 @@ import soundfile as sf
 import yaml
 
 from birdops.config import PrepareParams, SplitParams
+from birdops.contracts import MANIFEST_COLUMNS
 from birdops.data.metadata import COLUMNS, MetadataError, format_length, parse_length_seconds, write_metadata
 from birdops.data.prepare import (
-    MANIFEST_COLUMNS,
     OTHER_LABEL,
     DataError,
     class_splits,

@@ -21,10 +21,11 @@ from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
 from birdops.config import EvaluateParams
+from birdops.contracts import read_info
 from birdops.evaluate import evaluate as ev
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
-from birdops.models.checkpoint import load_classifier, read_info
+from birdops.models.checkpoint import load_classifier
 from birdops.windows import even_windows
 from pipeline import evaluate as stage
 
@@ -118,7 +119,7 @@ def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path)
         assert data[level]["top5_accuracy"] == 1.0  # 3 classes: top-5 is top-3
 
     # recompute clip accuracy from the saved model and the cache, independently of the evaluator
-    model, _ = load_classifier(world / "models" / "phase2b")
+    model = load_classifier(world / "models" / "phase2b").model
     test = load_split(world / "lms", "seed", "test")
     with torch.no_grad():
         logits = model(torch.from_numpy(np.asarray(test.features, dtype=np.float32)))
@@ -203,7 +204,8 @@ def test_plot_and_table_files(evaluated: Path) -> None:
 
 
 def test_recording_probabilities_match_a_direct_computation(world: Path) -> None:
-    model, info = load_classifier(world / "models" / "phase2b")
+    saved = load_classifier(world / "models" / "phase2b")
+    model, info = saved.model, saved.info
     frontend = build_frontend("seed")
     recordings = ev.read_recordings(world / "prepared", world / "raw", "test")
     params = EvaluateParams(hop_seconds=0.4, batch_size=3)  # batches cross recording boundaries
@@ -263,13 +265,15 @@ def test_select_best_uses_validation_metrics_only() -> None:
         ev.select_best({}, "map")
 
 
-def test_mismatched_models_are_rejected(world: Path) -> None:
+def test_mismatched_models_are_rejected(world: Path, tmp_path: Path) -> None:
     info = read_info(world / "models" / "phase2b")
     frontend = build_frontend("seed")
     with pytest.raises(ValueError, match="labels"):
-        ev.check_model(info, ("x", "y", "z"), frontend.spec.to_dict())
+        load_classifier(world / "models" / "phase2b", labels=("x", "y", "z"))
+    spec = {**frontend.spec.to_dict(), "f_min_hz": 300.0}  # the seed front end changed since training
+    save_tiny_ast(tmp_path, "stale", LABELS, CLIP_SECONDS, seed=11, feature_spec=spec)
     with pytest.raises(ValueError, match="features whose settings differ"):
-        ev.check_model(info, LABELS, build_frontend("mfcc").spec.to_dict())
+        load_classifier(tmp_path / "stale", labels=LABELS)
     with pytest.raises(ValueError, match=r"set evaluate\.window_seconds to null"):
         ev.window_seconds_for(info, frontend, EvaluateParams(window_seconds=2.0))
     assert ev.window_seconds_for(info, frontend, EvaluateParams()) == CLIP_SECONDS

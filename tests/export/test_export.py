@@ -21,10 +21,13 @@ import yaml
 from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
+from birdops.config import ExportParams
 from birdops.export import onnx_export, parity
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
-from birdops.serve.inference import CPU_PROVIDER, Classifier
+from birdops.models.checkpoint import load_classifier
+from birdops.providers import CPU_PROVIDER
+from birdops.serve.inference import Classifier
 from birdops.windows import even_windows
 from pipeline import export_onnx as stage
 
@@ -154,7 +157,7 @@ def test_onnxruntime_serves_the_export_like_pytorch(world: Path, exported: Path)
     assert classifier.labels == LABELS and classifier.window_seconds == CLIP_SECONDS
     wave = load_audio(world / "raw" / "audio" / "XC6.flac", classifier.sample_rate_hz)
     windows, _ = even_windows(wave, classifier.sample_rate_hz, CLIP_SECONDS, 0.5)  # (N, S)
-    module, _ = onnx_export.load_waveform_classifier(world / "models" / "full")
+    module = load_classifier(world / "models" / "full").waveform_classifier()
     with torch.no_grad():
         expected = module(torch.from_numpy(windows)).numpy()
     np.testing.assert_allclose(classifier.logits(windows), expected, atol=1e-4, rtol=0)
@@ -225,7 +228,7 @@ def test_int8_model_quantizes_the_transformer_only_and_passes_its_gate(world: Pa
         world / "raw", world / "prepared", world / "lms", "seed", PARITY_CLIPS, 22050, CLIP_SECONDS
     )
     labels = load_split(world / "lms", "seed", "val").labels[rows]
-    classifier, _ = onnx_export.load_waveform_classifier(world / "models" / "full")
+    classifier = load_classifier(world / "models" / "full").waveform_classifier()
     session = ort.InferenceSession(str(exported / "export" / "model.int8.onnx"), providers=[CPU_PROVIDER])
     int8_accuracy = float(np.mean(parity.ort_logits(session, clips).argmax(axis=1) == labels))
     torch_accuracy = float(np.mean(parity.torch_logits(classifier, clips).argmax(axis=1) == labels))
@@ -328,8 +331,11 @@ def test_parity_clips_are_the_cached_validation_segments(world: Path) -> None:
 def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
     spec = {**build_frontend("seed").spec.to_dict(), "top_db": 60.0}
     save_model(tmp_path, "odd", feature_spec=spec)
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"variant": "odd"}))
+    folders = (tmp_path / "raw", tmp_path / "prepared", tmp_path / "lms", tmp_path / "out")
     with pytest.raises(onnx_export.ExportError, match="retrain it"):
-        onnx_export.load_waveform_classifier(tmp_path / "odd")
+        onnx_export.export_best(best, tmp_path, *folders, ExportParams())
 
 
 def test_best_json_must_name_a_variant(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from birdops.export import onnx_export, parity
 from birdops.features.frontend import build_frontend
 from birdops.models.classifier import WaveformClassifier
 from birdops.models.factory import build_model
-from birdops.serve.inference import CPU_PROVIDER
+from birdops.providers import CPU_PROVIDER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,9 +12,10 @@ from safetensors import safe_open
 from torch import nn
 
 from birdops.config import ModelParams
+from birdops.contracts import ClassifierInfo
 from birdops.features.frontend import build_frontend, spec_for
-from birdops.models.checkpoint import ClassifierInfo, load_classifier, read_info, save_classifier
-from birdops.models.classifier import WaveformClassifier, load_waveform_classifier
+from birdops.models.checkpoint import load_classifier, save_classifier
+from birdops.models.classifier import WaveformClassifier
 from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
 
 AST = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
@@ -115,8 +116,9 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path, cfg: ModelP
     info = info_for(cfg, n_bins, 50, ("a b", "c d", "e f"))
     save_classifier(tmp_path, model, info)
 
-    loaded, loaded_info = load_classifier(tmp_path)
-    assert loaded_info == info
+    saved = load_classifier(tmp_path, with_frontend=False)
+    loaded, loaded_info = saved.model, saved.info
+    assert loaded_info == info and saved.frontend is None
     assert not loaded.training
     x = torch.randn(2, n_bins, 50)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
@@ -133,7 +135,8 @@ def test_loading_never_fetches_the_pretrained_source(tmp_path: Path) -> None:
     cfg = AST.model_copy(update={"pretrained": str(tmp_path / "nowhere")})
     model = build_model(cfg, num_classes=2, n_bins=32, n_frames=32)
     save_classifier(tmp_path / "m", model, info_for(cfg, 32, 32, ("x", "y")))
-    loaded, info = load_classifier(tmp_path / "m")
+    saved = load_classifier(tmp_path / "m", with_frontend=False)
+    loaded, info = saved.model, saved.info
     assert info.model_params.pretrained == str(tmp_path / "nowhere")
     assert isinstance(loaded, ASTClassifier)
 
@@ -144,12 +147,10 @@ def test_loading_is_strict_and_configs_are_checked(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "labels": ["x", "y", "z"]}))
     with pytest.raises(RuntimeError, match="size mismatch"):
-        load_classifier(tmp_path)
+        load_classifier(tmp_path, with_frontend=False)
     (tmp_path / "config.json").write_text(json.dumps({**config, "surprise": 1}))
     with pytest.raises(ValueError, match="surprise"):
-        read_info(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a saved birdops classifier"):
-        read_info(tmp_path / "missing")
+        load_classifier(tmp_path, with_frontend=False)
 
 
 class FramingFrontEnd(nn.Module):
@@ -181,7 +182,8 @@ def test_a_saved_model_runs_behind_its_own_front_end(tmp_path: Path) -> None:
         info_for(VIT, spec.n_bins, n_frames, ("a", "b", "c")), feature_spec=spec.to_dict(), clip_seconds=1.0
     )
     save_classifier(tmp_path, model, info)
-    classifier, loaded = load_waveform_classifier(tmp_path)
+    saved = load_classifier(tmp_path)
+    classifier, loaded = saved.waveform_classifier(), saved.info
     assert loaded == info and not classifier.training
     waveform = torch.randn(2, 22050) * 0.1
     with torch.no_grad():
@@ -199,10 +201,20 @@ def test_a_changed_front_end_is_refused(tmp_path: Path) -> None:
     )
     save_classifier(tmp_path, model, info)
     with pytest.raises(ValueError, match="retrain"):
-        load_waveform_classifier(tmp_path)
+        load_classifier(tmp_path)
     save_classifier(tmp_path, model, dataclasses.replace(info, feature_spec=spec.to_dict(), clip_seconds=2.0))
     with pytest.raises(ValueError, match="frames"):
-        load_waveform_classifier(tmp_path)
+        load_classifier(tmp_path)
+    with pytest.raises(ValueError, match="without its front end"):
+        load_classifier(tmp_path, with_frontend=False).waveform_classifier()
+
+
+def test_labels_other_than_the_models_are_refused(tmp_path: Path) -> None:
+    model = build_model(AST, num_classes=2, n_bins=32, n_frames=32)
+    save_classifier(tmp_path, model, info_for(AST, 32, 32, ("x", "y")))
+    with pytest.raises(ValueError, match="labels that differ"):
+        load_classifier(tmp_path, with_frontend=False, labels=("x", "y", "z"))
+    assert load_classifier(tmp_path, with_frontend=False, labels=["x", "y"]).info.labels == ("x", "y")
 
 
 @pytest.mark.slow
@@ -215,7 +227,8 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
     script = (
         "import sys, torch\n"
         "from birdops.config import ModelParams\n"
-        "from birdops.models.checkpoint import ClassifierInfo, save_classifier\n"
+        "from birdops.contracts import ClassifierInfo\n"
+        "from birdops.models.checkpoint import save_classifier\n"
         "from birdops.models.factory import build_model\n"
         "cfg = ModelParams(arch='vit', size='tiny', features='mfcc')\n"
         "torch.manual_seed(0)\n"
@@ -248,7 +261,8 @@ def test_sdpa_trained_weights_load_into_the_eager_model(
     sdpa.eval()
     save_classifier(tmp_path, sdpa, info_for(cfg, n_bins, 50, ("a b", "c d", "e f")))
 
-    eager, info = load_classifier(tmp_path)
+    saved = load_classifier(tmp_path, with_frontend=False)
+    eager, info = saved.model, saved.info
     assert eager.backbone.config._attn_implementation == "eager"
     assert "attention" not in info.model  # the kernel is a training setting, not the architecture
     with torch.no_grad():

@@ -15,9 +15,11 @@ import soundfile as sf
 from onnx import helper
 from tones import LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
 
+from birdops import providers
 from birdops.audio import BLOCK_FRAMES, AudioError, load_audio
+from birdops.providers import CPU_PROVIDER
 from birdops.serve import inference
-from birdops.serve.inference import CPU_PROVIDER, Classifier, ModelError, ModelMetadata
+from birdops.serve.inference import Classifier, ModelError
 from birdops.windows import even_windows
 
 
@@ -41,47 +43,16 @@ def test_default_providers_fall_back_to_the_cpu_and_say_so(
 ) -> None:
     """CUDA first when this onnxruntime build has it; without a GPU the session runs on the CPU and
     the providers actually in use are what the classifier reports."""
-    requested = inference.providers_for("auto")
+    requested = providers.providers_for("auto")
     assert requested[-1] == CPU_PROVIDER
     with caplog.at_level(logging.WARNING, logger="birdops.serve.inference"):
         loaded = Classifier.load(model_path)
     assert loaded.requested_providers == requested
     assert loaded.providers[-1] == CPU_PROVIDER
-    if inference.CUDA_PROVIDER in requested and inference.CUDA_PROVIDER not in loaded.providers:
+    if providers.CUDA_PROVIDER in requested and providers.CUDA_PROVIDER not in loaded.providers:
         assert "not in use" in caplog.text
-    assert inference.providers_for("cpu") == [CPU_PROVIDER]
-    assert inference.providers_for("cuda")[0] == inference.CUDA_PROVIDER
-
-
-def test_metadata_round_trips_through_props() -> None:
-    metadata = ModelMetadata(("a b", "c d"), 22050, 4.0, {"name": "seed", "n_fft": 2048}, "full", "deadbeef")
-    props = metadata.to_props()
-    assert all(isinstance(value, str) for value in props.values())
-    assert ModelMetadata.from_props(props) == metadata
-    assert metadata.window_samples == 88200
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"birdops.labels": None}, "lacks birdops.labels"),
-        ({"birdops.labels": "[]"}, "non-empty JSON list"),
-        ({"birdops.labels": '["a", "a"]'}, "duplicate"),
-        ({"birdops.labels": "not json"}, "malformed"),
-        ({"birdops.sample_rate_hz": "fast"}, "malformed"),
-        ({"birdops.window_seconds": "0"}, "positive"),
-        ({"birdops.features": "[1, 2]"}, "JSON object"),
-    ],
-)
-def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:
-    props = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
-    for key, value in change.items():
-        if value is None:
-            del props[key]
-        else:
-            props[key] = value
-    with pytest.raises(ModelError, match=message):
-        ModelMetadata.from_props(props, "m.onnx")
+    assert providers.providers_for("cpu") == [CPU_PROVIDER]
+    assert providers.providers_for("cuda")[0] == providers.CUDA_PROVIDER
 
 
 def test_models_that_are_not_birdops_exports_are_refused(tmp_path: Path) -> None:

@@ -376,7 +376,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_ready_says_saturated(tmp_
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", max_queued_requests=0, retry_after_s=3)
-    classifier = serve_app.load_classifier(settings)
+    classifier = serve_app.open_model(settings)
     with TestClient(serve_app.create_app(classifier, settings)) as client:
         payload = encode(LOW_HIGH_MID, 8000, "WAV")
         files = {"file": ("call.wav", payload, "audio/wav")}
@@ -402,7 +402,7 @@ def test_an_inference_past_its_deadline_is_stopped(tmp_path: Path) -> None:
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=1)
-    classifier = serve_app.load_classifier(settings)
+    classifier = serve_app.open_model(settings)
     payload = encode(LOW_HIGH_MID, 8000, "WAV")
     budget = serve_app.InferenceBudget(0.5)
     assert len(serve_app.classify_upload(classifier, settings, payload, "a.wav", budget).scores) == 3
@@ -430,7 +430,7 @@ def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: 
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=3, hop_seconds=0.4)
-    classifier = serve_app.load_classifier(settings)
+    classifier = serve_app.open_model(settings)
     plan = [(TONES_HZ[k % 3], 0.9) for k in range(12)]  # 10.8 s at 44.1 kHz: 8 blocks
     wave = tones(plan, 44100)
     payload = encode(np.stack([wave, 0.5 * wave], axis=1), 44100, "FLAC")

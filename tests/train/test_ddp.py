@@ -79,7 +79,8 @@ ARGS += ["--out", "models/full", "--live", "metrics/full"]
 
 
 def check_outputs(workdir: Path) -> dict[str, float]:
-    model, info = load_classifier(workdir / "models/full")
+    saved = load_classifier(workdir / "models/full", with_frontend=False)
+    model, info = saved.model, saved.info
     assert info.variant == "full" and list(info.labels) == LABELS
     assert info.feature_preset == "seed" and info.feature_spec["sample_rate_hz"] == 22050
     assert (info.n_bins, info.n_frames, info.clip_seconds) == (N_BINS, N_FRAMES, 4.0)

@@ -180,7 +180,8 @@ def test_training_keeps_the_best_epoch_and_logs_every_epoch(data: TrainData, tmp
 
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # state/ removed
-    model, info = load_classifier(out)
+    saved = load_classifier(out, with_frontend=False)
+    model, info = saved.model, saved.info
     assert info.labels == data.labels and (info.n_bins, info.n_frames) == (N_BINS, N_FRAMES)
     assert info.best_metric == "val_accuracy" and info.best_value == max(accuracies)
     with torch.no_grad():
@@ -364,5 +365,5 @@ def test_a_compiled_model_trains_the_same_run(
     assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=1e-3)
     weights = load_file(tmp_path / "compiled" / "model.safetensors")
     assert set(weights) == set(load_file(tmp_path / "plain" / "model.safetensors"))
-    model, _ = load_classifier(tmp_path / "compiled")
+    model = load_classifier(tmp_path / "compiled", with_frontend=False).model
     assert not any("_orig_mod" in name for name in model.state_dict())

@@ -1,0 +1,159 @@
+"""The files the stages hand each other: the manifest and labels round trip on disk, manifest paths
+that leave the raw folder are refused, a saved classifier's config and an exported model's metadata
+round trip, and malformed ones are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from birdops.contracts import (
+    MANIFEST_COLUMNS,
+    ClassifierInfo,
+    ManifestError,
+    ManifestRow,
+    MetadataError,
+    ModelMetadata,
+    PathEscapeError,
+    labels_path,
+    manifest_path,
+    read_info,
+    read_labels,
+    read_manifest,
+    write_labels,
+    write_manifest,
+)
+
+ROWS = [
+    ManifestRow("12", "audio/XC12.mp3", "Turdus merula", 1, "train", "Ann", "A", 12.345),
+    ManifestRow("7", "audio/sub dir/XC7.flac", "Parus major", 0, "test", "", "no score", 0.5),
+]
+
+
+def test_a_manifest_round_trips_through_its_file(tmp_path: Path) -> None:
+    path = manifest_path(tmp_path / "prepared")
+    assert path == tmp_path / "prepared" / "manifest.csv"
+    write_manifest(path, ROWS)
+    assert path.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+    assert read_manifest(path) == ROWS
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv"]  # no temporary file left
+
+
+def test_a_malformed_manifest_is_refused_with_the_file_and_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    write_manifest(path, [ManifestRow("3", "a.wav", "x", 0, "holdout", "", "A", 1.0)])
+    with pytest.raises(ManifestError, match=r"manifest.csv: recording 3 has unknown split 'holdout'"):
+        read_manifest(path)
+    write_manifest(path, [ManifestRow("3", "a.wav", "x", 0, "train", "", "A", 1.0)])
+    path.write_text(path.read_text().replace(",0,train,", ",zero,train,"))
+    with pytest.raises(ManifestError, match="recording 3"):
+        read_manifest(path)
+    path.write_text("id,local_path,split\n3,a.wav,train\n")
+    with pytest.raises(ManifestError, match="lacks the column"):
+        read_manifest(path)
+
+
+def test_labels_round_trip_in_index_order(tmp_path: Path) -> None:
+    path = labels_path(tmp_path)
+    assert path == tmp_path / "labels.json"
+    write_labels(path, ["Turdus merula", "Parus major", "other"])
+    assert read_labels(path) == ("Turdus merula", "Parus major", "other")
+    path.write_text(json.dumps({"a": 1}))
+    with pytest.raises(ManifestError, match=r"labels\.json: the labels must be a JSON list"):
+        read_labels(path)
+    with pytest.raises(ManifestError, match="cannot read"):
+        read_labels(tmp_path / "missing.json")
+
+
+def test_manifest_paths_that_escape_the_raw_folder_are_refused(tmp_path: Path) -> None:
+    """The stages re-check each manifest path when they open it: a link may have changed since prepare."""
+    raw = tmp_path / "raw"
+    (raw / "audio").mkdir(parents=True)
+    (raw / "audio" / "ok.wav").write_bytes(b"RIFF")
+    (raw / "audio" / "passwd.wav").symlink_to("/etc/passwd")
+    (raw / "audio" / "inner.wav").symlink_to(raw / "audio" / "ok.wav")
+
+    def row(local_path: str) -> ManifestRow:
+        return ManifestRow("1", local_path, "x", 0, "test", "", "A", 1.0)
+
+    assert row("audio/ok.wav").audio_path(raw) == raw / "audio" / "ok.wav"
+    assert row("audio/inner.wav").audio_path(raw) == raw / "audio" / "inner.wav"
+    for outside in ("audio/passwd.wav", "../x.wav", "/etc/passwd", "audio/../../x.wav"):
+        with pytest.raises(PathEscapeError, match="resolves outside"):
+            row(outside).audio_path(raw)
+
+
+INFO = ClassifierInfo(
+    variant="full",
+    model={"arch": "ast", "size": "tiny", "features": "seed", "patch_stride": 10},
+    labels=("a b", "c d"),
+    feature_preset="seed",
+    feature_spec={"name": "seed", "sample_rate_hz": 22050},
+    clip_seconds=4.0,
+    n_bins=128,
+    n_frames=173,
+    best_epoch=2,
+    best_metric="val_accuracy",
+    best_value=0.5,
+    epochs_run=3,
+)
+
+
+def test_classifier_info_round_trips_through_config_json(tmp_path: Path) -> None:
+    data = INFO.to_dict()
+    assert data["labels"] == ["a b", "c d"]  # a JSON list, not a tuple
+    assert ClassifierInfo.from_dict(json.loads(json.dumps(data))) == INFO
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert read_info(tmp_path) == INFO
+    assert INFO.num_classes == 2 and INFO.model_params.arch == "ast"
+
+
+def test_a_bad_classifier_config_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({**INFO.to_dict(), "surprise": 1}))
+    with pytest.raises(ValueError, match="surprise"):
+        read_info(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a saved birdops classifier"):
+        read_info(tmp_path / "missing")
+
+
+def test_metadata_round_trips_through_props() -> None:
+    metadata = ModelMetadata(("a b", "c d"), 22050, 4.0, {"name": "seed", "n_fft": 2048}, "full", "deadbeef")
+    props = metadata.to_props()
+    assert all(isinstance(value, str) for value in props.values())
+    assert ModelMetadata.from_props(props) == metadata
+    assert metadata.window_samples == 88200
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"birdops.labels": None}, "lacks birdops.labels"),
+        ({"birdops.labels": "[]"}, "non-empty JSON list"),
+        ({"birdops.labels": '["a", "a"]'}, "duplicate"),
+        ({"birdops.labels": "not json"}, "malformed"),
+        ({"birdops.sample_rate_hz": "fast"}, "malformed"),
+        ({"birdops.window_seconds": "0"}, "positive"),
+        ({"birdops.features": "[1, 2]"}, "JSON object"),
+    ],
+)
+def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:
+    props = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
+    for key, value in change.items():
+        if value is None:
+            del props[key]
+        else:
+            props[key] = value
+    with pytest.raises(MetadataError, match=message):
+        ModelMetadata.from_props(props, "m.onnx")
+
+
+def test_the_contracts_import_no_torch_numpy_or_onnxruntime() -> None:
+    import subprocess
+    import sys
+
+    heavy = "('torch', 'numpy', 'onnxruntime')"
+    script = f"import sys, birdops.contracts\nprint(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
