@@ -1,0 +1,126 @@
+"""The rooms of the package and their one-way arrows (docs/architecture.md, "Rooms and arrows").
+
+A room is a subpackage of ``birdops`` (``data``, ``features``, ...), a top-level module of it
+(``contracts``, ``windows``, ...) or ``pipeline``. The imports are read from the source, so a new
+arrow fails here until the map (and the page) says why it is there.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIRDOPS = ROOT / "birdops"
+
+# the modules every room may use: parameters, atomic writes and the shared contracts, none of
+# which import torch
+BASE = {"birdops", "config", "files", "contracts"}
+ALLOWED: dict[str, set[str]] = {
+    "config": set(),
+    "files": set(),
+    "kernels": set(),
+    "procs": set(),
+    "audio": set(),
+    "windows": set(),
+    "scores": set(),
+    "providers": set(),
+    "contracts": {"config", "files"},
+    "metrics": {"scores"},
+    "data": BASE | {"audio", "procs"},
+    "features": BASE | {"audio", "procs", "windows"},
+    "models": BASE | {"features"},
+    "train": BASE | {"data", "features", "metrics", "models"},  # data: the generated pretraining sounds
+    "evaluate": BASE | {"audio", "features", "metrics", "models", "scores", "windows"},
+    "export": BASE | {"audio", "features", "models", "providers", "windows"},
+    "serve": BASE | {"audio", "providers", "scores", "windows"},
+    "bench": BASE
+    | {"audio", "data", "export", "features", "models", "providers", "serve", "train", "windows"},
+    "cli": {"data", "evaluate", "serve", "bench"},
+    "pipeline": BASE | {"data", "evaluate", "export", "features", "kernels", "train"},
+}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "pipeline":
+        return "pipeline"
+    if len(parts) == 1 or parts[1] == "__version__":
+        return "birdops"
+    return parts[1]
+
+
+def project_imports(path: Path) -> set[str]:
+    """The ``birdops``/``pipeline`` modules ``path`` imports (``from birdops import x`` is ``birdops.x``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            if node.module == "birdops":
+                found.update(f"birdops.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
+    return {name for name in found if name.split(".")[0] in ("birdops", "pipeline")}
+
+
+@cache
+def graph() -> dict[str, dict[str, set[str]]]:
+    """room -> imported room -> the modules of the room that import it."""
+    edges: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for path in sorted([*BIRDOPS.rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        source = room(module)
+        for name in project_imports(path):
+            target = room(name)
+            if target != source:
+                edges[source][target].add(module)
+    return edges
+
+
+def test_every_room_is_on_the_map() -> None:
+    rooms = {p.stem for p in BIRDOPS.glob("*.py")} | {p.parent.name for p in BIRDOPS.glob("*/__init__.py")}
+    missing = rooms - {"__init__"} - set(ALLOWED)
+    assert not missing, f"rooms missing from ALLOWED: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("source", sorted(ALLOWED))
+def test_a_room_imports_only_what_the_map_allows(source: str) -> None:
+    unexpected = {
+        target: sorted(modules)
+        for target, modules in graph()[source].items()
+        if target not in ALLOWED[source]
+    }
+    assert not unexpected, f"{source} imports rooms the map does not allow: {unexpected}"
+
+
+def test_the_arrows_go_one_way() -> None:
+    """The allowed map has no cycle, so neither has the code."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", f"cycle: {' -> '.join([*path, node])}"
+        state[node] = "open"
+        for target in ALLOWED.get(node, set()) - {"birdops"}:
+            visit(target, [*path, node])
+        state[node] = "done"
+
+    for node in ALLOWED:
+        visit(node, [])
+
+
+def test_only_prepare_reads_the_prepare_module() -> None:
+    """The manifest is read through ``birdops.contracts``: ``birdops.data.prepare`` is the prepare
+    stage's code (and the bench's, which runs that stage on its corpus)."""
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for path in [*BIRDOPS.rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]
+        if "birdops.data.prepare" in project_imports(path)
+    )
+    assert importers == ["birdops/bench/inputs.py", "pipeline/prepare.py"]
