@@ -1,6 +1,8 @@
 """Typed parameters: ``params.yaml`` parsed into frozen pydantic models.
 
-Every section rejects unknown keys, so a typo in ``params.yaml`` fails loudly with the key's path.
+Every section rejects unknown keys, so a typo in ``params.yaml`` fails loudly with the key's path,
+and no field has a default in code: ``params.yaml`` sets every key, and one left out fails with its
+path (``train_full.epochs: Field required``), so a value never depends on whether its key is present.
 ``params.yaml`` is the only source: DVC records its values in ``dvc.lock``, so a value that changes
 results must reach a stage through the file (or ``dvc exp run -S section.key=value``), never through
 the environment. An environment variable shaped like an override (``BIRDOPS_<SECTION>__<KEY>``) is
@@ -32,26 +34,22 @@ class Section(BaseModel):
 AudioFormat = Literal["mp3", "wav", "flac", "ogg"]
 
 
-def _xeno_canto_formats() -> dict[AudioFormat, float]:
-    return {"mp3": 0.7, "wav": 0.1, "flac": 0.1, "ogg": 0.1}
-
-
 class SyntheticParams(Section):
     """Size and shape of the embedded, generated xeno-canto-like corpus."""
 
-    species: int = Field(20, ge=2)
-    recordings: int = Field(360, ge=4)
-    recordists: int = Field(60, ge=1)
-    min_recording_seconds: float = Field(3.0, gt=0)
-    max_recording_seconds: float = Field(30.0, gt=0)
-    sample_rate_hz: int = Field(32000, ge=8000)
-    confusable_pairs: int = Field(3, ge=0)
+    species: int = Field(..., ge=2)
+    recordings: int = Field(..., ge=4)
+    recordists: int = Field(..., ge=1)
+    min_recording_seconds: float = Field(..., gt=0)
+    max_recording_seconds: float = Field(..., gt=0)
+    sample_rate_hz: int = Field(..., ge=8000)
+    confusable_pairs: int = Field(..., ge=0)
     # class sizes follow a Zipf-like law: size_k ~ 1 / k**long_tail_exponent, smallest class >= 2
-    long_tail_exponent: float = Field(1.0, ge=0)
-    snr_db_range: tuple[float, float] = (-5.0, 30.0)
+    long_tail_exponent: float = Field(..., ge=0)
+    snr_db_range: tuple[float, float]
     # share of each container format; mp3 dominates, as on xeno-canto
-    formats: dict[AudioFormat, float] = Field(default_factory=_xeno_canto_formats)
-    corrupt_files: int = Field(2, ge=0)  # deliberately broken files, to exercise error paths
+    formats: dict[AudioFormat, float]
+    corrupt_files: int = Field(..., ge=0)  # deliberately broken files, to exercise error paths
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticParams:
@@ -69,133 +67,133 @@ class SyntheticParams(Section):
 class XenoCantoParams(Section):
     """What `birdops fetch` downloads by default (its flags override these)."""
 
-    species: list[str] = Field(default_factory=list)  # scientific names, "Genus species"
-    min_quality: Quality = "C"
-    max_per_species: int = Field(150, ge=1)
-    requests_per_second: float = Field(1.0, gt=0)
-    api_url: str = "https://xeno-canto.org/api/3/recordings"
+    species: list[str]  # scientific names, "Genus species"
+    min_quality: Quality
+    max_per_species: int = Field(..., ge=1)
+    requests_per_second: float = Field(..., gt=0)
+    api_url: str
 
 
 class DataParams(Section):
     # the raw folder the DAG reads (dvc.yaml: ${data.raw}): the corpus stage's generated data/synthetic,
     # or a folder of the user's recordings (birdops fetch / brought; `dvc add`), which no stage writes
-    raw: str = Field("data/synthetic", min_length=1)
-    seed: int = 7
-    synthetic: SyntheticParams = SyntheticParams()
-    xeno_canto: XenoCantoParams = XenoCantoParams()
+    raw: str = Field(..., min_length=1)
+    seed: int
+    synthetic: SyntheticParams
+    xeno_canto: XenoCantoParams
 
 
 # ------------------------------------------------------------------------------------------ prepare
 class SplitParams(Section):
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    val_fraction: float = Field(..., gt=0, lt=0.5)
+    test_fraction: float = Field(..., gt=0, lt=0.5)
 
 
 class PrepareParams(Section):
-    min_quality: Quality = "D"  # grades worse than this are rejected
-    min_seconds: float = Field(1.0, ge=0)
-    max_seconds: float = Field(900.0, gt=0)
-    min_per_class: int = Field(2, ge=1)
-    small_classes: Literal["drop", "merge"] = "drop"  # merge: into one "other" class
-    seed: int = 13
-    split: SplitParams = SplitParams()
+    min_quality: Quality  # grades worse than this are rejected
+    min_seconds: float = Field(..., ge=0)
+    max_seconds: float = Field(..., gt=0)
+    min_per_class: int = Field(..., ge=1)
+    small_classes: Literal["drop", "merge"]  # merge: into one "other" class
+    seed: int
+    split: SplitParams
 
 
 # ---------------------------------------------------------------------------------------- lms_cache
 class ActivityParams(Section):
     """Segment choice: windows whose energy above the high-pass band is highest."""
 
-    highpass_hz: float = Field(500.0, ge=0)
-    frame_seconds: float = Field(0.05, gt=0)
+    highpass_hz: float = Field(..., ge=0)
+    frame_seconds: float = Field(..., gt=0)
     # a window is "active" when its energy is this many dB over the recording's noise floor
-    min_snr_db: float = 3.0
+    min_snr_db: float
 
 
 class LmsCacheParams(Section):
-    presets: list[Preset] = Field(default_factory=lambda: list[Preset](["seed", "mfcc"]))
-    clip_seconds: float = Field(4.0, gt=0)
-    max_clips_per_recording: int = Field(3, ge=1)
-    workers: int = Field(2, ge=1)
-    shard_max_clips: int = Field(4096, ge=1)
-    activity: ActivityParams = ActivityParams()
+    presets: list[Preset]
+    clip_seconds: float = Field(..., gt=0)
+    max_clips_per_recording: int = Field(..., ge=1)
+    workers: int = Field(..., ge=1)
+    shard_max_clips: int = Field(..., ge=1)
+    activity: ActivityParams
 
 
 # -------------------------------------------------------------------------------------------- train
 class ModelParams(Section):
-    arch: Literal["ast", "vit"] = "ast"
+    arch: Literal["ast", "vit"]
     # tiny/small: CPU-friendly; base: the 86M AudioSet architecture (AST) / ViT-B/16 (vit)
-    size: Literal["tiny", "small", "base"] = "tiny"
-    features: Preset = "seed"
-    pretrained: str | None = None  # local directory or hub id
-    dropout: float = Field(0.0, ge=0, lt=1)
-    patch_stride: int = Field(10, ge=1)  # AST patch overlap: 16x16 patches every `stride` bins/frames
+    size: Literal["tiny", "small", "base"]
+    features: Preset
+    pretrained: str | None  # local directory or hub id
+    dropout: float = Field(..., ge=0, lt=1)
+    patch_stride: int = Field(..., ge=1)  # AST patch overlap: 16x16 patches every `stride` bins/frames
 
 
 class OptimParams(Section):
-    backbone_lr: float = Field(5e-5, gt=0)
-    head_lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
+    backbone_lr: float = Field(..., gt=0)
+    head_lr: float = Field(..., gt=0)
+    weight_decay: float = Field(..., ge=0)
 
 
 class ScheduleParams(Section):
-    kind: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)  # off by default: warmup diverged in the report
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    kind: Literal["cosine", "constant"]
+    warmup_epochs: float = Field(..., ge=0)  # 0 in params.yaml: warmup diverged in the report
+    min_lr_ratio: float = Field(..., ge=0, le=1)
 
 
 class LossParams(Section):
-    kind: Literal["focal", "cross_entropy"] = "focal"
-    gamma: float = Field(2.0, ge=0)
-    alpha: float | None = None
+    kind: Literal["focal", "cross_entropy"]
+    gamma: float = Field(..., ge=0)
+    alpha: float | None
 
 
 class SpecAugmentParams(Section):
-    enabled: bool = False
-    freq_mask_bins: int = Field(15, ge=0)
-    time_mask_frames: int = Field(35, ge=0)
-    num_masks: int = Field(1, ge=0)
-    prob: float = Field(0.8, ge=0, le=1)
+    enabled: bool
+    freq_mask_bins: int = Field(..., ge=0)
+    time_mask_frames: int = Field(..., ge=0)
+    num_masks: int = Field(..., ge=0)
+    prob: float = Field(..., ge=0, le=1)
 
 
 class MixupParams(Section):
-    enabled: bool = False
-    alpha: float = Field(0.4, gt=0)
-    prob: float = Field(0.6, ge=0, le=1)
+    enabled: bool
+    alpha: float = Field(..., gt=0)
+    prob: float = Field(..., ge=0, le=1)
 
 
 class AugmentParams(Section):
-    spec_augment: SpecAugmentParams = SpecAugmentParams()
-    mixup: MixupParams = MixupParams()
+    spec_augment: SpecAugmentParams
+    mixup: MixupParams
 
 
 class EarlyStoppingParams(Section):
-    metric: Literal["val_accuracy", "val_f1_macro", "val_loss"] = "val_accuracy"
-    patience: int = Field(7, ge=1)
+    metric: Literal["val_accuracy", "val_f1_macro", "val_loss"]
+    patience: int = Field(..., ge=1)
 
 
 class TrainParams(Section):
     """One training variant (train_phase2b / train_baseline / train_full)."""
 
-    model: ModelParams = ModelParams()
-    optim: OptimParams = OptimParams()
-    schedule: ScheduleParams = ScheduleParams()
-    loss: LossParams = LossParams()
-    augment: AugmentParams = AugmentParams()
-    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    effective_batch_size: int | None = None  # gradient accumulation up to this many samples
-    grad_clip_norm: float | None = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    balanced_sampling: bool = False
-    seed: int = 42
-    num_workers: int = Field(0, ge=0)
-    deterministic: bool = True
-    # GPU training near the chip; the defaults leave CPU results as they were
-    attention: Literal["eager", "sdpa"] = "eager"  # training's kernel; a saved model rebuilds eager
-    compile_model: bool = False  # torch.compile the model for the training steps
-    fused_adamw: Literal["auto", "on", "off"] = "auto"  # auto: the fused kernel on CUDA only
-    prefetch_factor: int = Field(2, ge=1)  # batches each DataLoader worker loads ahead (num_workers > 0)
+    model: ModelParams
+    optim: OptimParams
+    schedule: ScheduleParams
+    loss: LossParams
+    augment: AugmentParams
+    early_stopping: EarlyStoppingParams
+    epochs: int = Field(..., ge=1)
+    batch_size: int = Field(..., ge=1)
+    effective_batch_size: int | None  # gradient accumulation up to this many samples
+    grad_clip_norm: float | None
+    precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
+    balanced_sampling: bool
+    seed: int
+    num_workers: int = Field(..., ge=0)
+    deterministic: bool
+    # GPU training near the chip; params.yaml's values leave CPU results as they were
+    attention: Literal["eager", "sdpa"]  # training's kernel; a saved model rebuilds eager
+    compile_model: bool  # torch.compile the model for the training steps
+    fused_adamw: Literal["auto", "on", "off"]  # auto: the fused kernel on CUDA only
+    prefetch_factor: int = Field(..., ge=1)  # batches each DataLoader worker loads ahead (num_workers > 0)
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -209,26 +207,26 @@ class TrainParams(Section):
 class SceneCorpusParams(Section):
     """The generated pretraining corpus (``birdops.data.sounds``): one-class recordings mixed into scenes."""
 
-    seed: int = 11
-    clip_seconds: float = Field(10.0, gt=0)  # AudioSet's clip length; longer than the fine-tuning clip
-    stems_per_class: int = Field(16, ge=1)  # training recordings of each sound class
-    val_stems_per_class: int = Field(4, ge=1)  # held-out recordings the validation scenes are mixed from
-    max_sources: int = Field(3, ge=1)  # classes per scene: 1 to this many
-    val_clips: int = Field(256, ge=1)
+    seed: int
+    clip_seconds: float = Field(..., gt=0)  # AudioSet's clip length; longer than the fine-tuning clip
+    stems_per_class: int = Field(..., ge=1)  # training recordings of each sound class
+    val_stems_per_class: int = Field(..., ge=1)  # held-out recordings the validation scenes are mixed from
+    max_sources: int = Field(..., ge=1)  # classes per scene: 1 to this many
+    val_clips: int = Field(..., ge=1)
 
 
 class PretrainParams(Section):
     """The ``pretrain`` stage: an AST pretrained on generated scenes, the embedded stand-in for AudioSet."""
 
-    corpus: SceneCorpusParams = SceneCorpusParams()
-    model: ModelParams = ModelParams(arch="ast", size="small", features="seed", patch_stride=16)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    steps: int = Field(600, ge=1)  # optimizer steps, each on a fresh batch of scenes
-    batch_size: int = Field(16, ge=1)
-    eval_every: int = Field(100, ge=1)  # steps between validations (and resume checkpoints)
-    grad_clip_norm: float | None = 1.0
-    seed: int = 0
+    corpus: SceneCorpusParams
+    model: ModelParams
+    lr: float = Field(..., gt=0)
+    weight_decay: float = Field(..., ge=0)
+    steps: int = Field(..., ge=1)  # optimizer steps, each on a fresh batch of scenes
+    batch_size: int = Field(..., ge=1)
+    eval_every: int = Field(..., ge=1)  # steps between validations (and resume checkpoints)
+    grad_clip_norm: float | None
+    seed: int
 
     @model_validator(mode="after")
     def _check(self) -> PretrainParams:
@@ -239,46 +237,46 @@ class PretrainParams(Section):
 
 # ----------------------------------------------------------------------------------------- evaluate
 class EvaluateParams(Section):
-    window_seconds: float | None = None  # None: the model's clip length
-    hop_seconds: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, ge=1)
+    window_seconds: float | None  # None: the model's clip length
+    hop_seconds: float = Field(..., gt=0)
+    batch_size: int = Field(..., ge=1)
     # validation metric that picks the variant to export (never a test metric)
-    select_metric: Literal["accuracy", "f1_macro", "map"] = "f1_macro"
+    select_metric: Literal["accuracy", "f1_macro", "map"]
     # 95% intervals and paired comparisons: resamples of the test recordings (birdops.evaluate.uncertainty)
-    bootstrap_draws: int = Field(1000, ge=100)
-    bootstrap_seed: int = 0
+    bootstrap_draws: int = Field(..., ge=100)
+    bootstrap_seed: int
 
 
 # -------------------------------------------------------------------------------------- export_onnx
 class ExportParams(Section):
-    opset: int = Field(18, ge=17)
-    parity_clips: int = Field(32, ge=1)
+    opset: int = Field(..., ge=17)
+    parity_clips: int = Field(..., ge=1)
     # limits on max |logit diff| relative to the logits' scale (birdops.export.parity.logit_scale)
-    fp32_max_rel_diff: float = Field(1e-3, gt=0)
-    fp32_min_top1_agreement: float = Field(1.0, ge=0, le=1)
-    fp16: bool = False
-    fp16_max_rel_diff: float = Field(2e-2, gt=0)
-    fp16_min_top1_agreement: float = Field(0.98, ge=0, le=1)
-    int8: bool = False
-    int8_max_rel_diff: float = Field(1e-1, gt=0)
-    int8_min_top1_agreement: float = Field(0.9, ge=0, le=1)
-    triton_model_name: str = "birdops"
-    triton_max_batch_size: int = Field(64, ge=1)
+    fp32_max_rel_diff: float = Field(..., gt=0)
+    fp32_min_top1_agreement: float = Field(..., ge=0, le=1)
+    fp16: bool
+    fp16_max_rel_diff: float = Field(..., gt=0)
+    fp16_min_top1_agreement: float = Field(..., ge=0, le=1)
+    int8: bool
+    int8_max_rel_diff: float = Field(..., gt=0)
+    int8_min_top1_agreement: float = Field(..., ge=0, le=1)
+    triton_model_name: str
+    triton_max_batch_size: int = Field(..., ge=1)
 
 
 # ---------------------------------------------------------------------------------------- the tree
 class Params(Section):
     """The whole ``params.yaml``; construct through :func:`load_params`."""
 
-    data: DataParams = DataParams()
-    prepare: PrepareParams = PrepareParams()
-    lms_cache: LmsCacheParams = LmsCacheParams()
-    pretrain: PretrainParams = PretrainParams()
-    train_phase2b: TrainParams = TrainParams()
-    train_baseline: TrainParams = TrainParams()
-    train_full: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    export_onnx: ExportParams = ExportParams()
+    data: DataParams
+    prepare: PrepareParams
+    lms_cache: LmsCacheParams
+    pretrain: PretrainParams
+    train_phase2b: TrainParams
+    train_baseline: TrainParams
+    train_full: TrainParams
+    evaluate: EvaluateParams
+    export_onnx: ExportParams
 
     def variant(self, name: str) -> TrainParams:
         """The training section of a variant: ``phase2b``, ``baseline`` or ``full``."""
@@ -339,5 +337,8 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {key} = {e.get('input')!r}: {e['msg']}")
+        if e["type"] == "missing":  # the input is the enclosing mapping: naming the key says it all
+            lines.append(f"  {key}: {e['msg']} (set it in params.yaml: no parameter has a default)")
+        else:
+            lines.append(f"  {key} = {e.get('input')!r}: {e['msg']}")
     return "\n".join(lines)

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from params_yaml import section
 
-from birdops.config import LmsCacheParams, ModelParams
+from birdops.config import ModelParams
 from birdops.contracts import ClassifierInfo
 from birdops.features.cache import build_cache
 from birdops.features.frontend import build_frontend
@@ -33,7 +34,9 @@ def write_prepared_and_cache(
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
     (prepared / "labels.json").write_text(json.dumps(list(labels)))
-    params = LmsCacheParams(presets=["seed"], clip_seconds=clip_seconds, max_clips_per_recording=2, workers=1)
+    params = section(
+        "lms_cache", presets=["seed"], clip_seconds=clip_seconds, max_clips_per_recording=2, workers=1
+    )
     build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
 
 
@@ -51,7 +54,7 @@ def save_tiny_ast(
     ``feature_spec`` overrides the recorded front-end settings."""
     frontend = build_frontend("seed")
     n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
-    cfg = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
+    cfg = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
     torch.manual_seed(seed)
     model = build_model(cfg, len(labels), frontend.spec.n_bins, n_frames)
     if constant_class is not None:

@@ -537,7 +537,10 @@ def train_section(
 
 
 # ------------------------------------------------------------------------------------------- CUDA
-BASE_AST = ModelParams(arch="ast", size="base", features="seed", patch_stride=10)
+# the architecture only: base_ast keeps a variant's dropout and pretrained weights
+BASE_AST = ModelParams(
+    arch="ast", size="base", features="seed", pretrained=None, dropout=0.0, patch_stride=10
+)
 
 
 GPU_LOADER_WORKERS = 4  # the README's GPU profile: loading and collating off the main thread

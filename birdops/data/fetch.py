@@ -39,7 +39,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from birdops.config import XenoCantoParams
+from birdops.config import ParamsError, XenoCantoParams, load_params
 from birdops.data.metadata import (
     AUDIO_DIR,
     LOCAL_PATH,
@@ -81,9 +81,10 @@ class FetchSettings:
 
     api_url: str
     api_key: str
-    min_quality: str = "C"
-    max_per_species: int = 150
-    requests_per_second: float = 1.0
+    # data.xeno_canto's (or the CLI flags'), passed in: no default that could disagree with params.yaml
+    min_quality: str
+    max_per_species: int
+    requests_per_second: float
     timeout_seconds: float = 60.0
     retries: int = 3  # extra attempts after the first
     backoff_seconds: float = 2.0  # first retry delay, doubled each time
@@ -421,9 +422,18 @@ def _log_summary(summary: FetchSummary) -> None:
 
 
 # --------------------------------------------------------------------------------------------- CLI
+# the flags a user may leave out, and the data.xeno_canto key each then takes its value from
+PARAMS_FLAGS: dict[str, str] = {
+    "min_quality": "min_quality",
+    "max_per_species": "max_per_species",
+    "rate": "requests_per_second",
+    "api_url": "api_url",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``birdops fetch`` arguments; defaults are those of ``data.xeno_canto`` in params."""
-    defaults = XenoCantoParams()
+    """The ``birdops fetch`` arguments; those of :data:`PARAMS_FLAGS` left out are ``data.xeno_canto``'s
+    values in ``--params`` (:func:`with_params_defaults`)."""
     parser = argparse.ArgumentParser(
         prog="birdops fetch",
         description=f"Download recordings and metadata from the xeno-canto API v3 (key in ${API_KEY_ENV}).",
@@ -431,22 +441,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--species", nargs="+", default=[], help='scientific names, e.g. "Turdus merula"')
     parser.add_argument("--species-file", type=Path, help="a text file with one scientific name per line")
     parser.add_argument("--out", type=Path, required=True, help="raw folder: audio/ and metadata.csv")
-    parser.add_argument("--min-quality", choices=QUALITY_GRADES, default=defaults.min_quality)
-    parser.add_argument("--max-per-species", type=int, default=defaults.max_per_species)
     parser.add_argument(
-        "--rate", type=float, default=defaults.requests_per_second, help="requests per second"
+        "--params", type=Path, default=Path("params.yaml"), help="its data.xeno_canto sets the flags left out"
     )
-    parser.add_argument("--api-url", default=defaults.api_url)
+    parser.add_argument("--min-quality", choices=QUALITY_GRADES)
+    parser.add_argument("--max-per-species", type=int)
+    parser.add_argument("--rate", type=float, help="requests per second")
+    parser.add_argument("--api-url")
     parser.add_argument("--retries", type=int, default=3, help="extra attempts after a server error")
     parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds (doubles)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     return parser
 
 
+def with_params_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each flag of :data:`PARAMS_FLAGS` left out set from ``data.xeno_canto`` in
+    ``args.params`` (read only when a flag is left out)."""
+    missing = [flag for flag in PARAMS_FLAGS if getattr(args, flag) is None]
+    if not missing:
+        return args
+    section = load_params(args.params).data.xeno_canto
+    from_params = {flag: getattr(section, PARAMS_FLAGS[flag]) for flag in missing}
+    return argparse.Namespace(**{**vars(args), **from_params})
+
+
 def main(argv: list[str]) -> int:
     """``birdops fetch``: 0 when every species was queried (single failed files are only logged)."""
     args = build_parser().parse_args(argv)
     try:
+        args = with_params_defaults(args)
         species = list(args.species) + _read_species_file(args.species_file)
         if args.max_per_species < 1 or args.rate <= 0 or args.retries < 0:
             raise FetchError("--max-per-species must be >= 1, --rate > 0 and --retries >= 0")
@@ -461,7 +484,7 @@ def main(argv: list[str]) -> int:
             backoff_seconds=args.backoff,
         )
         summary = fetch_recordings(species, args.out, settings)
-    except DataError as err:
+    except (DataError, ParamsError) as err:
         log.error("%s", err)
         return 1
     return 1 if summary.failed_species else 0

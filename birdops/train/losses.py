@@ -31,7 +31,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float | None = None
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha: float | None
 ) -> torch.Tensor:
     """Multi-class focal loss (Lin et al. 2017), extended to soft targets.
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from params_yaml import section, write_params
 from xenocanto import FAIL_ALWAYS, FAIL_ONCE, KEY, FakeXenoCanto
 
 from birdops.audio import load_audio
-from birdops.config import XenoCantoParams
 from birdops.data import fetch
 from birdops.data.fetch import (
     FetchAuthError,
@@ -148,7 +148,8 @@ def test_cli_fetches_with_the_key_from_the_environment(
 
 
 def test_fetch_corpus_uses_the_xeno_canto_params(server: FakeXenoCanto, tmp_path: Path) -> None:
-    params = XenoCantoParams(
+    params = section(
+        "data.xeno_canto",
         species=["Parus major"],
         min_quality="B",
         requests_per_second=500.0,
@@ -157,12 +158,22 @@ def test_fetch_corpus_uses_the_xeno_canto_params(server: FakeXenoCanto, tmp_path
     summary = fetch_corpus(params, tmp_path, api_key=KEY)
     assert summary.listed == 1 and (tmp_path / "audio" / "XC2001.flac").is_file()
     with pytest.raises(FetchError, match="species is empty"):
-        fetch_corpus(XenoCantoParams(), tmp_path, api_key=KEY)
+        fetch_corpus(section("data.xeno_canto", species=[]), tmp_path, api_key=KEY)
 
 
 def test_species_names_are_checked() -> None:
     with pytest.raises(FetchError, match="Genus species"):
-        fetch_recordings(["Turdus"], "/nonexistent", FetchSettings(api_url="http://127.0.0.1:9", api_key=KEY))
+        fetch_recordings(
+            ["Turdus"],
+            "/nonexistent",
+            FetchSettings(
+                api_url="http://127.0.0.1:9",
+                api_key=KEY,
+                min_quality="C",
+                max_per_species=150,
+                requests_per_second=1.0,
+            ),
+        )
     assert species_query(" Turdus   merula ", "B") == 'sp:"Turdus merula" q:B'
 
 
@@ -182,3 +193,30 @@ def test_rate_limiter_spaces_requests_evenly() -> None:
     limiter.wait()
     limiter.wait()
     assert slept == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_cli_flags_left_out_come_from_data_xeno_canto_in_params(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    xeno_canto = {
+        "min_quality": "A",
+        "max_per_species": 2,
+        "requests_per_second": 500.0,
+        "api_url": "http://h",
+    }
+    path = write_params(tmp_path / "params.yaml", data={"xeno_canto": xeno_canto})
+    args = fetch.build_parser().parse_args(["--out", "raw", "--params", str(path), "--max-per-species", "7"])
+    filled = fetch.with_params_defaults(args)
+    assert (filled.min_quality, filled.max_per_species, filled.rate, filled.api_url) == (
+        "A",
+        7,
+        500.0,
+        "http://h",
+    )
+    absent = ["--out", str(tmp_path / "raw"), "--params", str(tmp_path / "absent.yaml")]
+    every = ["--min-quality", "B", "--max-per-species", "3", "--rate", "2", "--api-url", "http://x"]
+    given = fetch.build_parser().parse_args([*absent, *every])
+    assert fetch.with_params_defaults(given) is given  # every flag given: no params.yaml is read
+    with caplog.at_level(logging.ERROR):
+        assert fetch.main(["--species", "Turdus merula", *absent]) == 1
+    assert "absent.yaml: cannot read parameters" in caplog.text

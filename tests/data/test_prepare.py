@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from params_yaml import section
 
-from birdops.config import PrepareParams, SplitParams
+from birdops.config import SplitParams
 from birdops.contracts import MANIFEST_COLUMNS
 from birdops.data.metadata import COLUMNS, MetadataError, format_length, parse_length_seconds, write_metadata
 from birdops.data.prepare import (
@@ -111,7 +112,9 @@ def test_every_rejected_recording_has_a_reason(tmp_path: Path) -> None:
     ]
     raw = write_raw(tmp_path / "raw", good + bad, empty={"302"})
     (raw / "audio" / "missing.mp3").unlink()
-    prepared = prepare_corpus(raw, PrepareParams(min_quality="D", max_seconds=900.0))
+    prepared = prepare_corpus(
+        raw, section("prepare", min_quality="D", max_seconds=900.0, split={"test_fraction": 0.15})
+    )
     write_prepared(prepared, tmp_path / "out")
     rejected = read_csv(tmp_path / "out" / "rejected.csv")
     kinds = [(r["id"], r["reason"].split(":")[0]) for r in rejected]
@@ -143,11 +146,11 @@ def test_every_rejected_recording_has_a_reason(tmp_path: Path) -> None:
 def test_missing_columns_name_the_file_and_the_columns(tmp_path: Path) -> None:
     (tmp_path / "metadata.csv").write_text("id,gen,sp,rec,local_path\n1,Turdus,merula,Ann,a.mp3\n")
     with pytest.raises(MetadataError) as caught:
-        prepare_corpus(tmp_path, PrepareParams())
+        prepare_corpus(tmp_path, section("prepare", split={"test_fraction": 0.15}))
     message = str(caught.value)
     assert str(tmp_path / "metadata.csv") in message and "q, length" in message
     with pytest.raises(MetadataError, match="cannot read"):
-        prepare_corpus(tmp_path / "nowhere", PrepareParams())
+        prepare_corpus(tmp_path / "nowhere", section("prepare", split={"test_fraction": 0.15}))
 
 
 @pytest.mark.parametrize(
@@ -181,7 +184,7 @@ def split_corpus(folder: Path, seed: int = 13) -> tuple[list[dict[str, str]], di
     for k, (label, (count, recordists)) in enumerate(SPLIT_CLASSES.items()):
         rows += class_rows(label, count, recordists, start=1000 * (k + 1))
     raw = write_raw(folder / "raw", rows)
-    prepared = prepare_corpus(raw, PrepareParams(seed=seed))
+    prepared = prepare_corpus(raw, section("prepare", seed=seed, split={"test_fraction": 0.15}))
     write_prepared(prepared, folder / f"out{seed}")
     return read_csv(folder / f"out{seed}" / "manifest.csv"), summarize(prepared)
 
@@ -237,7 +240,9 @@ def test_small_classes_are_dropped_or_merged(tmp_path: Path, policy: str) -> Non
     rows = class_rows("Turdus merula", 6, 3, 100) + class_rows("Parus major", 6, 3, 200)
     rows += class_rows("Sylvia borin", 2, 2, 300) + class_rows("Sylvia curruca", 1, 1, 400)
     raw = write_raw(tmp_path, rows)
-    prepared = prepare_corpus(raw, PrepareParams(min_per_class=3, small_classes=policy))  # type: ignore[arg-type]
+    prepared = prepare_corpus(
+        raw, section("prepare", min_per_class=3, small_classes=policy, split={"test_fraction": 0.15})
+    )
     summary = summarize(prepared)
     assert summary["small_classes"] == {"policy": policy, "classes": {"Sylvia borin": 2, "Sylvia curruca": 1}}
     if policy == "drop":
@@ -252,7 +257,7 @@ def test_small_classes_are_dropped_or_merged(tmp_path: Path, policy: str) -> Non
 def test_too_few_classes_is_an_error(tmp_path: Path) -> None:
     raw = write_raw(tmp_path, [*class_rows("Turdus merula", 6, 3, 100), row("9", "Parus major", q="E")])
     with pytest.raises(ValueError, match="1 class"):
-        prepare_corpus(raw, PrepareParams())
+        prepare_corpus(raw, section("prepare", split={"test_fraction": 0.15}))
 
 
 # ------------------------------------------------------------------------------------- the stages
@@ -306,4 +311,4 @@ def test_splits_that_cannot_train_are_refused_with_what_to_change(tmp_path: Path
         rows += class_rows(label, 2, 1, start=1000 * (k + 1))
     raw = write_raw(tmp_path / "raw", rows)
     with pytest.raises(DataError, match=r"the val split\(s\) would be empty.*prepare\.min_per_class"):
-        prepare_corpus(raw, PrepareParams())
+        prepare_corpus(raw, section("prepare", split={"test_fraction": 0.15}))

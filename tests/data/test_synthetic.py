@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from params_yaml import section
 
 from birdops.audio import AudioError, decode_bytes, load_audio
-from birdops.config import SyntheticParams
 from birdops.data.encoding import encode_audio, ogg_crc
 from birdops.data.metadata import COLUMNS, QUALITY_GRADES, parse_also, parse_length_seconds, validate_rows
 from birdops.data.noise import colored_noise
@@ -25,7 +25,8 @@ from birdops.data.synthetic import (
 )
 from birdops.data.voices import Performance, render_voice
 
-TINY = SyntheticParams(
+TINY = section(
+    "data.synthetic",
     species=4,
     recordings=12,
     recordists=3,
@@ -58,7 +59,7 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def default_plan() -> CorpusPlan:
-    return plan_corpus(SyntheticParams(), seed=7)
+    return plan_corpus(section("data.synthetic"), seed=7)
 
 
 def test_generation_is_byte_for_byte_deterministic(corpora: tuple[Path, Path]) -> None:
@@ -140,8 +141,13 @@ def test_class_sizes_add_up_and_keep_two_per_class(species: int, recordings: int
 
 
 def test_report_scale_preset_is_expressible_in_params() -> None:
-    preset = SyntheticParams(
-        species=89, recordings=11075, recordists=1500, max_recording_seconds=60.0, long_tail_exponent=0.3
+    preset = section(
+        "data.synthetic",
+        species=89,
+        recordings=11075,
+        recordists=1500,
+        max_recording_seconds=60.0,
+        long_tail_exponent=0.3,
     )
     sizes = class_sizes(preset.species, preset.recordings, preset.long_tail_exponent)
     assert sizes.min() == 2 and sizes.max() > 200 and round(sizes.mean()) == 124

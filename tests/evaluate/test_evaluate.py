@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from params_yaml import section, write_params
 from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
-from birdops.config import EvaluateParams
 from birdops.contracts import read_info
 from birdops.evaluate import evaluate as ev
 from birdops.features.cache import load_split
@@ -86,9 +86,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def evaluated(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The evaluate stage run through ``pipeline.evaluate.main``; returns its ``--out`` folder."""
     workdir = tmp_path_factory.mktemp("stage")
-    (workdir / "params.yaml").write_text(
-        "evaluate:\n  window_seconds: null\n  hop_seconds: 0.5\n  batch_size: 4\n  select_metric: f1_macro\n"
-    )
+    evaluate = {"window_seconds": None, "hop_seconds": 0.5, "batch_size": 4, "select_metric": "f1_macro"}
+    write_params(workdir / "params.yaml", evaluate=evaluate)
     out = workdir / "metrics"
     models = [str(world / "models" / name) for name in ("phase2b", "baseline", "full")]
     argv = ["--models", *models, "--raw", str(world / "raw"), "--prepared", str(world / "prepared")]
@@ -208,7 +207,7 @@ def test_recording_probabilities_match_a_direct_computation(world: Path) -> None
     model, info = saved.model, saved.info
     frontend = build_frontend("seed")
     recordings = ev.read_recordings(world / "prepared", world / "raw", "test")
-    params = EvaluateParams(hop_seconds=0.4, batch_size=3)  # batches cross recording boundaries
+    params = section("evaluate", hop_seconds=0.4, batch_size=3)  # batches cross recording boundaries
     scored, skipped = ev.evaluate_recordings(model, frontend, info, recordings, params, torch.device("cpu"))
     assert [s.id for s in skipped] == [CORRUPT_ID]
     expected = []
@@ -275,5 +274,5 @@ def test_mismatched_models_are_rejected(world: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="features whose settings differ"):
         load_classifier(tmp_path / "stale", labels=LABELS)
     with pytest.raises(ValueError, match=r"set evaluate\.window_seconds to null"):
-        ev.window_seconds_for(info, frontend, EvaluateParams(window_seconds=2.0))
-    assert ev.window_seconds_for(info, frontend, EvaluateParams()) == CLIP_SECONDS
+        ev.window_seconds_for(info, frontend, section("evaluate", window_seconds=2.0))
+    assert ev.window_seconds_for(info, frontend, section("evaluate", window_seconds=None)) == CLIP_SECONDS

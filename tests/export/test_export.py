@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from params_yaml import tree
 from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
@@ -87,7 +88,7 @@ def params_yaml(**overrides: Any) -> str:
         "triton_model_name": "birds",
         "triton_max_batch_size": 8,
     }
-    return yaml.safe_dump({"export_onnx": section | overrides})
+    return yaml.safe_dump(tree(export_onnx=section | overrides), sort_keys=False)
 
 
 def run_stage(world: Path, workdir: Path, params: str) -> int:

@@ -41,7 +41,7 @@ def tiny_classifier(arch: str, preset: str, seed: int = 0) -> WaveformClassifier
     n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
     torch.manual_seed(seed)
     model = build_model(
-        ModelParams(arch=arch, size="tiny", features=preset, patch_stride=10),
+        ModelParams(arch=arch, size="tiny", features=preset, pretrained=None, dropout=0.0, patch_stride=10),
         NUM_CLASSES,  # type: ignore[arg-type]
         frontend.spec.n_bins,
         n_frames,

@@ -10,7 +10,7 @@ from birdops.config import ActivityParams
 from birdops.features.activity import choose_segments, frame_energy_db
 
 RATE_HZ = 16000
-PARAMS = ActivityParams()  # 500 Hz high-pass, 50 ms frames, 3 dB over the floor
+PARAMS = ActivityParams(highpass_hz=500.0, frame_seconds=0.05, min_snr_db=3.0)
 
 
 def recording(

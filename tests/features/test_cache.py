@@ -11,17 +11,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from params_yaml import section
 from worlds import MANIFEST_COLUMNS, calls_wave
 
 import birdops.features.cache as cache
 from birdops.audio import load_audio
-from birdops.config import LmsCacheParams
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import build_frontend
 from birdops.windows import clips_at
 
-PARAMS = LmsCacheParams(
-    presets=["seed", "mfcc", "ast"], clip_seconds=2.0, max_clips_per_recording=2, workers=1, shard_max_clips=3
+PARAMS = section(
+    "lms_cache",
+    presets=["seed", "mfcc", "ast"],
+    clip_seconds=2.0,
+    max_clips_per_recording=2,
+    workers=1,
+    shard_max_clips=3,
 )
 # id -> (file name, split, label index, what it is); the audio is written by `make_corpus`
 CORPUS = {

@@ -18,8 +18,8 @@ from birdops.models.checkpoint import load_classifier, save_classifier
 from birdops.models.classifier import WaveformClassifier
 from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
 
-AST = ModelParams(arch="ast", size="tiny", features="seed", patch_stride=10)
-VIT = ModelParams(arch="vit", size="tiny", features="mfcc")
+AST = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
+VIT = ModelParams(arch="vit", size="tiny", features="mfcc", pretrained=None, dropout=0.0, patch_stride=10)
 
 
 def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
@@ -96,7 +96,9 @@ def test_head_is_named_classifier_and_everything_else_is_backbone(cfg: ModelPara
 
 
 def test_sizes_scale_up_to_the_audioset_architecture() -> None:
-    base = ModelParams(arch="ast", size="base")
+    base = ModelParams(
+        arch="ast", size="base", features="seed", pretrained=None, dropout=0.0, patch_stride=10
+    )
     config = ast_config(base, num_classes=527, n_bins=128, n_frames=1024)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
     assert config.intermediate_size == 3072
@@ -230,7 +232,8 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
         "from birdops.contracts import ClassifierInfo\n"
         "from birdops.models.checkpoint import save_classifier\n"
         "from birdops.models.factory import build_model\n"
-        "cfg = ModelParams(arch='vit', size='tiny', features='mfcc')\n"
+        "cfg = ModelParams(arch='vit', size='tiny', features='mfcc', pretrained=None, dropout=0.0,"
+        " patch_stride=10)\n"
         "torch.manual_seed(0)\n"
         "model = build_model(cfg, 3, 40, 50)\n"
         "info = ClassifierInfo(variant='v', model=cfg.model_dump(), labels=('a', 'b', 'c'),"

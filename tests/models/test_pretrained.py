@@ -19,7 +19,7 @@ from birdops.models.pretrained import (
 )
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-AST = ModelParams(arch="ast", size="tiny", patch_stride=10)
+AST = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
 F_DIM, T_OLD = 12, 9  # 128 bins, max_length 100, 16x16 patches every 10: a 12 x 9 grid
 
 
@@ -142,7 +142,12 @@ def test_vit_from_an_rgb_checkpoint(tmp_path: Path) -> None:
     source.save_pretrained(tmp_path)
     old = {k: v.detach().clone() for k, v in source.state_dict().items()}
 
-    model = build_model(ModelParams(arch="vit", size="tiny", features="mfcc"), 4, n_bins=40, n_frames=64)
+    model = build_model(
+        ModelParams(arch="vit", size="tiny", features="mfcc", pretrained=None, dropout=0.0, patch_stride=10),
+        4,
+        n_bins=40,
+        n_frames=64,
+    )
     load_pretrained(model, str(tmp_path))
     assert isinstance(model, ViTClassifier)
     new = model.backbone.state_dict()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from params_yaml import section
 
 from birdops import audio
 from birdops.audio import (
@@ -36,7 +37,6 @@ from birdops.audio import (
     load_audio,
     stream_audio,
 )
-from birdops.config import PrepareParams
 from birdops.data.metadata import write_metadata
 from birdops.data.prepare import prepare_corpus
 
@@ -380,7 +380,9 @@ def test_prepare_rejects_escaping_paths_lying_lengths_and_unreadable_files(tmp_p
     rows.append(row("26", "Turdus merula", "0:12", "audio/48mhz.wav"))
     write_metadata(raw / "metadata.csv", rows)
 
-    prepared = prepare_corpus(raw, PrepareParams(min_quality="D", min_per_class=1))
+    prepared = prepare_corpus(
+        raw, section("prepare", min_quality="D", min_per_class=1, split={"test_fraction": 0.15})
+    )
     reasons = {r.id: r.reason for r in prepared.rejected}
     descriptions = {
         "20": "`audio/passwd.wav` -> `/etc/passwd` (symlink)",

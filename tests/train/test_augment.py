@@ -73,11 +73,11 @@ def test_fixed_width_masks_zero_exactly_that_many_bins_and_frames() -> None:
 
 def test_probability_decides_per_sample() -> None:
     x = features(1000)
-    never = SpecAugmentParams(enabled=True, freq_mask_bins=10, time_mask_frames=10, prob=0.0)
+    never = SpecAugmentParams(enabled=True, freq_mask_bins=10, time_mask_frames=10, num_masks=1, prob=0.0)
     assert torch.equal(spec_augment(x, never, torch.Generator().manual_seed(0)), x)
-    off = SpecAugmentParams(enabled=False, freq_mask_bins=10, time_mask_frames=10, prob=1.0)
+    off = SpecAugmentParams(enabled=False, freq_mask_bins=10, time_mask_frames=10, num_masks=1, prob=1.0)
     assert torch.equal(spec_augment(x, off, torch.Generator().manual_seed(0)), x)
-    half = SpecAugmentParams(enabled=True, freq_mask_bins=10, time_mask_frames=0, prob=0.5)
+    half = SpecAugmentParams(enabled=True, freq_mask_bins=10, time_mask_frames=0, num_masks=1, prob=0.5)
     touched = (spec_augment(x, half, torch.Generator().manual_seed(0)) == 0).flatten(1).any(dim=1)
     # P(touched) = 0.5 * P(width > 0) = 0.5 * 10/11
     assert 0.40 < float(touched.float().mean()) < 0.51
@@ -111,7 +111,10 @@ def test_mixup_mixes_inputs_and_targets_with_the_sampled_lambda() -> None:
 
 def test_mixup_probability_and_switch() -> None:
     x, y = features(4), one_hot([0, 1, 2, 3], 4)
-    for params in (MixupParams(enabled=True, prob=0.0), MixupParams(enabled=False, prob=1.0)):
+    for params in (
+        MixupParams(enabled=True, alpha=0.4, prob=0.0),
+        MixupParams(enabled=False, alpha=0.4, prob=1.0),
+    ):
         mixed = mixup(x, y, params, torch.Generator().manual_seed(0))
         assert mixed.lam == 1.0
         assert mixed.inputs is x and mixed.targets is y

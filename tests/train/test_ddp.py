@@ -62,7 +62,14 @@ def workdir(tmp_path: Path) -> Path:
     """A stage's working directory: params.yaml, data/prepared/labels.json and data/lms/seed."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_full"].update(
-        model={"arch": "ast", "size": "tiny", "features": "seed", "patch_stride": 10},
+        model={
+            "arch": "ast",
+            "size": "tiny",
+            "features": "seed",
+            "pretrained": None,
+            "dropout": 0.0,
+            "patch_stride": 10,
+        },
         epochs=2,
         batch_size=4,
         effective_batch_size=8,

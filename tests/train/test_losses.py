@@ -17,18 +17,24 @@ LOGITS = torch.tensor([[0.0, math.log(3.0)]])
 
 def test_focal_loss_by_hand() -> None:
     # true class 1: p = 3/4, (1 - p)^2 = 1/16, -log p = ln(4/3)
-    assert float(focal_loss(LOGITS, torch.tensor([1]), gamma=2.0)) == pytest.approx(math.log(4 / 3) / 16)
+    assert float(focal_loss(LOGITS, torch.tensor([1]), gamma=2.0, alpha=None)) == pytest.approx(
+        math.log(4 / 3) / 16
+    )
     # true class 0: p = 1/4, (1 - p)^2 = 9/16, -log p = ln 4
-    assert float(focal_loss(LOGITS, torch.tensor([0]), gamma=2.0)) == pytest.approx(9 / 16 * math.log(4))
+    assert float(focal_loss(LOGITS, torch.tensor([0]), gamma=2.0, alpha=None)) == pytest.approx(
+        9 / 16 * math.log(4)
+    )
     # gamma 1: (1 - 1/4) ln 4
-    assert float(focal_loss(LOGITS, torch.tensor([0]), gamma=1.0)) == pytest.approx(0.75 * math.log(4))
+    assert float(focal_loss(LOGITS, torch.tensor([0]), gamma=1.0, alpha=None)) == pytest.approx(
+        0.75 * math.log(4)
+    )
 
 
 def test_focal_loss_averages_the_batch_and_alpha_scales_it() -> None:
     logits = LOGITS.repeat(2, 1)
     targets = torch.tensor([1, 0])
     mean = (math.log(4 / 3) / 16 + 9 / 16 * math.log(4)) / 2
-    assert float(focal_loss(logits, targets, gamma=2.0)) == pytest.approx(mean)
+    assert float(focal_loss(logits, targets, gamma=2.0, alpha=None)) == pytest.approx(mean)
     assert float(focal_loss(logits, targets, gamma=2.0, alpha=0.25)) == pytest.approx(0.25 * mean)
 
 
@@ -36,7 +42,7 @@ def test_focal_loss_with_soft_targets_mixes_the_two_losses() -> None:
     # t = (0.3, 0.7): 0.3 * (9/16) ln 4 + 0.7 * (1/16) ln(4/3)
     soft = torch.tensor([[0.3, 0.7]])
     expected = 0.3 * 9 / 16 * math.log(4) + 0.7 * math.log(4 / 3) / 16
-    assert float(focal_loss(LOGITS, soft, gamma=2.0)) == pytest.approx(expected)
+    assert float(focal_loss(LOGITS, soft, gamma=2.0, alpha=None)) == pytest.approx(expected)
     # so a MixUp target lam * e_a + (1 - lam) * e_b gives lam * FL(a) + (1 - lam) * FL(b)
     torch.manual_seed(0)
     logits = torch.randn(4, 6)
@@ -44,20 +50,26 @@ def test_focal_loss_with_soft_targets_mixes_the_two_losses() -> None:
     mixed = lam * F.one_hot(a, 6).float() + (1 - lam) * F.one_hot(b, 6).float()
     # per-sample mixing: compare sample by sample
     for i in range(4):
-        expected_i = lam * focal_loss(logits[i : i + 1], a[i : i + 1]) + (1 - lam) * focal_loss(
-            logits[i : i + 1], b[i : i + 1]
+        expected_i = lam * focal_loss(logits[i : i + 1], a[i : i + 1], gamma=2.0, alpha=None) + (
+            1 - lam
+        ) * focal_loss(logits[i : i + 1], b[i : i + 1], gamma=2.0, alpha=None)
+        torch.testing.assert_close(
+            focal_loss(logits[i : i + 1], mixed[i : i + 1], gamma=2.0, alpha=None), expected_i
         )
-        torch.testing.assert_close(focal_loss(logits[i : i + 1], mixed[i : i + 1]), expected_i)
 
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
     torch.manual_seed(0)
     logits = torch.randn(8, 5) * 3
     targets = torch.randint(0, 5, (8,))
-    torch.testing.assert_close(focal_loss(logits, targets, gamma=0.0), F.cross_entropy(logits, targets))
+    torch.testing.assert_close(
+        focal_loss(logits, targets, gamma=0.0, alpha=None), F.cross_entropy(logits, targets)
+    )
     # also when a class is predicted with certainty (0 ** 0 == 1)
     certain = torch.tensor([[100.0, -100.0]])
-    torch.testing.assert_close(focal_loss(certain, torch.tensor([0]), gamma=0.0), torch.tensor(0.0))
+    torch.testing.assert_close(
+        focal_loss(certain, torch.tensor([0]), gamma=0.0, alpha=None), torch.tensor(0.0)
+    )
 
 
 def test_soft_cross_entropy_matches_torch() -> None:
@@ -74,7 +86,7 @@ def test_soft_cross_entropy_matches_torch() -> None:
 
 def test_losses_are_float32_under_low_precision_logits() -> None:
     logits = LOGITS.to(torch.bfloat16)
-    loss = focal_loss(logits, torch.tensor([0]), gamma=2.0)
+    loss = focal_loss(logits, torch.tensor([0]), gamma=2.0, alpha=None)
     assert loss.dtype == torch.float32
     assert float(loss) == pytest.approx(9 / 16 * math.log(4), rel=1e-2)
 
@@ -83,5 +95,7 @@ def test_make_loss_follows_the_params() -> None:
     targets = torch.tensor([0])
     focal = make_loss(LossParams(kind="focal", gamma=2.0, alpha=0.5))
     assert float(focal(LOGITS, targets)) == pytest.approx(0.5 * 9 / 16 * math.log(4))
-    ce = make_loss(LossParams(kind="cross_entropy", gamma=2.0))  # gamma is ignored by cross-entropy
+    ce = make_loss(
+        LossParams(kind="cross_entropy", gamma=2.0, alpha=None)
+    )  # gamma is ignored by cross-entropy
     assert float(ce(LOGITS, targets)) == pytest.approx(math.log(4))

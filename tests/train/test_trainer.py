@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from params_yaml import merged, section
 from safetensors.torch import load_file
 
 import birdops.train.trainer as trainer
@@ -63,13 +64,13 @@ def data() -> TrainData:
 
 def params(**overrides: Any) -> TrainParams:
     base: dict[str, Any] = {
-        "model": {"arch": "ast", "size": "tiny", "features": "seed", "patch_stride": 10},
+        "model": {"arch": "ast", "size": "tiny", "features": "seed", "pretrained": None, "patch_stride": 10},
         "optim": {"backbone_lr": 3e-3, "head_lr": 3e-3, "weight_decay": 1e-2},
         "epochs": 3,
         "batch_size": 8,
         "seed": 5,
     }
-    return TrainParams(**{**base, **overrides})
+    return section("train_baseline", **merged(base, overrides))
 
 
 FULL = {
@@ -89,7 +90,12 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
 # ------------------------------------------------------------------------------------- optimizer
 def test_discriminative_learning_rates_land_in_the_right_groups() -> None:
-    model = build_model(ModelParams(arch="ast", size="tiny"), CLASSES, N_BINS, N_FRAMES)
+    model = build_model(
+        ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10),
+        CLASSES,
+        N_BINS,
+        N_FRAMES,
+    )
     optimizer = make_optimizer(model, OptimParams(backbone_lr=5e-5, head_lr=1e-3, weight_decay=0.01))
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {g["name"]: g for g in optimizer.param_groups}
@@ -117,7 +123,7 @@ def test_learning_rate_schedule() -> None:
     assert lr_factor(100, 100, 0, cosine) == pytest.approx(0.1)
     assert lr_factor(10, 110, 10, cosine) == 1.0  # cosine starts after the warmup
     assert [lr_factor(s, 110, 4, cosine) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(73, 100, 0, ScheduleParams(kind="constant")) == 1.0
+    assert lr_factor(73, 100, 0, ScheduleParams(kind="constant", warmup_epochs=0.0, min_lr_ratio=0.0)) == 1.0
 
 
 def test_accumulation_reaches_the_effective_batch() -> None:
@@ -175,7 +181,9 @@ def test_training_keeps_the_best_epoch_and_logs_every_epoch(data: TrainData, tmp
     # the cosine schedule steps per optimizer step: 48 clips / batch 8 = 6 steps an epoch, 24 in all
     for epoch, row in enumerate(history):
         last_step = 6 * (epoch + 1) - 1
-        expected = 3e-3 * lr_factor(last_step, 24, 0, ScheduleParams(kind="cosine"))
+        expected = 3e-3 * lr_factor(
+            last_step, 24, 0, ScheduleParams(kind="cosine", warmup_epochs=0.0, min_lr_ratio=0.0)
+        )
         assert row["lr/head"] == pytest.approx(expected) and row["lr/backbone"] == pytest.approx(expected)
 
     out = tmp_path / "out"
@@ -319,14 +327,31 @@ def test_gradient_accumulation_matches_the_large_batch(data: TrainData, tmp_path
 
 # ------------------------------------------------------------------------------ GPU-side settings
 def test_gpu_settings_default_to_the_cpu_results() -> None:
-    defaults = TrainParams()
+    defaults = section(
+        "train_baseline", model={"size": "tiny", "pretrained": None, "patch_stride": 10}, epochs=10
+    )
     assert (defaults.attention, defaults.compile_model, defaults.fused_adamw) == ("eager", False, "auto")
     assert not use_fused_adamw(defaults, torch.device("cpu"))  # CPU runs keep their results
     assert use_fused_adamw(defaults, torch.device("cuda", 0))
     assert not use_fused_adamw(params(fused_adamw="off"), torch.device("cuda", 0))
-    model = build_model(ModelParams(arch="ast", size="tiny"), CLASSES, N_BINS, N_FRAMES)
-    assert make_optimizer(model, OptimParams()).defaults["fused"] is None
-    assert make_optimizer(model, OptimParams(), fused=True).defaults["fused"] is True
+    model = build_model(
+        ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10),
+        CLASSES,
+        N_BINS,
+        N_FRAMES,
+    )
+    assert (
+        make_optimizer(model, OptimParams(backbone_lr=5e-5, head_lr=1e-3, weight_decay=1e-2)).defaults[
+            "fused"
+        ]
+        is None
+    )
+    assert (
+        make_optimizer(
+            model, OptimParams(backbone_lr=5e-5, head_lr=1e-3, weight_decay=1e-2), fused=True
+        ).defaults["fused"]
+        is True
+    )
 
 
 def test_the_loader_keeps_its_workers_and_prefetches(data: TrainData) -> None:
