@@ -87,7 +87,14 @@ def test_manifest_paths_that_escape_the_raw_folder_are_refused(tmp_path: Path) -
 
 INFO = ClassifierInfo(
     variant="full",
-    model={"arch": "ast", "size": "tiny", "features": "seed", "patch_stride": 10},
+    model={
+        "arch": "ast",
+        "size": "tiny",
+        "features": "seed",
+        "pretrained": None,
+        "dropout": 0.0,
+        "patch_stride": 10,
+    },
     labels=("a b", "c d"),
     feature_preset="seed",
     feature_spec={"name": "seed", "sample_rate_hz": 22050},

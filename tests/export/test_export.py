@@ -18,11 +18,10 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from params_yaml import tree
+from params_yaml import section, tree
 from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
-from birdops.config import ExportParams
 from birdops.export import onnx_export, parity
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
@@ -336,7 +335,7 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
     best.write_text(json.dumps({"variant": "odd"}))
     folders = (tmp_path / "raw", tmp_path / "prepared", tmp_path / "lms", tmp_path / "out")
     with pytest.raises(onnx_export.ExportError, match="retrain it"):
-        onnx_export.export_best(best, tmp_path, *folders, ExportParams())
+        onnx_export.export_best(best, tmp_path, *folders, section("export_onnx"))
 
 
 def test_best_json_must_name_a_variant(tmp_path: Path) -> None:
