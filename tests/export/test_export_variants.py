@@ -128,31 +128,23 @@ def test_an_export_with_another_front_end_fails_the_gate(tmp_path: Path) -> None
     assert not gate.passed, gate.message
 
 
+def parity_of(reference: np.ndarray, candidate: np.ndarray) -> tuple[parity.ParityResult, float]:
+    """The parity result of ``candidate`` logits against ``reference`` ones, and the raw top-1 agreement."""
+    diff, agreement = parity.compare(reference, candidate)
+    margins = parity.disagreement_margins(reference, candidate)
+    scale = parity.logit_scale(reference)
+    return parity.ParityResult(len(reference), diff, agreement, (CPU_PROVIDER,), scale, margins), agreement
+
+
 def test_near_ties_do_not_fail_a_correct_export() -> None:
     """Two classes within rounding of each other may swap: counted as agreeing; a clear swap is not."""
     reference = np.array([[5.0, 5.0 + 1e-6, 0.0], [1.0, 0.0, 9.0], [0.0, 8.0, 1.0]], dtype=np.float32)
     candidate = np.array([[5.0 + 1e-6, 5.0, 0.0], [1.0, 0.0, 9.0], [0.0, 8.0, 1.0]], dtype=np.float32)
-    diff, agreement = parity.compare(reference, candidate)
-    result = parity.ParityResult(
-        3,
-        diff,
-        agreement,
-        (CPU_PROVIDER,),
-        parity.logit_scale(reference),
-        parity.disagreement_margins(reference, candidate),
-    )
+    result, agreement = parity_of(reference, candidate)
     assert agreement == pytest.approx(2 / 3) and result.explained_agreement(1e-3) == 1.0
     assert result.gate("fp32", 1e-3, 1.0).passed
     swapped = candidate.copy()
     swapped[2] = [0.0, 1.0, 8.0]  # a clear swap: 7 logits apart
-    diff, agreement = parity.compare(reference, swapped)
-    result = parity.ParityResult(
-        3,
-        diff,
-        agreement,
-        (CPU_PROVIDER,),
-        parity.logit_scale(reference),
-        parity.disagreement_margins(reference, swapped),
-    )
+    result, agreement = parity_of(reference, swapped)
     assert not result.gate("fp32", 1e-3, 1.0).passed
     assert parity.logit_scale(np.full((2, 3), 0.01)) == 1.0  # small logits: the floor of 1

@@ -263,14 +263,20 @@ def test_short_clips_are_refused_below_a_share_of_the_window(tmp_path: Path) -> 
     assert isinstance(err, TooShortAudioError) and "1 s are needed" in str(err)
 
 
+def write_near_silence(path: Path, channels: int, block_seconds: int, blocks: int) -> None:
+    """A 96 kHz 16-bit FLAC of ``blocks * block_seconds`` seconds, one non-zero sample in 1,000: a few
+    MB on disk, hundreds of MiB decoded."""
+    with sf.SoundFile(path, "w", 96_000, channels, format="FLAC", subtype="PCM_16") as handle:
+        block = np.zeros((96_000 * block_seconds, channels), dtype=np.int16)
+        block[::1000] = 1
+        for _ in range(blocks):
+            handle.write(block)
+
+
 def test_a_header_beyond_the_limits_is_refused_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "long.flac"
     # 400 s at 96 kHz: more mono samples than MAX_SOURCE_SAMPLES, refused from the header alone
-    with sf.SoundFile(path, "w", 96_000, 2, format="FLAC", subtype="PCM_16") as handle:
-        block = np.zeros((96_000 * 20, 2), dtype=np.int16)
-        block[::1000] = 1
-        for _ in range(20):
-            handle.write(block)
+    write_near_silence(path, channels=2, block_seconds=20, blocks=20)
     behaviour, err = outcome(lambda: load_audio(path, RATE), tmp_path)
     record("Files", "400 s, 96 kHz, 2 channels FLAC (`long.flac`)", behaviour)
     assert isinstance(err, TooLongAudioError) and "decoding limit" in str(err)
@@ -330,11 +336,7 @@ def test_a_decode_bomb_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     blocks and mixed down as it reads, the peak RSS stays far below the whole decoded array's size, and
     streamed it holds no more than the whole-file decode."""
     path = tmp_path / "bomb.flac"
-    with sf.SoundFile(path, "w", 96_000, 8, format="FLAC", subtype="PCM_16") as handle:
-        block = np.zeros((96_000 * 10, 8), dtype=np.int16)
-        block[::1000] = 1
-        for _ in range(12):
-            handle.write(block)
+    write_near_silence(path, channels=8, block_seconds=10, blocks=12)
     samples, before_mb, peak_mb = peak_rss_mib(path, "blocks")
     _, whole_before_mb, whole_peak_mb = peak_rss_mib(path, "whole")
     streamed, stream_before_mb, stream_peak_mb = peak_rss_mib(path, "stream")
