@@ -241,7 +241,7 @@ def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: Evaluat
     """The window in seconds: ``params.window_seconds``, else the model's clip length. Raises
     ValueError when the front end would give another frame count than the model was built for."""
     window_seconds = params.window_seconds or info.clip_seconds
-    num_frames = frontend.num_frames(round(window_seconds * frontend.spec.sample_rate_hz))
+    num_frames = frontend.spec.frames_of(window_seconds)
     if num_frames != info.n_frames:
         raise ValueError(
             f"a {window_seconds} s window gives {num_frames} frames, model {info.variant!r} takes "

@@ -22,6 +22,7 @@ from pathlib import Path
 import onnx
 
 from birdops.contracts import LABELS_KEY, OUTPUT_NAME
+from birdops.files import atomic_path, write_text_atomic
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -136,11 +137,11 @@ def write_repository(model_path: Path, repository: Path, name: str, max_batch_si
     folder = repository / name
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / VERSION).mkdir(parents=True)
-    shutil.copyfile(model_path, folder / VERSION / "model.onnx")
+    with atomic_path(folder / VERSION / "model.onnx") as temp:
+        shutil.copyfile(model_path, temp)
     label_output = OUTPUT_NAME if labels is not None and any(o.name == OUTPUT_NAME for o in outputs) else None
     if label_output:
-        (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels or []))
+        write_text_atomic(folder / LABELS_FILE, "".join(f"{label}\n" for label in labels or []))
     config = folder / CONFIG_FILE
-    config.write_text(render_config(name, inputs, outputs, max_batch_size, label_output))
+    write_text_atomic(config, render_config(name, inputs, outputs, max_batch_size, label_output))
     return config

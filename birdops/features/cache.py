@@ -326,7 +326,7 @@ def _assemble(
 ) -> _PresetResult:
     """Build ``<out>/<preset>`` from the partials and swap it in for the old folder."""
     spec = spec_for(preset)
-    n_frames = spec.num_frames(round(params.clip_seconds * spec.sample_rate_hz))
+    n_frames = spec.frames_of(params.clip_seconds)
     staging = out_dir / WORK_DIR / f"{preset}.assembling"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -341,7 +341,7 @@ def _assemble(
     meta = {
         "spec": spec.to_dict(),
         "clip_seconds": params.clip_seconds,
-        "clip_samples": round(params.clip_seconds * spec.sample_rate_hz),
+        "clip_samples": spec.samples(params.clip_seconds),
         "n_bins": spec.n_bins,
         "n_frames": n_frames,
         "max_clips_per_recording": params.max_clips_per_recording,

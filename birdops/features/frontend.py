@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from birdops.windows import seconds_to_samples
+
 PRESETS = ("seed", "ast", "mfcc")
 # FeatureSpec fields that apply after LogMelFrontEnd.db_mel (everything else decides the dB mel)
 SPEC_AFTER_DB_MEL = frozenset(
@@ -99,6 +101,14 @@ class FeatureSpec:
                 f"missing {sorted(names - set(data))}"
             )
         return cls(**data)
+
+    def samples(self, seconds: float) -> int:
+        """Samples in ``seconds`` of audio at the spec's rate (:func:`birdops.windows.seconds_to_samples`)."""
+        return seconds_to_samples(seconds, self.sample_rate_hz)
+
+    def frames_of(self, seconds: float) -> int:
+        """Frames ``T`` of a clip of ``seconds``."""
+        return self.num_frames(self.samples(seconds))
 
     def num_frames(self, num_samples: int) -> int:
         """Frames ``T`` of a waveform of ``num_samples`` samples."""

@@ -88,7 +88,7 @@ def _checked_frontend(directory: Path, info: ClassifierInfo) -> FrontEnd:
             f"settings differ from the current front end ({info.feature_spec}, now "
             f"{frontend.spec.to_dict()}); rebuild the cache and retrain it"
         )
-    clip_samples = round(info.clip_seconds * frontend.spec.sample_rate_hz)
+    clip_samples = frontend.spec.samples(info.clip_seconds)
     if frontend.num_frames(clip_samples) != info.n_frames:
         raise ValueError(
             f"{directory}: a {info.clip_seconds} s clip gives {frontend.num_frames(clip_samples)} frames, "
