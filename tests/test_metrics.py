@@ -134,3 +134,21 @@ def test_summary_dict_is_flat_and_rounded() -> None:
 def test_bad_inputs_are_rejected(scores: np.ndarray, labels: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         m.summarize(scores, labels)
+
+
+def test_the_counted_forms_equal_the_checked_ones() -> None:
+    """The bootstrap's accuracy and F1 macro from class counts give the figures of the scikit-learn
+    forms, on predictions with classes absent from the labels and labels never predicted."""
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        num_classes = int(rng.integers(2, 12))
+        size = int(rng.integers(1, 60))
+        # every other trial the last class is never a label
+        labels = rng.integers(0, num_classes - trial % 2, size)
+        predicted = np.where(rng.random(size) < 0.6, labels, rng.integers(0, num_classes, size))
+        assert m.accuracy_counted(predicted, labels, num_classes) == m.accuracy_of_predictions(
+            predicted, labels
+        )
+        assert m.f1_macro_counted(predicted, labels, num_classes) == pytest.approx(
+            m.f1_macro_of_predictions(predicted, labels), rel=1e-12, abs=1e-15
+        )

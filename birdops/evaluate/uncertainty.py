@@ -14,31 +14,14 @@ bootstrap). ``draws`` resamples with a fixed ``seed`` make the figures reproduci
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-MetricFn = Callable[[np.ndarray, np.ndarray, int], float]  # (predicted, labels, num_classes) -> value
+from birdops.metrics import CountedMetric, accuracy_counted, f1_macro_counted
 
-
-def accuracy_of(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    return float(np.mean(predicted == labels)) if len(labels) else 0.0
-
-
-def f1_macro_of(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """F1 macro over the classes present in the labels or the predictions (scikit-learn's rule,
-    ``zero_division=0``), from counts: fast enough for thousands of resamples."""
-    true_positive = np.bincount(labels[predicted == labels], minlength=num_classes)
-    support = np.bincount(labels, minlength=num_classes)
-    predicted_count = np.bincount(predicted, minlength=num_classes)
-    present = (support + predicted_count) > 0
-    denominator = support + predicted_count
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(num_classes), where=denominator > 0)
-    return float(f1[present].mean()) if present.any() else 0.0
-
-
-METRICS: Mapping[str, MetricFn] = {"accuracy": accuracy_of, "f1_macro": f1_macro_of}
+METRICS: Mapping[str, CountedMetric] = {"accuracy": accuracy_counted, "f1_macro": f1_macro_counted}
 
 
 def resample_indices(groups: np.ndarray, draws: int, seed: int) -> list[np.ndarray]:
