@@ -58,6 +58,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 # ---------------------------------------------------------------------------------- exported model
+MODEL_FILE = "model.onnx"  # in the export folder (beside model.fp16.onnx, model.int8.onnx)
+# where the export_onnx stage writes it (dvc.yaml); `birdops serve` and `birdops predict` load it by default
+EXPORTED_MODEL = f"models/export/{MODEL_FILE}"
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "logits"
 # metadata_props keys of the exported model (written by birdops.export.onnx_export)

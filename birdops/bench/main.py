@@ -35,6 +35,7 @@ import torch
 from birdops.bench import inputs, sections
 from birdops.bench.sections import BenchError, Section, Unavailable
 from birdops.config import VARIANTS, Params, load_params
+from birdops.contracts import MODEL_FILE
 from birdops.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Bench:
             log.info("bench: building and exporting a %s model", self.variant)
             model_dir = inputs.saved_model(self.params, self.variant, labels, models)
             onnx_path = inputs.exported_model(
-                model_dir, self.variant, self.params.export_onnx.opset, self.work / "export" / "model.onnx"
+                model_dir, self.variant, self.params.export_onnx.opset, self.work / "export" / MODEL_FILE
             )
             self.built["model"] = (onnx_path, models)
         built: tuple[Path, Path] = self.built["model"]

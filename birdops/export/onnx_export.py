@@ -36,6 +36,7 @@ from birdops.config import ExportParams
 from birdops.contracts import (
     EXPORTER_KEY,
     INPUT_NAME,
+    MODEL_FILE,
     OPSET_KEY,
     OUTPUT_NAME,
     WEIGHTS_FILE,
@@ -50,7 +51,6 @@ from birdops.providers import CPU_PROVIDER, providers_for
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 FP16_MODEL_FILE = "model.fp16.onnx"
 INT8_MODEL_FILE = "model.int8.onnx"
 TRITON_DIR = "model_repository"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from birdops.contracts import LABELS_KEY, OUTPUT_NAME
+from birdops.contracts import LABELS_KEY, MODEL_FILE, OUTPUT_NAME
 from birdops.files import atomic_path, write_text_atomic
 
 CONFIG_FILE = "config.pbtxt"
@@ -137,7 +137,7 @@ def write_repository(model_path: Path, repository: Path, name: str, max_batch_si
     folder = repository / name
     if folder.exists():
         shutil.rmtree(folder)
-    with atomic_path(folder / VERSION / "model.onnx") as temp:
+    with atomic_path(folder / VERSION / MODEL_FILE) as temp:  # the file name Triton looks for
         shutil.copyfile(model_path, temp)
     label_output = OUTPUT_NAME if labels is not None and any(o.name == OUTPUT_NAME for o in outputs) else None
     if label_output:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from birdops.audio import AudioError
+from birdops.contracts import EXPORTED_MODEL
 from birdops.files import atomic_path
 from birdops.providers import providers_for
 from birdops.serve.inference import Classifier, ModelError, WindowScores
@@ -225,7 +226,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="birdops predict", description="Classify audio files with an exported birdops ONNX model."
     )
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="audio files, folders or glob patterns")
-    parser.add_argument("--model", default="models/export/model.onnx", help="exported model (.onnx)")
+    parser.add_argument("--model", default=EXPORTED_MODEL, help="exported model (.onnx)")
     parser.add_argument("--output", "-o", default="-", help="output table ('-': standard output)")
     parser.add_argument("--format", choices=("csv", "raven"), default="csv", help="table format")
     parser.add_argument("--top-k", type=positive_int, default=1, help="species per window (default 1)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from birdops.contracts import EXPORTED_MODEL
 from birdops.providers import Device
 
 
@@ -18,7 +19,7 @@ class ServeSettings(BaseSettings):
         env_prefix="BIRDOPS_SERVE_", extra="forbid", frozen=True, protected_namespaces=()
     )
 
-    model_path: Path = Path("models/export/model.onnx")
+    model_path: Path = Path(EXPORTED_MODEL)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: Device = "auto"  # auto: CUDA when onnxruntime can use it, else CPU
