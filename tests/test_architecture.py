@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "serve": BASE | {"audio", "providers", "scores", "windows"},
     "bench": BASE
     | {"audio", "data", "export", "features", "models", "providers", "serve", "train", "windows"},
-    "cli": {"data", "evaluate", "serve", "bench"},
+    "cli": set(),  # it imports each subcommand's module by name, when that subcommand runs
     "pipeline": BASE | {"data", "evaluate", "export", "features", "kernels", "train"},
 }
 
