@@ -84,6 +84,7 @@ def case(
     return request.param, classifier, session_of(classifier, path)
 
 
+@pytest.mark.slow
 def test_a_correct_export_passes_the_fp32_gate(
     case: tuple[str, WaveformClassifier, ort.InferenceSession],
 ) -> None:
@@ -99,6 +100,7 @@ def test_a_correct_export_passes_the_fp32_gate(
     assert result.max_rel_diff < params.fp32_max_rel_diff / 10, gate.message
 
 
+@pytest.mark.slow
 def test_an_export_of_other_weights_fails_the_gate(
     case: tuple[str, WaveformClassifier, ort.InferenceSession],
 ) -> None:
@@ -116,6 +118,7 @@ def test_an_export_of_other_weights_fails_the_gate(
     assert not gate.passed, gate.message
 
 
+@pytest.mark.slow
 def test_an_export_with_another_front_end_fails_the_gate(tmp_path: Path) -> None:
     """The seed AST exported with a front end whose dB range differs (top_db 60 instead of 80)."""
     params = export_params()
