@@ -8,8 +8,15 @@ serving path can use it too.
   ``local_path`` is relative to the raw folder; :meth:`ManifestRow.audio_path` resolves it and
   refuses one that leads outside that folder (prepare checked the paths, but a link may have changed
   since).
+  ``background.csv`` lists the accepted background recordings (audio without any target species) in
+  the same row type, ``label`` empty and ``label_index`` :data:`BACKGROUND_INDEX`; their ``local_path``
+  is relative to the background folder.
 - *cache folder* (``lms_cache``'s output): ``<preset>/index.csv``, ``<preset>/features.json`` and
-  ``failed.csv``.
+  ``failed.csv``; background clips are cached as their own splits, ``background-<split>``
+  (:func:`background_split`).
+- *soundscapes folder* (``soundscapes``'s output): long mixtures of a split's recordings over its
+  background, ``<split>/<name>.flac``, listed in ``soundscapes.csv`` (:data:`SOUNDSCAPE_COLUMNS`) with
+  their true events in ``annotations.csv`` (:data:`ANNOTATION_COLUMNS`).
 - *model folder* (a trained classifier): ``model.safetensors`` and ``config.json``, which holds a
   :class:`ClassifierInfo` (:func:`read_info`).
 - *exported model*: one ``.onnx`` file, input :data:`INPUT_NAME` float32 ``[batch, samples]``, output
@@ -22,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -47,11 +55,20 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "length_s",
 )
 REJECTED_COLUMNS: tuple[str, ...] = ("id", "local_path", "reason")
+BACKGROUND_FILE = "background.csv"  # the accepted background recordings, ManifestRow rows
+BACKGROUND_INDEX = -1  # label_index of a background recording or clip: no target species
 
 # ------------------------------------------------------------------------------------- cache folder
 INDEX_FILE = "index.csv"  # in <cache>/<preset>/
 FEATURES_FILE = "features.json"  # in <cache>/<preset>/
 FAILED_FILE = "failed.csv"  # in <cache>/
+BACKGROUND_SPLIT_PREFIX = "background-"  # background clips of split s are the cache split background-s
+
+# -------------------------------------------------------------------------------- soundscapes folder
+SOUNDSCAPES_FILE = "soundscapes.csv"
+ANNOTATIONS_FILE = "annotations.csv"
+SOUNDSCAPE_COLUMNS: tuple[str, ...] = ("file", "split", "duration_s")  # file: relative to the folder
+ANNOTATION_COLUMNS: tuple[str, ...] = ("file", "start_s", "end_s", "label")  # one true event a row
 
 # ------------------------------------------------------------------------------------- model folder
 WEIGHTS_FILE = "model.safetensors"
@@ -70,6 +87,10 @@ WINDOW_KEY = "birdops.window_seconds"
 FEATURES_KEY = "birdops.features"
 VARIANT_KEY = "birdops.variant"
 MODEL_SHA256_KEY = "birdops.model_sha256"
+# how logits become scores (optional: an export without them scores with an uncalibrated softmax)
+ACTIVATION_KEY = "birdops.activation"  # "sigmoid" (one score per species) or "softmax"
+CALIBRATION_KEY = "birdops.calibration"  # JSON {"scale": a, "bias": b}: activation(a * logits + b)
+THRESHOLDS_KEY = "birdops.thresholds"  # JSON list, one calibrated-score threshold per label
 REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, MODEL_SHA256_KEY)
 # written by the export for the record; serving does not need them
 OPSET_KEY = "birdops.opset"
@@ -97,6 +118,16 @@ def manifest_path(prepared_dir: str | Path) -> Path:
 def labels_path(prepared_dir: str | Path) -> Path:
     """Where ``prepare`` writes the class names in ``prepared_dir``."""
     return Path(prepared_dir) / LABELS_FILE
+
+
+def background_manifest_path(prepared_dir: str | Path) -> Path:
+    """Where ``prepare`` lists the accepted background recordings in ``prepared_dir``."""
+    return Path(prepared_dir) / BACKGROUND_FILE
+
+
+def background_split(split: str) -> str:
+    """The cache split that holds the background clips of ``split`` (one of :data:`SPLITS`)."""
+    return f"{BACKGROUND_SPLIT_PREFIX}{split}"
 
 
 @dataclass(frozen=True)
@@ -238,6 +269,55 @@ def read_info(directory: str | Path) -> ClassifierInfo:
 
 
 # ---------------------------------------------------------------------------------- exported model
+ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How an exported model's logits become the scores a user reads and thresholds.
+
+    ``score = activation(scale * logits + bias)``: ``sigmoid`` gives each species its own probability
+    (a window may hold none), ``softmax`` a distribution over the species. ``scale`` and ``bias`` are
+    the calibration fitted on validation (1 and 0: none). ``thresholds`` holds one calibrated-score
+    threshold per label, chosen on validation; a species is reported in a window when its score
+    reaches its threshold. The default is what an export without these props means: an uncalibrated
+    softmax with no thresholds.
+    """
+
+    activation: str = "softmax"
+    scale: float = 1.0
+    bias: float = 0.0
+    thresholds: tuple[float, ...] | None = None
+
+    def to_props(self) -> dict[str, str]:
+        props = {
+            ACTIVATION_KEY: self.activation,
+            CALIBRATION_KEY: json.dumps({"scale": self.scale, "bias": self.bias}),
+        }
+        if self.thresholds is not None:
+            props[THRESHOLDS_KEY] = json.dumps(list(self.thresholds))
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], num_labels: int) -> Scoring:
+        """The scoring props (absent ones take the defaults); ValueError names a malformed one."""
+        activation = props.get(ACTIVATION_KEY, cls.activation)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{ACTIVATION_KEY} must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+        calibration = json.loads(props.get(CALIBRATION_KEY, '{"scale": 1.0, "bias": 0.0}'))
+        if not isinstance(calibration, dict) or set(calibration) != {"scale", "bias"}:
+            raise ValueError(f'{CALIBRATION_KEY} must be a JSON object {{"scale": a, "bias": b}}')
+        scale, bias = float(calibration["scale"]), float(calibration["bias"])
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
+            raise ValueError(f"{CALIBRATION_KEY}: the scale must be finite and positive, the bias finite")
+        thresholds = None
+        if THRESHOLDS_KEY in props:
+            thresholds = tuple(float(t) for t in json.loads(props[THRESHOLDS_KEY]))
+            if len(thresholds) != num_labels or not all(0.0 <= t <= 1.0 for t in thresholds):
+                raise ValueError(f"{THRESHOLDS_KEY} must hold one threshold in [0, 1] per label")
+        return cls(activation, scale, bias, thresholds)
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What an exported model says about itself; ``to_props``/``from_props`` are the file format."""
@@ -248,6 +328,7 @@ class ModelMetadata:
     features: Mapping[str, Any]  # the front end's FeatureSpec dict (documentation; the graph computes it)
     variant: str
     model_sha256: str  # SHA-256 of the trained weights file the export holds (models/<variant>/)
+    scoring: Scoring = Scoring()  # activation, calibration and per-species thresholds
 
     @property
     def window_samples(self) -> int:
@@ -262,6 +343,7 @@ class ModelMetadata:
             FEATURES_KEY: json.dumps(dict(self.features), sort_keys=True),
             VARIANT_KEY: self.variant,
             MODEL_SHA256_KEY: self.model_sha256,
+            **self.scoring.to_props(),
         }
 
     @classmethod
@@ -281,7 +363,8 @@ class ModelMetadata:
                 raise ValueError(f"{FEATURES_KEY} must be a JSON object")
             sample_rate_hz = int(props[SAMPLE_RATE_KEY])
             window_seconds = float(props[WINDOW_KEY])
-        except ValueError as err:  # json.JSONDecodeError is a ValueError too
+            scoring = Scoring.from_props(props, len(labels))
+        except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError too
             raise MetadataError(f"{source}: malformed birdops metadata: {err}") from err
         if sample_rate_hz <= 0 or not window_seconds > 0:
             raise MetadataError(f"{source}: sample rate and window length must be positive")
@@ -292,4 +375,5 @@ class ModelMetadata:
             features=features,
             variant=props[VARIANT_KEY],
             model_sha256=props[MODEL_SHA256_KEY],
+            scoring=scoring,
         )

@@ -1,5 +1,11 @@
-"""Class probabilities from logits, and a recording's from its windows': numpy only (the serving image
-has neither torch nor scikit-learn; evaluation's metrics use the same softmax)."""
+"""Class scores from logits, and a recording's from its windows': numpy only (the serving image has
+neither torch nor scikit-learn; evaluation's metrics, calibration and serving use the same functions).
+
+A model's logits become scores by its activation: ``softmax`` (a distribution over the classes, the
+report's closed-set models) or ``sigmoid`` (one independent probability per class, the models trained
+against background audio, whose scores may all be low when no class is present). :func:`scores`
+applies the calibration ``activation(scale * logits + bias)`` fitted on validation.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +27,22 @@ def aggregate(scores: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (windows, classes) scores with at least one window, got {scores.shape}")
     out: np.ndarray = scores.mean(axis=0)
     return out
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic ``1 / (1 + exp(-x))`` in float64, without overflow for large ``|x|``."""
+    wide = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(-np.abs(wide))  # in (0, 1]: never overflows
+    out: np.ndarray = np.where(wide >= 0, 1.0 / (1.0 + exp), exp / (1.0 + exp))
+    return out
+
+
+def scores(logits: np.ndarray, activation: str, scale: float = 1.0, bias: float = 0.0) -> np.ndarray:
+    """Calibrated class scores ``(N, C)`` float64: ``activation(scale * logits + bias)``, where
+    ``activation`` is ``"sigmoid"`` or ``"softmax"`` (a softmax ignores ``bias``: it shifts every class)."""
+    scaled = scale * np.asarray(logits, dtype=np.float64) + bias
+    if activation == "sigmoid":
+        return sigmoid(scaled)
+    if activation == "softmax":
+        return softmax(scaled)
+    raise ValueError(f"unknown activation {activation!r}: sigmoid or softmax")

@@ -17,6 +17,7 @@ from birdops.contracts import (
     MetadataError,
     ModelMetadata,
     PathEscapeError,
+    Scoring,
     labels_path,
     manifest_path,
     read_info,
@@ -133,6 +134,16 @@ def test_metadata_round_trips_through_props() -> None:
     assert metadata.window_samples == 88200
 
 
+def test_scoring_round_trips_and_defaults_to_an_uncalibrated_softmax() -> None:
+    scoring = Scoring("sigmoid", 1.25, -0.5, (0.3, 0.9))
+    metadata = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r", scoring)
+    assert ModelMetadata.from_props(metadata.to_props()).scoring == scoring
+    props = metadata.to_props()
+    for key in ("birdops.activation", "birdops.calibration", "birdops.thresholds"):
+        del props[key]
+    assert ModelMetadata.from_props(props).scoring == Scoring("softmax", 1.0, 0.0, None)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -143,6 +154,11 @@ def test_metadata_round_trips_through_props() -> None:
         ({"birdops.sample_rate_hz": "fast"}, "malformed"),
         ({"birdops.window_seconds": "0"}, "positive"),
         ({"birdops.features": "[1, 2]"}, "JSON object"),
+        ({"birdops.activation": "relu"}, "sigmoid, softmax"),
+        ({"birdops.calibration": '{"scale": 0, "bias": 0}'}, "positive"),
+        ({"birdops.calibration": '{"scale": 1}'}, "scale"),
+        ({"birdops.thresholds": "[0.5]"}, "one threshold in"),
+        ({"birdops.thresholds": "[0.5, 1.5]"}, "one threshold in"),
     ],
 )
 def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:

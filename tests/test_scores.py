@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birdops.scores import aggregate, softmax
+from birdops.scores import aggregate, scores, sigmoid, softmax
 
 
 def test_softmax_is_stable_for_huge_logits() -> None:
@@ -31,3 +31,17 @@ def test_aggregate_is_the_mean_over_windows() -> None:
     np.testing.assert_allclose(aggregate(scores), [0.6, 0.4])
     with pytest.raises(ValueError):
         aggregate(np.zeros((0, 4)))
+
+
+def test_sigmoid_is_stable_and_exact_at_the_extremes() -> None:
+    np.testing.assert_array_equal(sigmoid(np.array([-1000.0, 0.0, 1000.0])), [0.0, 0.5, 1.0])
+    x = np.linspace(-30, 30, 61)
+    np.testing.assert_allclose(sigmoid(x), 1.0 / (1.0 + np.exp(-x)), rtol=1e-12)
+
+
+def test_scores_apply_the_calibration_before_the_activation() -> None:
+    logits = np.array([[2.0, -1.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(scores(logits, "sigmoid", 0.5, -1.0), sigmoid(0.5 * logits - 1.0))
+    np.testing.assert_allclose(scores(logits, "softmax", 2.0, 7.0), softmax(2.0 * logits))
+    with pytest.raises(ValueError, match="unknown activation"):
+        scores(logits, "tanh")
