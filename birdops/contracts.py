@@ -53,7 +53,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "rec",
     "q",
     "length_s",
+    "also",
 )
+OPTIONAL_MANIFEST_COLUMNS = frozenset({"also"})  # read as empty when a manifest lacks them
 REJECTED_COLUMNS: tuple[str, ...] = ("id", "local_path", "reason")
 BACKGROUND_FILE = "background.csv"  # the accepted background recordings, ManifestRow rows
 BACKGROUND_INDEX = -1  # label_index of a background recording or clip: no target species
@@ -63,12 +65,18 @@ INDEX_FILE = "index.csv"  # in <cache>/<preset>/
 FEATURES_FILE = "features.json"  # in <cache>/<preset>/
 FAILED_FILE = "failed.csv"  # in <cache>/
 BACKGROUND_SPLIT_PREFIX = "background-"  # background clips of split s are the cache split background-s
+MIXED_SPLIT_SUFFIX = "-mixed"  # noisy copies of split s's clips, row for row: the cache split s-mixed
 
 # -------------------------------------------------------------------------------- soundscapes folder
 SOUNDSCAPES_FILE = "soundscapes.csv"
 ANNOTATIONS_FILE = "annotations.csv"
 SOUNDSCAPE_COLUMNS: tuple[str, ...] = ("file", "split", "duration_s")  # file: relative to the folder
 ANNOTATION_COLUMNS: tuple[str, ...] = ("file", "start_s", "end_s", "label")  # one true event a row
+
+# ------------------------------------------------------------------------------------ metrics folder
+EVAL_DIR = "eval"  # per-variant tables: <metrics>/eval/<variant>/
+# a variant's calibration and per-species thresholds, chosen on validation (evaluate -> export)
+CALIBRATION_FILE = "calibration.json"
 
 # ------------------------------------------------------------------------------------- model folder
 WEIGHTS_FILE = "model.safetensors"
@@ -130,6 +138,11 @@ def background_split(split: str) -> str:
     return f"{BACKGROUND_SPLIT_PREFIX}{split}"
 
 
+def mixed_split(split: str) -> str:
+    """The cache split that holds the noisy copies of ``split``'s clips, in the same row order."""
+    return f"{split}{MIXED_SPLIT_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     """One accepted recording (a row of ``manifest.csv``)."""
@@ -142,6 +155,12 @@ class ManifestRow:
     rec: str  # recordist
     q: str  # quality grade
     length_s: float  # the audio's true duration
+    # other species heard in the recording (xeno-canto's ``also``) that are classes too, "; "-joined
+    also: str = ""
+
+    @property
+    def also_labels(self) -> tuple[str, ...]:
+        return tuple(label for label in self.also.split("; ") if label)
 
     def audio_path(self, raw_dir: str | Path) -> Path:
         """``raw_dir / local_path``; :class:`PathEscapeError` when it lies outside ``raw_dir``
@@ -173,7 +192,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+        missing = [
+            c
+            for c in MANIFEST_COLUMNS
+            if c not in (reader.fieldnames or ()) and c not in OPTIONAL_MANIFEST_COLUMNS
+        ]
         if missing:
             raise ManifestError(f"{path}: not a manifest, it lacks the column(s) {', '.join(missing)}")
         return [_manifest_row(path, row) for row in reader]
@@ -195,6 +218,7 @@ def _manifest_row(path: Path, row: Mapping[str, str]) -> ManifestRow:
         rec=row["rec"],
         q=row["q"],
         length_s=length_s,
+        also=row.get("also") or "",
     )
 
 
@@ -235,6 +259,8 @@ class ClassifierInfo:
     best_metric: str | None = None  # the early-stopping metric, e.g. val_accuracy
     best_value: float | None = None
     epochs_run: int | None = None
+    # how the logits read: "softmax" (one of the species) or "sigmoid" (each species present or not)
+    activation: str = "softmax"
 
     @property
     def model_params(self) -> ModelParams:
@@ -316,6 +342,22 @@ class Scoring:
             if len(thresholds) != num_labels or not all(0.0 <= t <= 1.0 for t in thresholds):
                 raise ValueError(f"{THRESHOLDS_KEY} must hold one threshold in [0, 1] per label")
         return cls(activation, scale, bias, thresholds)
+
+
+def read_scoring(path: str | Path, num_labels: int) -> Scoring:
+    """The :class:`Scoring` a ``calibration.json`` holds (``activation``, ``scale``, ``bias``,
+    ``thresholds``); :class:`MetadataError` names the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        props = {
+            ACTIVATION_KEY: data["activation"],
+            CALIBRATION_KEY: json.dumps({"scale": data["scale"], "bias": data["bias"]}),
+            THRESHOLDS_KEY: json.dumps(data["thresholds"]),
+        }
+        return Scoring.from_props(props, num_labels)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MetadataError(f"{path}: not a usable calibration: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""DVC stage ``prepare``: screen the raw corpus, drop or merge small classes, split train/val/test.
+"""DVC stage ``prepare``: screen the raw corpus and the background recordings, drop or merge small
+classes, split train/val/test.
 
-``python -m pipeline.prepare --raw data/synthetic --out data/prepared --summary metrics/data.json`` writes
-``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``--out`` and the data metrics to ``--summary``.
+``python -m pipeline.prepare --raw data/synthetic --background data/background --out data/prepared
+--summary metrics/data.json`` writes ``manifest.csv``, ``background.csv``, ``labels.json`` and
+``rejected.csv`` into ``--out`` and the data metrics to ``--summary``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ log = logging.getLogger("pipeline.prepare")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="raw folder with metadata.csv")
+    parser.add_argument("--background", type=Path, required=True, help="folder of background recordings")
     parser.add_argument("--out", type=Path, required=True, help="prepared folder to write")
     parser.add_argument("--summary", type=Path, required=True, help="data metrics JSON to write")
     args = parser.parse_args(argv)
     params = setup().prepare
     try:
-        prepared = prepare_corpus(args.raw, params)
+        prepared = prepare_corpus(args.raw, params, args.background)
     except DataError as err:
         log.error("prepare: %s", err)
         return 1

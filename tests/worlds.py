@@ -9,24 +9,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from params_yaml import section
 
 from birdops.config import ModelParams
-from birdops.contracts import ClassifierInfo
+from birdops.contracts import (
+    ANNOTATION_COLUMNS,
+    ANNOTATIONS_FILE,
+    BACKGROUND_INDEX,
+    SOUNDSCAPE_COLUMNS,
+    SOUNDSCAPES_FILE,
+    ClassifierInfo,
+    ManifestRow,
+    write_manifest,
+)
 from birdops.features.cache import build_cache
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 
 MANIFEST_COLUMNS = ["id", "local_path", "label", "label_index", "split", "rec", "q", "length_s"]
+BACKGROUND_RATE_HZ = 16000
 
 
 def write_prepared_and_cache(
     root: Path, rows: Iterable[Sequence[object]], labels: Sequence[str], clip_seconds: float
 ) -> None:
     """``root/prepared`` (manifest of ``rows`` in ``MANIFEST_COLUMNS`` order, labels.json) for the
-    recordings already under ``root/raw``, then the real ``seed`` cache in ``root/lms``."""
+    recordings already under ``root/raw``, six background recordings in ``root/background`` (listed in
+    ``prepared/background.csv``, :func:`write_background`), then the real ``seed`` cache in
+    ``root/lms``, with the noisy copies of the training clips."""
     prepared = root / "prepared"
     prepared.mkdir()
     with (prepared / "manifest.csv").open("w", newline="") as handle:
@@ -34,10 +47,63 @@ def write_prepared_and_cache(
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
     (prepared / "labels.json").write_text(json.dumps(list(labels)))
+    write_background(root, seconds=max(3.0, 2.5 * clip_seconds))
     params = section(
         "lms_cache", presets=["seed"], clip_seconds=clip_seconds, max_clips_per_recording=2, workers=1
     )
-    build_cache(root / "raw", prepared / "manifest.csv", root / "lms", params)
+    build_cache(
+        root / "raw",
+        prepared / "manifest.csv",
+        root / "lms",
+        params,
+        background_dir=root / "background",
+        background_manifest=prepared / "background.csv",
+    )
+
+
+def write_background(root: Path, seconds: float, seed: int = 5) -> None:
+    """``root/background/audio/BG<k>.wav``: two recordings of each of three sites (pink-ish noise with
+    a low hum, one site per split), listed in ``root/prepared/background.csv`` as ``prepare`` does."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    t = np.arange(round(seconds * BACKGROUND_RATE_HZ)) / BACKGROUND_RATE_HZ
+    for k, (split, site) in enumerate([(s, s) for s in ("train", "val", "test") for _ in range(2)]):
+        noise = np.cumsum(rng.standard_normal(t.size)) * 0.002
+        wave = 0.05 * rng.standard_normal(t.size) + noise - noise.mean() + 0.1 * np.sin(2 * np.pi * 120 * t)
+        local = f"audio/BG{k + 1}.wav"
+        (root / "background" / "audio").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "background" / local, wave.astype(np.float32), BACKGROUND_RATE_HZ)
+        rows.append(
+            ManifestRow(f"BG{k + 1}", local, "", BACKGROUND_INDEX, split, f"site-{site}", "", seconds)
+        )
+    write_manifest(root / "prepared" / "background.csv", rows)
+
+
+def write_soundscape(
+    root: Path,
+    name: str,
+    split: str,
+    wave: np.ndarray,
+    rate_hz: int,
+    events: Sequence[tuple[float, float, str]],
+) -> None:
+    """Add ``wave`` as ``root/soundscapes/<split>/<name>.flac`` with its true ``events`` (start_s,
+    end_s, label) to ``soundscapes.csv`` and ``annotations.csv`` (created on first use)."""
+    folder = root / "soundscapes"
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    file = f"{split}/{name}.flac"
+    sf.write(folder / file, wave.astype(np.float32), rate_hz)
+    for table, columns, new_rows in (
+        (SOUNDSCAPES_FILE, SOUNDSCAPE_COLUMNS, [[file, split, len(wave) / rate_hz]]),
+        (ANNOTATIONS_FILE, ANNOTATION_COLUMNS, [[file, start, end, label] for start, end, label in events]),
+    ):
+        path = folder / table
+        fresh = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if fresh:
+                writer.writerow(columns)
+            writer.writerows(new_rows)
 
 
 def save_tiny_ast(
@@ -48,10 +114,11 @@ def save_tiny_ast(
     seed: int,
     feature_spec: dict[str, Any] | None = None,
     constant_class: int | None = None,
+    activation: str = "softmax",
 ) -> None:
     """A tiny ``seed``-feature AST from the real factory, saved as ``folder/variant``. With
     ``constant_class`` its logits ignore the input (the head outputs 5 for that class, 0 elsewhere);
-    ``feature_spec`` overrides the recorded front-end settings."""
+    ``feature_spec`` overrides the recorded front-end settings; ``activation`` is how its logits read."""
     frontend = build_frontend("seed")
     n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
     cfg = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
@@ -72,6 +139,7 @@ def save_tiny_ast(
         clip_seconds=clip_seconds,
         n_bins=frontend.spec.n_bins,
         n_frames=n_frames,
+        activation=activation,
     )
     save_classifier(folder / variant, model, info)
 

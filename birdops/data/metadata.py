@@ -241,7 +241,7 @@ def row_problem(row: Mapping[str, str], raw_dir: Path) -> tuple[str, str] | None
         problem = check(row)
         if problem is not None:
             return problem
-    return _check_file(row.get(LOCAL_PATH, ""), raw_dir)
+    return file_problem(row.get(LOCAL_PATH, ""), raw_dir)
 
 
 def validate_rows(rows: Sequence[Mapping[str, str]], raw_dir: str | Path) -> list[Problem]:
@@ -298,7 +298,7 @@ def _check_quality(row: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def _check_file(local_path: str, raw_dir: Path) -> tuple[str, str] | None:
+def file_problem(local_path: str, raw_dir: Path) -> tuple[str, str] | None:
     local_path = local_path.strip()
     if not local_path:
         return ("missing_file", "empty local_path")

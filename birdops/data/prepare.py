@@ -24,6 +24,14 @@ non-empty splits: whole recordists go to one split (greedy, largest groups first
 below its target), so a recordist's site and equipment cannot leak from train into test. Otherwise that
 class is split by recording. A recording is never in two splits. The shuffle of each class depends only
 on ``seed`` and the class label, so adding a class does not reshuffle the others.
+
+Background recordings (:func:`prepare_background`: audio without any target species, from the folder
+``data.background`` names) are screened the same way -- path inside their folder, an existing,
+non-empty file, a readable header within the decoder's limits, a duration within ``[min_seconds,
+max_seconds]`` -- and split with the same fractions, whole sources (sites or sessions) to one split, so
+the test background was recorded where no training background was. They are listed in
+``background.csv`` (label empty, ``label_index`` -1); rejected ones join ``rejected.csv`` with their
+reason's kind prefixed ``background_``.
 """
 
 from __future__ import annotations
@@ -41,24 +49,29 @@ import numpy as np
 from birdops.audio import AudioError, probe
 from birdops.config import PrepareParams, SplitParams
 from birdops.contracts import (
+    BACKGROUND_INDEX,
     CLASS_SPLITS_FILE,
     REJECTED_COLUMNS,
     REJECTED_FILE,
     SPLITS,
     ManifestRow,
+    background_manifest_path,
     labels_path,
     manifest_path,
     write_labels,
     write_manifest,
 )
+from birdops.data.background import list_background
 from birdops.data.metadata import (
     LOCAL_PATH,
     METADATA_FILE,
     NO_SCORE,
     DataError,
     Rejection,
+    file_problem,
     format_length,
     label_of,
+    parse_also,
     parse_length_seconds,
     quality_rank,
     read_metadata,
@@ -84,6 +97,7 @@ class Candidate:
     rec: str
     q: str
     length_s: float
+    also: tuple[str, ...] = ()  # xeno-canto's background species
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class PreparedCorpus:
     small_classes: dict[str, int] = field(default_factory=dict)  # label -> recordings, below min_per_class
     small_class_policy: str = "drop"  # what happened to them: "drop" or "merge" (into "other")
     recordist_disjoint: list[str] = field(default_factory=list)  # classes split by recordist
+    background: list[ManifestRow] = field(default_factory=list)  # accepted background recordings
 
 
 # ---------------------------------------------------------------------------------------- screening
@@ -125,6 +140,7 @@ def screen_rows(
             rec=row.get("rec", "").strip(),
             q=row.get("q", "").strip() or NO_SCORE,
             length_s=round(true_s, 3),
+            also=tuple(parse_also(row.get("also", ""))),
         )
         problem = _length_mismatch(listed_s, true_s) or _quality_or_length_problem(candidate, params)
         if problem is None:
@@ -187,7 +203,13 @@ def apply_class_minimum(
 
 def _relabel(candidate: Candidate, label: str) -> Candidate:
     return Candidate(
-        candidate.id, candidate.local_path, label, candidate.rec, candidate.q, candidate.length_s
+        candidate.id,
+        candidate.local_path,
+        label,
+        candidate.rec,
+        candidate.q,
+        candidate.length_s,
+        candidate.also,
     )
 
 
@@ -298,12 +320,72 @@ def class_splits(prepared: PreparedCorpus) -> dict[str, dict[str, int]]:
     return counts
 
 
+# ------------------------------------------------------------------------------------- background
+def prepare_background(
+    background_dir: str | Path, params: PrepareParams
+) -> tuple[list[ManifestRow], list[Rejection]]:
+    """The usable background recordings of ``background_dir``, split by source, and the rejected ones.
+
+    Raises :class:`DataError` naming the folder when it lists nothing, or when too few sources are left
+    to give train, val and test background (at least three)."""
+    background_dir = Path(background_dir)
+    candidates: list[Candidate] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for row in list_background(background_dir):
+        problem = _background_problem(row.id, row.local_path, seen, background_dir, params)
+        if isinstance(problem, Rejection):
+            rejected.append(problem)
+            continue
+        seen.add(row.id)
+        candidates.append(Candidate(row.id, row.local_path, "", row.source or row.id, "", problem))
+    sources = {c.rec for c in candidates}
+    if len(sources) < len(SPLITS):
+        raise DataError(
+            f"{background_dir}: {len(candidates)} usable background recording(s) from {len(sources)} "
+            f"source(s); train, val and test background need at least {len(SPLITS)} sources"
+        )
+    rng = np.random.default_rng([params.seed, zlib.crc32(b"background")])
+    splits, _ = split_class(sorted(candidates, key=lambda c: _id_key(c.id)), params.split, rng)
+    rows = [
+        ManifestRow(c.id, c.local_path, "", BACKGROUND_INDEX, splits[c.id], c.rec, "", c.length_s)
+        for c in sorted(candidates, key=lambda c: _id_key(c.id))
+    ]
+    return rows, rejected
+
+
+def _background_problem(
+    rid: str, local_path: str, seen: set[str], folder: Path, params: PrepareParams
+) -> Rejection | float:
+    """Why a background recording cannot be used (a :class:`Rejection`), or its true duration (s)."""
+    found = ("missing_id", "empty id") if not rid else None
+    if found is None and rid in seen:
+        found = ("duplicate_id", f"id {rid} is listed twice")
+    found = found or file_problem(local_path, folder)
+    if found is None:
+        try:
+            seconds = round(probe(folder / local_path)[0], 3)
+        except AudioError as err:
+            found = (f"audio_{err.kind}", err.reason)
+        else:
+            if seconds < params.min_seconds:
+                found = ("too_short", f"{seconds:.2f} s of audio is shorter than {params.min_seconds:g} s")
+            elif seconds > params.max_seconds:
+                found = ("too_long", f"{seconds:.2f} s of audio is longer than {params.max_seconds:g} s")
+            else:
+                return seconds
+    return Rejection(rid, local_path, f"background_{found[0]}", found[1])
+
+
 # ----------------------------------------------------------------------------------------- the stage
-def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus:
-    """Screen, filter classes and split the recordings of ``raw_dir`` (see the module docstring).
+def prepare_corpus(
+    raw_dir: str | Path, params: PrepareParams, background_dir: str | Path | None = None
+) -> PreparedCorpus:
+    """Screen, filter classes and split the recordings of ``raw_dir``, and the background recordings of
+    ``background_dir`` when given (see the module docstring).
 
     Raises :class:`DataError` naming the file when ``metadata.csv`` is unusable or fewer than two
-    classes are left.
+    classes are left, or the background folder is unusable.
     """
     raw_dir = Path(raw_dir)
     rows = read_metadata(raw_dir / METADATA_FILE)
@@ -319,13 +401,27 @@ def prepare_corpus(raw_dir: str | Path, params: PrepareParams) -> PreparedCorpus
     check_trainable(kept, splits, raw_dir)
     index = {label: i for i, label in enumerate(labels)}
     manifest = [
-        ManifestRow(c.id, c.local_path, c.label, index[c.label], splits[c.id], c.rec, c.q, c.length_s)
+        ManifestRow(
+            c.id,
+            c.local_path,
+            c.label,
+            index[c.label],
+            splits[c.id],
+            c.rec,
+            c.q,
+            c.length_s,
+            "; ".join(sorted(label for label in set(c.also) if label in index and label != c.label)),
+        )
         for c in sorted(kept, key=lambda c: (c.label, _id_key(c.id)))
     ]
+    background, background_rejected = (
+        prepare_background(background_dir, params) if background_dir is not None else ([], [])
+    )
     return PreparedCorpus(
         manifest=manifest,
         labels=labels,
-        rejected=[*rejected, *too_small],
+        background=background,
+        rejected=[*rejected, *too_small, *background_rejected],
         recordings=len(rows),
         small_classes=small,
         small_class_policy=params.small_classes,
@@ -337,6 +433,7 @@ def write_prepared(prepared: PreparedCorpus, out_dir: str | Path) -> None:
     """Write ``manifest.csv``, ``labels.json`` and ``rejected.csv`` into ``out_dir``."""
     out_dir = Path(out_dir)
     write_manifest(manifest_path(out_dir), prepared.manifest)
+    write_manifest(background_manifest_path(out_dir), prepared.background)
     write_csv_atomic(
         out_dir / REJECTED_FILE,
         REJECTED_COLUMNS,
@@ -354,6 +451,9 @@ def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
     for row in prepared.manifest:
         seconds[row.split] += row.length_s
     sizes = sorted(sum(counts.values()) for counts in per_class.values())
+    background_seconds = dict.fromkeys(SPLITS, 0.0)
+    for row in prepared.background:
+        background_seconds[row.split] += row.length_s
     return {
         "recordings": prepared.recordings,
         "accepted": len(prepared.manifest),
@@ -362,6 +462,11 @@ def summarize(prepared: PreparedCorpus) -> dict[str, Any]:
         "classes": len(prepared.labels),
         "splits": {s: sum(counts[s] for counts in per_class.values()) for s in SPLITS},
         "audio_hours": {s: round(seconds[s] / 3600, 3) for s in SPLITS},
+        "background": {
+            "splits": {s: sum(1 for r in prepared.background if r.split == s) for s in SPLITS},
+            "sources": {s: len({r.rec for r in prepared.background if r.split == s}) for s in SPLITS},
+            "audio_hours": {s: round(background_seconds[s] / 3600, 3) for s in SPLITS},
+        },
         "class_size": {"min": sizes[0], "median": float(np.median(sizes)), "max": sizes[-1]} if sizes else {},
         "small_classes": {"policy": prepared.small_class_policy, "classes": prepared.small_classes},
         "recordist_disjoint_classes": len(prepared.recordist_disjoint),
@@ -378,6 +483,12 @@ def log_summary(summary: Mapping[str, Any]) -> None:
         summary["recordings"],
         summary["classes"],
         summary["splits"],
+    )
+    background = summary["background"]
+    log.info(
+        "prepare: background recordings per split %s from %s sources",
+        background["splits"],
+        background["sources"],
     )
     for kind, count in summary["rejected_by_reason"].items():
         log.info("prepare: rejected %d recording(s): %s", count, kind)

@@ -7,6 +7,12 @@ Layout of ``<out>`` (``data/lms``), one folder per preset::
     <preset>/features.json       {"spec": FeatureSpec dict, "clip_seconds", "n_bins", "n_frames", ...}
     failed.csv                   id, local_path, reason (recordings that could not be cached)
 
+Splits: ``train``, ``val`` and ``test`` hold the manifest's clips; ``background-train``,
+``background-val`` and ``background-test`` the background recordings' clips (``label_index`` -1,
+spread evenly over each recording: :func:`birdops.mixing.spread_starts`); with
+``background_mix.copies`` 1, ``train-mixed`` holds a noisy copy of every ``train`` clip, row for row
+(the clip over a segment of a training background recording, :func:`birdops.mixing.mix_at_snr`).
+
 How a run goes: every manifest recording is decoded once per sample rate (``seed`` and ``mfcc``
 share their 22,050 Hz decode), its clips are chosen by :mod:`birdops.features.activity`, each
 preset's front end runs on them in batches (``seed`` and ``mfcc`` from one shared STFT, mel and dB
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +38,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,14 +50,17 @@ import torch
 from tqdm import tqdm
 
 from birdops.audio import AudioError, load_audio
-from birdops.config import ActivityParams, LmsCacheParams
+from birdops.config import ActivityParams, BackgroundMixParams, LmsCacheParams
 from birdops.contracts import (
+    BACKGROUND_INDEX,
     FAILED_FILE,
     FEATURES_FILE,
     INDEX_FILE,
     SPLITS,
     ManifestRow,
     PathEscapeError,
+    background_split,
+    mixed_split,
     read_manifest,
 )
 from birdops.features.activity import choose_segments
@@ -62,12 +73,13 @@ from birdops.features.frontend import (
     spec_for,
 )
 from birdops.files import atomic_path, swap_folder, write_csv_atomic, write_text_atomic
+from birdops.mixing import mix_at_snr, noise_segment, spread_starts
 from birdops.procs import die_with_parent
 from birdops.windows import clips_at
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the partial or shard format changes: old partials are then stale
+CACHE_FORMAT = 2  # bump when the partial or shard format changes: old partials are then stale
 WORK_DIR = ".work"
 RUN_KEY = "run"  # the summary's record of how the run went (not a result)
 INDEX_COLUMNS = ("id", "split", "shard", "row", "label_index", "start_s")
@@ -130,6 +142,27 @@ class _Task:
     recording: ManifestRow
     raw_dir: str  # the manifest paths start here (the worker resolves and checks the path)
     partials: dict[str, str]  # preset -> partial path without extension
+    background: bool  # a background recording: clips spread evenly, never mixed
+
+
+@dataclass(frozen=True)
+class _Mix:
+    """How training clips get their noisy copy (picklable): the training background recordings."""
+
+    raw_dir: str  # the background folder
+    paths: tuple[str, ...]  # local paths of the training background recordings, sorted
+    params: BackgroundMixParams
+
+    def key(self) -> list[Any]:
+        """What a copy depends on besides its own recording (part of a training clip's fingerprint)."""
+        files = []
+        for local_path in self.paths:
+            try:
+                stat = (Path(self.raw_dir) / local_path).stat()
+                files.append([local_path, stat.st_size, stat.st_mtime_ns])
+            except OSError:
+                files.append([local_path, -1, -1])
+        return [self.params.model_dump(), files]
 
 
 @dataclass(frozen=True)
@@ -138,11 +171,19 @@ class _Settings:
 
     clip_seconds: float
     max_clips: int
+    background_clips: int
     activity: ActivityParams
+    mix: _Mix | None  # None: no noisy copies
+
+    def mixes(self, task: _Task) -> bool:
+        return self.mix is not None and not task.background and task.recording.split == "train"
 
 
-def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: ManifestRow, audio_path: Path) -> str:
-    """Hash of everything a recording's cached clips depend on (a missing file hashes as such)."""
+def fingerprint(
+    spec: FeatureSpec, params: LmsCacheParams, recording: ManifestRow, audio_path: Path, extra: Any = None
+) -> str:
+    """Hash of everything a recording's cached clips depend on (a missing file hashes as such);
+    ``extra``: what else they depend on (the kind of recording, the background a copy is mixed with)."""
     try:
         stat = audio_path.stat()
         file_key = [stat.st_size, stat.st_mtime_ns]
@@ -157,6 +198,7 @@ def fingerprint(spec: FeatureSpec, params: LmsCacheParams, recording: ManifestRo
         recording.id,
         recording.local_path,
         file_key,
+        extra,
     ]
     return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
 
@@ -172,7 +214,16 @@ class _Decoded:
     of one sample rate hold the same clips (one decode, one choice of clips)."""
 
     task: _Task
-    clips: dict[str, tuple[np.ndarray, list[float]] | str]
+    clips: dict[str, _Clips | str]
+
+
+@dataclass(frozen=True)
+class _Clips:
+    """A recording's clips at one sample rate, and their noisy copies when it has them."""
+
+    clips: np.ndarray  # (n, S) float32
+    starts_s: list[float]
+    mixed: np.ndarray | None  # (n, S) float32
 
 
 _FRONTENDS: dict[str, FrontEnd] = {}  # per process, built on first use
@@ -214,26 +265,51 @@ def _decode_chunk(tasks: list[_Task], settings: _Settings) -> list[_Decoded]:
     """Decode a few recordings once per sample rate and cut their clips."""
     decoded = []
     for task in tasks:
-        clips: dict[str, tuple[np.ndarray, list[float]] | str] = {}
+        clips: dict[str, _Clips | str] = {}
         for sample_rate_hz, presets in _by_sample_rate(list(task.partials)).items():
             wave = _decode(task, sample_rate_hz)
             if isinstance(wave, str):
                 clips |= dict.fromkeys(presets, wave)
                 continue
-            starts_s = choose_segments(
-                wave, sample_rate_hz, settings.clip_seconds, settings.max_clips, settings.activity
-            )
+            if task.background:
+                starts_s = spread_starts(
+                    len(wave), sample_rate_hz, settings.clip_seconds, settings.background_clips
+                )
+            else:
+                starts_s = choose_segments(
+                    wave, sample_rate_hz, settings.clip_seconds, settings.max_clips, settings.activity
+                )
             cut = clips_at(wave, sample_rate_hz, starts_s, settings.clip_seconds)  # (n, S)
-            clips |= dict.fromkeys(presets, (cut, starts_s))
+            mixed = _mixed(task, cut, sample_rate_hz, settings.mix) if settings.mixes(task) else None
+            clips |= dict.fromkeys(presets, _Clips(cut, starts_s, mixed))
         decoded.append(_Decoded(task, clips))
     return decoded
+
+
+def _mixed(task: _Task, clips: np.ndarray, sample_rate_hz: int, mix: _Mix | None) -> np.ndarray:
+    """The noisy copy of each clip ``(n, S)``: over a segment of a training background recording at a
+    drawn SNR; every draw seeded by the recording's id."""
+    assert mix is not None
+    rng = np.random.default_rng([mix.params.seed, zlib.crc32(task.recording.id.encode("utf-8"))])
+    low_db, high_db = mix.params.snr_db_range
+    out = np.empty_like(clips)
+    for row, clip in enumerate(clips):
+        noise = _background_wave(mix.raw_dir, mix.paths[int(rng.integers(len(mix.paths)))], sample_rate_hz)
+        out[row] = mix_at_snr(clip, noise_segment(noise, len(clip), rng), float(rng.uniform(low_db, high_db)))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _background_wave(raw_dir: str, local_path: str, sample_rate_hz: int) -> np.ndarray:
+    """A training background recording, decoded once per worker (the last few are kept)."""
+    return load_audio(Path(raw_dir) / local_path, sample_rate_hz)
 
 
 def _write_features(decoded: list[_Decoded]) -> int:
     """Write the partials of decoded recordings. Presets that share clips run in one batch through
     :func:`compute_features`, so ``seed`` and ``mfcc`` share one STFT, mel and dB pass."""
-    # (sample rate, presets) -> (partial stems per preset, clips, starts) of each recording
-    groups: dict[tuple[int, tuple[str, ...]], list[tuple[list[str], np.ndarray, list[float]]]] = {}
+    # (sample rate, presets) -> (partial stems per preset, clips) of each recording
+    groups: dict[tuple[int, tuple[str, ...]], list[tuple[list[str], _Clips]]] = {}
     for item in decoded:
         for failed_preset, outcome in item.clips.items():
             if isinstance(outcome, str):
@@ -242,18 +318,25 @@ def _write_features(decoded: list[_Decoded]) -> int:
             if isinstance(first := item.clips[rate_presets[0]], str):
                 continue
             stems = [item.task.partials[p] for p in rate_presets]
-            groups.setdefault((sample_rate_hz, tuple(rate_presets)), []).append((stems, *first))
+            groups.setdefault((sample_rate_hz, tuple(rate_presets)), []).append((stems, first))
     for (_, presets), items in groups.items():
+        # clean clips first, then the noisy copies: one batch through the front ends
+        waves = [c.clips for _, c in items] + [c.mixed for _, c in items if c.mixed is not None]
         with torch.no_grad():
-            batch = torch.from_numpy(np.concatenate([c for _, c, _ in items]))  # (sum n, S)
-            features = compute_features([_frontend(p) for p in presets], batch)  # each (sum n, F, T)
-        halves = [f.numpy().astype(np.float16) for f in features]
-        offset = 0
-        for stems, clips, starts_s in items:
+            features = compute_features(
+                [_frontend(p) for p in presets], torch.from_numpy(np.concatenate(waves))
+            )
+        halves = [f.numpy().astype(np.float16) for f in features]  # each (sum n, F, T)
+        offset, mixed_offset = 0, sum(len(c.clips) for _, c in items)
+        for stems, clips in items:
+            n = len(clips.clips)
             for stem, preset_features in zip(stems, halves, strict=True):
-                part = preset_features[offset : offset + len(clips)]
-                _write_partial(Path(f"{stem}.npz"), part, np.asarray(starts_s, dtype=np.float64))
-            offset += len(clips)
+                parts = {"features": preset_features[offset : offset + n]}
+                if clips.mixed is not None:
+                    parts["mixed"] = preset_features[mixed_offset : mixed_offset + n]
+                _write_partial(Path(f"{stem}.npz"), np.asarray(clips.starts_s, dtype=np.float64), parts)
+            offset += n
+            mixed_offset += n if clips.mixed is not None else 0
     return len(decoded)
 
 
@@ -322,7 +405,12 @@ class _PresetResult:
 
 
 def _assemble(
-    preset: str, recordings: list[ManifestRow], stems: dict[str, str], out_dir: Path, params: LmsCacheParams
+    preset: str,
+    recordings: list[ManifestRow],
+    background: list[ManifestRow],
+    stems: dict[str, str],
+    out_dir: Path,
+    params: LmsCacheParams,
 ) -> _PresetResult:
     """Build ``<out>/<preset>`` from the partials and swap it in for the old folder."""
     spec = spec_for(preset)
@@ -333,9 +421,12 @@ def _assemble(
     failed: dict[str, str] = {}
     index: list[dict[str, Any]] = []
     clips_per_split = {}
-    for split in SPLITS:
-        members = [r for r in recordings if r.split == split]
-        clips = _split_clips(members, stems, failed)
+    parts = [(split, [r for r in recordings if r.split == split], "features") for split in SPLITS]
+    if params.background_mix.copies:
+        parts.append((mixed_split("train"), [r for r in recordings if r.split == "train"], "mixed"))
+    parts += [(background_split(s), [r for r in background if r.split == s], "features") for s in SPLITS]
+    for split, members, key in parts:
+        clips = _split_clips(members, stems, failed, key)
         clips_per_split[split] = _write_shards(staging, split, clips, params.shard_max_clips, index)
     write_csv_atomic(staging / INDEX_FILE, INDEX_COLUMNS, index)
     meta = {
@@ -345,6 +436,8 @@ def _assemble(
         "n_bins": spec.n_bins,
         "n_frames": n_frames,
         "max_clips_per_recording": params.max_clips_per_recording,
+        "background_clips_per_recording": params.background_clips_per_recording,
+        "background_mix": params.background_mix.model_dump(),
         "activity": params.activity.model_dump(),
         "cache_format": CACHE_FORMAT,
     }
@@ -354,16 +447,17 @@ def _assemble(
 
 
 def _split_clips(
-    members: list[ManifestRow], stems: dict[str, str], failed: dict[str, str]
+    members: list[ManifestRow], stems: dict[str, str], failed: dict[str, str], key: str = "features"
 ) -> Iterator[tuple[ManifestRow, float, np.ndarray]]:
-    """``(recording, start_s, features (F, T) float16)`` of every clip of a split; fills ``failed``."""
+    """``(recording, start_s, features (F, T) float16)`` of every clip of a split (the partials' ``key``
+    array: ``features``, or ``mixed`` for the noisy copies); fills ``failed``."""
     for recording in members:
-        stem = stems[recording.id]
+        stem = stems[_stem_key(recording)]
         if Path(f"{stem}.failed.json").is_file():
-            failed[recording.id] = json.loads(Path(f"{stem}.failed.json").read_text())["reason"]
+            failed[_stem_key(recording)] = json.loads(Path(f"{stem}.failed.json").read_text())["reason"]
             continue
         with np.load(f"{stem}.npz") as partial:
-            features, starts_s = partial["features"], partial["start_s"]
+            features, starts_s = partial[key], partial["start_s"]
         for clip, start_s in zip(features, starts_s, strict=True):
             yield recording, float(start_s), clip
 
@@ -412,8 +506,11 @@ def build_cache(
     out_dir: str | Path,
     params: LmsCacheParams,
     chunk_recordings: int = 8,
+    background_dir: str | Path | None = None,
+    background_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Cache the features of every manifest recording for every preset; return the run's summary.
+    """Cache the features of every manifest recording (and every background recording, when both
+    background arguments are given) for every preset; return the run's summary.
 
     ``chunk_recordings`` recordings go to a worker at a time (their clips share front-end batches).
     Safe to re-run after an interruption: finished recordings are not computed again.
@@ -421,37 +518,91 @@ def build_cache(
     started = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     recordings = read_manifest(manifest_path)
+    background = read_manifest(background_manifest) if background_manifest is not None else []
+    bg_dir = Path(background_dir) if background_dir is not None else raw_dir
+    mix = _mix_plan(background, bg_dir, params)
     presets: list[str] = list(dict.fromkeys(params.presets))
-    stems = _fingerprints(recordings, presets, raw_dir, out_dir, params)
+    stems = _fingerprints(recordings, presets, raw_dir, out_dir, params, mix)
+    bg_stems = _fingerprints(background, presets, bg_dir, out_dir, params, None, background=True)
+    for preset in presets:
+        stems[preset] |= bg_stems[preset]
     _clean_stale(out_dir, presets, stems)
-    tasks = _pending_tasks(recordings, presets, stems, raw_dir)
+    tasks = _pending_tasks(recordings, presets, stems, raw_dir, False)
+    tasks += _pending_tasks(background, presets, stems, bg_dir, True)
     log.info(
-        "lms_cache: %d recordings, presets %s: %d to process, %d done before",
+        "lms_cache: %d recordings and %d background recordings, presets %s: %d to process, %d done before",
         len(recordings),
+        len(background),
         presets,
         len(tasks),
-        len(recordings) - len(tasks),
+        len(recordings) + len(background) - len(tasks),
     )
-    settings = _Settings(params.clip_seconds, params.max_clips_per_recording, params.activity)
+    settings = _Settings(
+        params.clip_seconds,
+        params.max_clips_per_recording,
+        params.background_clips_per_recording,
+        params.activity,
+        mix,
+    )
     _run_tasks(tasks, settings, params.workers, chunk_recordings)
-    results = {p: _assemble(p, recordings, stems[p], out_dir, params) for p in presets}
-    _write_failed(out_dir / FAILED_FILE, recordings, results)
+    results = {p: _assemble(p, recordings, background, stems[p], out_dir, params) for p in presets}
+    _write_failed(out_dir / FAILED_FILE, [*recordings, *background], results)
     shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
     wall_s = time.perf_counter() - started
-    return _summary(recordings, results, len(tasks), wall_s, params.workers)
+    return _summary(recordings, background, results, len(tasks), wall_s, params.workers)
+
+
+def _mix_plan(background: list[ManifestRow], bg_dir: Path, params: LmsCacheParams) -> _Mix | None:
+    """The noisy copies' plan, or None when they are off. Raises ValueError when they are on and
+    there is no training background to mix with."""
+    if not params.background_mix.copies:
+        return None
+    paths = tuple(sorted(r.local_path for r in background if r.split == "train"))
+    if not paths:
+        raise ValueError(
+            "lms_cache.background_mix.copies is 1 but there is no training background recording "
+            "(data/prepared/background.csv); set it to 0 or bring background recordings"
+        )
+    return _Mix(str(bg_dir), paths, params.background_mix)
 
 
 def _fingerprints(
-    recordings: list[ManifestRow], presets: list[str], raw_dir: Path, out_dir: Path, params: LmsCacheParams
+    recordings: list[ManifestRow],
+    presets: list[str],
+    raw_dir: Path,
+    out_dir: Path,
+    params: LmsCacheParams,
+    mix: _Mix | None,
+    background: bool = False,
 ) -> dict[str, dict[str, str]]:
-    """preset -> recording id -> partial path without extension."""
+    """preset -> recording id -> partial path without extension (a background recording's id is
+    prefixed, so it never meets a manifest id)."""
     stems: dict[str, dict[str, str]] = {}
+    mix_key = mix.key() if mix is not None else None
     for preset in presets:
         spec, folder = spec_for(preset), out_dir / WORK_DIR / preset
         stems[preset] = {
-            r.id: str(folder / fingerprint(spec, params, r, raw_dir / r.local_path)) for r in recordings
+            _stem_key(r): str(
+                folder
+                / fingerprint(
+                    spec,
+                    params,
+                    r,
+                    raw_dir / r.local_path,
+                    ["background", params.background_clips_per_recording]
+                    if background
+                    else (mix_key if r.split == "train" else None),
+                )
+            )
+            for r in recordings
         }
     return stems
+
+
+def _stem_key(recording: ManifestRow) -> str:
+    """The key of a recording's partials and failures: its id, prefixed for a background recording
+    (a user's background ids may repeat the corpus's)."""
+    return f"background:{recording.id}" if recording.label_index == BACKGROUND_INDEX else recording.id
 
 
 def _clean_stale(out_dir: Path, presets: list[str], stems: dict[str, dict[str, str]]) -> None:
@@ -471,13 +622,18 @@ def _clean_stale(out_dir: Path, presets: list[str], stems: dict[str, dict[str, s
 
 
 def _pending_tasks(
-    recordings: list[ManifestRow], presets: list[str], stems: dict[str, dict[str, str]], raw_dir: Path
+    recordings: list[ManifestRow],
+    presets: list[str],
+    stems: dict[str, dict[str, str]],
+    raw_dir: Path,
+    background: bool,
 ) -> list[_Task]:
     tasks = []
     for recording in recordings:
-        todo = {p: stems[p][recording.id] for p in presets if not _partial_done(stems[p][recording.id])}
+        key = _stem_key(recording)
+        todo = {p: stems[p][key] for p in presets if not _partial_done(stems[p][key])}
         if todo:
-            tasks.append(_Task(recording, str(raw_dir), todo))
+            tasks.append(_Task(recording, str(raw_dir), todo, background))
     return tasks
 
 
@@ -486,7 +642,8 @@ def _write_failed(path: Path, recordings: list[ManifestRow], results: dict[str, 
     also named in the log."""
     rows = []
     for recording in recordings:
-        reasons = [r.failed[recording.id] for r in results.values() if recording.id in r.failed]
+        key = _stem_key(recording)
+        reasons = [r.failed[key] for r in results.values() if key in r.failed]
         if reasons:
             rows.append({"id": recording.id, "local_path": recording.local_path, "reason": reasons[0]})
             log.warning("lms_cache: %s (%s) not cached: %s", recording.id, recording.local_path, reasons[0])
@@ -500,36 +657,45 @@ def reason_kind(reason: str) -> str:
 
 def _summary(
     recordings: list[ManifestRow],
+    background: list[ManifestRow],
     results: dict[str, _PresetResult],
     processed: int,
     wall_s: float,
     workers: int,
 ) -> dict[str, Any]:
     total = len(recordings)
-    failed_ids = {i for r in results.values() for i in r.failed}
+    background_keys = {_stem_key(r) for r in background}
+    failed_all = {i for r in results.values() for i in r.failed}
+    failed_ids = failed_all - background_keys
     reasons = Counter(
-        reason_kind(next(r.failed[i] for r in results.values() if i in r.failed)) for i in failed_ids
+        reason_kind(next(r.failed[i] for r in results.values() if i in r.failed)) for i in failed_all
     )
     presets = {
         name: {
             "clips": r.clips_per_split,
             "clips_total": sum(r.clips_per_split.values()),
-            "recordings_cached": total - len(r.failed),
-            "recordings_failed": len(r.failed),
-            "coverage_percent": _percent(total - len(r.failed), total),
+            "recordings_cached": total - len(set(r.failed) - background_keys),
+            "recordings_failed": len(set(r.failed) - background_keys),
+            "coverage_percent": _percent(total - len(set(r.failed) - background_keys), total),
             "shape": [r.n_bins, r.n_frames],
         }
         for name, r in results.items()
     }
+    background_failed = len(failed_all & background_keys)
     return {
         "recordings": {"manifest": total, "cached": total - len(failed_ids), "failed": len(failed_ids)},
+        "background_recordings": {
+            "listed": len(background),
+            "cached": len(background) - background_failed,
+            "failed": background_failed,
+        },
         "coverage_percent": _percent(total - len(failed_ids), total),
         "failures_by_reason": dict(sorted(reasons.items())),
         "presets": presets,
         # how this run went, not what it produced: a resumed or slower run makes the same cache
         RUN_KEY: {
             "processed_this_run": processed,
-            "reused_from_interrupted_run": total - processed,
+            "reused_from_interrupted_run": total + len(background) - processed,
             "workers": workers,
             "wall_seconds": round(wall_s, 3),
             "files_per_second": round(processed / wall_s, 3) if wall_s > 0 else 0.0,
@@ -549,9 +715,10 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _write_partial(path: Path, features: np.ndarray, start_s: np.ndarray) -> None:
+def _write_partial(path: Path, start_s: np.ndarray, features: dict[str, np.ndarray]) -> None:
+    """A recording's partial: ``start_s`` and its feature arrays (``features``, ``mixed``) by name."""
     with atomic_path(path) as temp, open(temp, "wb") as f:
-        np.savez(f, features=features, start_s=start_s)
+        np.savez(f, start_s=start_s, **features)  # type: ignore[arg-type]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -28,6 +28,7 @@ from birdops.data.prepare import (
     summarize,
     write_prepared,
 )
+from pipeline import background as background_stage
 from pipeline import corpus as corpus_stage
 from pipeline import prepare as prepare_stage
 
@@ -275,6 +276,13 @@ def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "corrupt_files": 2,
     }
     params["data"]["synthetic"].update(tiny)
+    tiny_background = {
+        "recordings": 6,
+        "sites": 3,
+        "min_recording_seconds": 1.0,
+        "max_recording_seconds": 2.0,
+    }
+    params["data"]["background_synthetic"].update(tiny_background, sample_rate_hz=16000)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -284,11 +292,20 @@ def test_corpus_and_prepare_stages_end_to_end(tiny_repo: Path) -> None:
     assert corpus_stage.main(["--out", "data/raw"]) == 0
     metadata = read_csv(tiny_repo / "data/raw/metadata.csv")
     assert len(metadata) == 16 and tuple(metadata[0]) == COLUMNS
-    args = ["--raw", "data/raw", "--out", "data/prepared", "--summary", "metrics/data.json"]
-    assert prepare_stage.main(args) == 0
+    assert background_stage.main(["--out", "data/background"]) == 0
+    assert len(read_csv(tiny_repo / "data/background/metadata.csv")) == 6
+    args = ["--raw", "data/raw", "--background", "data/background", "--out", "data/prepared"]
+    assert prepare_stage.main([*args, "--summary", "metrics/data.json"]) == 0
     manifest = read_csv(tiny_repo / "data/prepared/manifest.csv")
     rejected = read_csv(tiny_repo / "data/prepared/rejected.csv")
     assert len(manifest) + len(rejected) == 16
+    background = read_csv(tiny_repo / "data/prepared/background.csv")
+    assert len(background) == 6 and {row["label_index"] for row in background} == {"-1"}
+    # whole sites to one split: train, val and test background come from different places
+    sites = {
+        split: {r["rec"] for r in background if r["split"] == split} for split in ("train", "val", "test")
+    }
+    assert all(sites.values()) and not (sites["train"] & sites["test"] or sites["val"] & sites["test"])
     summary = json.loads((tiny_repo / "metrics/data.json").read_text())
     assert summary["accepted"] == len(manifest) and summary["classes"] == len(
         json.loads((tiny_repo / "data/prepared/labels.json").read_text())
@@ -298,7 +315,8 @@ def test_corpus_and_prepare_stages_end_to_end(tiny_repo: Path) -> None:
 def test_stages_fail_clearly_on_bad_input(
     tiny_repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    args = ["--raw", "data/raw", "--out", "data/prepared", "--summary", "metrics/data.json"]
+    args = ["--raw", "data/raw", "--background", "data/background", "--out", "data/prepared"]
+    args += ["--summary", "metrics/data.json"]
     with caplog.at_level(logging.ERROR):
         assert prepare_stage.main(args) == 1
     assert "data/raw/metadata.csv" in caplog.text and not (tiny_repo / "metrics/data.json").exists()
