@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", required=True, type=Path, help="dvclive folder for the training curves")
     args = parser.parse_args(argv)
     params = setup().variant(args.variant)
-    data = load_train_data(args.prepared, args.lms, params.model.features)
+    data = load_train_data(args.prepared, args.lms, params.model.features, params)
     train(params, data, args.out, args.live, variant=args.variant)
     return 0
 

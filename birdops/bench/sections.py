@@ -36,6 +36,7 @@ from birdops.train.data import EpochSampler, FeatureDataset
 from birdops.train.distributed import DistContext
 from birdops.train.optim import make_optimizer
 from birdops.train.trainer import (
+    Batch,
     Recipe,
     build_training_model,
     deterministic_mode,
@@ -416,6 +417,10 @@ class RandomSplit:
     features: np.ndarray  # (N, F, T) float16
     labels: np.ndarray  # (N,) int64
 
+    @property
+    def ids(self) -> list[str]:
+        return [str(i) for i in range(len(self.labels))]
+
 
 def random_split(clips: int, n_bins: int, n_frames: int, num_classes: int, seed: int) -> RandomSplit:
     rng = np.random.default_rng(seed)
@@ -431,7 +436,7 @@ class TrainRun:
     params: TrainParams
     net: torch.nn.Module
     recipe: Recipe
-    loader: DataLoader[tuple[torch.Tensor, int]]
+    loader: DataLoader[Batch]
     ctx: DistContext
 
     @property
@@ -456,7 +461,7 @@ def train_run(
     optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, device))
     split = random_split(steps * params.batch_size, *shape, num_classes, seed=params.seed)
     sampler = EpochSampler(split.labels, params.seed, shuffle=True, balanced=params.balanced_sampling)
-    loader = make_loader(FeatureDataset(split), sampler, params, ctx)
+    loader = make_loader(FeatureDataset([split], num_classes), sampler, params, ctx)
     recipe = make_recipe(params, optimizer, num_classes, len(loader), ctx)
     return TrainRun(params, training_net(model, params, ctx), recipe, loader, ctx)
 

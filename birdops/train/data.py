@@ -1,11 +1,19 @@
-"""Training data: the cached feature splits as torch datasets, and a deterministic epoch sampler."""
+"""Training data: the cached feature splits as torch datasets, and deterministic epoch samplers.
+
+A training item is ``(features (F, T) float32, label index, weights (C,) float32)``: the label is -1
+for a background clip (no species present), and a weight of 0 leaves a class out of a sigmoid loss
+for that clip (a background species of its recording, xeno-canto's ``also``). The training set is the
+``train`` clips, then their noisy copies (``train-mixed``, row for row) when a variant reads them,
+then the training background clips; :class:`MixingSampler` visits every clean or background item
+once an epoch and reads a clean clip's noisy copy instead with the variant's probability.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,7 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from birdops.contracts import labels_path, read_labels
+from birdops.config import TrainParams
+from birdops.contracts import (
+    background_split,
+    labels_path,
+    manifest_path,
+    mixed_split,
+    read_labels,
+    read_manifest,
+)
 from birdops.features.cache import load_split
 from birdops.train.state import derive_seed
 
@@ -28,6 +44,9 @@ class Split(Protocol):
     @property
     def labels(self) -> np.ndarray: ...  # (N,) int64 label indices
 
+    @property
+    def ids(self) -> list[str]: ...  # (N,) the recording of each clip
+
 
 @dataclass(frozen=True)
 class TrainData:
@@ -39,6 +58,10 @@ class TrainData:
     preset: str
     spec: dict[str, Any]  # FeatureSpec.to_dict()
     clip_seconds: float
+    train_mixed: Split | None = None  # the noisy copy of each train clip, row for row
+    background: Split | None = None  # training background clips (label -1)
+    # recording id -> the class indices of its background species (xeno-canto's ``also``)
+    secondary: dict[str, tuple[int, ...]] | None = None
 
     @property
     def n_bins(self) -> int:
@@ -49,10 +72,15 @@ class TrainData:
         return int(self.train.features.shape[2])
 
 
-def load_train_data(prepared_dir: str | Path, lms_dir: str | Path, preset: str) -> TrainData:
-    """Labels from ``<prepared>/labels.json`` and the train/val splits of ``<lms>/<preset>``."""
+def load_train_data(
+    prepared_dir: str | Path, lms_dir: str | Path, preset: str, params: TrainParams | None = None
+) -> TrainData:
+    """Labels from ``<prepared>/labels.json``, the train/val splits of ``<lms>/<preset>`` and, as
+    ``params`` asks, the training background clips, the noisy copies and the background species.
+    Raises ValueError naming the split a variant needs when the cache lacks it."""
     labels = read_labels(labels_path(prepared_dir))
     train, val = (load_split(lms_dir, preset, split) for split in ("train", "val"))
+    extra = _extra_splits(prepared_dir, lms_dir, preset, params, labels) if params is not None else {}
     for name, split in (("train", train), ("val", val)):
         if len(split.labels) == 0:
             raise ValueError(f"{lms_dir}/{preset}: the {name} split is empty")
@@ -67,22 +95,96 @@ def load_train_data(prepared_dir: str | Path, lms_dir: str | Path, preset: str) 
         preset=preset,
         spec=train.spec.to_dict(),
         clip_seconds=float(train.clip_seconds),
+        **extra,
     )
 
 
-class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Clip ``i`` of a split as ``(features (F, T) float32, label index)``."""
+def _extra_splits(
+    prepared_dir: str | Path, lms_dir: str | Path, preset: str, params: TrainParams, labels: tuple[str, ...]
+) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    needs = [("background", background_split("train"), params.background)]
+    needs.append(("train_mixed", mixed_split("train"), params.augment.background_mix.enabled))
+    for field, split_name, wanted in needs:
+        if not wanted:
+            continue
+        split = load_split(lms_dir, preset, split_name)
+        if len(split.labels) == 0:
+            raise ValueError(
+                f"{lms_dir}/{preset}: the {split_name} split is empty, and this variant trains on it "
+                f"(background / augment.background_mix): cache background recordings or turn it off"
+            )
+        extra[field] = split
+    if params.loss.secondary_species == "mask":
+        index = {label: i for i, label in enumerate(labels)}
+        extra["secondary"] = {
+            row.id: tuple(index[label] for label in row.also_labels if label in index)
+            for row in read_manifest(manifest_path(prepared_dir))
+            if row.split == "train" and row.also_labels
+        }
+    return extra
 
-    def __init__(self, split: Split) -> None:
-        self.features = split.features
-        self.labels = np.asarray(split.labels, dtype=np.int64)
+
+class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Item ``i`` of one or more splits, one after the other, as ``(features (F, T) float32, label
+    index, weights (C,) float32)``; ``secondary`` (recording id -> class indices) weighs those classes 0
+    in every clip of that recording."""
+
+    def __init__(
+        self, splits: Sequence[Split], num_classes: int, secondary: dict[str, tuple[int, ...]] | None = None
+    ) -> None:
+        self.parts = [split.features for split in splits]
+        self.starts = np.cumsum([0] + [len(split.labels) for split in splits])  # (P + 1,)
+        self.labels = np.concatenate([np.asarray(s.labels, dtype=np.int64) for s in splits])
+        self.weights = np.ones((len(self.labels), num_classes), dtype=np.float32)
+        if secondary:
+            ids = [clip for split in splits for clip in split.ids]
+            for row, recording in enumerate(ids):
+                self.weights[row, list(secondary.get(recording, ()))] = 0.0
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        clip = np.asarray(self.features[index], dtype=np.float32)  # (F, T), float16 on disk
-        return torch.from_numpy(clip), int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        clip = np.asarray(self.parts[part][index - self.starts[part]], dtype=np.float32)  # (F, T)
+        label = torch.tensor(self.labels[index], dtype=torch.int64)
+        return torch.from_numpy(clip), label, torch.from_numpy(self.weights[index])
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The training dataset ``[train | train-mixed | background]`` (the parts a variant reads) and
+    where each part starts."""
+
+    dataset: FeatureDataset
+    clean: int  # train clips: items [0, clean)
+    mixed: int  # their noisy copies (clean or 0): items [clean, clean + mixed)
+    background: int  # background clips: the last items
+
+    @property
+    def item_labels(self) -> np.ndarray:
+        """``(clean + background,)`` the labels of what an epoch visits: clean clips, then background."""
+        labels = self.dataset.labels
+        return np.concatenate([labels[: self.clean], labels[self.clean + self.mixed :]])
+
+
+def training_set(data: TrainData) -> TrainingSet:
+    """The training items of ``data``: its train clips, their noisy copies and its background clips."""
+    splits = [data.train]
+    if data.train_mixed is not None:
+        if len(data.train_mixed.labels) != len(data.train.labels):
+            raise ValueError("train-mixed must hold one noisy copy of every train clip, row for row")
+        splits.append(data.train_mixed)
+    if data.background is not None:
+        splits.append(data.background)
+    clean = len(data.train.labels)
+    return TrainingSet(
+        dataset=FeatureDataset(splits, len(data.labels), data.secondary),
+        clean=clean,
+        mixed=clean if data.train_mixed is not None else 0,
+        background=len(data.background.labels) if data.background is not None else 0,
+    )
 
 
 class EpochSampler(Sampler[int]):
@@ -120,8 +222,9 @@ class EpochSampler(Sampler[int]):
         n = len(self.labels)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         if self.balanced:
-            counts = torch.bincount(self.labels).double()  # (C,)
-            weights = 1.0 / counts[self.labels]  # (N,)
+            shifted = self.labels - self.labels.min()  # background (-1) counts as one more class
+            counts = torch.bincount(shifted).double()  # (C,)
+            weights = 1.0 / counts[shifted]  # (N,)
             return torch.multinomial(weights, n, replacement=True, generator=generator)
         if self.shuffle:
             return torch.randperm(n, generator=generator)
@@ -146,9 +249,30 @@ def data_fingerprint(data: TrainData) -> str:
     digest.update(
         json.dumps([data.labels, data.preset, data.spec, data.clip_seconds], sort_keys=True).encode()
     )
-    for split in (data.train, data.val):
+    if data.secondary:
+        digest.update(json.dumps(sorted(data.secondary.items())).encode())
+    splits = [data.train, data.val, *(s for s in (data.train_mixed, data.background) if s is not None)]
+    for split in splits:
         digest.update(repr(split.features.shape).encode())
         digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
         for start in range(0, len(split.features), 256):  # chunks: memory-mapped shards stay on disk
             digest.update(np.ascontiguousarray(split.features[start : start + 256]).tobytes())
     return digest.hexdigest()
+
+
+class MixingSampler(EpochSampler):
+    """:class:`EpochSampler` over a :class:`TrainingSet`'s clean and background items, reading each
+    clean clip's noisy copy instead with probability ``mixed_prob`` (a draw per item and epoch, from
+    ``(seed, epoch)`` only). Yields dataset indices."""
+
+    def __init__(self, items: TrainingSet, seed: int, mixed_prob: float, **kwargs: Any) -> None:
+        super().__init__(items.item_labels, seed, **kwargs)
+        self.clean, self.mixed = items.clean, items.mixed
+        self.mixed_prob = mixed_prob if items.mixed else 0.0
+
+    def epoch_indices(self) -> torch.Tensor:
+        items = super().epoch_indices()  # (N,) in [0, clean + background)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
+        noisy = torch.rand(len(items), generator=generator, dtype=torch.float64) < self.mixed_prob
+        clean = items < self.clean
+        return torch.where(clean, items + self.mixed * noisy.long(), items + self.mixed)

@@ -1,8 +1,13 @@
 """Classification losses on logits with hard or soft (MixUp) targets.
 
-Targets are either class indices ``(B,)`` int64 or class distributions ``(B, C)`` whose rows sum
-to 1; a hard target is the one-hot distribution, so both forms give the same loss. Losses are
-computed in float32 whatever the autocast dtype of the logits, and averaged over the batch.
+Softmax losses (``cross_entropy``, ``focal``): targets are either class indices ``(B,)`` int64 or
+class distributions ``(B, C)`` whose rows sum to 1; a hard target is the one-hot distribution, so both
+forms give the same loss. Sigmoid losses (``bce``, ``focal_bce``): targets are ``(B, C)`` presences
+in [0, 1] (a background clip's row is all zeros, a MixUp row the mix of two), or class indices as
+one-hot rows, and an optional ``(B, C)`` weight leaves entries out (0: a background species of the
+clip that may or may not be audible). Every loss takes ``(logits, targets, weights)``; the softmax
+ones ignore the weights. Losses are computed in float32 whatever the autocast dtype of the logits,
+summed over the classes and averaged over the batch.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from torch.nn import functional as F
 
 from birdops.config import LossParams
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def as_distribution(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,10 +54,43 @@ def focal_loss(
     return weight * per_sample.mean()
 
 
+def focal_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    gamma: float,
+    alpha: float | None,
+) -> torch.Tensor:
+    """Per-class sigmoid focal loss (Lin et al. 2017, the form AudioSet and BirdCLEF models train with).
+
+    Per entry: ``-w * a_t * (1 - p_t)**gamma * log p_t`` with ``p = sigmoid(logits)``,
+    ``p_t = t p + (1 - t)(1 - p)`` for a soft target ``t`` (written as ``t BCE(1) + (1 - t) BCE(0)``
+    terms, so a MixUp target mixes the two losses), ``a_t = alpha t + (1 - alpha)(1 - t)`` (1 when
+    ``alpha`` is None) and ``w`` the entry's weight. Summed over the classes, averaged over the batch;
+    ``gamma = 0`` and no ``alpha`` give the binary cross-entropy.
+    """
+    z = logits.float()
+    t = as_distribution(targets, logits.shape[-1])  # (B, C)
+    log_p, log_not_p = F.logsigmoid(z), F.logsigmoid(-z)  # (B, C) each, stable for large |z|
+    p = log_p.exp()
+    positive = -(1.0 - p).clamp(min=0.0).pow(gamma) * log_p  # (B, C): the loss if present
+    negative = -p.pow(gamma) * log_not_p  # the loss if absent
+    if alpha is not None:
+        positive, negative = alpha * positive, (1.0 - alpha) * negative
+    per_entry = t * positive + (1.0 - t) * negative
+    if weights is not None:
+        per_entry = per_entry * weights.float()
+    return per_entry.sum(dim=-1).mean()
+
+
 def make_loss(params: LossParams) -> LossFn:
-    """The configured loss as a function ``(logits (B, C), targets (B,) or (B, C)) -> scalar``."""
+    """The configured loss as a function ``(logits (B, C), targets (B,) or (B, C), weights (B, C) or
+    None) -> scalar``."""
     if params.kind == "cross_entropy":
-        return soft_cross_entropy
+        return lambda logits, targets, weights: soft_cross_entropy(logits, targets)
     if params.kind == "focal":
-        return lambda logits, targets: focal_loss(logits, targets, params.gamma, params.alpha)
+        return lambda logits, targets, weights: focal_loss(logits, targets, params.gamma, params.alpha)
+    if params.kind in ("bce", "focal_bce"):
+        gamma = params.gamma if params.kind == "focal_bce" else 0.0
+        return lambda logits, targets, weights: focal_bce(logits, targets, weights, gamma, params.alpha)
     raise ValueError(f"unknown loss.kind {params.kind!r}")

@@ -37,7 +37,14 @@ from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained
 from birdops.train.augment import mixup, spec_augment
-from birdops.train.data import EpochSampler, FeatureDataset, TrainData, data_fingerprint
+from birdops.train.data import (
+    EpochSampler,
+    FeatureDataset,
+    MixingSampler,
+    TrainData,
+    data_fingerprint,
+    training_set,
+)
 from birdops.train.distributed import DistContext, all_gather_1d, all_reduce_sum, barrier, distributed
 from birdops.train.losses import LossFn, make_loss
 from birdops.train.optim import Schedule, make_optimizer
@@ -135,6 +142,7 @@ def _train(
         best_metric=params.early_stopping.metric,
         best_value=state.best_value,
         epochs_run=state.epoch,
+        activation=params.loss.activation,
     )
     if ctx.is_main:
         finish(out_dir, model, info, live)
@@ -267,9 +275,17 @@ class Recipe:
     dtype: torch.dtype | None  # autocast dtype; None: fp32
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # features (B, F, T), labels (B,), weights (B, C)
+
+
+def presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B,)`` label indices -> ``(B, C)`` float32 one-hot rows; a background clip (-1) is all zeros."""
+    return F.one_hot(labels.clamp(min=0), num_classes).float() * (labels >= 0).unsqueeze(1).float()
+
+
 def train_epoch(
     net: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, int]],
+    loader: DataLoader[Batch],
     recipe: Recipe,
     generator: torch.Generator,
     ctx: DistContext,
@@ -281,7 +297,9 @@ def train_epoch(
 
     The one long function of the package: augmentation, forward under autocast, accumulation (no
     DDP gradient sync before the last micro-batch of a step), clipping, the optimizer step.
-    Accuracy compares the argmax with the clip's own label, also when the clip was mixed.
+    Accuracy compares the argmax with the clip's own label, also when the clip was mixed; background
+    clips (no label) are left out of it. A MixUp pair's class weights are the smaller of the two (a
+    class left out of either clip's loss is left out of the mix's).
     """
     params, optimizer, scaler = recipe.params, recipe.optimizer, recipe.scaler
     net.train()
@@ -291,14 +309,17 @@ def train_epoch(
     count = 0
     ddp = ddp_module(net)
     optimizer.zero_grad(set_to_none=True)
-    for index, (features, labels) in enumerate(
+    labelled = 0
+    for index, (features, labels, weights) in enumerate(
         tqdm(loader, desc=desc, disable=None if ctx.is_main else True, leave=False)
     ):
         features = features.to(ctx.device, non_blocking=True)  # (B, F, T)
         labels = labels.to(ctx.device, non_blocking=True)  # (B,)
+        weights = weights.to(ctx.device, non_blocking=True)  # (B, C)
         features = spec_augment(features, params.augment.spec_augment, generator)
-        targets = F.one_hot(labels, num_classes=recipe.num_classes).float()  # (B, C)
+        targets = presence(labels, recipe.num_classes)  # (B, C)
         mixed = mixup(features, targets, params.augment.mixup, generator)
+        weights = torch.minimum(weights, weights[mixed.perm.to(weights.device)])
         group_start = index - index % recipe.accumulation
         group_size = min(recipe.accumulation, n_batches - group_start)
         last_in_group = index == group_start + group_size - 1
@@ -306,7 +327,7 @@ def train_epoch(
         with sync:
             with autocast(ctx.device, recipe.dtype):
                 logits = net(mixed.inputs)  # (B, C)
-                loss = recipe.loss_fn(logits, mixed.targets)
+                loss = recipe.loss_fn(logits, mixed.targets, weights)
             scaler.scale(loss / group_size).backward()
         if last_in_group:
             recipe.schedule.apply(optimizer, step)
@@ -318,20 +339,20 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             step += 1
         loss_sum += loss.detach().double() * len(labels)
-        correct += (logits.detach().argmax(dim=-1) == labels).sum()
+        correct += ((logits.detach().argmax(dim=-1) == labels) & (labels >= 0)).sum()
         count += len(labels)
-    totals = all_reduce_sum(
-        torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=ctx.device)]),
-        ctx,
-    )
-    loss_total, correct_total, count_total = totals.tolist()
-    return {"train/loss": loss_total / count_total, "train/accuracy": correct_total / count_total}, step
+        labelled += int((labels >= 0).sum())
+    as_tensor = [torch.tensor(float(n), dtype=torch.float64, device=ctx.device) for n in (count, labelled)]
+    totals = all_reduce_sum(torch.stack([loss_sum, correct, *as_tensor]), ctx)
+    loss_total, correct_total, count_total, labelled_total = totals.tolist()
+    accuracy = correct_total / labelled_total if labelled_total else math.nan
+    return {"train/loss": loss_total / count_total, "train/accuracy": accuracy}, step
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, int]],
+    loader: DataLoader[Batch],
     loss_fn: LossFn,
     ctx: DistContext,
     dtype: torch.dtype | None,
@@ -339,11 +360,11 @@ def evaluate(
     """``val/loss``, ``val/accuracy`` and ``val/f1_macro`` over the whole split (all ranks' shards)."""
     model.eval()
     predictions, truth, loss_sum = [], [], torch.zeros(1, dtype=torch.float64, device=ctx.device)
-    for features, labels in loader:
-        features, labels = features.to(ctx.device), labels.to(ctx.device)
+    for features, labels, weights in loader:
+        features, labels, weights = features.to(ctx.device), labels.to(ctx.device), weights.to(ctx.device)
         with autocast(ctx.device, dtype):
             logits = model(features)  # (B, C)
-        loss_sum += loss_fn(logits, labels).double() * len(labels)
+        loss_sum += loss_fn(logits, labels, weights).double() * len(labels)
         predictions.append(logits.argmax(dim=-1))
         truth.append(labels)
     empty = torch.zeros(0, dtype=torch.int64, device=ctx.device)
@@ -373,11 +394,16 @@ def improved(value: float, best: float | None, larger_is_better: bool) -> bool:
 # ---------------------------------------------------------------------------------- data & state
 def make_loaders(
     data: TrainData, params: TrainParams, ctx: DistContext
-) -> tuple[EpochSampler, DataLoader[tuple[torch.Tensor, int]], DataLoader[tuple[torch.Tensor, int]]]:
-    """This rank's shard of the training split (reshuffled each epoch) and of the validation split."""
-    train_sampler = EpochSampler(
-        data.train.labels,
+) -> tuple[EpochSampler, DataLoader[Batch], DataLoader[Batch]]:
+    """This rank's shard of the training items (reshuffled each epoch: train clips, read as their
+    noisy copies with ``augment.background_mix.prob``, and background clips) and of the validation
+    split (its species clips: the early-stopping metrics are the report's)."""
+    items = training_set(data)
+    mix = params.augment.background_mix
+    train_sampler = MixingSampler(
+        items,
         params.seed,
+        mix.prob if mix.enabled else 0.0,
         shuffle=True,
         balanced=params.balanced_sampling,
         rank=ctx.rank,
@@ -386,13 +412,14 @@ def make_loaders(
     val_sampler = EpochSampler(
         data.val.labels, params.seed, shuffle=False, even=False, rank=ctx.rank, world_size=ctx.world_size
     )
-    train_loader = make_loader(FeatureDataset(data.train), train_sampler, params, ctx)
-    return train_sampler, train_loader, make_loader(FeatureDataset(data.val), val_sampler, params, ctx)
+    train_loader = make_loader(items.dataset, train_sampler, params, ctx)
+    val_set = FeatureDataset([data.val], len(data.labels))
+    return train_sampler, train_loader, make_loader(val_set, val_sampler, params, ctx)
 
 
 def make_loader(
     dataset: FeatureDataset, sampler: EpochSampler, params: TrainParams, ctx: DistContext
-) -> DataLoader[tuple[torch.Tensor, int]]:
+) -> DataLoader[Batch]:
     """Batches of ``batch_size`` clips in the sampler's order. On CUDA they come in pinned memory, so
     the step's ``non_blocking`` copies overlap; with ``num_workers`` > 0 the workers live for the
     whole run (not restarted each epoch) and each keeps ``prefetch_factor`` batches ready."""
@@ -487,17 +514,19 @@ def close_live(live: Live, info: ClassifierInfo) -> None:
 def log_run(variant: str, model: nn.Module, data: TrainData, recipe: Recipe, ctx: DistContext) -> None:
     params = recipe.params
     log.info(
-        "%s: %s/%s with %d parameters; %d train / %d val clips of (%d, %d), %d classes; batch %d x %d "
-        "accumulation x %d ranks; %s on %s",
+        "%s: %s/%s with %d parameters; %d train (+ %d background) / %d val clips of (%d, %d), %d classes "
+        "(%s); batch %d x %d accumulation x %d ranks; %s on %s",
         variant,
         params.model.arch,
         params.model.size,
         sum(p.numel() for p in model.parameters()),
         len(data.train.labels),
+        len(data.background.labels) if data.background is not None else 0,
         len(data.val.labels),
         data.n_bins,
         data.n_frames,
         len(data.labels),
+        params.loss.activation,
         params.batch_size,
         recipe.accumulation,
         ctx.world_size,
