@@ -1,7 +1,8 @@
 """DVC stage evaluate: clip- and recording-level metrics of every variant, and the best one.
 
     python -m pipeline.evaluate --models models/phase2b models/baseline models/full \\
-        --raw data/synthetic --prepared data/prepared --lms data/lms --out metrics
+        --raw data/synthetic --background data/background --prepared data/prepared --lms data/lms \\
+        --soundscapes data/soundscapes --out metrics
 
 Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/``, ``<out>/comparisons.json`` and
 ``<out>/best.json``.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from birdops.evaluate.evaluate import evaluate_models
+from birdops.evaluate.evaluate import Inputs, evaluate_models
 from pipeline._common import setup
 
 
@@ -23,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description="Evaluate variants.")
     parser.add_argument("--models", required=True, nargs="+", type=Path, help="model folders, oldest first")
     parser.add_argument("--raw", required=True, type=Path, help="raw corpus folder (the audio)")
+    parser.add_argument("--background", required=True, type=Path, help="background recordings folder")
+    parser.add_argument("--soundscapes", required=True, type=Path, help="the soundscapes stage's folder")
     parser.add_argument("--prepared", required=True, type=Path, help="prepare's folder (manifest, labels)")
     parser.add_argument("--lms", required=True, type=Path, help="the feature cache root")
     parser.add_argument("--out", required=True, type=Path, help="metrics folder to write")
     args = parser.parse_args(argv)
     params = setup().evaluate
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    evaluate_models(args.models, args.raw, args.prepared, args.lms, args.out, params, device)
+    inputs = Inputs(args.raw, args.background, args.prepared, args.lms, args.soundscapes)
+    evaluate_models(args.models, inputs, args.out, params, device)
     return 0
 
 

@@ -1,6 +1,7 @@
 """DVC stage export_onnx: the best variant as a self-describing ONNX model, gated on parity.
 
-    python -m pipeline.export_onnx --best metrics/best.json --models models --raw data/synthetic \\
+    python -m pipeline.export_onnx --best metrics/best.json --eval metrics/eval --models models \\
+        --raw data/synthetic \\
         --prepared data/prepared --lms data/lms --out models/export --summary metrics/onnx.json
 
 Writes ``<out>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16: true``), ``<out>/model_repository/``
@@ -24,6 +25,9 @@ log = logging.getLogger("pipeline.export_onnx")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.export_onnx", description="Export to ONNX.")
     parser.add_argument("--best", required=True, type=Path, help="evaluate's best.json (the variant)")
+    parser.add_argument(
+        "--eval", required=True, type=Path, help="evaluate's per-variant folder (calibration)"
+    )
     parser.add_argument("--models", required=True, type=Path, help="folder of the variants' model folders")
     parser.add_argument("--raw", required=True, type=Path, help="raw corpus folder (validation audio)")
     parser.add_argument("--prepared", required=True, type=Path, help="prepare's folder (the manifest)")
@@ -32,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", required=True, type=Path, help="metrics JSON to write")
     args = parser.parse_args(argv)
     params = setup().export_onnx
-    result = export_best(args.best, args.models, args.raw, args.prepared, args.lms, args.out, params)
+    result = export_best(
+        args.best, args.eval, args.models, args.raw, args.prepared, args.lms, args.out, params
+    )
     write_json_atomic(args.summary, dict(result.summary))
     write_run_record("export_onnx", dict(result.measured))
     if not result.passed:

@@ -10,9 +10,17 @@ For each saved classifier (``models/<variant>``):
   softmax probabilities are averaged per recording. Recordings that cannot be decoded are skipped,
   logged with the reason, and counted.
 
+- *field*: calibration and per-species thresholds fitted on validation windows, and detection metrics
+  on the test soundscapes and test background recordings (:mod:`birdops.evaluate.field`).
+
+Window scores are the model's activation of its logits (:func:`birdops.scores.scores`: a softmax for
+the report's closed-set models, a sigmoid per species for those trained against background audio);
+a recording's are their mean over its windows.
+
 Outputs, under ``out_dir``: ``<variant>.json`` (small and flat, for ``dvc metrics diff``),
-``eval/<variant>/`` (per-class tables, DVC confusion data, PNG plots) and ``best.json``: the variant
-with the highest *validation* ``select_metric`` (the test split never chooses a model).
+``eval/<variant>/`` (per-class tables, DVC confusion data, PNG plots, ``calibration.json``) and
+``best.json``: the variant with the highest *validation* ``select_metric`` (the test split never
+chooses a model).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,8 @@ from birdops import metrics
 from birdops.audio import AudioError, load_audio
 from birdops.config import EvaluateParams
 from birdops.contracts import (
+    CALIBRATION_FILE,
+    EVAL_DIR,
     ClassifierInfo,
     PathEscapeError,
     labels_path,
@@ -41,17 +52,17 @@ from birdops.contracts import (
     read_labels,
     read_manifest,
 )
-from birdops.evaluate import plots, uncertainty
+from birdops.evaluate import field, plots, uncertainty
 from birdops.features.cache import load_split
 from birdops.features.frontend import FrontEnd
 from birdops.files import write_csv_atomic, write_json_atomic
-from birdops.models.checkpoint import load_classifier
+from birdops.models.checkpoint import SavedClassifier, load_classifier
 from birdops.models.classifier import WaveformClassifier
+from birdops.scores import scores as activated
 from birdops.windows import even_windows
 
 log = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"  # per-variant tables and plots: <out>/eval/<variant>/
 BEST_FILE = "best.json"
 COMPARISONS_FILE = "comparisons.json"
 
@@ -108,7 +119,8 @@ class VariantEvaluation:
     test_clip: Scored
     val_clip: Scored
     test_recording: Scored
-    skipped: list[Skipped] = field(default_factory=list)
+    field: field.FieldResult
+    skipped: list[Skipped] = dataclass_field(default_factory=list)
 
     def to_metrics(self, params: EvaluateParams) -> dict[str, Any]:
         """The flat ``<variant>.json``: headline metrics per level, their 95% intervals over test
@@ -123,6 +135,8 @@ class VariantEvaluation:
             "n_test_recordings": len(self.test_recording.labels),
             "n_skipped_recordings": len(self.skipped),
             "n_val_clips": len(self.val_clip.labels),
+            "detection": self.field.metrics,
+            "val_detection": self.field.validation,
         }
 
 
@@ -223,14 +237,15 @@ def recording_probabilities(
     num_recordings: int,
     num_classes: int,
     device: torch.device,
+    activation: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean softmax probability of each recording's windows ``(R, C)`` and the window count ``(R,)``
-    (0, and a row of zeros, for a recording that yielded no window)."""
+    """Mean window score (``activation`` of the logits) of each recording ``(R, C)`` and the window
+    count ``(R,)`` (0, and a row of zeros, for a recording that yielded no window)."""
     sums = np.zeros((num_recordings, num_classes), dtype=np.float64)
     counts = np.zeros(num_recordings, dtype=np.int64)
     for windows, owners in batches:
         logits = classifier(torch.from_numpy(windows).to(device))  # (B, C)
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+        probs = activated(logits.float().cpu().numpy(), activation)
         np.add.at(sums, owners, probs)
         np.add.at(counts, owners, 1)
     means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
@@ -266,7 +281,12 @@ def evaluate_recordings(
     desc = f"{info.variant} test recordings"
     windows = recording_windows(recordings, rate_hz, window_seconds, params.hop_seconds, skipped, desc)
     probs, counts = recording_probabilities(
-        classifier, batch_windows(windows, params.batch_size), len(recordings), info.num_classes, device
+        classifier,
+        batch_windows(windows, params.batch_size),
+        len(recordings),
+        info.num_classes,
+        device,
+        info.activation,
     )
     kept = counts > 0
     if not kept.any():
@@ -279,23 +299,85 @@ def evaluate_recordings(
 
 
 # --------------------------------------------------------------------------------------- variant
+@dataclass(frozen=True)
+class Inputs:
+    """Where the evaluation reads its data."""
+
+    raw_dir: Path
+    background_dir: Path
+    prepared_dir: Path
+    lms_dir: Path
+    soundscapes_dir: Path
+
+
 def evaluate_variant(
     name: str,
     model_dir: Path,
-    lms_dir: Path,
+    inputs: Inputs,
     recordings: Sequence[Recording],
     labels: Sequence[str],
     params: EvaluateParams,
     device: torch.device,
 ) -> VariantEvaluation:
-    """Clip-level (test, val) and recording-level (test) scores of the classifier in ``model_dir``."""
+    """Clip-level (test, val), recording-level (test) and field scores of the classifier in ``model_dir``."""
     saved = load_classifier(model_dir, device, labels=labels)
     model, info, frontend = saved.model, saved.info, saved.frontend
     assert frontend is not None  # loaded with its front end, the default
-    test_clip = evaluate_clips(model, info, lms_dir, "test", params.batch_size, device)
-    val_clip = evaluate_clips(model, info, lms_dir, "val", params.batch_size, device)
+    test_clip = evaluate_clips(model, info, inputs.lms_dir, "test", params.batch_size, device)
+    val_clip = evaluate_clips(model, info, inputs.lms_dir, "val", params.batch_size, device)
     test_recording, skipped = evaluate_recordings(model, frontend, info, recordings, params, device)
-    return VariantEvaluation(name, tuple(labels), test_clip, val_clip, test_recording, skipped)
+    found = evaluate_field(saved, inputs, labels, params, device)
+    return VariantEvaluation(name, tuple(labels), test_clip, val_clip, test_recording, found, skipped)
+
+
+def evaluate_field(
+    saved: SavedClassifier,
+    inputs: Inputs,
+    labels: Sequence[str],
+    params: EvaluateParams,
+    device: torch.device,
+) -> field.FieldResult:
+    """Calibration and thresholds on the validation windows, detection metrics on the test windows
+    (see :mod:`birdops.evaluate.field`)."""
+    assert saved.frontend is not None
+    info, classifier = saved.info, saved.waveform_classifier().to(device)
+    rate_hz = saved.frontend.spec.sample_rate_hz
+    window_seconds = window_seconds_for(info, saved.frontend, params)
+
+    def scored(waves: Iterable[tuple[np.ndarray, Sequence[tuple[float, float, int]]]]) -> field.Windows:
+        return field.recording_windows(
+            classifier,
+            waves,
+            rate_hz,
+            window_seconds,
+            params.field,
+            params.hop_seconds,
+            len(labels),
+            params.batch_size,
+            device,
+        )
+
+    def soundscapes(split: str) -> field.Windows:
+        found = field.read_soundscapes(inputs.soundscapes_dir, split)
+        return scored(field.soundscape_waves(found, labels, rate_hz))
+
+    secondary = field.secondary_species(inputs.prepared_dir, labels)
+    clips = field.clip_windows(
+        saved.model,
+        inputs.lms_dir,
+        info.feature_preset,
+        "val",
+        secondary,
+        len(labels),
+        params.batch_size,
+        device,
+    )
+    validation = field.Windows.join([clips, soundscapes("val")])
+    background = field.background_rows(inputs.prepared_dir, "test")
+    test = field.Windows.join(
+        [soundscapes("test"), scored(field.background_waves(background, inputs.background_dir, rate_hz))]
+    )
+    return field.fit_and_measure(validation, test, info.activation, labels, params.field)
 
 
 def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluateParams) -> dict[str, Any]:
@@ -324,6 +406,9 @@ def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluatePara
     )
     plots.plot_per_class_f1(table, folder / "per_class_f1.png", title=f"{title}, per-class F1")
     write_skipped(result.skipped, folder / "skipped.csv")
+    write_json_atomic(folder / CALIBRATION_FILE, result.field.calibration_document(result.labels))
+    per_class = result.field.per_class
+    write_csv_atomic(folder / "detection_per_class.csv", list(per_class[0]), per_class)
     return summary
 
 
@@ -400,10 +485,10 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
     order = (metric, *(m for m in TIE_BREAKERS if m != metric))
 
     def key(name: str) -> tuple[float, ...]:
-        return tuple(float(summaries[name]["val_clip"][m]) for m in order)
+        return tuple(validation_value(summaries[name], m) for m in order)
 
     best = max(summaries, key=key)  # max keeps the first of equal keys
-    candidates = {name: float(summary["val_clip"][metric]) for name, summary in summaries.items()}
+    candidates = {name: validation_value(summary, metric) for name, summary in summaries.items()}
     tied = [name for name, value in candidates.items() if value == candidates[best]]
     if all(value == 0.0 for value in candidates.values()):
         decided_by = "order (every variant scores 0)"
@@ -423,18 +508,27 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
         decided_by = metric
     return {
         "variant": best,
-        "metric": f"val_clip.{metric}",
+        "metric": validation_key(metric),
         "value": candidates[best],
         "candidates": candidates,
         "decided_by": decided_by,
     }
 
 
+def validation_key(metric: str) -> str:
+    """Where a selection metric lives in a variant's summary: ``val_detection.cmap`` for the detection
+    cmAP, ``val_clip.<metric>`` for a clip metric."""
+    return f"val_detection.{metric}" if metric == "cmap" else f"val_clip.{metric}"
+
+
+def validation_value(summary: Mapping[str, Any], metric: str) -> float:
+    section, name = validation_key(metric).split(".")
+    return float(summary[section][name])
+
+
 def evaluate_models(
     model_dirs: Sequence[Path],
-    raw_dir: Path,
-    prepared_dir: Path,
-    lms_dir: Path,
+    inputs: Inputs,
     out_dir: Path,
     params: EvaluateParams,
     device: str | torch.device = "cpu",
@@ -442,13 +536,13 @@ def evaluate_models(
     """Evaluate every model folder (named after its variant, e.g. ``models/full``), write the outputs
     under ``out_dir`` and return the ``best.json`` content."""
     device = torch.device(device)
-    labels = read_labels(labels_path(prepared_dir))
-    recordings = read_recordings(prepared_dir, raw_dir, "test")
+    labels = read_labels(labels_path(inputs.prepared_dir))
+    recordings = read_recordings(inputs.prepared_dir, inputs.raw_dir, "test")
     summaries: dict[str, dict[str, Any]] = {}
     results: dict[str, VariantEvaluation] = {}
     for model_dir in model_dirs:
         name = model_dir.name
-        results[name] = evaluate_variant(name, model_dir, lms_dir, recordings, labels, params, device)
+        results[name] = evaluate_variant(name, model_dir, inputs, recordings, labels, params, device)
         summaries[name] = write_variant(results[name], out_dir, params)
         log.info("%s: %s", name, json.dumps(summaries[name]))
     comparisons = compare_generations(results, params)

@@ -34,6 +34,7 @@ from torch import nn
 
 from birdops.config import ExportParams
 from birdops.contracts import (
+    CALIBRATION_FILE,
     EXPORTER_KEY,
     INPUT_NAME,
     MODEL_FILE,
@@ -41,7 +42,10 @@ from birdops.contracts import (
     OUTPUT_NAME,
     WEIGHTS_FILE,
     ClassifierInfo,
+    MetadataError,
     ModelMetadata,
+    Scoring,
+    read_scoring,
 )
 from birdops.export import parity, triton
 from birdops.features.cache import load_split
@@ -117,7 +121,11 @@ def save_model(model: onnx.ModelProto, path: Path) -> int:
     return path.stat().st_size
 
 
-def metadata_for(info: ClassifierInfo, variant: str, model_sha256: str) -> ModelMetadata:
+def metadata_for(
+    info: ClassifierInfo, variant: str, model_sha256: str, scoring: Scoring | None = None
+) -> ModelMetadata:
+    """The exported model's metadata; ``scoring`` (calibration and thresholds) defaults to the model's
+    activation, uncalibrated, without thresholds."""
     return ModelMetadata(
         labels=info.labels,
         sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
@@ -125,6 +133,7 @@ def metadata_for(info: ClassifierInfo, variant: str, model_sha256: str) -> Model
         features=info.feature_spec,
         variant=variant,
         model_sha256=model_sha256,
+        scoring=scoring or Scoring(activation=info.activation),
     )
 
 
@@ -166,6 +175,7 @@ def read_best(path: Path) -> str:
 
 def export_best(
     best_json: Path,
+    eval_dir: Path,
     models_dir: Path,
     raw_dir: Path,
     prepared_dir: Path,
@@ -173,8 +183,9 @@ def export_best(
     out_dir: Path,
     params: ExportParams,
 ) -> StageResult:
-    """Export the chosen variant to ``out_dir/model.onnx``, gate it and write the Triton repository
-    (only when every gate passed); the summary is returned either way."""
+    """Export the chosen variant to ``out_dir/model.onnx`` with its calibration and thresholds
+    (``eval_dir/<variant>/calibration.json``), gate it and write the Triton repository (only when
+    every gate passed); the summary is returned either way."""
     variant = read_best(best_json)
     try:  # a model whose features no longer match the current front end cannot be exported
         saved = load_classifier(models_dir / variant)
@@ -183,7 +194,16 @@ def export_best(
     classifier, info = saved.waveform_classifier(), saved.info
     if info.variant != variant:
         log.warning("%s holds variant %r; exporting it as %r", models_dir / variant, info.variant, variant)
-    metadata = metadata_for(info, variant, weights_sha256(models_dir / variant))
+    try:
+        scoring = read_scoring(eval_dir / variant / CALIBRATION_FILE, len(info.labels))
+    except MetadataError as err:
+        raise ExportError(str(err)) from err
+    if scoring.activation != info.activation:
+        raise ExportError(
+            f"{eval_dir / variant / CALIBRATION_FILE} is for a {scoring.activation} model, "
+            f"{models_dir / variant} is {info.activation}: evaluate the model again"
+        )
+    metadata = metadata_for(info, variant, weights_sha256(models_dir / variant), scoring)
     log.info(
         "exporting %s (%s, %d classes, %s s at %d Hz) with opset %d",
         variant,

@@ -18,10 +18,10 @@ import pytest
 import soundfile as sf
 import torch
 from params_yaml import section, write_params
-from worlds import save_tiny_ast, write_prepared_and_cache
+from worlds import save_tiny_ast, write_prepared_and_cache, write_soundscape
 
 from birdops.audio import load_audio
-from birdops.contracts import read_info
+from birdops.contracts import read_info, read_scoring
 from birdops.evaluate import evaluate as ev
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
@@ -42,6 +42,8 @@ SPLIT_PLAN = [
     *[("test", k) for k in (0, 1, 1, 1, 2)],
 ]
 CORRUPT_ID = "XC99"  # a test recording whose file is not audio
+# one 6 s soundscape per split: (start_s, end_s, class) of its tone calls, silence around them
+SOUNDSCAPE_PLAN = {"val": [(0.5, 1.8, 0), (3.0, 4.5, 1)], "test": [(1.0, 2.5, 1), (4.0, 5.0, 2)]}
 
 
 def write_recording(path: Path, label: int, seconds: float, rng: np.random.Generator) -> None:
@@ -65,6 +67,13 @@ def write_world(root: Path) -> None:
     (root / "raw" / "audio" / f"{CORRUPT_ID}.wav").write_bytes(b"this is not a wave file" * 20)
     rows.append((CORRUPT_ID, f"audio/{CORRUPT_ID}.wav", LABELS[2], 2, "test", "rec", "A", 3.0))
     write_prepared_and_cache(root, rows, LABELS, CLIP_SECONDS)
+    for split, events in SOUNDSCAPE_PLAN.items():
+        t = np.arange(6 * FILE_RATE_HZ) / FILE_RATE_HZ
+        wave = 0.01 * rng.normal(size=t.shape)
+        for start, end, label in events:
+            wave += 0.3 * ((t >= start) & (t < end)) * np.sin(2 * np.pi * TONE_HZ[label] * t)
+        found = [(start, end, LABELS[label]) for start, end, label in events]
+        write_soundscape(root, f"SC-{split}", split, wave, FILE_RATE_HZ, found)
 
 
 def save_model(folder: Path, variant: str, constant_class: int | None) -> None:
@@ -91,6 +100,7 @@ def evaluated(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = workdir / "metrics"
     models = [str(world / "models" / name) for name in ("phase2b", "baseline", "full")]
     argv = ["--models", *models, "--raw", str(world / "raw"), "--prepared", str(world / "prepared")]
+    argv += ["--background", str(world / "background"), "--soundscapes", str(world / "soundscapes")]
     argv += ["--lms", str(world / "lms"), "--out", str(out)]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # stages read params.yaml from the working directory
@@ -106,7 +116,8 @@ def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path)
     data = read_json(evaluated / "phase2b.json")
     levels = ("test_clip", "test_recording", "val_clip")
     sizes = {"n_test_clips", "n_test_recordings", "n_skipped_recordings", "n_val_clips"}
-    assert set(data) == {*levels, "test_clip_ci95", "test_recording_ci95", *sizes}
+    detection = {"detection", "val_detection"}
+    assert set(data) == {*levels, "test_clip_ci95", "test_recording_ci95", *sizes, *detection}
     for level in ("test_clip", "test_recording"):
         ci = data[f"{level}_ci95"]
         assert set(ci) == {"accuracy_low", "accuracy_high", "f1_macro_low", "f1_macro_high"}
@@ -186,6 +197,34 @@ def test_best_is_chosen_on_validation_not_test(evaluated: Path) -> None:
     assert best["candidates"] == pytest.approx(val)
     assert val[best["variant"]] == max(val.values()) and best["variant"] != "full"
     assert best["value"] == pytest.approx(val[best["variant"]])
+
+
+def test_field_windows_calibration_and_thresholds(world: Path, evaluated: Path) -> None:
+    """The test windows are the even windows of the test soundscape and test background recordings;
+    the calibration and thresholds written for the export are the ones the metrics used."""
+    frontend = build_frontend("seed")
+    rate = frontend.spec.sample_rate_hz
+    count = 0
+    for path in [
+        world / "soundscapes/test/SC-test.flac",
+        *sorted((world / "background/audio").glob("BG[56].wav")),
+    ]:
+        windows, _ = even_windows(load_audio(path, rate), rate, CLIP_SECONDS, 0.5)
+        count += len(windows)
+    for variant in ("phase2b", "baseline", "full"):
+        data = read_json(evaluated / f"{variant}.json")
+        found = data["detection"]
+        assert found["n_windows"] == count
+        assert 0.0 <= found["cmap"] <= 1.0 and 0.0 <= found["roc_auc"] <= 1.0
+        assert 0.0 <= found["background_windows_flagged"] <= 1.0 and found["false_detections_per_hour"] >= 0
+        assert found["background_hours"] > 0
+        calibration = read_json(evaluated / "eval" / variant / "calibration.json")
+        scoring = read_scoring(evaluated / "eval" / variant / "calibration.json", len(LABELS))
+        assert scoring.activation == "softmax" and scoring.thresholds is not None
+        assert list(scoring.thresholds) == calibration["thresholds"]
+        assert set(calibration["choice"]["classes"]) == set(LABELS)
+    # a constant model ranks nothing: its AP of each class is its share of positives, AUC one half
+    assert read_json(evaluated / "baseline.json")["detection"]["roc_auc"] == pytest.approx(0.5)
 
 
 def test_plot_and_table_files(evaluated: Path) -> None:

@@ -1,0 +1,296 @@
+"""How a variant does on field audio: calibration, per-species thresholds and detection metrics.
+
+A field recording is scored window by window, and most of its windows hold none of the species. For
+each variant this module gathers two sets of windows, scores them with the model and its front end,
+and measures what a user of ``birdops predict`` gets:
+
+- *validation* windows, which fit the calibration and choose the thresholds: the validation clips
+  (one species each; the recording's xeno-canto background species masked), the validation
+  background clips (no species) and the even windows of the validation soundscapes (truth from their
+  annotated events, :func:`birdops.detection.window_targets`);
+- *test* windows, never used to fit anything: the even windows of the test soundscapes and of every
+  test background recording (whole, no species anywhere).
+
+The calibration is one Platt scaling for all species, ``activation(scale * logits + bias)``
+(:func:`birdops.detection.fit_calibration`); the thresholds give each species ``target_precision`` on
+the validation windows where it has enough positives, the pooled threshold otherwise
+(:func:`birdops.detection.choose_thresholds`). Both go into ``eval/<variant>/calibration.json``, which
+the export writes into the ONNX metadata. The test windows give BirdCLEF's cmAP and the macro ROC-AUC,
+precision and recall at the thresholds, the false detections per hour of background-only audio and
+the share of its windows with any detection, and the top-label ECE before and after calibration.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import birdops.detection as detection
+from birdops.audio import AudioError, load_audio
+from birdops.config import FieldEvalParams
+from birdops.contracts import (
+    ANNOTATIONS_FILE,
+    SOUNDSCAPES_FILE,
+    ManifestRow,
+    PathEscapeError,
+    background_manifest_path,
+    background_split,
+    manifest_path,
+    read_manifest,
+)
+from birdops.features.cache import load_split
+from birdops.scores import scores as activated
+from birdops.windows import even_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Scored windows: logits and truth, and which are background only (no species anywhere)."""
+
+    logits: np.ndarray  # (N, C) float32
+    targets: np.ndarray  # (N, C) float32 in {0, 1}
+    mask: np.ndarray  # (N, C) bool: False where the entry is ambiguous
+    background_seconds: float  # audio the background-only windows cover (overlaps counted once)
+
+    @property
+    def background_only(self) -> np.ndarray:
+        out: np.ndarray = detection.background_windows(self.targets, self.mask)
+        return out
+
+    @staticmethod
+    def join(parts: Sequence[Windows]) -> Windows:
+        return Windows(
+            np.concatenate([p.logits for p in parts]),
+            np.concatenate([p.targets for p in parts]),
+            np.concatenate([p.mask for p in parts]),
+            sum(p.background_seconds for p in parts),
+        )
+
+
+@dataclass(frozen=True)
+class Soundscape:
+    """A soundscape file and its true events ``(start_s, end_s, label)``."""
+
+    path: Path
+    split: str
+    events: tuple[tuple[float, float, str], ...]
+
+
+def read_soundscapes(folder: Path, split: str) -> list[Soundscape]:
+    """The soundscapes of ``split`` listed in ``folder`` (``soundscapes.csv``, ``annotations.csv``)."""
+    with (folder / ANNOTATIONS_FILE).open(newline="", encoding="utf-8") as handle:
+        events: dict[str, list[tuple[float, float, str]]] = {}
+        for row in csv.DictReader(handle):
+            events.setdefault(row["file"], []).append(
+                (float(row["start_s"]), float(row["end_s"]), row["label"])
+            )
+    with (folder / SOUNDSCAPES_FILE).open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    return [Soundscape(folder / r["file"], split, tuple(events.get(r["file"], ()))) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def logits_of(net: nn.Module, inputs: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """``net``'s logits ``(N, C)`` float32 of ``inputs`` (cached features ``(N, F, T)`` for the model,
+    or waveform windows ``(N, S)`` for the model behind its front end), ``batch_size`` at a time."""
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
+        out.append(net(batch.to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def clip_windows(
+    model: nn.Module,
+    lms_dir: Path,
+    preset: str,
+    split: str,
+    secondary: dict[str, list[int]],
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+) -> Windows:
+    """The cached clips of ``split`` (one species each, its background species masked) and of its
+    background (no species), as scored windows."""
+    species = load_split(lms_dir, preset, split)
+    background = load_split(lms_dir, preset, background_split(split))
+    targets = np.zeros((len(species.labels) + len(background.labels), num_classes), dtype=np.float32)
+    targets[np.arange(len(species.labels)), species.labels] = 1.0
+    mask = np.ones_like(targets, dtype=bool)
+    for row, recording in enumerate(species.ids):
+        mask[row, secondary.get(recording, [])] = False
+    logits = np.concatenate(
+        [
+            logits_of(model, part.features, batch_size, device)
+            for part in (species, background)
+            if len(part.labels)
+        ]
+    )
+    seconds = len(background.labels) * species.clip_seconds
+    return Windows(logits, targets, mask, seconds)
+
+
+def recording_windows(
+    classifier: nn.Module,
+    waves: Iterable[tuple[np.ndarray, Sequence[tuple[float, float, int]]]],
+    sample_rate_hz: int,
+    window_seconds: float,
+    params: FieldEvalParams,
+    hop_seconds: float,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+) -> Windows:
+    """Even windows of whole recordings ``(wave, events (start_s, end_s, class index))``, scored by
+    ``classifier`` (front end + model) with their truth from the events (none: background only)."""
+    parts = []
+    for wave, events in waves:
+        windows, starts_s = even_windows(wave, sample_rate_hz, window_seconds, hop_seconds)
+        targets, mask = detection.window_targets(
+            starts_s,
+            window_seconds,
+            [detection.Event(start, end, index) for start, end, index in events],
+            num_classes,
+            params.min_event_overlap_seconds,
+        )
+        quiet = detection.background_windows(targets, mask)
+        seconds = detection.covered_seconds(starts_s[quiet], window_seconds) if quiet.any() else 0.0
+        parts.append(Windows(logits_of(classifier, windows, batch_size, device), targets, mask, seconds))
+    if not parts:
+        raise ValueError("no recording to score")
+    return Windows.join(parts)
+
+
+def soundscape_waves(
+    soundscapes: Sequence[Soundscape], labels: Sequence[str], sample_rate_hz: int
+) -> Iterator[tuple[np.ndarray, list[tuple[float, float, int]]]]:
+    """Each soundscape decoded at ``sample_rate_hz`` with its events as class indices (an event of a
+    label the model does not know is left out: it counts as background there)."""
+    index = {label: i for i, label in enumerate(labels)}
+    for soundscape in soundscapes:
+        events = [(start, end, index[label]) for start, end, label in soundscape.events if label in index]
+        yield load_audio(soundscape.path, sample_rate_hz), events
+
+
+def background_waves(
+    rows: Sequence[ManifestRow], background_dir: Path, sample_rate_hz: int
+) -> Iterator[tuple[np.ndarray, list[tuple[float, float, int]]]]:
+    """Each background recording decoded whole at ``sample_rate_hz`` (no events); one that cannot be
+    decoded is logged and left out."""
+    for row in rows:
+        try:
+            yield load_audio(row.audio_path(background_dir), sample_rate_hz), []
+        except (AudioError, PathEscapeError) as err:
+            log.warning("background recording %s left out of the field evaluation: %s", row.id, err)
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class FieldResult:
+    """A variant's calibration, thresholds and field metrics."""
+
+    activation: str
+    scale: float
+    bias: float
+    thresholds: detection.Thresholds
+    metrics: dict[str, Any]  # test detection metrics (flat, for dvc metrics diff)
+    validation: dict[str, Any]  # validation detection metrics (the export is chosen on these)
+    per_class: list[dict[str, Any]]  # per species: test AP, ROC AUC, threshold and its rule
+
+    def calibration_document(self, labels: Sequence[str]) -> dict[str, Any]:
+        """``calibration.json``: what the export writes into the model, and how it was chosen."""
+        return {
+            "activation": self.activation,
+            "scale": self.scale,
+            "bias": self.bias,
+            "thresholds": [float(t) for t in self.thresholds.values],
+            "choice": self.thresholds.to_dict(labels),
+        }
+
+
+def measure(
+    windows: Windows, activation: str, scale: float, bias: float, thresholds: np.ndarray
+) -> dict[str, Any]:
+    """Detection metrics of scored ``windows`` under a calibration and thresholds."""
+    raw = activated(windows.logits, activation)
+    calibrated = activated(windows.logits, activation, scale, bias)
+    hits = detection.precision_recall_at(calibrated, windows.targets, windows.mask, thresholds)
+    quiet = windows.background_only
+    out: dict[str, Any] = {
+        "cmap": detection.cmap(calibrated, windows.targets, windows.mask),
+        "roc_auc": detection.roc_auc_macro(calibrated, windows.targets, windows.mask),
+        "precision": hits.precision,
+        "recall": hits.recall,
+        "ece_uncalibrated": detection.expected_calibration_error(raw, windows.targets, windows.mask),
+        "ece_calibrated": detection.expected_calibration_error(calibrated, windows.targets, windows.mask),
+        "n_windows": len(windows.logits),
+    }
+    if quiet.any() and windows.background_seconds > 0:
+        false = detection.false_detections_per_hour(calibrated[quiet], thresholds, windows.background_seconds)
+        out |= {
+            "false_detections_per_hour": false.per_hour,
+            "background_windows_flagged": false.flagged_fraction,
+            "background_hours": windows.background_seconds / 3600,
+        }
+    return out
+
+
+def fit_and_measure(
+    validation: Windows, test: Windows, activation: str, labels: Sequence[str], params: FieldEvalParams
+) -> FieldResult:
+    """Fit the calibration and thresholds on ``validation``; measure both sets with them."""
+    scale, bias = detection.fit_calibration(
+        validation.logits, validation.targets, validation.mask, activation
+    )
+    calibrated = activated(validation.logits, activation, scale, bias)
+    thresholds = detection.choose_thresholds(
+        calibrated, validation.targets, validation.mask, params.target_precision, params.min_positives
+    )
+    values = thresholds.values
+    test_scores = activated(test.logits, activation, scale, bias)
+    ap = detection.class_average_precision(test_scores, test.targets, test.mask)
+    per_class = [
+        {
+            "label": label,
+            "ap": round(ap[i], 6) if i in ap else "",
+            "threshold": round(float(values[i]), 6),
+            "rule": thresholds.classes[i].rule,
+            "val_precision": round(thresholds.classes[i].precision, 6),
+            "val_recall": round(thresholds.classes[i].recall, 6),
+        }
+        for i, label in enumerate(labels)
+    ]
+    return FieldResult(
+        activation=activation,
+        scale=scale,
+        bias=bias,
+        thresholds=thresholds,
+        metrics=measure(test, activation, scale, bias, values),
+        validation=measure(validation, activation, scale, bias, values),
+        per_class=per_class,
+    )
+
+
+def secondary_species(prepared_dir: Path, labels: Sequence[str]) -> dict[str, list[int]]:
+    """Recording id -> class indices of its background species (``also``), for masking."""
+    index = {label: i for i, label in enumerate(labels)}
+    return {
+        row.id: [index[label] for label in row.also_labels if label in index]
+        for row in read_manifest(manifest_path(prepared_dir))
+        if row.also_labels
+    }
+
+
+def background_rows(prepared_dir: Path, split: str) -> list[ManifestRow]:
+    return [row for row in read_manifest(background_manifest_path(prepared_dir)) if row.split == split]

@@ -1,0 +1,123 @@
+"""The exported model as ``birdops predict`` serves it, on held-out audio: does it stay quiet on audio
+without the species, and still find them when a site's noise covers them?
+
+Everything runs through the served path -- :class:`~birdops.serve.inference.Classifier` on the
+``.onnx`` file, its calibrated scores and the per-species thresholds of its metadata, windows of the
+model's length without overlap (``birdops predict``'s defaults) -- on recordings no model was trained,
+calibrated or chosen on:
+
+- *background*: every window of every test background recording (sites the training never heard);
+  the share of windows with a species row is what a user would wade through as false detections;
+- *clean*: every test recording; one is recalled when a window names its species;
+- *mixed*: every test recording over a test background recording (drawn per recording from
+  ``seed``, repeated to its length) at ``snr_db``: the recording's mean power over the background's.
+
+numpy, soundfile and onnxruntime only, like the rest of serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdops.audio import AudioError, load_audio
+from birdops.config import FieldCheckParams
+from birdops.contracts import (
+    ManifestRow,
+    PathEscapeError,
+    background_manifest_path,
+    manifest_path,
+    read_manifest,
+)
+from birdops.mixing import mix_at_snr, noise_segment
+from birdops.serve.inference import Classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Per window, whether any species passed its threshold, and whether a given species did."""
+
+    flagged: np.ndarray  # (N,) bool
+    found: np.ndarray  # (N, C) bool
+
+
+def detections(classifier: Classifier, wave: np.ndarray, params: FieldCheckParams) -> Detections:
+    """What ``birdops predict``'s defaults report for ``wave``: the windows whose calibrated score
+    reaches a species' threshold (with no thresholds in the model, every window's best species)."""
+    result = classifier.predict_windows(wave, params.hop_seconds)
+    thresholds = classifier.metadata.scoring.thresholds
+    if thresholds is None:
+        found = result.scores >= result.scores.max(axis=1, keepdims=True)
+    else:
+        found = result.scores >= np.asarray(thresholds, dtype=np.float32)[None, :]
+    return Detections(found.any(axis=1), found)
+
+
+def _decoded(row: ManifestRow, folder: Path, sample_rate_hz: int) -> np.ndarray | None:
+    try:
+        return load_audio(row.audio_path(folder), sample_rate_hz)
+    except (AudioError, PathEscapeError) as err:
+        log.warning("%s left out of the field check: %s", row.local_path, err)
+        return None
+
+
+def check(
+    classifier: Classifier,
+    raw_dir: Path,
+    background_dir: Path,
+    prepared_dir: Path,
+    params: FieldCheckParams,
+) -> dict[str, Any]:
+    """The field check's figures (see the module docstring), JSON-ready."""
+    rate = classifier.sample_rate_hz
+    labels = {label: i for i, label in enumerate(classifier.labels)}
+    recordings = [
+        r for r in read_manifest(manifest_path(prepared_dir)) if r.split == "test" and r.label in labels
+    ]
+    background = [r for r in read_manifest(background_manifest_path(prepared_dir)) if r.split == "test"]
+    beds = [w for w in (_decoded(r, background_dir, rate) for r in background) if w is not None]
+    if not beds or not recordings:
+        raise ValueError(f"{prepared_dir}: the field check needs test recordings and test background")
+    flagged = np.concatenate([detections(classifier, bed, params).flagged for bed in beds])
+    clean, mixed = _recall(classifier, recordings, raw_dir, beds, labels, params)
+    return {
+        "background_windows": len(flagged),
+        "background_windows_flagged": float(flagged.mean()),
+        "background_recordings": len(beds),
+        "test_recordings": len(clean),
+        "clean_file_recall": float(np.mean(clean)),
+        "mixed_file_recall": float(np.mean(mixed)),
+        "mixed_snr_db": params.snr_db,
+        "mixed_to_clean_recall": float(np.mean(mixed) / np.mean(clean)) if np.mean(clean) > 0 else 0.0,
+    }
+
+
+def _recall(
+    classifier: Classifier,
+    recordings: Sequence[ManifestRow],
+    raw_dir: Path,
+    beds: Sequence[np.ndarray],
+    labels: dict[str, int],
+    params: FieldCheckParams,
+) -> tuple[list[bool], list[bool]]:
+    """Per decodable test recording: whether a window names its species, clean and over background."""
+    clean, mixed = [], []
+    for row in recordings:
+        wave = _decoded(row, raw_dir, classifier.sample_rate_hz)
+        if wave is None:
+            continue
+        rng = np.random.default_rng([params.seed, zlib.crc32(row.id.encode("utf-8"))])
+        bed = noise_segment(beds[int(rng.integers(len(beds)))], len(wave), rng)
+        label = labels[row.label]
+        clean.append(bool(detections(classifier, wave, params).found[:, label].any()))
+        noisy = mix_at_snr(wave, bed, params.snr_db)
+        mixed.append(bool(detections(classifier, noisy, params).found[:, label].any()))
+    return clean, mixed
