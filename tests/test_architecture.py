@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "providers": set(),
     "contracts": {"config", "files"},
     "metrics": {"scores"},
+    "detection": {"scores"},
     "data": BASE | {"audio", "procs"},
     "features": BASE | {"audio", "procs", "windows"},
     "models": BASE | {"features"},
