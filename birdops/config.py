@@ -309,6 +309,47 @@ class PretrainParams(Section):
         return self
 
 
+# -------------------------------------------------------------------------------------- soundscapes
+Split = Literal["train", "val", "test"]
+
+
+class SoundscapesParams(Section):
+    """Long test soundscapes (``birdops.data.soundscapes``): a split's recordings inserted as events
+    into a bed of its background recordings, with their true spans."""
+
+    seed: int
+    splits: list[Split]  # the splits to make soundscapes of (each needs recordings and background)
+    count: dict[Split, int]  # soundscapes per split: one entry for every split in `splits`
+    seconds: float = Field(..., gt=0)  # length of each soundscape
+    sample_rate_hz: int = Field(..., ge=8000)
+    # share of each soundscape that no inserted recording touches: stretches of background only
+    background_only_share: float = Field(..., ge=0, lt=1)
+    event_seconds: tuple[float, float]  # length of an inserted segment: drawn in [low, high]
+    # the bird's power over its active frames against the bed's over the segment, above the high-pass
+    snr_db_range: tuple[float, float]
+    overlap_probability: float = Field(..., ge=0, le=1)  # an event has a second species over it
+    bed_segment_seconds: tuple[float, float]  # background pieces the bed is joined from
+    crossfade_seconds: float = Field(..., gt=0)  # between two background pieces
+    max_gap_seconds: float = Field(..., ge=0)  # active stretches of one event closer than this: one span
+    activity: ActivityParams  # where an inserted recording's bird is active (birdops.features.activity)
+
+    @model_validator(mode="after")
+    def _check(self) -> SoundscapesParams:
+        if len(set(self.splits)) != len(self.splits) or set(self.count) != set(self.splits):
+            raise ValueError("splits must be distinct and count must hold one entry for each of them")
+        if any(n < 1 for n in self.count.values()):
+            raise ValueError("count: at least one soundscape per split")
+        for name in ("event_seconds", "snr_db_range", "bed_segment_seconds"):
+            low, high = getattr(self, name)
+            if low > high or (name != "snr_db_range" and low <= 0):
+                raise ValueError(f"{name} must be [low, high] with low <= high (and > 0 for seconds)")
+        if self.bed_segment_seconds[0] <= 2 * self.crossfade_seconds:
+            raise ValueError("bed_segment_seconds must start above twice crossfade_seconds")
+        if (1 - self.background_only_share) * self.seconds < self.event_seconds[0]:
+            raise ValueError("(1 - background_only_share) * seconds must leave room for one event_seconds[0]")
+        return self
+
+
 # ----------------------------------------------------------------------------------------- evaluate
 class FieldEvalParams(Section):
     """Calibration, thresholds and detection metrics on field-like audio (``birdops.evaluate.field``)."""
@@ -368,6 +409,7 @@ class Params(Section):
     data: DataParams
     prepare: PrepareParams
     lms_cache: LmsCacheParams
+    soundscapes: SoundscapesParams
     pretrain: PretrainParams
     train_phase2b: TrainParams
     train_baseline: TrainParams

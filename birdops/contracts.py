@@ -16,7 +16,8 @@ serving path can use it too.
   (:func:`background_split`).
 - *soundscapes folder* (``soundscapes``'s output): long mixtures of a split's recordings over its
   background, ``<split>/<name>.flac``, listed in ``soundscapes.csv`` (:data:`SOUNDSCAPE_COLUMNS`) with
-  their true events in ``annotations.csv`` (:data:`ANNOTATION_COLUMNS`).
+  their true events in ``annotations.csv`` (:data:`ANNOTATION_COLUMNS`): :func:`read_soundscapes` /
+  :func:`write_soundscapes`, one :class:`Soundscape` a file.
 - *model folder* (a trained classifier): ``model.safetensors`` and ``config.json``, which holds a
   :class:`ClassifierInfo` (:func:`read_info`).
 - *exported model*: one ``.onnx`` file, input :data:`INPUT_NAME` float32 ``[batch, samples]``, output
@@ -237,6 +238,97 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ManifestError(f"{path}: the labels must be a JSON list of strings")
     return tuple(labels)
+
+
+# -------------------------------------------------------------------------------- soundscapes folder
+class SoundscapeError(ValueError):
+    """A soundscapes folder's ``soundscapes.csv`` or ``annotations.csv`` is unreadable or malformed."""
+
+
+@dataclass(frozen=True)
+class SoundscapeEvent:
+    """One true event of a soundscape: ``label`` (a class name) sounds from ``start_s`` to ``end_s``."""
+
+    start_s: float
+    end_s: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Soundscape:
+    """One long recording with its true events (a row of ``soundscapes.csv`` and its annotations)."""
+
+    file: str  # relative to the soundscapes folder, with "/" separators: <split>/<name>.flac
+    split: str  # one of SPLITS
+    duration_s: float
+    events: tuple[SoundscapeEvent, ...]  # by start time
+
+    def audio_path(self, folder: str | Path) -> Path:
+        """``folder / file``; :class:`PathEscapeError` when it lies outside ``folder``."""
+        path = Path(folder) / self.file
+        relative = PurePosixPath(self.file)
+        if relative.is_absolute() or ".." in relative.parts or not is_inside(path, Path(folder)):
+            raise PathEscapeError(f"{self.file} resolves outside {folder}")
+        return path
+
+
+def write_soundscapes(folder: str | Path, soundscapes: Iterable[Soundscape]) -> None:
+    """Write ``soundscapes.csv`` and ``annotations.csv`` (one row an event) into ``folder``."""
+    soundscapes = list(soundscapes)
+    write_csv_atomic(
+        Path(folder) / SOUNDSCAPES_FILE,
+        SOUNDSCAPE_COLUMNS,
+        ({"file": s.file, "split": s.split, "duration_s": s.duration_s} for s in soundscapes),
+    )
+    rows = ({"file": s.file, **asdict(e)} for s in soundscapes for e in s.events)
+    write_csv_atomic(Path(folder) / ANNOTATIONS_FILE, ANNOTATION_COLUMNS, rows)
+
+
+def read_soundscapes(folder: str | Path) -> list[Soundscape]:
+    """The soundscapes of a folder, in ``soundscapes.csv`` order, each with its events by start time.
+    :class:`SoundscapeError` names the file and row of a missing column, a malformed number, an
+    unknown split or file, or an event outside its soundscape."""
+    folder = Path(folder)
+    listed: dict[str, tuple[str, float]] = {}
+    for row in _csv_rows(folder / SOUNDSCAPES_FILE, SOUNDSCAPE_COLUMNS):
+        if row["split"] not in SPLITS:
+            raise SoundscapeError(
+                f"{folder / SOUNDSCAPES_FILE}: {row['file']} has unknown split {row['split']!r}"
+            )
+        listed[row["file"]] = (row["split"], _number(folder / SOUNDSCAPES_FILE, row, "duration_s"))
+    events: dict[str, list[SoundscapeEvent]] = {name: [] for name in listed}
+    for row in _csv_rows(folder / ANNOTATIONS_FILE, ANNOTATION_COLUMNS):
+        where = folder / ANNOTATIONS_FILE
+        start_s, end_s = _number(where, row, "start_s"), _number(where, row, "end_s")
+        if row["file"] not in listed or not 0 <= start_s < end_s <= listed[row["file"]][1]:
+            raise SoundscapeError(f"{where}: event {start_s}-{end_s} s of {row['file']!r} lies outside it")
+        events[row["file"]].append(SoundscapeEvent(start_s, end_s, row["label"]))
+    return [
+        Soundscape(name, split, duration_s, tuple(sorted(events[name], key=lambda e: (e.start_s, e.end_s))))
+        for name, (split, duration_s) in listed.items()
+    ]
+
+
+def _csv_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            if missing:
+                raise SoundscapeError(f"{path}: it lacks the column(s) {', '.join(missing)}")
+            return list(reader)
+    except OSError as err:
+        raise SoundscapeError(f"{path}: cannot read it: {err}") from err
+
+
+def _number(path: Path, row: Mapping[str, str], column: str) -> float:
+    try:
+        value = float(row[column])
+    except ValueError as err:
+        raise SoundscapeError(f"{path}: {row['file']}: {column}: {err}") from err
+    if not math.isfinite(value):
+        raise SoundscapeError(f"{path}: {row['file']}: {column} is not finite")
+    return value
 
 
 # ------------------------------------------------------------------------------------- model folder

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "contracts": {"config", "files"},
     "metrics": {"scores"},
     "detection": {"scores"},
-    "data": BASE | {"audio", "procs"},
+    "data": BASE | {"audio", "features", "procs", "windows"},  # features: activity, for soundscape events
     "features": BASE | {"audio", "procs", "windows"},
     "models": BASE | {"features"},
     "train": BASE | {"data", "features", "metrics", "models"},  # data: the generated pretraining sounds

@@ -98,6 +98,21 @@ def test_cross_field_validation(tmp_path: Path) -> None:
         load_params(path)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"splits": ["val", "test", "val"]}, "count must hold one entry for each"),
+        ({"count": {"val": 8, "test": 12, "train": 2}}, "count must hold one entry for each"),
+        ({"event_seconds": [8.0, 2.0]}, "event_seconds must be"),
+        ({"background_only_share": 0.98}, "leave room for one event"),
+        ({"crossfade_seconds": 3.0}, "twice crossfade_seconds"),
+    ],
+)
+def test_soundscapes_cross_field_validation(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        load_params(write_params(tmp_path / "params.yaml", soundscapes=changes))
+
+
 def test_environment_overrides_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_params(tmp_path / "params.yaml", train_full={"batch_size": 16, "epochs": 3})
     monkeypatch.setenv("BIRDOPS_SERVE_PORT", "8000")  # a serving setting: not a parameter, allowed

@@ -18,13 +18,18 @@ from birdops.contracts import (
     ModelMetadata,
     PathEscapeError,
     Scoring,
+    Soundscape,
+    SoundscapeError,
+    SoundscapeEvent,
     labels_path,
     manifest_path,
     read_info,
     read_labels,
     read_manifest,
+    read_soundscapes,
     write_labels,
     write_manifest,
+    write_soundscapes,
 )
 
 ROWS = [
@@ -107,6 +112,58 @@ INFO = ClassifierInfo(
     best_value=0.5,
     epochs_run=3,
 )
+
+
+SOUNDSCAPES = [
+    Soundscape(
+        "val/SC-val-000.flac",
+        "val",
+        60.0,
+        (SoundscapeEvent(1.25, 3.5, "Turdus merula"), SoundscapeEvent(2.0, 2.75, "Parus major")),
+    ),
+    Soundscape("test/SC-test-000.flac", "test", 30.0, ()),
+]
+
+
+def test_soundscapes_round_trip_through_their_two_files(tmp_path: Path) -> None:
+    write_soundscapes(tmp_path, SOUNDSCAPES)
+    assert (tmp_path / "soundscapes.csv").read_text().splitlines()[1] == "val/SC-val-000.flac,val,60.0"
+    assert (tmp_path / "annotations.csv").read_text().splitlines() == [
+        "file,start_s,end_s,label",
+        "val/SC-val-000.flac,1.25,3.5,Turdus merula",
+        "val/SC-val-000.flac,2.0,2.75,Parus major",
+    ]
+    assert read_soundscapes(tmp_path) == SOUNDSCAPES
+    assert SOUNDSCAPES[0].audio_path(tmp_path) == tmp_path / "val" / "SC-val-000.flac"
+    with pytest.raises(PathEscapeError):
+        Soundscape("../elsewhere.flac", "val", 1.0, ()).audio_path(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("soundscapes", "annotations", "message"),
+    [
+        ("file,split\na.flac,val\n", "file,start_s,end_s,label\n", "lacks the column\\(s\\) duration_s"),
+        ("file,split,duration_s\na.flac,dev,5\n", "file,start_s,end_s,label\n", "unknown split 'dev'"),
+        ("file,split,duration_s\na.flac,val,five\n", "file,start_s,end_s,label\n", "duration_s"),
+        ("file,split,duration_s\na.flac,val,5\n", "file,start_s,end_s,label\nb.flac,1,2,x\n", "lies outside"),
+        ("file,split,duration_s\na.flac,val,5\n", "file,start_s,end_s,label\na.flac,4,6,x\n", "lies outside"),
+        ("file,split,duration_s\na.flac,val,5\n", "file,start_s,end_s,label\na.flac,nan,2,x\n", "not finite"),
+    ],
+)
+def test_malformed_soundscape_files_are_refused(
+    tmp_path: Path, soundscapes: str, annotations: str, message: str
+) -> None:
+    (tmp_path / "soundscapes.csv").write_text(soundscapes)
+    (tmp_path / "annotations.csv").write_text(annotations)
+    with pytest.raises(SoundscapeError, match=message):
+        read_soundscapes(tmp_path)
+
+
+def test_a_folder_without_annotations_is_refused(tmp_path: Path) -> None:
+    write_soundscapes(tmp_path, SOUNDSCAPES)
+    (tmp_path / "annotations.csv").unlink()
+    with pytest.raises(SoundscapeError, match=r"annotations\.csv: cannot read"):
+        read_soundscapes(tmp_path)
 
 
 def test_classifier_info_round_trips_through_config_json(tmp_path: Path) -> None:
