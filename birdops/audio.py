@@ -17,8 +17,9 @@ block down to mono, checking it and resampling it with one streaming soxr resamp
 
 Both give the same samples, bit for bit: one reader, one resampler (:func:`resample` is soxr's
 one-shot resampler at the same quality, equal to the streamed one, ``tests/test_audio.py``). Mono
-output is bit-identical to decoding the whole file at once and averaging its channels, except for
-mono MP3, where libsndfile's decoder rounds reads of other sizes differently (by less than 1e-6).
+output is bit-identical to decoding the whole file at once and averaging its channels, MP3 included,
+damaged frames included: blocks are read forward only (:func:`_read_forward`), so libmpg123 decodes
+every frame once, in order, as a whole-file read and the ``mpg123`` command do.
 
 Every refusal is an :class:`AudioError` subclass naming the file and the reason; ``kind`` is a short
 machine-readable code (``"empty"``, ``"not_audio"``, ...). A streamed decode raises the refusals found
@@ -296,18 +297,37 @@ def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> 
         wanted = min(BLOCK_FRAMES, left)
         try:
             with _quiet_stderr():
-                block = sound.read(wanted, dtype="float32", always_2d=True, out=buffer[:wanted])
+                read = _read_forward(sound, buffer[:wanted])
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
             reason = getattr(err, "error_string", None) or str(err)
             raise TruncatedAudioError(
                 name, f"cannot decode audio: truncated or corrupt data ({_clean_reason(reason)})"
             ) from err
-        if len(block) == 0:
+        if read == 0:
             return
-        yield _mix_down(block)  # (F,)
-        left -= len(block)
-        if len(block) < wanted:
+        yield _mix_down(buffer[:read])  # (F,)
+        left -= read
+        if read < wanted:
             return
+
+
+def _read_forward(sound: sf.SoundFile, out: np.ndarray) -> int:
+    """Decode the next ``len(out)`` frames (at most) into ``out (F, C)`` float32, C-contiguous,
+    from where the previous read stopped; returns how many were read.
+
+    libsndfile's own read, not ``SoundFile.read``: that one seeks to the position it has just reached
+    after every read (``SoundFile._cdata_io``), and libsndfile's MP3 seek restarts libmpg123 a few
+    frames back with an empty bit reservoir. On a clean MP3 that rounds some samples differently
+    (under 1e-6); next to a damaged frame it conceals the damage differently (0.38 of full scale on
+    ``tests/test_audio.py``'s damaged MP3), so the blocks would not join to the whole-file read. A read
+    that only moves forward decodes every frame once, in order, as ``sf.read`` and ``mpg123`` do.
+    """
+    pointer = sf._ffi.cast("float *", sf._ffi.from_buffer(out))
+    read = int(sf._snd.sf_readf_float(sound._file, pointer, len(out)))
+    error = int(sf._snd.sf_error(sound._file))
+    if error:
+        raise sf.LibsndfileError(error)
+    return read
 
 
 def _mix_down(block: np.ndarray) -> np.ndarray:

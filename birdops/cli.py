@@ -15,12 +15,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("birdops.evaluate.report", "compare model variants side by side"),
     "experiments": ("birdops.evaluate.experiments", "run a plan of DVC experiments, write their tables"),
     "bench": ("birdops.bench.main", "measure cache, model, predict and training throughput on this machine"),
+    "convert-checkpoint": (
+        "birdops.models.convert",
+        "write model.safetensors from a checkpoint's pytorch_model.bin, refusing pickled code",
+    ),
 }
 
 
 def usage() -> str:
     lines = ["usage: birdops COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n'birdops COMMAND --help' describes a command's options.")
     return "\n".join(lines)
 

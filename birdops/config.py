@@ -72,6 +72,8 @@ class XenoCantoParams(Section):
     max_per_species: int = Field(..., ge=1)
     requests_per_second: float = Field(..., gt=0)
     api_url: str
+    # the longest Retry-After (429/503) waited out; a longer one stops the fetch
+    max_retry_after_seconds: float = Field(..., ge=0)
 
 
 class BackgroundSynthParams(Section):

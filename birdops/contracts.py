@@ -363,17 +363,36 @@ class ClassifierInfo:
         return len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` content, with the labels also as Hugging Face's ``id2label`` /
+        ``label2id`` (so its tools name the classes, not ``LABEL_0``...)."""
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels)
-        return data
+        return {**data, **hf_label_maps(self.labels)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierInfo:
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        fields = {k: v for k, v in data.items() if k not in HF_LABEL_KEYS}
+        unknown = sorted(set(fields) - names)
         if unknown:
             raise ValueError(f"unknown classifier config keys: {unknown}")
-        return cls(**{**data, "labels": tuple(data["labels"])})
+        info = cls(**{**fields, "labels": tuple(fields["labels"])})
+        maps = {k: data[k] for k in HF_LABEL_KEYS if k in data}
+        if maps and maps != {k: v for k, v in hf_label_maps(info.labels).items() if k in maps}:
+            raise ValueError("the classifier config's id2label/label2id disagree with its labels")
+        return info
+
+
+HF_LABEL_KEYS = ("id2label", "label2id")
+
+
+def hf_label_maps(labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``{"id2label": {"0": label, ...}, "label2id": {label: 0, ...}}``, as Hugging Face configs write
+    them (JSON object keys are strings)."""
+    return {
+        "id2label": {str(index): label for index, label in enumerate(labels)},
+        "label2id": {label: index for index, label in enumerate(labels)},
+    }
 
 
 def read_info(directory: str | Path) -> ClassifierInfo:

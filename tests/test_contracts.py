@@ -175,6 +175,20 @@ def test_classifier_info_round_trips_through_config_json(tmp_path: Path) -> None
     assert INFO.num_classes == 2 and INFO.model_params.arch == "ast"
 
 
+def test_classifier_config_names_the_classes_for_hugging_face_tools(tmp_path: Path) -> None:
+    data = INFO.to_dict()
+    assert data["id2label"] == {"0": "a b", "1": "c d"} and data["label2id"] == {"a b": 0, "c d": 1}
+    assert read_info_of(tmp_path, data) == INFO
+    (tmp_path / "config.json").write_text(json.dumps({**data, "id2label": {"0": "c d", "1": "a b"}}))
+    with pytest.raises(ValueError, match="id2label/label2id disagree with its labels"):
+        read_info(tmp_path)
+
+
+def read_info_of(directory: Path, data: dict[str, object]) -> ClassifierInfo:
+    (directory / "config.json").write_text(json.dumps(data))
+    return read_info(directory)
+
+
 def test_a_bad_classifier_config_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({**INFO.to_dict(), "surprise": 1}))
     with pytest.raises(ValueError, match="surprise"):

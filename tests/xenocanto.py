@@ -38,13 +38,26 @@ CATALOGUE = [
     ("1004", "Turdus", "merula", "C", "wav"),
     ("1005", "Turdus", "merula", "D", "wav"),  # below the default min quality C
     ("1006", "Turdus", "merula", "no score", "wav"),
+    ("1007", "Turdus", "merula", "A", "mp3"),  # 15:01, past prepare.max_seconds (900): within len:0-901
+    ("1008", "Turdus", "merula", "B", "wav"),  # 1:05:00, past the decoder's hour: outside len:0-901
+    ("1009", "Turdus", "merula", "B", "mp3"),  # restricted: no file
     ("2001", "Parus", "major", "B", "flac"),
     ("2002", "Parus", "major", "C", "wav"),  # the server fails once: retried
     ("2003", "Parus", "major", "C", "mp3"),  # the server always fails: skipped
     ("2004", "Parus", "major", "E", "wav"),
     ("3001", "Turdus", "philomelos", "A", "wav"),  # another species of the same genus, never asked for
+    ("4001", "Cyanistes", "caeruleus", "A", "mp3"),  # asked for as "Parus caeruleus", its former name
+    ("4002", "Cyanistes", "caeruleus", "B", "wav"),
+    ("5001", "Tetrax", "tetrax", "A", "mp3"),  # a restricted species: no record has a file
+    ("5002", "Tetrax", "tetrax", "C", "mp3"),
+    ("6001", "Otis", "tarda", "A", "wav"),  # every download refused (404)
 ]
 FAIL_ONCE, FAIL_ALWAYS = "2002", "2003"
+LENGTHS = {"1007": "15:01", "1008": "1:05:00"}  # the others: "0:01"
+RESTRICTED = {"1009", "5001", "5002"}
+REFUSED = {"6001"}
+# a name the API answers under another (current) one, as xeno-canto does for a renamed species
+CURRENT_NAMES = {("Parus", "caeruleus"): ("Cyanistes", "caeruleus")}
 
 
 @dataclass
@@ -57,6 +70,10 @@ class FakeXenoCanto:
     ranges: dict[str, str] = field(default_factory=dict)
     queries: list[str] = field(default_factory=list)
     broken_species: set[str] = field(default_factory=set)  # API queries naming these answer 503
+    honour_length_tag: bool = True  # False: a server that ignores len: (the fetch still filters)
+    nested_errors: bool = False  # error bodies as {"error": {"code", "message"}}
+    # the next API requests answer (status, Retry-After header), one each, before any search
+    throttled: list[tuple[int, str]] = field(default_factory=list)
     from_start: Counter[str] = field(default_factory=Counter)  # audio bodies sent from byte 0
     # a download of `stall_id` sends half its bytes, sets `stalled` and hangs until `release` is set
     stall_id: str | None = None
@@ -86,13 +103,13 @@ class FakeXenoCanto:
             "stage": "adult",
             "method": "field recording",
             "url": f"//xeno-canto.org/{xc_id}",
-            "file": f"{self.base_url}/download/{xc_id}",
+            "file": "" if xc_id in RESTRICTED else f"{self.base_url}/download/{xc_id}",
             "file-name": f"XC{xc_id}-{genus}-{epithet}.{fmt}",
             "sono": {"small": f"//xeno-canto.org/sono/{xc_id}.png"},
             "osci": {},
             "lic": "//cc/by/4.0/",
             "q": grade,
-            "length": "0:01",
+            "length": LENGTHS.get(xc_id, "0:01"),
             "time": "06:00",
             "date": "2020-05-01",
             "uploaded": "2020-05-02",
@@ -109,10 +126,13 @@ class FakeXenoCanto:
         }
 
     def search(self, query: str, page: int) -> dict[str, Any]:
-        match = re.fullmatch(r'sp:"(\w+) (\w+)" q:([A-E])', query)
+        match = re.fullmatch(r'sp:"(\w+) (\w+)" q:([A-E]) len:(\d+)-(\d+)', query)
         assert match, f"unexpected query {query!r}"
-        genus, epithet, grade = match.groups()
+        genus, epithet, grade, shortest, longest = match.groups()
+        genus, epithet = CURRENT_NAMES.get((genus, epithet), (genus, epithet))
         hits = [self.record(*row) for row in CATALOGUE if row[1:4] == (genus, epithet, grade)]
+        if self.honour_length_tag:  # "len:10-15 will return recordings lasting between 10 and 15 seconds"
+            hits = [hit for hit in hits if int(shortest) <= seconds(hit["length"]) <= int(longest)]
         pages = max(1, math.ceil(len(hits) / PAGE_SIZE))
         return {
             "numRecordings": str(len(hits)),
@@ -121,6 +141,14 @@ class FakeXenoCanto:
             "numPages": pages,
             "recordings": hits[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
         }
+
+
+def seconds(length: str) -> int:
+    """Seconds of an ``m:ss`` or ``h:mm:ss`` length."""
+    total = 0
+    for part in length.split(":"):
+        total = 60 * total + int(part)
+    return total
 
 
 def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
@@ -139,8 +167,11 @@ def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
 
         def api(self, params: dict[str, list[str]]) -> None:
             if params.get("key") != [KEY]:
-                body = {"error": "unauthorized", "message": "invalid or missing key"}
-                self.send(401, json.dumps(body).encode(), "application/json")
+                self.error(401, "unauthorized", "invalid or missing key")
+                return
+            if state.throttled:
+                status, retry_after = state.throttled.pop(0)
+                self.error(status, "too_many_requests", "slow down", {"Retry-After": retry_after})
                 return
             state.queries.append(params["query"][0])
             if any(name in params["query"][0] for name in state.broken_species):
@@ -151,6 +182,9 @@ def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
 
         def download(self, xc_id: str) -> None:
             state.file_hits[xc_id] += 1
+            if xc_id in REFUSED:
+                self.error(404, "not_found", f"XC{xc_id} is not available")
+                return
             if xc_id == FAIL_ALWAYS or (xc_id == FAIL_ONCE and state.file_hits[xc_id] == 1):
                 self.send(500, b"internal error", "text/plain")
                 return
@@ -178,8 +212,17 @@ def make_handler(state: FakeXenoCanto) -> type[BaseHTTPRequestHandler]:
             state.release.wait(60)
             self.close_connection = True
 
-        def send(self, status: int, body: bytes, content_type: str) -> None:
+        def error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+            flat = {"error": code, "message": message}
+            body = {"error": {"code": code, "message": message}} if state.nested_errors else flat
+            self.send(status, json.dumps(body).encode(), "application/json", headers)
+
+        def send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

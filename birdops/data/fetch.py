@@ -4,42 +4,57 @@ The API (``https://xeno-canto.org/api/3/recordings?query=...&key=...&page=N``) n
 from the environment variable ``XC_API_KEY`` and never logged. v3 queries are made of tags only. This
 module asks, per species and per accepted grade, best first::
 
-    sp:"Turdus merula" q:A      then q:B, ... down to --min-quality
+    sp:"Turdus merula" q:A len:0-901      then q:B, ... down to --min-quality
 
 Exact-grade tags are used because they are unambiguous; the documentation and third-party clients
-disagree on the comparison form (``q:">C"`` vs ``q_gt:C``). Every returned record is also checked
-locally (species, grade, a downloadable ``file``), so a server that ignores a tag cannot let a wrong
-recording in. Pages are followed through ``numPages`` until ``--max-per-species`` is reached.
+disagree on the comparison form (``q:">C"`` vs ``q_gt:C``). ``len:LOW-HIGH`` (seconds; xeno-canto's
+search help: ``len:10-15`` "will return recordings lasting between 10 and 15 seconds") asks only for
+recordings ``prepare`` can accept (``--min-seconds``/``--max-seconds``, by default ``prepare.min_seconds``
+and ``prepare.max_seconds``, never over the decoder's one-hour limit), a second wider on each side, since
+the record's ``length`` is whole seconds. Every returned record is also checked locally (grade, species,
+a downloadable ``file``, its ``length``), so a server that ignores a tag cannot let a wrong recording in,
+and only recordings kept count toward ``--max-per-species``. Pages are followed through ``numPages``
+until ``--max-per-species`` is reached. The summary says, per species, how many recordings were left
+out and why (too long, too short, restricted, named otherwise by the API, download failed); a record
+the API lists under another name than the one asked for (a renamed species) is logged with both names.
 
 Downloads are resumable: a finished file ``audio/XC<id>.<ext>`` is never fetched again; bytes arrive in
 ``audio/XC<id>.<ext>.part`` (continued with an HTTP ``Range`` request after an interruption) and the file
 is renamed into place only when complete. Every request waits for the rate limiter. Server errors (5xx,
-429), timeouts and broken connections are retried with exponential backoff; a recording that still
-fails is logged and skipped and the others finish. ``metadata.csv`` is rewritten after every species
-with one row per recording on disk (schema of :mod:`birdops.data.metadata`); if a species cannot be
-queried at all, the rows it had in an earlier ``metadata.csv`` are kept. Standard library only.
+429), timeouts and broken connections are retried with exponential backoff, or after the wait a
+``Retry-After`` header asks for, up to ``--max-retry-after`` seconds; a longer one stops the fetch (run
+it again later). A recording that still fails is logged and skipped and the others finish.
+``metadata.csv`` is rewritten after every species with one row per recording on disk (schema of
+:mod:`birdops.data.metadata`); if a species cannot be queried at all, the rows it had in an earlier
+``metadata.csv`` are kept. The fetch exits non-zero when a species could not be queried or ends with
+no recording. Standard library only (and the decoder's length limit, from :mod:`birdops.audio`).
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm import tqdm
 
-from birdops.config import ParamsError, XenoCantoParams, load_params
+from birdops.audio import MAX_SECONDS
+from birdops.config import ParamsError, PrepareParams, XenoCantoParams, load_params
 from birdops.data.metadata import (
     AUDIO_DIR,
     LOCAL_PATH,
@@ -48,6 +63,7 @@ from birdops.data.metadata import (
     DataError,
     MetadataError,
     label_of,
+    parse_length_seconds,
     quality_rank,
     read_metadata,
     row_from_api,
@@ -63,16 +79,35 @@ _CHUNK_BYTES = 1 << 16
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+# why a listed recording was not fetched (FetchSummary.outcomes' left_out keys, besides the length ones)
+RESTRICTED = "restricted (no file to download)"
+NO_LENGTH = "length unreadable"
+DOWNLOAD_FAILED = "download failed"
+
+
 class FetchError(DataError):
     """The download cannot go on (no key, bad arguments, an API error that retrying will not fix)."""
 
 
-class FetchAuthError(FetchError):
-    """The API rejected the key (HTTP 401/403): nothing else can succeed, so the fetch stops."""
+class FetchHalt(FetchError):
+    """Nothing more can succeed now, so the whole fetch stops (what it got is on disk and listed)."""
+
+
+class FetchAuthError(FetchHalt):
+    """The API rejected the key (HTTP 401/403)."""
+
+
+class RetryAfterTooLongError(FetchHalt):
+    """The server asked to wait longer (``Retry-After``) than ``--max-retry-after`` allows."""
 
 
 class _RetryableError(Exception):
-    """A failure worth another try (5xx, timeout, broken connection, short body)."""
+    """A failure worth another try (5xx, 429, timeout, broken connection, short body), with the wait
+    the server asked for in a ``Retry-After`` header, if any."""
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 @dataclass(frozen=True)
@@ -85,6 +120,10 @@ class FetchSettings:
     min_quality: str
     max_per_species: int
     requests_per_second: float
+    max_retry_after_seconds: float  # the longest Retry-After waited out; a longer one stops the fetch
+    # prepare.min_seconds / max_seconds: recordings prepare would refuse for their length are not fetched
+    min_seconds: float
+    max_seconds: float
     timeout_seconds: float = 60.0
     retries: int = 3  # extra attempts after the first
     backoff_seconds: float = 2.0  # first retry delay, doubled each time
@@ -93,6 +132,20 @@ class FetchSettings:
     def grades(self) -> tuple[str, ...]:
         """Accepted grades, best first (``"C"`` -> ``A, B, C``)."""
         return QUALITY_GRADES[: quality_rank(self.min_quality) + 1]
+
+    @property
+    def longest_seconds(self) -> float:
+        """The longest recording fetched: ``max_seconds``, at most the decoder's limit (one hour)."""
+        return min(self.max_seconds, MAX_SECONDS)
+
+
+@dataclass
+class SpeciesOutcome:
+    """What a fetch got for one species."""
+
+    listed: int = 0  # its rows in metadata.csv
+    left_out: Counter[str] = field(default_factory=Counter)  # why -> recordings the API listed, not fetched
+    query_error: str = ""  # the API could not be queried (its earlier rows, if any, were kept)
 
 
 @dataclass
@@ -104,7 +157,13 @@ class FetchSummary:
     downloaded: int = 0
     already_present: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # recording id -> reason
-    failed_species: dict[str, str] = field(default_factory=dict)  # species -> reason
+    failed_species: dict[str, str] = field(default_factory=dict)  # species -> why it could not be queried
+    outcomes: dict[str, SpeciesOutcome] = field(default_factory=dict)  # species -> what it got
+
+    @property
+    def empty_species(self) -> dict[str, str]:
+        """Each species that ended with no recording, and why."""
+        return {name: why_empty(outcome) for name, outcome in self.outcomes.items() if not outcome.listed}
 
 
 class RateLimiter:
@@ -173,10 +232,26 @@ class XenoCantoClient:
             except _RetryableError as err:
                 if attempt == self.settings.retries:
                     raise FetchError(f"{what}: gave up after {attempt + 1} attempts: {err}") from err
-                log.warning("%s: %s; retrying in %.1f s", what, err, delay)
-                self._sleep(delay)
+                self._sleep(self._wait_seconds(err, delay, what))
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _wait_seconds(self, err: _RetryableError, backoff_seconds: float, what: str) -> float:
+        """The wait before the next try: the server's ``Retry-After`` when it sent one (refused past
+        ``max_retry_after_seconds``), else the backoff."""
+        asked = err.retry_after_seconds
+        if asked is None:
+            log.warning("%s: %s; retrying in %.1f s", what, err, backoff_seconds)
+            return backoff_seconds
+        limit = self.settings.max_retry_after_seconds
+        if asked > limit:
+            raise RetryAfterTooLongError(
+                f"{what}: {err}, and the server asks to wait {asked:g} s (Retry-After), longer than "
+                f"--max-retry-after / data.xeno_canto.max_retry_after_seconds ({limit:g} s): the fetch "
+                "stops here; run it again later (files already fetched are kept)"
+            )
+        log.warning("%s: %s; retrying in %.1f s, as the server's Retry-After asks", what, err, asked)
+        return asked
 
     def _open(self, url: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
         self.limiter.wait()
@@ -189,7 +264,8 @@ class XenoCantoClient:
             detail = _error_detail(err)
             err.close()
             if err.code in _RETRY_STATUS:
-                raise _RetryableError(f"HTTP {err.code} {detail}") from err
+                wait = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
+                raise _RetryableError(f"HTTP {err.code} {detail}", wait) from err
             raise _HttpStatusError(err.code, f"HTTP {err.code} {detail}") from err
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
             raise _RetryableError(str(getattr(err, "reason", err))) from err
@@ -238,48 +314,135 @@ class _HttpStatusError(Exception):
 
 
 def _error_detail(err: urllib.error.HTTPError) -> str:
-    """The API's own error message when it sent one (v3: ``{"error": ..., "message": ...}``)."""
+    """The API's own error message when it sent one, else the HTTP reason."""
     try:
         body = json.loads(err.read() or b"{}")
     except (ValueError, OSError):
         return str(err.reason)
-    if isinstance(body, dict) and body.get("message"):
-        return f"{body.get('error', err.reason)}: {body['message']}"
-    return str(err.reason)
+    return error_message(body) or str(err.reason)
+
+
+def error_message(body: Any) -> str | None:
+    """The message of a JSON error body, flat (``{"error": "unauthorized", "message": "..."}``) or
+    nested (``{"error": {"code": "...", "message": "..."}}``), led by its error name or code."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        name, message = error.get("code"), error.get("message")
+    else:
+        name, message = error, body.get("message")
+    parts = [str(part) for part in (name, message) if part not in (None, "")]
+    return ": ".join(parts) or None
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delta-seconds or an HTTP date (RFC 9110); None
+    when absent or unreadable (the backoff applies), 0 for a date already past."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 # ------------------------------------------------------------------------------------------ search
-def species_query(species: str, grade: str) -> str:
-    """The v3 query of one species at one exact grade: ``sp:"Genus species" q:A``."""
-    return f'sp:"{" ".join(species.split())}" q:{grade}'
+def species_query(species: str, grade: str, settings: FetchSettings) -> str:
+    """The v3 query of one species at one exact grade and the lengths fetched:
+    ``sp:"Genus species" q:A len:0-901`` (whole seconds, a second wider than the limits on each side)."""
+    low = max(0, math.floor(settings.min_seconds - 1))
+    high = math.ceil(settings.longest_seconds + 1)
+    return f'sp:"{" ".join(species.split())}" q:{grade} len:{low}-{high}'
 
 
-def search_species(client: XenoCantoClient, species: str) -> list[dict[str, Any]]:
-    """Up to ``max_per_species`` downloadable records of ``species``, best grades first."""
+def search_species(client: XenoCantoClient, species: str) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Up to ``max_per_species`` records of ``species`` to download, best grades first, and how many
+    of the others the API listed were left out, by reason (each recording counted once)."""
     settings = client.settings
     found: dict[str, dict[str, Any]] = {}
+    left_out: Counter[str] = Counter()
+    seen: set[str] = set()
     for grade in settings.grades:
         page, pages = 1, 1
         while page <= pages and len(found) < settings.max_per_species:
-            data = client.search_page(species_query(species, grade), page)
+            data = client.search_page(species_query(species, grade, settings), page)
             pages = int(data.get("numPages") or 1)
             for record in data["recordings"]:
-                if len(found) < settings.max_per_species and _wanted(record, species, grade):
-                    found.setdefault(str(record["id"]), record)
+                xc_id = str(record.get("id", "")).strip() if isinstance(record, Mapping) else ""
+                if len(found) == settings.max_per_species or not xc_id or xc_id in seen:
+                    continue
+                if str(record.get("q", "")).strip().upper() != grade:
+                    continue  # a server ignoring q: lists it again under its own grade's query
+                seen.add(xc_id)
+                reason = leave_out_reason(record, species, settings)
+                if reason is None:
+                    found[xc_id] = record
+                else:
+                    left_out[reason] += 1
             page += 1
-    return list(found.values())
+    return list(found.values()), left_out
 
 
-def _wanted(record: Mapping[str, Any], species: str, grade: str) -> bool:
-    """Whether an API record is the species and grade asked for and can be downloaded."""
-    if not isinstance(record, Mapping) or not str(record.get("id", "")).strip():
-        return False
-    row = {"gen": str(record.get("gen", "")), "sp": str(record.get("sp", ""))}
-    same_species = label_of(row).lower() == " ".join(species.split()).lower()
+def leave_out_reason(record: Mapping[str, Any], species: str, settings: FetchSettings) -> str | None:
+    """None when ``record`` (of the grade asked for) is to be downloaded, else why not: another
+    species' name, no file to download, or a ``length`` outside what ``prepare`` accepts."""
+    named = label_of({"gen": str(record.get("gen", "")), "sp": str(record.get("sp", ""))})
+    if named.lower() != " ".join(species.split()).lower():
+        log.warning(
+            "XC%s: asked for %s, the API answered with a recording of %s; dropped (if %s is the "
+            "species' current name, ask for it by that name)",
+            record.get("id"),
+            species,
+            named,
+            named,
+        )
+        return named_otherwise(named)
     if not str(record.get("file") or "").strip():
         log.info("XC%s: no downloadable file (restricted species?); skipped", record.get("id"))
-        return False
-    return same_species and str(record.get("q", "")).strip().upper() == grade
+        return RESTRICTED
+    return length_problem(str(record.get("length") or ""), settings)
+
+
+def named_otherwise(name: str) -> str:
+    """The left-out reason of a record the API lists under ``name``, not the species asked for."""
+    return f"named {name} by the API"
+
+
+def length_problem(length: str, settings: FetchSettings) -> str | None:
+    """Why a recording of xeno-canto ``length`` (``m:ss``) is not fetched, or None. ``length`` is whole
+    seconds (rounded or cut: the API does not say), so only a recording a second or more past a limit
+    is left out: its true duration is past the limit too, and ``prepare`` would refuse it."""
+    try:
+        seconds = parse_length_seconds(length)
+    except ValueError:
+        return NO_LENGTH
+    if seconds >= settings.longest_seconds + 1:
+        return f"longer than {settings.longest_seconds:g} s"
+    if seconds <= settings.min_seconds - 1:
+        return f"shorter than {settings.min_seconds:g} s"
+    return None
+
+
+def why_empty(outcome: SpeciesOutcome) -> str:
+    """Why a species ended with no recording, from what the fetch saw of it."""
+    if outcome.query_error:
+        return f"the API could not be queried: {outcome.query_error}"
+    if not outcome.left_out:
+        return "the API lists no recording of the grades and lengths asked for"
+    counts = ", ".join(f"{count} {reason}" for reason, count in outcome.left_out.most_common())
+    why = f"every recording the API listed was left out: {counts}"
+    renamed = [reason for reason in outcome.left_out if reason.startswith("named ")]
+    if renamed:
+        names = " or ".join(reason.removeprefix("named ").removesuffix(" by the API") for reason in renamed)
+        why += f" (if {names} is the species' current name, ask for it by that name)"
+    return why
 
 
 def local_path_for(record: Mapping[str, Any]) -> str:
@@ -310,24 +473,30 @@ def fetch_recordings(
     summary = FetchSummary(species=len(names))
     rows_by_species: dict[str, list[dict[str, str]]] = {}
     for name in tqdm(names, desc="species", unit="sp", disable=None):
+        outcome = summary.outcomes[name] = SpeciesOutcome()
         try:
-            records = search_species(client, name)
-        except FetchAuthError:
+            records, outcome.left_out = search_species(client, name)
+        except FetchHalt:
             raise
         except FetchError as err:
             log.error("%s: cannot query the API: %s; keeping its earlier rows, if any", name, err)
-            summary.failed_species[name] = str(err)
+            summary.failed_species[name] = outcome.query_error = str(err)
             rows_by_species[name] = [r for r in previous if _same_label(r, name) and _on_disk(r, out_dir)]
         else:
-            rows_by_species[name] = _download_all(client, records, out_dir, summary)
+            rows_by_species[name] = _download_all(client, records, out_dir, summary, outcome)
+        outcome.listed = len(rows_by_species[name])
         _write_rows(out_dir, rows_by_species)
     summary.listed = sum(len(rows) for rows in rows_by_species.values())
-    _log_summary(summary)
+    _log_summary(summary, settings.max_per_species)
     return summary
 
 
 def _download_all(
-    client: XenoCantoClient, records: Iterable[Mapping[str, Any]], out_dir: Path, summary: FetchSummary
+    client: XenoCantoClient,
+    records: Iterable[Mapping[str, Any]],
+    out_dir: Path,
+    summary: FetchSummary,
+    outcome: SpeciesOutcome,
 ) -> list[dict[str, str]]:
     rows = []
     for record in records:
@@ -338,17 +507,23 @@ def _download_all(
         else:
             try:
                 client.download(file_url(record), dest)
+            except FetchHalt:
+                raise
             except FetchError as err:
                 log.warning("XC%s: skipped: %s", record["id"], err)
                 summary.failed[str(record["id"])] = str(err)
+                outcome.left_out[DOWNLOAD_FAILED] += 1
                 continue
             summary.downloaded += 1
         rows.append(row_from_api(record, local))
     return rows
 
 
-def fetch_corpus(params: XenoCantoParams, out_dir: str | Path, api_key: str | None = None) -> FetchSummary:
-    """A download with ``params`` (``data.xeno_canto``) into ``out_dir``, resumed where one stopped.
+def fetch_corpus(
+    params: XenoCantoParams, prepare: PrepareParams, out_dir: str | Path, api_key: str | None = None
+) -> FetchSummary:
+    """A download with ``params`` (``data.xeno_canto``) into ``out_dir``, resumed where one stopped,
+    of recordings whose length ``prepare`` (its ``min_seconds``/``max_seconds``) accepts.
 
     ``api_key`` defaults to the ``XC_API_KEY`` environment variable.
     """
@@ -360,6 +535,9 @@ def fetch_corpus(params: XenoCantoParams, out_dir: str | Path, api_key: str | No
         min_quality=params.min_quality,
         max_per_species=params.max_per_species,
         requests_per_second=params.requests_per_second,
+        max_retry_after_seconds=params.max_retry_after_seconds,
+        min_seconds=prepare.min_seconds,
+        max_seconds=prepare.max_seconds,
     )
     return fetch_recordings(params.species, out_dir, settings)
 
@@ -408,7 +586,7 @@ def _write_rows(out_dir: Path, rows_by_species: Mapping[str, list[dict[str, str]
     write_metadata(out_dir / METADATA_FILE, rows)
 
 
-def _log_summary(summary: FetchSummary) -> None:
+def _log_summary(summary: FetchSummary, max_per_species: int) -> None:
     log.info(
         "fetch: %d species, %d recordings listed (%d downloaded, %d already present), %d failed",
         summary.species,
@@ -417,23 +595,38 @@ def _log_summary(summary: FetchSummary) -> None:
         summary.already_present,
         len(summary.failed),
     )
+    for name, outcome in summary.outcomes.items():
+        if outcome.listed:
+            left_out = ", ".join(f"{count} {reason}" for reason, count in outcome.left_out.most_common())
+            log.info(
+                "%s: %d of the %d recordings asked for%s",
+                name,
+                outcome.listed,
+                max_per_species,
+                f"; left out: {left_out}" if left_out else "",
+            )
     for name, reason in summary.failed_species.items():
         log.error("species %s not updated: %s", name, reason)
+    for name, why in summary.empty_species.items():
+        log.error("species %s has no recording: %s", name, why)
 
 
 # --------------------------------------------------------------------------------------------- CLI
-# the flags a user may leave out, and the data.xeno_canto key each then takes its value from
+# the flags a user may leave out, and the params.yaml key (dotted path) each then takes its value from
 PARAMS_FLAGS: dict[str, str] = {
-    "min_quality": "min_quality",
-    "max_per_species": "max_per_species",
-    "rate": "requests_per_second",
-    "api_url": "api_url",
+    "min_quality": "data.xeno_canto.min_quality",
+    "max_per_species": "data.xeno_canto.max_per_species",
+    "rate": "data.xeno_canto.requests_per_second",
+    "api_url": "data.xeno_canto.api_url",
+    "max_retry_after": "data.xeno_canto.max_retry_after_seconds",
+    "min_seconds": "prepare.min_seconds",
+    "max_seconds": "prepare.max_seconds",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``birdops fetch`` arguments; those of :data:`PARAMS_FLAGS` left out are ``data.xeno_canto``'s
-    values in ``--params`` (:func:`with_params_defaults`)."""
+    """The ``birdops fetch`` arguments; those of :data:`PARAMS_FLAGS` left out take their values from
+    ``--params`` (:func:`with_params_defaults`)."""
     parser = argparse.ArgumentParser(
         prog="birdops fetch",
         description=f"Download recordings and metadata from the xeno-canto API v3 (key in ${API_KEY_ENV}).",
@@ -442,43 +635,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--species-file", type=Path, help="a text file with one scientific name per line")
     parser.add_argument("--out", type=Path, required=True, help="raw folder: audio/ and metadata.csv")
     parser.add_argument(
-        "--params", type=Path, default=Path("params.yaml"), help="its data.xeno_canto sets the flags left out"
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="its data.xeno_canto and prepare.min_seconds/max_seconds set the flags left out",
     )
     parser.add_argument("--min-quality", choices=QUALITY_GRADES)
     parser.add_argument("--max-per-species", type=int)
+    parser.add_argument("--min-seconds", type=float, help="shorter recordings are not fetched")
+    parser.add_argument("--max-seconds", type=float, help="longer recordings are not fetched (at most 3600)")
     parser.add_argument("--rate", type=float, help="requests per second")
     parser.add_argument("--api-url")
     parser.add_argument("--retries", type=int, default=3, help="extra attempts after a server error")
     parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds (doubles)")
+    parser.add_argument(
+        "--max-retry-after", type=float, help="the longest Retry-After waited out, in seconds; longer stops"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     return parser
 
 
 def with_params_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with each flag of :data:`PARAMS_FLAGS` left out set from ``data.xeno_canto`` in
-    ``args.params`` (read only when a flag is left out)."""
+    """``args`` with each flag of :data:`PARAMS_FLAGS` left out set from its key in ``args.params``
+    (read only when a flag is left out)."""
     missing = [flag for flag in PARAMS_FLAGS if getattr(args, flag) is None]
     if not missing:
         return args
-    section = load_params(args.params).data.xeno_canto
-    from_params = {flag: getattr(section, PARAMS_FLAGS[flag]) for flag in missing}
+    params: Any = load_params(args.params)
+    from_params = {flag: _value_at(params, PARAMS_FLAGS[flag]) for flag in missing}
     return argparse.Namespace(**{**vars(args), **from_params})
 
 
+def _value_at(params: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        params = getattr(params, name)
+    return params
+
+
 def main(argv: list[str]) -> int:
-    """``birdops fetch``: 0 when every species was queried (single failed files are only logged)."""
+    """``birdops fetch``: 0 when every species was queried and got at least one recording (single
+    failed files are only logged and counted in the summary)."""
     args = build_parser().parse_args(argv)
     try:
         args = with_params_defaults(args)
         species = list(args.species) + _read_species_file(args.species_file)
-        if args.max_per_species < 1 or args.rate <= 0 or args.retries < 0:
-            raise FetchError("--max-per-species must be >= 1, --rate > 0 and --retries >= 0")
+        if args.max_per_species < 1 or args.rate <= 0 or args.retries < 0 or args.max_retry_after < 0:
+            raise FetchError(
+                "--max-per-species must be >= 1, --rate > 0, --retries >= 0 and --max-retry-after >= 0"
+            )
+        if not 0 <= args.min_seconds < args.max_seconds:
+            raise FetchError("--min-seconds must be >= 0 and below --max-seconds")
         settings = FetchSettings(
             api_url=args.api_url,
             api_key=api_key_from_env(),
             min_quality=args.min_quality,
             max_per_species=args.max_per_species,
             requests_per_second=args.rate,
+            max_retry_after_seconds=args.max_retry_after,
+            min_seconds=args.min_seconds,
+            max_seconds=args.max_seconds,
             timeout_seconds=args.timeout,
             retries=args.retries,
             backoff_seconds=args.backoff,
@@ -487,7 +702,7 @@ def main(argv: list[str]) -> int:
     except (DataError, ParamsError) as err:
         log.error("%s", err)
         return 1
-    return 1 if summary.failed_species else 0
+    return 1 if summary.failed_species or summary.empty_species else 0
 
 
 def _read_species_file(path: Path | None) -> list[str]:

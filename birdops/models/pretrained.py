@@ -1,8 +1,11 @@
 """Initialise a freshly built classifier from a pretrained transformers checkpoint.
 
 The architecture always comes from ``ModelParams`` (so ``load_classifier`` can rebuild a trained
-model from its config alone); the checkpoint must have that architecture (``model.size``,
-patch size and stride), and only the position embedding is adapted to the real clip length:
+model from its config alone); the checkpoint must have that architecture: every config field that
+changes what the backbone computes (:data:`AST_ARCHITECTURE`, :data:`VIT_ARCHITECTURE`: sizes, patch
+and strides, mel bins, but also ``hidden_act``, ``layer_norm_eps`` and ``qkv_bias``, which birdops
+leaves at transformers' defaults) must equal the built model's, else it is refused naming each field.
+Only the position embedding is adapted to the real clip length:
 
 - ``ast``: the embedding is ``[cls, dist, f_dim * t_dim patch grid]``. As the original AST code
   (YuanGongND/ast, ``src/models/ast_models.py``) does for the AudioSet checkpoint, a shorter clip
@@ -11,9 +14,12 @@ patch size and stride), and only the position embedding is adapted to the real c
 - ``vit``: the ``[cls, h * w grid]`` embedding is interpolated bilinearly to the new grid and an
   RGB patch projection is summed over its input channels (the AST recipe for ImageNet weights).
 
-Loading is strict: every key but the new head's (``classifier.*``) must be in the checkpoint with
-the same shape. The head is loaded when its shapes match (same number of classes), else it keeps
-its fresh initialisation. Weights are read from safetensors only: no pickle is ever loaded.
+Loading is strict: every key but the head's (``classifier.*``) must be in the checkpoint with the same
+shape. The head is always the new model's, freshly initialised, even when the checkpoint's has as
+many classes (fine-tuning AudioSet's 527 classes onto 527 species must not start from AudioSet's
+head; the original AST code builds a new head too). Weights are read from safetensors only: no
+pickle is ever loaded; a folder with only ``pytorch_model.bin`` is refused with the command that
+converts it safely (``birdops convert-checkpoint``, :mod:`birdops.models.convert`).
 """
 
 from __future__ import annotations
@@ -28,13 +34,42 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig, ViTConfig, ViTModel
 
-from birdops.models.factory import SIZES, ASTClassifier, ViTClassifier, is_head
+from birdops.models.factory import ASTClassifier, ViTClassifier, is_head
 
 log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 POSITION_KEY = "backbone.embeddings.position_embeddings"
 PATCH_KEY = "backbone.embeddings.patch_embeddings.projection.weight"
+SAFE_WEIGHTS = "model.safetensors"
+PICKLED_WEIGHTS = "pytorch_model.bin"
+
+# The config fields that change what the backbone computes, each with what sets it in birdops. The
+# others are adapted (AST max_length, ViT image_size and num_channels: the position embedding and
+# patch projection), training-only (dropout), initialisation-only (initializer_range) or parts birdops
+# does not build (ViT's pooler and masked-image decoder stride); tests/models/test_pretrained.py holds
+# every field of ASTConfig and ViTConfig to one of the two lists.
+_SIZE_HINT = "set model.size to the checkpoint's size"
+_FIXED_HINT = (
+    "birdops builds transformers' default; a checkpoint with another value cannot be fine-tuned here"
+)
+_SHARED_ARCHITECTURE = {
+    "hidden_size": _SIZE_HINT,
+    "num_hidden_layers": _SIZE_HINT,
+    "num_attention_heads": _SIZE_HINT,
+    "intermediate_size": _SIZE_HINT,
+    "hidden_act": _FIXED_HINT,
+    "layer_norm_eps": _FIXED_HINT,
+    "qkv_bias": _FIXED_HINT,
+}
+AST_ARCHITECTURE: dict[str, str] = {
+    **_SHARED_ARCHITECTURE,
+    "patch_size": "birdops's AST patches are 16x16, the AudioSet checkpoint's",
+    "frequency_stride": "set model.patch_stride to the checkpoint's stride",
+    "time_stride": "set model.patch_stride to the checkpoint's stride",
+    "num_mel_bins": "use the checkpoint's feature preset (model.features)",
+}
+VIT_ARCHITECTURE: dict[str, str] = {**_SHARED_ARCHITECTURE, "patch_size": "model.size sets the ViT patch"}
 
 
 class PretrainedError(RuntimeError):
@@ -49,17 +84,18 @@ def load_pretrained(model: nn.Module, source: str) -> None:
     first and downloaded only when the hub is reachable and ``HF_HUB_OFFLINE`` is not set.
     """
     if isinstance(model, ASTClassifier):
-        state = _adapt_ast(_read_ast(source), model.config)
+        state = _ast_state(source, model.config)
     elif isinstance(model, ViTClassifier):
-        state = _adapt_vit(_read_vit(source), model.config)
+        state = _vit_state(source, model.config)
     else:
         raise TypeError(f"cannot load pretrained weights into {type(model).__name__}")
-    head_loaded = load_backbone_strict(model, state, source)
-    log.info("initialised from %s (%s head)", source, "pretrained" if head_loaded else "new")
+    load_backbone_strict(model, state, source)
+    log.info("initialised the backbone from %s; a new head", source)
 
 
-def load_backbone_strict(model: nn.Module, state: StateDict, source: str) -> bool:
-    """Copy ``state`` into ``model``: all non-head keys must match; returns whether the head loaded."""
+def load_backbone_strict(model: nn.Module, state: StateDict, source: str) -> None:
+    """Copy ``state``'s backbone into ``model``: all non-head keys must match; the head (``classifier.*``)
+    keeps its fresh initialisation whatever ``state`` holds."""
     target = model.state_dict()
     missing = sorted(k for k in target if k not in state and not is_head(k))
     unexpected = sorted(k for k in state if k not in target and not is_head(k))
@@ -73,23 +109,23 @@ def load_backbone_strict(model: nn.Module, state: StateDict, source: str) -> boo
             f"{source} does not fit the configured model (check model.size and model.patch_stride): "
             f"missing {_some(missing)}; unexpected {_some(unexpected)}; shape mismatch {_some(mismatched)}"
         )
-    head = [k for k in target if is_head(k)]
-    head_fits = all(k in state and state[k].shape == target[k].shape for k in head)
     merged = {**target, **{k: v for k, v in state.items() if not is_head(k)}}
-    if head_fits:
-        merged.update({k: state[k] for k in head})
     model.load_state_dict(merged, strict=True)
-    return head_fits
 
 
-def check_size(source: PreTrainedConfig, target: PreTrainedConfig) -> None:
-    """The checkpoint must have the transformer size that ``model.size`` builds."""
-    fields = tuple(SIZES["base"])  # what model.size sets
-    have = {f: getattr(source, f) for f in fields}
-    want = {f: getattr(target, f) for f in fields}
-    if have != want:
+def check_architecture(
+    source: PreTrainedConfig, target: PreTrainedConfig, fields: dict[str, str], origin: str
+) -> None:
+    """The checkpoint's config (``source``) must equal the built model's (``target``) in every field of
+    ``fields`` (name -> what sets it); :class:`PretrainedError` names each one that differs."""
+    differ = [
+        f"{name}: checkpoint {getattr(source, name)!r}, model {getattr(target, name)!r} ({hint})"
+        for name, hint in fields.items()
+        if getattr(source, name) != getattr(target, name)
+    ]
+    if differ:
         raise PretrainedError(
-            f"the checkpoint is {have} but model.size builds {want}; set model.size to match"
+            f"{origin} has another architecture than the configured model: {'; '.join(differ)}"
         )
 
 
@@ -123,6 +159,13 @@ def _from_pretrained(
             f"model.pretrained: {source} is neither a directory nor a hub id ('owner/name'); point it at "
             "a folder holding config.json and model.safetensors, or set it to null to train from scratch"
         )
+    if is_dir and not (path / SAFE_WEIGHTS).is_file() and (path / PICKLED_WEIGHTS).is_file():
+        raise PretrainedError(
+            f"{source} holds its weights only as {PICKLED_WEIGHTS}, a pickle, which birdops never loads "
+            f"(unpickling can run code). Convert it once with `birdops convert-checkpoint {path}`: it reads "
+            f"the tensors with torch.load(weights_only=True), which refuses anything but tensors, and "
+            f"writes {SAFE_WEIGHTS} beside it"
+        )
     # a hub id: the local cache first, the network only when allowed
     attempts = [True] if is_dir or _hub_offline() else [True, False]
     error: OSError | None = None
@@ -146,7 +189,8 @@ def _from_pretrained(
     raise PretrainedError(
         f"pretrained weights {source!r} are not available here (offline, or no model.safetensors). "
         f"On a machine with network run `hf download {source} --local-dir pretrained/{path.name}` and set "
-        "model.pretrained to that folder (or pre-fill the Hugging Face cache, HF_HOME); or set "
+        "model.pretrained to that folder (or pre-fill the Hugging Face cache, HF_HOME); if the folder then "
+        f"holds only {PICKLED_WEIGHTS}, run `birdops convert-checkpoint pretrained/{path.name}`. Or set "
         f"model.pretrained: null to train from scratch. Cause: {error}"
     ) from error
 
@@ -160,17 +204,23 @@ def _rename(key: str, old_prefix: str, new_prefix: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- adaptation
-def _adapt_ast(source: tuple[StateDict, ASTConfig], target: ASTConfig) -> StateDict:
-    state, config = source
-    check_size(config, target)
+def _ast_state(source: str, target: ASTConfig) -> StateDict:
+    state, config = _read_ast(source)
+    check_architecture(config, target, AST_ARCHITECTURE, source)
+    return _adapt_ast(state, config, target)
+
+
+def _vit_state(source: str, target: ViTConfig) -> StateDict:
+    state, config = _read_vit(source)
+    check_architecture(config, target, VIT_ARCHITECTURE, source)
+    return _adapt_vit(state, config, target)
+
+
+def _adapt_ast(state: StateDict, config: ASTConfig, target: ASTConfig) -> StateDict:
+    """``state`` with its position embedding adapted to ``target``'s clip length (the frequency grid is
+    the same: :data:`AST_ARCHITECTURE` was checked)."""
     f_old, t_old = _ast_grid(config)
-    f_new, t_new = _ast_grid(target)
-    if f_old != f_new:
-        raise PretrainedError(
-            f"frequency patches differ: checkpoint {f_old} ({config.num_mel_bins} bins, stride "
-            f"{config.frequency_stride}) vs model {f_new} ({target.num_mel_bins} bins, stride "
-            f"{target.frequency_stride}); use the checkpoint's feature preset and patch stride"
-        )
+    _, t_new = _ast_grid(target)
     state = dict(state)
     state[POSITION_KEY] = adapt_ast_positions(state[POSITION_KEY], f_old, t_old, t_new)
     return state
@@ -197,11 +247,9 @@ def _ast_grid(config: ASTConfig) -> tuple[int, int]:
     return f_dim, t_dim
 
 
-def _adapt_vit(source: tuple[StateDict, ViTConfig], target: ViTConfig) -> StateDict:
-    state, config = source
-    check_size(config, target)
-    if config.patch_size != target.patch_size:
-        raise PretrainedError(f"patch size: checkpoint {config.patch_size} vs model {target.patch_size}")
+def _adapt_vit(state: StateDict, config: ViTConfig, target: ViTConfig) -> StateDict:
+    """``state`` with its patch projection summed to one channel and its position grid stretched to
+    ``target``'s image (:data:`VIT_ARCHITECTURE` was checked)."""
     state = dict(state)
     # an RGB projection (H, 3, p, p) becomes the one-channel (H, 1, p, p) by summing its channels
     state[PATCH_KEY] = state[PATCH_KEY].sum(dim=1, keepdim=True)

@@ -135,6 +135,32 @@ def test_ast_matches_the_huggingface_feature_extractor() -> None:
     assert np.abs(ours - reference[:, :398].transpose(0, 2, 1)).max() < 1e-3
 
 
+def test_a_zero_padded_tail_is_silence_to_ast_where_the_checkpoint_saw_its_padding_value() -> None:
+    """1.5 s of sound in a 4 s window. birdops pads the waveform with zero samples (``windows.cut``);
+    the AudioSet AST's own feature extractor computes the fbank of the real samples and pads *frames*
+    with 0 before normalising. Every frame within the real samples agrees; the frames past them are
+    digital silence to birdops (log of float32 eps, normalised: -1.2776, the floor, which under 1 % of
+    the sound's values reach) and +0.4670 to the checkpoint (louder than 90 % of them); two frames
+    straddle the end (docs/architecture.md, "Windows", says why birdops keeps its padding)."""
+    transformers = pytest.importorskip("transformers")
+    rate_hz = 16_000
+    sound = chirps_and_noise(rate_hz, count=1)[0][: int(1.5 * rate_hz)]
+    window = np.zeros(4 * rate_hz, dtype=np.float32)
+    window[: len(sound)] = sound
+    ours = run("ast", window[None])[0]  # (128, 398)
+    extractor = transformers.ASTFeatureExtractor()
+    theirs = extractor(sound, sampling_rate=rate_hz, return_tensors="np")["input_values"][0].T  # (128, 1024)
+    within = 1 + (len(sound) - 400) // 160  # frames wholly inside the sound: 148
+    past = -(-len(sound) // 160)  # frames starting at or after its end: 150 on
+    assert np.abs(ours[:, :within] - theirs[:, :within]).max() < 1e-3
+    silence = (np.log(np.finfo(np.float32).eps) + 4.2677393) / (2 * 4.5689974)
+    np.testing.assert_allclose(ours[:, past:], silence, rtol=1e-6)
+    np.testing.assert_allclose(theirs[:, within:], 4.2677393 / (2 * 4.5689974), rtol=1e-6)
+    assert round(silence, 4) == -1.2776 and past - within == 2
+    sound_values = ours[:, :within]
+    assert np.mean(sound_values <= silence + 1e-6) < 0.01 and np.mean(sound_values < 0.4670) > 0.9
+
+
 def test_filterbanks_and_dct_match_their_references() -> None:
     slaney = librosa.filters.mel(sr=22050, n_fft=2048, n_mels=128, fmin=500.0, fmax=11025.0, dtype=np.float64)
     np.testing.assert_allclose(slaney_mel_filters(22050, 2048, 128, 500.0, 11025.0), slaney, atol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from transformers import PretrainedConfig
 
 from birdops.config import ModelParams
 from birdops.contracts import ClassifierInfo
@@ -129,6 +130,8 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path, cfg: ModelP
         assert set(f.keys()) == set(model.state_dict())
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["labels"] == ["a b", "c d", "e f"]
+    hf = PretrainedConfig.from_json_file(str(tmp_path / "config.json"))  # as Hugging Face tools read it
+    assert hf.id2label == {0: "a b", 1: "c d", 2: "e f"} and hf.label2id == {"a b": 0, "c d": 1, "e f": 2}
     assert config["model"]["arch"] == cfg.arch
     assert (config["n_bins"], config["n_frames"], config["clip_seconds"]) == (n_bins, 50, 4.0)
 
@@ -143,11 +146,18 @@ def test_loading_never_fetches_the_pretrained_source(tmp_path: Path) -> None:
     assert isinstance(loaded, ASTClassifier)
 
 
+def read_info_of(config: dict[str, object], directory: Path) -> ClassifierInfo:
+    (directory / "config.json").write_text(json.dumps(config))
+    return load_classifier(directory, with_frontend=False).info
+
+
 def test_loading_is_strict_and_configs_are_checked(tmp_path: Path) -> None:
     model = build_model(AST, num_classes=2, n_bins=32, n_frames=32)
     save_classifier(tmp_path, model, info_for(AST, 32, 32, ("x", "y")))
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "labels": ["x", "y", "z"]}))
+    older = {k: v for k, v in config.items() if k not in ("id2label", "label2id")}  # as saved before them
+    assert load_classifier(tmp_path, with_frontend=False).info == read_info_of(older, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**older, "labels": ["x", "y", "z"]}))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_classifier(tmp_path, with_frontend=False)
     (tmp_path / "config.json").write_text(json.dumps({**config, "surprise": 1}))
