@@ -1,5 +1,5 @@
 """The ``birdops`` command. Each subcommand lives in its own module and is imported only when used,
-so ``birdops predict`` and ``birdops serve`` never import torch."""
+so ``birdops predict``, ``birdops serve`` and ``birdops segments`` never import torch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("birdops.data.fetch", "download recordings and metadata from the xeno-canto API v3"),
     "predict": ("birdops.serve.predict", "classify audio files with an exported ONNX model"),
     "serve": ("birdops.serve.app", "serve an exported ONNX model over HTTP"),
+    "segments": ("birdops.serve.segments", "cut the audio of detections into short clips to review"),
     "report": ("birdops.evaluate.report", "compare model variants side by side"),
     "experiments": ("birdops.evaluate.experiments", "run a plan of DVC experiments, write their tables"),
     "bench": ("birdops.bench.main", "measure cache, model, predict and training throughput on this machine"),

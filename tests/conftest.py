@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from tones import tone_model
+from tones import DETECTOR, tone_model
 from xenocanto import FakeXenoCanto, serve_xeno_canto
 
 
@@ -17,6 +17,15 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tone-detector ONNX model of ``tones.py``, saved to disk."""
     path = tmp_path_factory.mktemp("model") / "tones.onnx"
     onnx.save(tone_model(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tone model as an export after calibration (``tones.DETECTOR``: sigmoid scores, thresholds
+    0.5), saved to disk."""
+    path = tmp_path_factory.mktemp("detector") / "detector.onnx"
+    onnx.save(tone_model(scoring=DETECTOR), str(path))
     return path
 
 

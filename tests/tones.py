@@ -2,6 +2,12 @@
 serving tests: a "tone detector" whose logit for class k is the log energy of the input at
 ``TONES_HZ[k]`` (cos/sin convolution filters). Its answers are known in advance, so windows, start
 times, batching, softmax and aggregation can be checked against the truth of the generated audio.
+
+Logits, measured: about 7.3 for a window full of a class's tone at :func:`tones`' amplitude 0.3,
+6.6 for half a window of it, 2.7 at a tenth of the amplitude, -1.4 or less for the other classes'
+tones and about -3.6 for noise of standard deviation 0.01. ``tone_model(scoring=DETECTOR)`` is the
+detector an export after calibration is: sigmoid scores ``sigmoid(0.8 * logit - 3)`` (about 0.95 for a
+tone, 0.30 for the quiet tone, under 0.02 for the others and noise) and thresholds of 0.5.
 """
 
 from __future__ import annotations
@@ -10,17 +16,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from birdops.contracts import ModelMetadata
+from birdops.contracts import ModelMetadata, Scoring
 
 LABELS = ("Low tone", "Mid tone", "High tone")
 TONES_HZ = (400.0, 1200.0, 3000.0)
 RATE_HZ = 8000
 WINDOW_SECONDS = 1.0
+DETECTOR = Scoring(activation="sigmoid", scale=0.8, bias=-3.0, thresholds=(0.5, 0.5, 0.5))
 
 
-def tone_model(labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_SECONDS) -> onnx.ModelProto:
+def tone_model(
+    labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_SECONDS, scoring: Scoring | None = None
+) -> onnx.ModelProto:
     """``waveform [batch, S]`` -> ``logits [batch, C]``: log mean energy at each class's tone; the
-    metadata names ``labels`` (normally one per tone)."""
+    metadata names ``labels`` (normally one per tone) and ``scoring`` (None: no scoring props, as an
+    export from before calibration)."""
     kernel = 256
     t = np.arange(kernel) / RATE_HZ
     filters = np.concatenate([[np.cos(2 * np.pi * f * t), np.sin(2 * np.pi * f * t)] for f in TONES_HZ])
@@ -50,12 +60,24 @@ def tone_model(labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     metadata = ModelMetadata(labels, RATE_HZ, WINDOW_SECONDS, {"f_min_hz": 100.0}, "tones", "abc123")
-    helper.set_model_props(model, metadata.to_props())
+    props = metadata.to_props()
+    if scoring is None:
+        props = {key: value for key, value in props.items() if key not in Scoring().to_props()}
+    else:
+        props |= scoring.to_props()
+    helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def tones(plan: list[tuple[float, float]], rate_hz: int = RATE_HZ) -> np.ndarray:
-    """Concatenated pure tones ``[(frequency_hz, seconds), ...]``, amplitude 0.3, float32."""
-    parts = [0.3 * np.sin(2 * np.pi * f * np.arange(round(s * rate_hz)) / rate_hz) for f, s in plan]
+def tones(plan: list[tuple[float, float]], rate_hz: int = RATE_HZ, amplitude: float = 0.3) -> np.ndarray:
+    """Concatenated pure tones ``[(frequency_hz, seconds), ...]``, float32; a frequency of 0 is noise of
+    standard deviation 0.01 (not silence, which the decoder refuses: a stretch without any tone)."""
+    noise = np.random.default_rng(0)
+    parts = [
+        amplitude * np.sin(2 * np.pi * f * np.arange(round(s * rate_hz)) / rate_hz)
+        if f > 0
+        else noise.normal(0.0, 0.01, round(s * rate_hz))
+        for f, s in plan
+    ]
     return np.concatenate(parts).astype(np.float32)

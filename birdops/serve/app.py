@@ -6,8 +6,13 @@ Settings come from ``BIRDOPS_SERVE_*`` environment variables (:class:`ServeSetti
 the options. Endpoints:
 
 - ``POST /predict``: multipart upload ``file`` (any format soundfile decodes: WAV, FLAC, OGG, MP3...)
-  -> per-window top species and the file's top species (mean window probability). ``?top_k=`` lowers
-  or raises the number of species per window and file.
+  -> the detections (:mod:`birdops.serve.detect`): each window's species whose calibrated score
+  reaches its threshold (the model's, ``?min_score=`` for every species, or the form field
+  ``thresholds``, a JSON object ``{"species": threshold}``, for those it lists), at most ``?top_k=``
+  (default: the ``top_k`` setting) a window; ``?all=true``: every window's ``top_k`` species whatever
+  the thresholds. The response lists the windows with detections, the species found in the file
+  and their count: ``"detections": 0``, ``"species": []`` and ``"message": "no detections"`` when
+  nothing reached its threshold.
 - ``GET /health``: the process is up. ``GET /ready``: 200 when the model is loaded and the server has
   room for another request, else 503 (``status`` ``loading`` or ``saturated``); the model's metadata,
   providers and the current load.
@@ -64,7 +69,7 @@ import numpy as np
 import onnxruntime as ort
 import soundfile as sf
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,6 +79,7 @@ from birdops import __version__
 from birdops.audio import AudioError, TooLongAudioError, stream_bytes
 from birdops.contracts import ModelMetadata
 from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER, providers_for
+from birdops.serve.detect import Selection, ThresholdsError, json_thresholds, select, species_found
 from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores
 from birdops.serve.settings import ServeSettings
 from birdops.windows import even_hop_seconds
@@ -105,13 +111,21 @@ def clean_detail(message: str) -> str:
 # ------------------------------------------------------------------------------------ API schema
 class Species(BaseModel):
     species: str
-    score: float  # probability in [0, 1]
+    score: float  # calibrated score in [0, 1]
 
 
 class Window(BaseModel):
     start_s: float
     end_s: float
-    top: list[Species]
+    top: list[Species]  # the window's detections, best first (never empty: such windows are left out)
+
+
+class SpeciesInFile(BaseModel):
+    species: str
+    score: float  # its best window's score
+    windows: int  # windows in which it is reported
+    first_start_s: float  # start of the first of them
+    last_end_s: float  # end of the last of them
 
 
 class Prediction(BaseModel):
@@ -121,8 +135,15 @@ class Prediction(BaseModel):
     window_seconds: float
     hop_seconds: float
     variant: str
-    top: list[Species]  # the file's species: mean probability over its windows
-    windows: list[Window]
+    activation: str  # the model's: sigmoid (independent species scores) or softmax
+    windows_classified: int  # every window of the file was scored; only those with detections are listed
+    detections: int  # (window, species) pairs reported; 0 when nothing reached its threshold
+    message: str  # "no detections", or "N detections of M species"
+    species: list[SpeciesInFile]  # the species found in the file, best first; [] when none
+    windows: list[Window]  # the windows with at least one detection, in time order
+    thresholds: dict[str, float] | None  # the threshold applied to each species (None with all=true)
+    top_k: int  # the most species reported per window
+    warnings: list[str]  # e.g. the model has no thresholds of its own
 
 
 class Health(BaseModel):
@@ -148,6 +169,9 @@ class Ready(BaseModel):
     sample_rate_hz: int | None = None
     window_seconds: float | None = None
     hop_seconds: float | None = None
+    activation: str | None = None  # how logits become scores: sigmoid or softmax
+    calibration: dict[str, float] | None = None  # {"scale", "bias"} of activation(scale * logits + bias)
+    thresholds: list[float] | None = None  # the model's, one per label; None: an export without them
     providers: list[str] | None = None  # the onnxruntime execution providers in use, preferred first
     max_upload_bytes: int
     max_audio_seconds: float
@@ -448,12 +472,23 @@ def to_species(items: Sequence[SpeciesScore]) -> list[Species]:
 
 
 def to_prediction(
-    result: WindowScores, name: str, top_k: int, hop_seconds: float, metadata: ModelMetadata
+    result: WindowScores,
+    name: str,
+    selection: Selection,
+    hop_seconds: float,
+    metadata: ModelMetadata,
+    warnings: Sequence[str] = (),
 ) -> Prediction:
+    picked = selection.pick(result.scores, result.labels)
     windows = [
-        Window(start_s=float(start), end_s=float(end), top=to_species(top))
-        for start, end, top in zip(result.starts_s, result.ends_s, result.window_top(top_k), strict=True)
+        Window(start_s=float(start), end_s=float(end), top=to_species(items))
+        for start, end, items in zip(result.starts_s, result.ends_s, picked, strict=True)
+        if items
     ]
+    found = species_found(result, picked)
+    detections = sum(len(items) for items in picked)
+    plural = "" if detections == 1 else "s"
+    message = f"{detections} detection{plural} of {len(found)} species" if detections else "no detections"
     return Prediction(
         filename=name,
         duration_s=result.duration_s,
@@ -461,8 +496,24 @@ def to_prediction(
         window_seconds=result.window_seconds,
         hop_seconds=hop_seconds,
         variant=metadata.variant,
-        top=to_species(result.file_top(top_k)),
+        activation=metadata.scoring.activation,
+        windows_classified=len(result.starts_s),
+        detections=detections,
+        message=message,
+        species=[
+            SpeciesInFile(
+                species=f.species,
+                score=f.best_score,
+                windows=f.windows,
+                first_start_s=f.first_start_s,
+                last_end_s=f.last_end_s,
+            )
+            for f in found
+        ],
         windows=windows,
+        thresholds=selection.thresholds_by_species(metadata.labels),
+        top_k=len(metadata.labels) if selection.top_k is None else selection.top_k,
+        warnings=list(warnings),
     )
 
 
@@ -563,13 +614,43 @@ def create_app(
     @app.post("/predict", response_model=Prediction, responses=ERRORS)
     async def predict(
         file: Annotated[UploadFile, File(description="an audio file: WAV, FLAC, OGG, MP3...")],
-        top_k: Annotated[int | None, Query(ge=1, le=100, description="species per window and file")] = None,
+        top_k: Annotated[
+            int | None,
+            Query(
+                ge=1, le=100, description="at most this many species per window (default: the top_k setting)"
+            ),
+        ] = None,
+        min_score: Annotated[
+            float | None,
+            Query(ge=0.0, le=1.0, description="one threshold for every species, in place of the model's"),
+        ] = None,
+        report_all: Annotated[
+            bool,
+            Query(alias="all", description="every window's top_k species, whatever the thresholds"),
+        ] = False,
+        thresholds: Annotated[
+            str | None,
+            Form(
+                description='JSON object {"species": threshold in [0, 1]}: those species\' thresholds, '
+                "over the model's or min_score"
+            ),
+        ] = None,
     ) -> Prediction:
-        """Classify an uploaded recording, window by window."""
+        """Detect species in an uploaded recording, window by window; a file where nothing reaches its
+        threshold gets ``"detections": 0``, empty ``species`` and ``windows``, and ``"no detections"``."""
         classifier = service.classifier
         if classifier is None:
             raise Overloaded("the model is not loaded yet")
         name = display_name(file.filename)
+        try:
+            labels = classifier.labels
+            overrides = None if thresholds is None else json_thresholds(thresholds, labels, "thresholds")
+            scoring = classifier.metadata.scoring
+            selection, warning = select(
+                scoring, labels, top_k or settings.top_k, min_score, overrides, report_all
+            )
+        except ThresholdsError as err:
+            raise HTTPException(422, detail=str(err)) from err
         async with current_queue().admit():
             payload = await file.read(settings.max_upload_bytes + 1)
             if len(payload) > settings.max_upload_bytes:
@@ -590,7 +671,8 @@ def create_app(
             finally:
                 timer.cancel()
         hop_seconds = even_hop_seconds(settings.hop_seconds, classifier.window_seconds)
-        return to_prediction(result, name, top_k or settings.top_k, hop_seconds, classifier.metadata)
+        warnings = [] if warning is None else [warning]
+        return to_prediction(result, name, selection, hop_seconds, classifier.metadata, warnings)
 
     return app
 

@@ -6,8 +6,11 @@ metadata props with the labels, sample rate, window length and feature settings.
 
 A recording is decoded at the model's sample rate, cut into even windows of the model's length that
 start every ``hop_seconds`` (the last one zero-padded: :mod:`birdops.windows`), run in batches, and each
-window's logits become class probabilities (:func:`birdops.scores.softmax`). A file's score for a class
-is the mean of its windows' probabilities (:func:`birdops.scores.aggregate`). Files and uploads are
+window's logits become calibrated scores as the model's metadata says
+(:attr:`ModelMetadata.scoring <birdops.contracts.ModelMetadata>`, :func:`birdops.scores.scores`):
+``sigmoid(scale * logits + bias)``, one independent probability per species (a window may score low
+for every species), or an uncalibrated ``softmax`` for an export without scoring props. Which
+(window, species) pairs are reported is :mod:`birdops.serve.detect`'s business. Files and uploads are
 streamed: decoded, resampled and cut into windows block by block
 (:class:`birdops.windows.StreamedWindows`), so memory does not grow with their length; the windows,
 batches and scores are exactly those of the whole decoded array.
@@ -27,7 +30,8 @@ import onnxruntime as ort
 from birdops.audio import stream_audio, stream_bytes
 from birdops.contracts import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, providers_for
-from birdops.scores import aggregate, softmax
+from birdops.scores import aggregate
+from birdops.scores import scores as calibrated_scores
 from birdops.windows import StreamedWindows, even_batches, even_hop_seconds
 
 log = logging.getLogger(__name__)
@@ -41,18 +45,19 @@ class ModelError(ValueError):
 @dataclass(frozen=True)
 class SpeciesScore:
     species: str
-    score: float  # probability in [0, 1]
+    score: float  # calibrated score in [0, 1]
 
 
 @dataclass(frozen=True)
 class WindowScores:
-    """Per-window class probabilities of one recording."""
+    """Per-window calibrated class scores of one recording."""
 
     starts_s: np.ndarray  # (N,) window starts, seconds from the start of the recording
-    scores: np.ndarray  # (N, C) softmax probabilities, rows sum to 1
+    scores: np.ndarray  # (N, C) float32 in [0, 1]: sigmoid scores (independent), or softmax (rows sum to 1)
     labels: tuple[str, ...]  # (C,)
     window_seconds: float
     duration_s: float  # of the decoded recording
+    activation: str = "softmax"  # the model's: how file_scores aggregates the windows
 
     @property
     def ends_s(self) -> np.ndarray:
@@ -60,14 +65,25 @@ class WindowScores:
         return np.minimum(self.starts_s + self.window_seconds, self.duration_s)
 
     def file_scores(self) -> np.ndarray:
-        """(C,) the mean probability of each class over the windows."""
+        """(C,) the file's score of each class.
+
+        Sigmoid models: the highest window score. Each species' score answers "is it in this
+        window?", and a file holds a species when any of its windows does; the mean would dilute a
+        2 s call in an hour of audio to nothing. With it a species reaches its threshold in the file
+        exactly when it does in some window, so the file and its windows never disagree.
+        Softmax models (closed-set, older exports): the mean over the windows
+        (:func:`birdops.scores.aggregate`), the recording-level score evaluation reports.
+        """
+        if self.activation == "sigmoid":
+            best: np.ndarray = self.scores.max(axis=0)
+            return best
         return aggregate(self.scores)
 
     def file_top(self, k: int) -> list[SpeciesScore]:
         return top_k(self.file_scores(), self.labels, k)
 
     def window_top(self, k: int, min_score: float = 0.0) -> list[list[SpeciesScore]]:
-        """For each window, its ``k`` most probable classes with a score >= ``min_score``."""
+        """For each window, its ``k`` highest-scoring classes with a score >= ``min_score``."""
         return [top_k(row, self.labels, k, min_score) for row in self.scores]
 
 
@@ -192,7 +208,7 @@ class Classifier:
     def predict_windows(
         self, wave: np.ndarray, hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
-        """Class probabilities of every window of ``wave`` (float32 mono at the model's sample rate).
+        """Calibrated class scores of every window of ``wave`` (float32 mono at the model's sample rate).
 
         Windows are the model's length and start every ``hop_seconds`` (default: the window length,
         i.e. no overlap); they run ``batch_size`` at a time.
@@ -212,14 +228,20 @@ class Classifier:
         starts_s, scores = self._scores(windows)
         return self._result(starts_s, scores, windows.samples)
 
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated scores ``(B, C)`` float32 of ``logits (B, C)``: the model's activation of
+        ``scale * logits + bias`` (its metadata; computed in float64, rounded once)."""
+        scoring = self.metadata.scoring
+        return calibrated_scores(logits, scoring.activation, scoring.scale, scoring.bias).astype(np.float32)
+
     def _scores(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(starts_s (N,), softmax scores (N, C))`` of every batch of windows."""
+        """``(starts_s (N,), calibrated scores (N, C))`` of every batch of windows."""
         starts: list[np.ndarray] = []
-        scores: list[np.ndarray] = []
+        window_scores: list[np.ndarray] = []
         for windows, starts_s in batches:
-            scores.append(softmax(self.logits(windows)).astype(np.float32))  # (B, C) float32
+            window_scores.append(self.calibrated(self.logits(windows)))  # (B, C) float32
             starts.append(starts_s)
-        return np.concatenate(starts), np.concatenate(scores)
+        return np.concatenate(starts), np.concatenate(window_scores)
 
     def _result(self, starts_s: np.ndarray, scores: np.ndarray, samples: int) -> WindowScores:
         return WindowScores(
@@ -228,6 +250,7 @@ class Classifier:
             labels=self.labels,
             window_seconds=self.window_seconds,
             duration_s=samples / self.sample_rate_hz,
+            activation=self.metadata.scoring.activation,
         )
 
     def predict_file(
@@ -255,5 +278,8 @@ class Classifier:
             "labels": list(meta.labels),
             "sample_rate_hz": meta.sample_rate_hz,
             "window_seconds": meta.window_seconds,
+            "activation": meta.scoring.activation,
+            "calibration": {"scale": meta.scoring.scale, "bias": meta.scoring.bias},
+            "thresholds": None if meta.scoring.thresholds is None else list(meta.scoring.thresholds),
             "providers": self.providers,
         }

@@ -1,14 +1,28 @@
-"""``birdops predict``: classify audio files with an exported ONNX model, one row per window and species.
+"""``birdops predict``: detect species in audio files with an exported ONNX model, one row per window
+and detected species.
 
     birdops predict recordings/ extra.mp3 "field/**/*.flac" --model models/export/model.onnx \\
-        --output predictions.csv [--format csv|raven] [--top-k 3] [--min-score 0.1] [--hop-seconds 2]
+        --output predictions.csv [--format csv|raven] [--min-score 0.5 | --thresholds FILE | --all]
+        [--top-k 3] [--hop-seconds 2]
 
 Inputs are files, folders (searched recursively for audio extensions) and glob patterns. Each file is
 streamed (:meth:`Classifier.predict_file`): decoded, resampled and classified block by block, so memory
-does not grow with its length (an hour of 44.1 kHz audio as well as a minute). Formats:
+does not grow with its length (an hour of 44.1 kHz audio as well as a minute).
 
-- ``csv``: ``file, start_s, end_s, species, score``; one row per window and each of its ``top-k``
-  species whose probability is at least ``min-score``.
+Which rows are written (:mod:`birdops.serve.detect`): by default each window's species whose calibrated
+score reaches that species' threshold from the model's metadata, all of them (no cap), best first;
+a window or a file where nothing reaches its threshold has no row. ``--min-score X`` puts every
+species' threshold at X; ``--thresholds FILE`` (CSV ``species,threshold`` or a JSON object) sets
+the thresholds of the species it lists, over the model's or ``--min-score``'s; ``--top-k N`` keeps
+at most N rows per window. ``--all`` writes every window's top species (1, or ``--top-k``) whatever
+the scores. A model without thresholds (an export from before calibration) cannot tell a detection
+from its absence: it is read as ``--all`` would (threshold 0.0, the top 1 species of each window,
+its former output), with one warning.
+
+The summary at the end lists, per file, the species detected (windows, best score) or ``no
+detections``. Formats:
+
+- ``csv``: ``file, start_s, end_s, species, score``, one row per window and reported species.
 - ``raven``: a Raven Pro selection table (tab-separated ``Selection, View, Channel, Begin Time (s),
   End Time (s), Low Freq (Hz), High Freq (Hz), Species, Score``, plus ``Begin Path`` naming the file
   when the table spans several files). The frequency band is the model's feature band.
@@ -18,7 +32,9 @@ long, too short, NaN/Inf samples, silent: :mod:`birdops.audio`'s :class:`~birdop
 subclasses) or that fails in any other way is logged, skipped and listed in the summary at the end,
 which also counts refusals by cause; the other files are still classified whatever one file does.
 Exit status: 0 when at least one file was classified (refusals are warnings), 1 when none was (every
-file was refused, nothing matched, or the model cannot be loaded), 2 for bad arguments.
+file was refused, nothing matched, or the model cannot be loaded), 2 for bad arguments (a thresholds
+file that names an unknown species or a value outside [0, 1] included). A file without detections is
+a success.
 """
 
 from __future__ import annotations
@@ -43,7 +59,16 @@ from birdops.audio import AudioError
 from birdops.contracts import EXPORTED_MODEL
 from birdops.files import atomic_path
 from birdops.providers import providers_for
-from birdops.serve.inference import Classifier, ModelError, WindowScores
+from birdops.serve.detect import (
+    Selection,
+    SpeciesFound,
+    ThresholdsError,
+    describe_found,
+    read_thresholds,
+    select,
+    species_found,
+)
+from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +101,15 @@ class Detection:
 
 @dataclass
 class Summary:
-    """What a run did: files classified, their audio length and windows, and the files that failed."""
+    """What a run did: files classified, their audio length and windows, the species found in each,
+    and the files that failed."""
 
     files: int = 0
     audio_seconds: float = 0.0
     windows: int = 0
     rows: int = 0
+    found: list[tuple[str, list[SpeciesFound]]] = field(default_factory=list)  # per classified file
+    thresholded: bool = True  # rows are detections (not --all)
     failures: list[str] = field(default_factory=list)  # one message per input, naming it
     refused: Counter[str] = field(default_factory=Counter)  # refusals by cause (AudioError.kind)
 
@@ -115,12 +143,12 @@ def _audio_under(folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------- results
-def detections(name: str, result: WindowScores, top_k: int, min_score: float) -> Iterator[Detection]:
-    """The rows of one file: each window's ``top_k`` species with a score >= ``min_score``."""
-    for start_s, end_s, top in zip(
-        result.starts_s, result.ends_s, result.window_top(top_k, min_score), strict=True
-    ):
-        for item in top:
+def detections(
+    name: str, result: WindowScores, picked: Sequence[Sequence[SpeciesScore]]
+) -> Iterator[Detection]:
+    """The rows of one file: each window's reported species (``picked``: :meth:`Selection.pick`)."""
+    for start_s, end_s, items in zip(result.starts_s, result.ends_s, picked, strict=True):
+        for item in items:
             yield Detection(name, float(start_s), float(end_s), item.species, item.score)
 
 
@@ -177,14 +205,13 @@ def predict_files(
     classifier: Classifier,
     paths: Sequence[Path],
     writer: TableWriter,
-    top_k: int = 1,
-    min_score: float = 0.0,
+    selection: Selection,
     hop_seconds: float | None = None,
     batch_size: int = 16,
 ) -> Summary:
-    """Classify ``paths`` one by one, writing each file's rows as soon as it is done; an undecodable
-    file is logged, recorded in the summary and skipped."""
-    summary = Summary()
+    """Classify ``paths`` one by one, writing each file's reported rows (``selection``) as soon as it is
+    done; an undecodable file is logged, recorded in the summary and skipped."""
+    summary = Summary(thresholded=selection.thresholds is not None)
     with logging_redirect_tqdm():
         for path in tqdm(paths, desc="predict", unit="file", disable=None):
             try:
@@ -199,14 +226,13 @@ def predict_files(
                 summary.failures.append(f"{path}: unexpected error: {type(err).__name__}: {err}")
                 summary.refused["error"] += 1
                 continue
-            summary.rows += writer.write(detections(str(path), result, top_k, min_score))
+            picked = selection.pick(result.scores, result.labels)
+            summary.rows += writer.write(detections(str(path), result, picked))
             summary.files += 1
             summary.windows += len(result.starts_s)
             summary.audio_seconds += result.duration_s
-            best = result.file_top(1)[0]
-            log.debug(
-                "%s: %d windows, mostly %s (%.3f)", path, len(result.starts_s), best.species, best.score
-            )
+            summary.found.append((str(path), species_found(result, picked)))
+            log.debug("%s: %d windows: %s", path, len(result.starts_s), describe_found(summary.found[-1][1]))
     return summary
 
 
@@ -229,8 +255,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--model", default=EXPORTED_MODEL, help="exported model (.onnx)")
     parser.add_argument("--output", "-o", default="-", help="output table ('-': standard output)")
     parser.add_argument("--format", choices=("csv", "raven"), default="csv", help="table format")
-    parser.add_argument("--top-k", type=positive_int, default=1, help="species per window (default 1)")
-    parser.add_argument("--min-score", type=float, default=0.0, help="drop rows below this probability")
+    parser.add_argument(
+        "--min-score",
+        type=unit_float,
+        default=None,
+        help="one threshold in [0, 1] for every species, in place of the model's",
+    )
+    parser.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        default=None,
+        help="per-species thresholds (CSV species,threshold or a JSON object), over the model's "
+        "or --min-score's; species it does not list keep theirs",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="at most N species per window, best first (default: no cap; 1 with --all or a model "
+        "without thresholds)",
+    )
+    parser.add_argument(
+        "--all",
+        dest="report_all",
+        action="store_true",
+        help="every window's top species (1, or --top-k) whatever the thresholds",
+    )
     parser.add_argument(
         "--hop-seconds",
         type=positive_float,
@@ -250,7 +300,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="auto",
         help="auto: CUDA when available, else CPU",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.report_all and (args.min_score is not None or args.thresholds is not None):
+        parser.error("--all reports every window whatever the thresholds: drop --min-score / --thresholds")
+    return args
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -283,15 +343,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier.sample_rate_hz,
         ", ".join(classifier.providers),
     )
+    try:
+        selection = choose_selection(classifier, args)
+    except ThresholdsError as err:
+        log.error("%s", err)
+        return 2
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
     with open_output(args.output) as stream:
         writer = TableWriter(stream, args.format, feature_band_hz(classifier))
-        summary = predict_files(
-            classifier, paths, writer, args.top_k, args.min_score, args.hop_seconds, args.batch_size
-        )
+        summary = predict_files(classifier, paths, writer, selection, args.hop_seconds, args.batch_size)
     summary.failures = missing + summary.failures
     return report(summary, time.perf_counter() - started, args.output)
+
+
+def choose_selection(classifier: Classifier, args: argparse.Namespace) -> Selection:
+    """The rows to write, from the model's thresholds and the options (module docstring); logs one
+    warning when the model has no thresholds to fall back on."""
+    scoring, labels = classifier.metadata.scoring, classifier.labels
+    overrides = read_thresholds(args.thresholds, labels) if args.thresholds is not None else None
+    # no cap on detections; one species a window where scores are not thresholded (--all, or a
+    # model without thresholds: its former output)
+    default_top_k = 1 if args.report_all or scoring.thresholds is None else None
+    top_k = args.top_k or default_top_k
+    selection, warning = select(scoring, labels, top_k, args.min_score, overrides, args.report_all)
+    if warning is not None:
+        log.warning("%s: %s", args.model, warning)
+    return selection
 
 
 def report(summary: Summary, elapsed_s: float, output: str) -> int:
@@ -307,6 +385,7 @@ def report(summary: Summary, elapsed_s: float, output: str) -> int:
         elapsed_s,
         speed,
     )
+    log_found(summary.found, summary.thresholded)
     if summary.failures:
         causes = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.refused.items()))
         missing = len(summary.failures) - sum(summary.refused.values())
@@ -319,3 +398,18 @@ def report(summary: Summary, elapsed_s: float, output: str) -> int:
         log.error("no file was classified")
         return 1
     return 0
+
+
+def log_found(found: Sequence[tuple[str, Sequence[SpeciesFound]]], thresholded: bool = True) -> None:
+    """The species detected in each classified file, or ``no detections``: one line a file (with
+    ``--all``, not ``thresholded``, the species of the rows, whatever their scores)."""
+    if not found:
+        return
+    with_rows = sum(1 for _, species in found if species)
+    all_species = len({f.species for _, species in found for f in species})
+    if thresholded:
+        log.info("detections in %d of %d files, %d species:", with_rows, len(found), all_species)
+    else:
+        log.info("top species of every window (--all, whatever their scores), %d species:", all_species)
+    for name, species in found:
+        log.info("  %s: %s", name, describe_found(species))

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import soundfile as sf
 from onnx import helper
-from tones import LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
+from tones import DETECTOR, LABELS, RATE_HZ, TONES_HZ, WINDOW_SECONDS, tone_model, tones
 
 from birdops import providers
 from birdops.audio import BLOCK_FRAMES, AudioError, load_audio
@@ -114,6 +114,28 @@ def test_scores_are_the_softmax_of_the_logits_whatever_the_batch(classifier: Cla
         assert result.scores.dtype == np.float32  # the float64 softmax, rounded once
     with pytest.raises(ValueError, match="expected"):
         classifier.logits(windows[:, :100])
+
+
+def test_a_calibrated_sigmoid_model_scores_each_species_on_its_own(tmp_path: Path) -> None:
+    """The model's scoring metadata is applied: sigmoid(scale * logits + bias), one probability per
+    species (rows need not sum to 1: noise scores low everywhere, two tones high together), and the
+    file's score of a species is its best window's."""
+    path = tmp_path / "detector.onnx"
+    onnx.save(tone_model(scoring=DETECTOR), str(path))
+    detector = Classifier.load(path, providers=[CPU_PROVIDER], intra_op_threads=1)
+    assert detector.metadata.scoring == DETECTOR
+    assert detector.describe()["activation"] == "sigmoid" and detector.describe()["thresholds"] == [0.5] * 3
+    # windows: the mid tone, noise, half low and half high
+    wave = tones([(TONES_HZ[1], 1.0), (0, 1.0), (TONES_HZ[0], 0.5), (TONES_HZ[2], 0.5)])
+    result = detector.predict_windows(wave, batch_size=2)
+    windows, _ = even_windows(wave, RATE_HZ, WINDOW_SECONDS, WINDOW_SECONDS)
+    logits = detector.logits(windows).astype(np.float64)
+    expected = 1.0 / (1.0 + np.exp(-(0.8 * logits - 3.0)))
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-6)
+    assert result.activation == "sigmoid" and result.scores.dtype == np.float32
+    assert (result.scores >= 0.5).tolist() == [[False, True, False], [False] * 3, [True, False, True]]
+    np.testing.assert_allclose(result.file_scores(), result.scores.max(axis=0))
+    assert [s.species for s in result.file_top(2)] == ["Mid tone", "Low tone"]
 
 
 def test_overlapping_windows_locate_a_short_call(classifier: Classifier) -> None:

@@ -14,7 +14,7 @@ import soundfile as sf
 from tones import TONES_HZ, tones
 
 from birdops import cli
-from birdops.serve import predict
+from birdops.serve import detect, predict
 
 LOW, MID, HIGH = "Low tone", "Mid tone", "High tone"
 LONG_SECONDS = 600  # the 10-minute recording: the tone changes every 10 s (low, mid, high, low, ...)
@@ -179,3 +179,148 @@ def test_find_audio_recurses_and_deduplicates(recordings: Path) -> None:
     ]  # a folder's audio files (any case of extension), then explicitly named files, each once
     assert missing == ["no/such/*.wav: the pattern matches no audio file"]
     assert np.all([p.is_file() for p in paths])
+
+
+# ------------------------------------------------------------------------------ detections (a detector)
+DAWN = [(TONES_HZ[1], 1.0), (0, 1.0), (TONES_HZ[0], 0.5), (TONES_HZ[2], 0.5)]  # mid, noise, low + high
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dawn.wav: the mid tone (scores 0.945), noise, low and high together (0.907, 0.906), the mid tone
+    at a tenth of the amplitude (0.300); night.flac: 3 s of noise (every score under 0.01)."""
+    root = tmp_path_factory.mktemp("field")
+    sf.write(
+        root / "dawn.wav", np.concatenate([tones(DAWN), tones([(TONES_HZ[1], 1.0)], amplitude=0.03)]), 8000
+    )
+    sf.write(root / "night.flac", tones([(0, 3.0)]), 8000)
+    return root
+
+
+def predict_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """birdops predict's warnings (not the provider's about a missing GPU)."""
+    return [
+        r.getMessage() for r in caplog.records if r.name == predict.log.name and r.levelno >= logging.WARNING
+    ]
+
+
+def detected(path: Path) -> list[tuple[str, str, str]]:
+    return [(Path(r["file"]).name, r["start_s"], r["species"]) for r in read_table(path)]
+
+
+def test_by_default_only_detections_are_written_and_the_summary_names_files_without_any(
+    detector_path: Path, field: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "detections.csv"
+    with caplog.at_level(logging.INFO):
+        code = cli.main(["predict", str(field), "--model", str(detector_path), "-o", str(out)])
+    assert code == 0  # a file without detections is a success
+    assert out.read_text().splitlines()[0] == "file,start_s,end_s,species,score"
+    assert detected(out) == [
+        ("dawn.wav", "0.000", MID),
+        ("dawn.wav", "2.000", LOW),  # two species in one window, best first, no cap by default
+        ("dawn.wav", "2.000", HIGH),
+    ]  # nothing for the noise, the quiet tone (0.30 < 0.5) or the night
+    scores = [float(r["score"]) for r in read_table(out)]
+    assert scores == [
+        pytest.approx(0.9446, abs=1e-3),
+        pytest.approx(0.9072, abs=1e-3),
+        pytest.approx(0.9061, abs=1e-3),
+    ]
+    assert scores[1] > scores[2]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "detections in 1 of 2 files, 3 species:" in messages
+    assert (
+        f"  {field / 'dawn.wav'}: Mid tone (1 window, best 0.945), Low tone (1 window, best 0.907), "
+        "High tone (1 window, best 0.906)"
+    ) in messages
+    assert f"  {field / 'night.flac'}: no detections" in messages
+    assert predict_warnings(caplog) == []  # the model has thresholds
+
+
+def test_min_score_and_a_thresholds_file_replace_the_models_thresholds(
+    detector_path: Path, field: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.csv"
+    base = [str(field), "--model", str(detector_path), "-o", str(out)]
+    assert run([*base, "--min-score", "0.2"]) == 0
+    assert ("dawn.wav", "3.000", MID) in detected(out) and len(detected(out)) == 4  # the quiet tone too
+    thresholds = tmp_path / "thresholds.csv"
+    thresholds.write_text("species,threshold\nMid tone,0.25\nHigh tone,0.95\n")
+    assert run([*base, "--thresholds", str(thresholds)]) == 0
+    assert detected(out) == [  # mid at 0.25 finds the quiet tone, high at 0.95 is gone, low keeps 0.5
+        ("dawn.wav", "0.000", MID),
+        ("dawn.wav", "2.000", LOW),
+        ("dawn.wav", "3.000", MID),
+    ]
+    as_json = tmp_path / "thresholds.json"
+    as_json.write_text('{"Low tone": 0.95}')
+    assert run([*base, "--thresholds", str(as_json), "--min-score", "0.2"]) == 0  # the file over min-score
+    assert detected(out) == [
+        ("dawn.wav", "0.000", MID),
+        ("dawn.wav", "2.000", HIGH),
+        ("dawn.wav", "3.000", MID),
+    ]
+
+
+def test_top_k_caps_the_rows_per_window_and_all_reports_every_window(
+    detector_path: Path, field: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out.csv"
+    base = [str(field), "--model", str(detector_path), "-o", str(out)]
+    assert run([*base, "--top-k", "1"]) == 0
+    assert detected(out) == [("dawn.wav", "0.000", MID), ("dawn.wav", "2.000", LOW)]
+    with caplog.at_level(logging.INFO):
+        assert run([*base, "--all"]) == 0  # the top 1 of every window, whatever its score
+    assert "top species of every window (--all, whatever their scores), 3 species:" in caplog.text
+    assert f"  {field / 'night.flac'}: " in caplog.text and "no detections" not in caplog.text
+    rows = detected(out)
+    assert [(name, start) for name, start, _ in rows] == [
+        *(("dawn.wav", f"{s:.3f}") for s in range(4)),
+        *(("night.flac", f"{s:.3f}") for s in range(3)),
+    ]
+    assert rows[3] == ("dawn.wav", "3.000", MID)
+    assert run([*base, "--all", "--top-k", "2"]) == 0
+    assert len(read_table(out)) == 2 * 7
+
+
+def test_bad_thresholds_are_refused_before_anything_is_classified(
+    detector_path: Path, field: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out.csv"
+    base = [str(field), "--model", str(detector_path), "-o", str(out)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("species,threshold\nMid tone,0.3\nMid tones,0.4\n")
+    assert run([*base, "--thresholds", str(bad)]) == 2
+    assert (
+        f"{bad}, row 3: unknown species 'Mid tones'" in caplog.text
+        and "did you mean 'Mid tone'" in caplog.text
+    )
+    bad.write_text("Mid tone,1.2\n")
+    assert run([*base, "--thresholds", str(bad)]) == 2
+    assert f"{bad}, row 1: the threshold 1.2 is outside [0, 1]" in caplog.text
+    assert not out.exists()
+    for argv in (
+        ["--min-score", "1.5"],
+        ["--all", "--min-score", "0.3"],
+        ["--all", "--thresholds", str(bad)],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run([*base, *argv])
+        assert exit_info.value.code == 2
+
+
+def test_a_model_without_thresholds_warns_once_and_keeps_its_former_output(
+    model_path: Path, field: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out.csv"
+    with caplog.at_level(logging.INFO):
+        assert run([str(field), "--model", str(model_path), "-o", str(out)]) == 0
+    assert predict_warnings(caplog) == [
+        f"{model_path}: {detect.NO_THRESHOLDS_WARNING}"
+    ]  # once, for both files
+    assert [(name, start) for name, start, _ in detected(out)] == [  # the top species of every window
+        *(("dawn.wav", f"{s:.3f}") for s in range(4)),
+        *(("night.flac", f"{s:.3f}") for s in range(3)),
+    ]
+    assert "detections in 2 of 2 files, 3 species:" in caplog.text

@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 import pytest
 import soundfile as sf
-from tones import TONES_HZ, tone_model, tones
+from tones import LABELS, TONES_HZ, tone_model, tones
 
 from birdops.serve import app as serve_app
+from birdops.serve import detect
 from birdops.serve.settings import ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
@@ -140,11 +141,23 @@ def test_a_wav_upload_is_classified_window_by_window(server: str) -> None:
     ]
     assert [w["top"][0]["species"] for w in windows] == ["Low tone", "High tone", "Mid tone"]
     assert all(len(w["top"]) == 2 for w in windows)  # BIRDOPS_SERVE_TOP_K=2
-    # the file: each species wins one of the three windows, so each has a mean probability of 1/3
-    assert len(body["top"]) == 2 and len({s["species"] for s in body["top"]}) == 2
-    assert [s["score"] for s in body["top"]] == [pytest.approx(1 / 3, abs=1e-3)] * 2
+    # the tone model has no thresholds (an older export): every species passes at 0.0, with a warning
+    assert body["activation"] == "softmax" and body["thresholds"] == dict.fromkeys(LABELS, 0.0)
+    assert body["warnings"] == [detect.NO_THRESHOLDS_WARNING]
+    assert (body["windows_classified"], body["detections"], body["top_k"]) == (3, 6, 2)
+    assert body["message"] == "6 detections of 3 species"
+    # the file: each species wins one of the three windows, its best score is that window's
+    assert {s["species"] for s in body["species"]} == set(LABELS)
+    assert all(s["score"] > 0.99 for s in body["species"])
     one = post(server, encode(LOW_HIGH_MID, 8000, "WAV"), top_k=1).json()
-    assert all(len(w["top"]) == 1 for w in one["windows"]) and len(one["top"]) == 1
+    assert all(len(w["top"]) == 1 for w in one["windows"]) and one["detections"] == 3
+    assert {s["species"]: (s["windows"], s["first_start_s"], s["last_end_s"]) for s in one["species"]} == {
+        "Low tone": (1, 0.0, 1.0),
+        "High tone": (1, 1.0, 2.0),
+        "Mid tone": (1, 2.0, pytest.approx(2.6)),
+    }
+    scores = [s["score"] for s in one["species"]]
+    assert scores == sorted(scores, reverse=True)  # best first
 
 
 def test_an_mp3_upload_at_another_rate_is_resampled(server: str) -> None:
@@ -447,3 +460,116 @@ def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: 
         patch.setattr(serve_app, "audio_seconds", lambda payload, name: 1.0)  # a header that lies
         with pytest.raises(serve_app.AudioTooLong, match=r"a\.flac: audio is 2\.\d s long"):
             list(blocks)
+
+
+# ------------------------------------------------------------------------------ detections (a detector)
+DAWN = [(TONES_HZ[1], 1.0), (0, 1.0), (TONES_HZ[0], 0.5), (TONES_HZ[2], 0.5)]  # mid, noise, low + high
+# the detector's scores: mid 0.945; noise < 0.01; low 0.907 and high 0.906; the quiet mid tone 0.300
+DAWN_WAVE = np.concatenate([tones(DAWN), tones([(TONES_HZ[1], 1.0)], amplitude=0.03)])
+LOW, MID, HIGH = LABELS
+
+
+@pytest.fixture(scope="module")
+def detector_server(detector_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``birdops serve`` of the tone detector (sigmoid scores, thresholds 0.5), default settings."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("detector_server") / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "birdops.cli",
+        "serve",
+        "--model",
+        str(detector_path),
+        "--port",
+        str(port),
+    ]
+    command += ["--device", "cpu", "--threads", "1"]
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_up(url, process, log_path)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def detect_upload(url: str, wave: np.ndarray, thresholds: str | None = None, **params: Any) -> httpx.Response:
+    files = {"file": ("dawn.wav", encode(wave, 8000, "WAV"), "audio/wav")}
+    data = {} if thresholds is None else {"thresholds": thresholds}
+    return httpx.post(f"{url}/predict", files=files, data=data, params=params, timeout=30.0)
+
+
+def window_species(body: dict[str, Any]) -> list[tuple[float, list[str]]]:
+    return [(w["start_s"], [s["species"] for s in w["top"]]) for w in body["windows"]]
+
+
+def test_only_detections_are_answered_with_the_species_of_the_file(detector_server: str) -> None:
+    response = detect_upload(detector_server, DAWN_WAVE)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["activation"] == "sigmoid" and body["warnings"] == []
+    assert body["thresholds"] == dict.fromkeys(LABELS, 0.5) and body["top_k"] == 5  # the top_k setting
+    assert (body["windows_classified"], body["detections"]) == (4, 3)
+    assert body["message"] == "3 detections of 3 species"
+    assert window_species(body) == [(0.0, [MID]), (2.0, [LOW, HIGH])]  # not the noise, not the quiet tone
+    assert [(s["species"], s["windows"], s["first_start_s"], s["last_end_s"]) for s in body["species"]] == [
+        (MID, 1, 0.0, 1.0),
+        (LOW, 1, 2.0, 3.0),
+        (HIGH, 1, 2.0, 3.0),
+    ]
+    assert [s["score"] for s in body["species"]] == [
+        pytest.approx(x, abs=1e-3) for x in (0.9446, 0.9072, 0.9061)
+    ]
+    ready = httpx.get(f"{detector_server}/ready").json()
+    assert ready["activation"] == "sigmoid" and ready["thresholds"] == [0.5, 0.5, 0.5]
+    assert ready["calibration"] == {"scale": 0.8, "bias": -3.0}
+
+
+def test_a_recording_without_detections_says_so(detector_server: str) -> None:
+    response = detect_upload(detector_server, tones([(0, 3.0)]))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["windows_classified"], body["detections"], body["message"]) == (3, 0, "no detections")
+    assert body["species"] == [] and body["windows"] == []
+
+
+def test_min_score_thresholds_top_k_and_all_choose_what_is_answered(detector_server: str) -> None:
+    url = detector_server
+    body = detect_upload(url, DAWN_WAVE, min_score=0.2).json()
+    assert window_species(body) == [(0.0, [MID]), (2.0, [LOW, HIGH]), (3.0, [MID])]
+    assert body["thresholds"] == dict.fromkeys(LABELS, 0.2)
+    body = detect_upload(url, DAWN_WAVE, thresholds='{"Mid tone": 0.25, "High tone": 0.95}').json()
+    assert window_species(body) == [(0.0, [MID]), (2.0, [LOW]), (3.0, [MID])]
+    assert body["thresholds"] == {LOW: 0.5, MID: 0.25, HIGH: 0.95}
+    assert window_species(detect_upload(url, DAWN_WAVE, top_k=1).json()) == [(0.0, [MID]), (2.0, [LOW])]
+    body = detect_upload(url, DAWN_WAVE, all="true", top_k=1).json()
+    assert window_species(body) == [(0.0, [MID]), (1.0, [HIGH]), (2.0, [LOW]), (3.0, [MID])]
+    assert body["thresholds"] is None and body["detections"] == 4
+    assert detect_upload(url, DAWN_WAVE, all="true", top_k=2).json()["detections"] == 8
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "params", "detail"),
+    [
+        ('{"Robin": 0.5}', {}, "thresholds, species 'Robin': unknown species 'Robin'"),
+        ('{"Mid tone": 1.5}', {}, "thresholds, species 'Mid tone': the threshold 1.5 is outside [0, 1]"),
+        ('{"Mid tone": 0.5', {}, "thresholds: expected a JSON object"),
+        ("Mid tone,0.5", {}, 'thresholds: expected a JSON object {"species": threshold}'),
+        (None, {"all": "true", "min_score": 0.3}, "'all' reports every window whatever the thresholds"),
+    ],
+)
+def test_thresholds_that_cannot_be_used_are_a_422_that_says_why(
+    detector_server: str, thresholds: str | None, params: dict[str, Any], detail: str
+) -> None:
+    response = detect_upload(detector_server, DAWN_WAVE, thresholds, **params)
+    assert response.status_code == 422 and detail in response.json()["detail"], response.text
+
+
+def test_out_of_range_parameters_are_a_422_naming_the_parameter(detector_server: str) -> None:
+    for params in ({"min_score": 1.5}, {"min_score": -0.1}, {"top_k": 0}, {"all": "maybe"}):
+        response = detect_upload(detector_server, DAWN_WAVE, **params)
+        assert response.status_code == 422, params
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", next(iter(params))]
