@@ -358,8 +358,7 @@ def evaluate_field(
         )
 
     def soundscapes(split: str) -> field.Windows:
-        found = field.read_soundscapes(inputs.soundscapes_dir, split)
-        return scored(field.soundscape_waves(found, labels, rate_hz))
+        return scored(field.soundscape_waves(inputs.soundscapes_dir, split, labels, rate_hz))
 
     secondary = field.secondary_species(inputs.prepared_dir, labels)
     clips = field.clip_windows(

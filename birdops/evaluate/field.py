@@ -22,7 +22,6 @@ the share of its windows with any detection, and the top-label ECE before and af
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,14 +36,13 @@ import birdops.detection as detection
 from birdops.audio import AudioError, load_audio
 from birdops.config import FieldEvalParams
 from birdops.contracts import (
-    ANNOTATIONS_FILE,
-    SOUNDSCAPES_FILE,
     ManifestRow,
     PathEscapeError,
     background_manifest_path,
     background_split,
     manifest_path,
     read_manifest,
+    read_soundscapes,
 )
 from birdops.features.cache import load_split
 from birdops.scores import scores as activated
@@ -75,28 +73,6 @@ class Windows:
             np.concatenate([p.mask for p in parts]),
             sum(p.background_seconds for p in parts),
         )
-
-
-@dataclass(frozen=True)
-class Soundscape:
-    """A soundscape file and its true events ``(start_s, end_s, label)``."""
-
-    path: Path
-    split: str
-    events: tuple[tuple[float, float, str], ...]
-
-
-def read_soundscapes(folder: Path, split: str) -> list[Soundscape]:
-    """The soundscapes of ``split`` listed in ``folder`` (``soundscapes.csv``, ``annotations.csv``)."""
-    with (folder / ANNOTATIONS_FILE).open(newline="", encoding="utf-8") as handle:
-        events: dict[str, list[tuple[float, float, str]]] = {}
-        for row in csv.DictReader(handle):
-            events.setdefault(row["file"], []).append(
-                (float(row["start_s"]), float(row["end_s"]), row["label"])
-            )
-    with (folder / SOUNDSCAPES_FILE).open(newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
-    return [Soundscape(folder / r["file"], split, tuple(events.get(r["file"], ()))) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -173,14 +149,16 @@ def recording_windows(
 
 
 def soundscape_waves(
-    soundscapes: Sequence[Soundscape], labels: Sequence[str], sample_rate_hz: int
+    folder: Path, split: str, labels: Sequence[str], sample_rate_hz: int
 ) -> Iterator[tuple[np.ndarray, list[tuple[float, float, int]]]]:
-    """Each soundscape decoded at ``sample_rate_hz`` with its events as class indices (an event of a
-    label the model does not know is left out: it counts as background there)."""
+    """Each soundscape of ``split`` in ``folder`` decoded at ``sample_rate_hz``, with its events as class
+    indices (an event of a label the model does not know is left out: it is background there)."""
     index = {label: i for i, label in enumerate(labels)}
-    for soundscape in soundscapes:
-        events = [(start, end, index[label]) for start, end, label in soundscape.events if label in index]
-        yield load_audio(soundscape.path, sample_rate_hz), events
+    for soundscape in read_soundscapes(folder):
+        if soundscape.split != split:
+            continue
+        events = [(e.start_s, e.end_s, index[e.label]) for e in soundscape.events if e.label in index]
+        yield load_audio(soundscape.audio_path(folder), sample_rate_hz), events
 
 
 def background_waves(
