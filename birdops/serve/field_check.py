@@ -36,6 +36,7 @@ from birdops.contracts import (
     read_manifest,
 )
 from birdops.mixing import mix_at_snr, noise_segment
+from birdops.serve.detect import select
 from birdops.serve.inference import Classifier
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,16 @@ class Detections:
 
 
 def detections(classifier: Classifier, wave: np.ndarray, params: FieldCheckParams) -> Detections:
-    """What ``birdops predict``'s defaults report for ``wave``: the windows whose calibrated score
-    reaches a species' threshold (with no thresholds in the model, every window's best species)."""
+    """What ``birdops predict``'s defaults report for ``wave`` (:func:`birdops.serve.detect.select`
+    with no option: the model's thresholds, or its top species per window when it has none)."""
     result = classifier.predict_windows(wave, params.hop_seconds)
-    thresholds = classifier.metadata.scoring.thresholds
-    if thresholds is None:
-        found = result.scores >= result.scores.max(axis=1, keepdims=True)
-    else:
-        found = result.scores >= np.asarray(thresholds, dtype=np.float32)[None, :]
-    return Detections(found.any(axis=1), found)
+    scoring, labels = classifier.metadata.scoring, classifier.labels
+    selection, _ = select(scoring, labels, 1 if scoring.thresholds is None else None)
+    index = {label: i for i, label in enumerate(labels)}
+    found = np.zeros(result.scores.shape, dtype=bool)
+    for row, picked in enumerate(selection.pick(result.scores, labels)):
+        found[row, [index[s.species] for s in picked]] = True
+    return Detections(np.asarray(found.any(axis=1)), found)
 
 
 def _decoded(row: ManifestRow, folder: Path, sample_rate_hz: int) -> np.ndarray | None:
