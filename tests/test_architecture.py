@@ -29,20 +29,22 @@ ALLOWED: dict[str, set[str]] = {
     "windows": set(),
     "scores": set(),
     "providers": set(),
+    "mixing": {"windows"},
     "contracts": {"config", "files"},
     "metrics": {"scores"},
     "detection": {"scores"},
     "data": BASE | {"audio", "features", "procs", "windows"},  # features: activity, for soundscape events
-    "features": BASE | {"audio", "procs", "windows"},
+    "features": BASE | {"audio", "mixing", "procs", "windows"},  # mixing: background clips, noisy copies
     "models": BASE | {"features"},
     "train": BASE | {"data", "features", "metrics", "models"},  # data: the generated pretraining sounds
-    "evaluate": BASE | {"audio", "features", "metrics", "models", "scores", "windows"},
+    "evaluate": BASE | {"audio", "detection", "features", "metrics", "models", "scores", "windows"},
     "export": BASE | {"audio", "features", "models", "providers", "windows"},
-    "serve": BASE | {"audio", "providers", "scores", "windows"},
+    "serve": BASE | {"audio", "mixing", "providers", "scores", "windows"},  # mixing: the field check
     "bench": BASE
     | {"audio", "data", "export", "features", "models", "providers", "serve", "train", "windows"},
     "cli": set(),  # it imports each subcommand's module by name, when that subcommand runs
-    "pipeline": BASE | {"data", "evaluate", "export", "features", "kernels", "train"},
+    # serve: the field_check stage runs the exported model through predict's path
+    "pipeline": BASE | {"data", "evaluate", "export", "features", "kernels", "providers", "serve", "train"},
 }
 
 

@@ -59,7 +59,13 @@ def write_world(root: Path) -> None:
 
 
 def save_model(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:
-    save_tiny_ast(folder, variant, LABELS, CLIP_SECONDS, seed=3, feature_spec=feature_spec)
+    save_tiny_ast(
+        folder, variant, LABELS, CLIP_SECONDS, seed=3, feature_spec=feature_spec, activation="sigmoid"
+    )
+
+
+# what evaluate chose on validation for the model: written into the export's metadata
+CALIBRATION = {"activation": "sigmoid", "scale": 1.5, "bias": -0.5, "thresholds": [0.3, 0.6, 0.9]}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +75,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model(root / "models", "full")
     (root / "metrics").mkdir()
     (root / "metrics" / "best.json").write_text(json.dumps({"variant": "full", "value": 0.5}))
+    (root / "metrics" / "eval" / "full").mkdir(parents=True)
+    (root / "metrics" / "eval" / "full" / "calibration.json").write_text(json.dumps(CALIBRATION))
     return root
 
 
@@ -93,6 +101,7 @@ def params_yaml(**overrides: Any) -> str:
 def run_stage(world: Path, workdir: Path, params: str) -> int:
     (workdir / "params.yaml").write_text(params)
     argv = ["--best", str(world / "metrics" / "best.json"), "--models", str(world / "models")]
+    argv += ["--eval", str(world / "metrics" / "eval")]
     argv += ["--raw", str(world / "raw"), "--prepared", str(world / "prepared"), "--lms", str(world / "lms")]
     argv += ["--out", str(workdir / "export"), "--summary", str(workdir / "onnx.json")]
     with pytest.MonkeyPatch.context() as patch:
@@ -145,6 +154,9 @@ def test_metadata_describes_the_model(world: Path, exported: Path) -> None:
     assert props["birdops.variant"] == "full"
     weights = (world / "models" / "full" / "model.safetensors").read_bytes()
     assert props["birdops.model_sha256"] == hashlib.sha256(weights).hexdigest()  # the exact model held
+    assert props["birdops.activation"] == "sigmoid"
+    assert json.loads(props["birdops.calibration"]) == {"scale": 1.5, "bias": -0.5}
+    assert json.loads(props["birdops.thresholds"]) == [0.3, 0.6, 0.9]
     assert props["birdops.opset"] == "18"
     assert model.opset_import[0].version == 18
     # no absolute paths of the exporting machine inside the file
@@ -163,7 +175,8 @@ def test_onnxruntime_serves_the_export_like_pytorch(world: Path, exported: Path)
     np.testing.assert_allclose(classifier.logits(windows), expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(classifier.logits(windows[:1]), expected[:1], atol=1e-4, rtol=0)
     scores = classifier.predict_windows(wave, hop_seconds=0.5, batch_size=2).scores
-    np.testing.assert_allclose(scores, torch.softmax(torch.from_numpy(expected), 1).numpy(), atol=1e-5)
+    calibrated = torch.sigmoid(1.5 * torch.from_numpy(expected) - 0.5).numpy()  # the metadata's scoring
+    np.testing.assert_allclose(scores, calibrated, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- gates, summary
@@ -335,7 +348,27 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
     best.write_text(json.dumps({"variant": "odd"}))
     folders = (tmp_path / "raw", tmp_path / "prepared", tmp_path / "lms", tmp_path / "out")
     with pytest.raises(onnx_export.ExportError, match="retrain it"):
-        onnx_export.export_best(best, tmp_path, *folders, section("export_onnx"))
+        onnx_export.export_best(best, tmp_path / "eval", tmp_path, *folders, section("export_onnx"))
+
+
+def test_the_calibration_must_be_the_models(world: Path, tmp_path: Path) -> None:
+    """The scores the export promises are the evaluated model's: a missing calibration, or one fitted for
+    another activation, stops the export before a file is written."""
+    best = world / "metrics" / "best.json"
+    folders = (world / "models", world / "raw", world / "prepared", world / "lms", tmp_path / "out")
+    with pytest.raises(onnx_export.ExportError, match=r"calibration\.json"):
+        onnx_export.export_best(best, tmp_path / "eval", *folders, section("export_onnx"))
+    (tmp_path / "eval" / "full").mkdir(parents=True)
+    softmax = CALIBRATION | {"activation": "softmax", "bias": 0.0}
+    (tmp_path / "eval" / "full" / "calibration.json").write_text(json.dumps(softmax))
+    with pytest.raises(onnx_export.ExportError, match=r"softmax model.*sigmoid: evaluate the model again"):
+        onnx_export.export_best(best, tmp_path / "eval", *folders, section("export_onnx"))
+    (tmp_path / "eval" / "full" / "calibration.json").write_text(
+        json.dumps(CALIBRATION | {"thresholds": [2]})
+    )
+    with pytest.raises(onnx_export.ExportError, match="one threshold in"):
+        onnx_export.export_best(best, tmp_path / "eval", *folders, section("export_onnx"))
+    assert not (tmp_path / "out" / "model.onnx").exists()
 
 
 def test_best_json_must_name_a_variant(tmp_path: Path) -> None:

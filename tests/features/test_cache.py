@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import pytest
 import soundfile as sf
 import torch
 from params_yaml import section
-from worlds import MANIFEST_COLUMNS, calls_wave
+from worlds import MANIFEST_COLUMNS, calls_wave, write_background
 
 import birdops.features.cache as cache
 from birdops.audio import load_audio
+from birdops.contracts import read_manifest
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import build_frontend
+from birdops.mixing import mix_at_snr, noise_segment, spread_starts
 from birdops.windows import clips_at
 
 PARAMS = section(
@@ -27,6 +30,7 @@ PARAMS = section(
     max_clips_per_recording=2,
     workers=1,
     shard_max_clips=3,
+    background_mix={"copies": 0},  # this corpus has no background; see test_background_clips_and_noisy_copies
 )
 # id -> (file name, split, label index, what it is); the audio is written by `make_corpus`
 CORPUS = {
@@ -241,3 +245,69 @@ def test_partials_and_outputs_of_another_configuration_are_not_reused(
     shards = sorted(p.name for p in (out / "seed").glob("*.npy"))
     assert shards == ["test-000.npy", "train-000.npy", "val-000.npy"]  # one shard a split now
     assert cache.load_split(out, "seed", "train").features.shape[1:] == (128, 65)
+
+
+def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """Background recordings give their own splits (clips spread over each, label -1); every train
+    clip gets a noisy copy, row for row: the clip over a training background segment at a drawn SNR."""
+    raw, manifest = corpus
+    write_background(tmp_path, seconds=5.0)
+    params = section(
+        "lms_cache",
+        presets=["seed"],
+        clip_seconds=2.0,
+        max_clips_per_recording=2,
+        background_clips_per_recording=3,
+        workers=1,
+        background_mix={"copies": 1, "snr_db_range": [0.0, 10.0], "seed": 4},
+    )
+    out = tmp_path / "lms"
+    background_csv = tmp_path / "prepared" / "background.csv"
+    summary = cache.build_cache(
+        raw, manifest, out, params, background_dir=tmp_path / "background", background_manifest=background_csv
+    )
+    assert summary["background_recordings"] == {"listed": 6, "cached": 6, "failed": 0}
+    frontend = build_frontend("seed")
+    rate = frontend.spec.sample_rate_hz
+    background = read_manifest(background_csv)
+    for split in ("train", "val", "test"):
+        found = cache.load_split(out, "seed", f"background-{split}")
+        members = [r for r in background if r.split == split]
+        assert set(found.ids) == {r.id for r in members} and set(found.labels.tolist()) == {-1}
+        wave = load_audio(tmp_path / "background" / members[0].local_path, rate)
+        assert found.start_s[: len(found.ids) // 2].tolist() == spread_starts(len(wave), rate, 2.0, 3)
+    clean, mixed = cache.load_split(out, "seed", "train"), cache.load_split(out, "seed", "train-mixed")
+    assert mixed.ids == clean.ids and mixed.start_s.tolist() == clean.start_s.tolist()
+    assert mixed.labels.tolist() == clean.labels.tolist()
+    assert not np.array_equal(mixed.features, clean.features)
+    # recompute recording 1's copies from the documented draws
+    paths = sorted(r.local_path for r in background if r.split == "train")
+    rng = np.random.default_rng([4, zlib.crc32(b"1")])
+    wave = load_audio(raw / "audio" / "a.wav", rate)
+    rows = [i for i, rec in enumerate(clean.ids) if rec == "1"]
+    for row, clip in zip(rows, clips_at(wave, rate, clean.start_s[rows], 2.0), strict=True):
+        noise = load_audio(tmp_path / "background" / paths[int(rng.integers(len(paths)))], rate)
+        segment = noise_segment(noise, len(clip), rng)
+        noisy = mix_at_snr(clip, segment, float(rng.uniform(0.0, 10.0)))
+        with torch.no_grad():
+            expected = frontend(torch.from_numpy(noisy[None])).numpy()[0]
+        np.testing.assert_allclose(mixed.features[row].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    # another training background changes what a train clip's partial holds: an interrupted run's
+    # partials of train recordings are then stale, those of the other recordings are not
+    recordings = read_manifest(manifest)
+
+    def stems() -> dict[str, str]:
+        mix = cache._mix_plan(background, tmp_path / "background", params)
+        return cache._fingerprints(recordings, ["seed"], raw, out, params, mix)["seed"]
+
+    before = stems()
+    (tmp_path / "background" / paths[0]).write_bytes((tmp_path / "background" / paths[1]).read_bytes())
+    after = stems()
+    changed = {r.id for r in recordings if before[r.id] != after[r.id]}
+    assert changed == {r.id for r in recordings if r.split == "train"}
+
+
+def test_noisy_copies_need_training_background(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    params = PARAMS.model_copy(update={"background_mix": section("lms_cache.background_mix", copies=1)})
+    with pytest.raises(ValueError, match="no training background recording"):
+        cache.build_cache(*corpus, tmp_path / "lms", params)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from birdops.contracts import MANIFEST_COLUMNS
 from birdops.features.frontend import spec_for
 from birdops.models.checkpoint import load_classifier
 from pipeline import train as train_stage
@@ -32,15 +33,17 @@ def write_cache(root: Path, preset: str, sizes: dict[str, int]) -> None:
     rng = np.random.default_rng(0)
     index = []
     for split, n in sizes.items():
-        labels = np.arange(n) % len(LABELS)
+        background = split.startswith("background-")  # no species: label -1, no band
+        labels = np.full(n, -1) if background else np.arange(n) % len(LABELS)
         features = rng.normal(0.0, 1.0, (n, N_BINS, N_FRAMES))
         for i, label in enumerate(labels):
-            features[i, 6 + 8 * label : 10 + 8 * label] += 2.5
+            if label >= 0:
+                features[i, 6 + 8 * label : 10 + 8 * label] += 2.5
         shard = f"{split}-000.npy"
         np.save(folder / shard, features.astype(np.float16))
         index += [
             {
-                "id": f"{split}{i // 2}",
+                "id": f"{split.removesuffix('-mixed')}{i // 2}",  # a copy is its clip's recording
                 "split": split,
                 "shard": shard,
                 "row": i,
@@ -77,7 +80,10 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/prepared/labels.json").write_text(json.dumps(LABELS))
-    write_cache(tmp_path / "data/lms", "seed", {"train": 24, "val": 9, "test": 6})
+    (tmp_path / "data/prepared/manifest.csv").write_text(",".join(MANIFEST_COLUMNS) + "\n")
+    # train_full reads the training background and the noisy copies too (params.yaml)
+    sizes = {"train": 24, "val": 9, "test": 6, "train-mixed": 24, "background-train": 8}
+    write_cache(tmp_path / "data/lms", "seed", sizes)
     return tmp_path
 
 

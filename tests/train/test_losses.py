@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from birdops.config import LossParams
-from birdops.train.losses import focal_loss, make_loss, soft_cross_entropy
+from birdops.train.losses import focal_bce, focal_loss, make_loss, soft_cross_entropy
 
 # logits (0, ln 3) -> p = (1/4, 3/4)
 LOGITS = torch.tensor([[0.0, math.log(3.0)]])
@@ -93,9 +93,62 @@ def test_losses_are_float32_under_low_precision_logits() -> None:
 
 def test_make_loss_follows_the_params() -> None:
     targets = torch.tensor([0])
-    focal = make_loss(LossParams(kind="focal", gamma=2.0, alpha=0.5))
-    assert float(focal(LOGITS, targets)) == pytest.approx(0.5 * 9 / 16 * math.log(4))
+    focal = make_loss(LossParams(kind="focal", gamma=2.0, alpha=0.5, secondary_species="negative"))
+    assert float(focal(LOGITS, targets, None)) == pytest.approx(0.5 * 9 / 16 * math.log(4))
     ce = make_loss(
-        LossParams(kind="cross_entropy", gamma=2.0, alpha=None)
+        LossParams(kind="cross_entropy", gamma=2.0, alpha=None, secondary_species="negative")
     )  # gamma is ignored by cross-entropy
-    assert float(ce(LOGITS, targets)) == pytest.approx(math.log(4))
+    assert float(ce(LOGITS, targets, None)) == pytest.approx(math.log(4))
+    bce = make_loss(LossParams(kind="bce", gamma=2.0, alpha=None, secondary_species="mask"))
+    # gamma is ignored by bce: -ln sigmoid(0) - ln(1 - sigmoid(ln 3)) = ln 2 + ln 4
+    assert float(bce(LOGITS, targets, None)) == pytest.approx(math.log(2) + math.log(4))
+    focal_sigmoid = make_loss(LossParams(kind="focal_bce", gamma=2.0, alpha=None, secondary_species="mask"))
+    assert float(focal_sigmoid(LOGITS, targets, None)) == pytest.approx(
+        0.25 * math.log(2) + (3 / 4) ** 2 * math.log(4)
+    )
+    assert LossParams(kind="focal_bce", gamma=0, alpha=None, secondary_species="mask").activation == "sigmoid"
+    assert LossParams(kind="focal", gamma=0, alpha=None, secondary_species="mask").activation == "softmax"
+
+
+def test_focal_bce_with_gamma_zero_is_binary_cross_entropy_summed_over_classes() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(5, 4) * 4
+    targets = (torch.rand(5, 4) > 0.6).float()
+    targets[2] = 0.0  # a background clip: every species absent
+    expected = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1).mean()
+    torch.testing.assert_close(focal_bce(logits, targets, None, gamma=0.0, alpha=None), expected)
+    # class indices are one-hot presences
+    hard = torch.tensor([0, 3, 1, 2, 2])
+    one_hot = F.one_hot(hard, 4).float()
+    torch.testing.assert_close(
+        focal_bce(logits, hard, None, gamma=2.0, alpha=0.25),
+        focal_bce(logits, one_hot, None, gamma=2.0, alpha=0.25),
+    )
+
+
+def test_focal_bce_by_hand_with_alpha_and_weights() -> None:
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # sigmoid: 1/2, 3/4
+    present = torch.tensor([[1.0, 0.0]])
+    # class 0 present: (1 - 1/2)^2 ln 2 ; class 1 absent: (3/4)^2 ln 4
+    by_hand = 0.25 * math.log(2) + 9 / 16 * math.log(4)
+    assert float(focal_bce(logits, present, None, 2.0, None)) == pytest.approx(by_hand)
+    # alpha weighs the positives, 1 - alpha the negatives
+    weighted = 0.25 * 0.25 * math.log(2) + 0.75 * 9 / 16 * math.log(4)
+    assert float(focal_bce(logits, present, None, 2.0, 0.25)) == pytest.approx(weighted)
+    # a weight of 0 leaves class 1 out (a background species of the clip)
+    mask = torch.tensor([[1.0, 0.0]])
+    assert float(focal_bce(logits, present, mask, 2.0, None)) == pytest.approx(0.25 * math.log(2))
+    # a MixUp target mixes the two losses
+    soft = torch.tensor([[0.4, 0.6]])
+    p = (0.5, 0.75)
+    mixed = sum(
+        t * (1 - q) ** 2 * -math.log(q) + (1 - t) * q**2 * -math.log(1 - q)
+        for t, q in zip((0.4, 0.6), p, strict=True)
+    )
+    assert float(focal_bce(logits, soft, None, 2.0, None)) == pytest.approx(mixed)
+
+
+def test_focal_bce_is_float32_and_finite_for_huge_logits() -> None:
+    logits = torch.tensor([[200.0, -200.0]], dtype=torch.bfloat16)
+    loss = focal_bce(logits, torch.tensor([[0.0, 1.0]]), None, 2.0, None)
+    assert loss.dtype == torch.float32 and math.isfinite(float(loss)) and float(loss) > 100

@@ -6,7 +6,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,17 @@ from safetensors.torch import load_file
 
 import birdops.train.trainer as trainer
 from birdops.config import ModelParams, OptimParams, ScheduleParams, TrainParams
+from birdops.contracts import read_info
 from birdops.models.checkpoint import load_classifier
 from birdops.models.factory import build_model, is_head
-from birdops.train.data import EpochSampler, FeatureDataset, TrainData
+from birdops.train.data import EpochSampler, FeatureDataset, MixingSampler, TrainData, training_set
 from birdops.train.distributed import DistContext
 from birdops.train.optim import lr_factor, make_optimizer
 from birdops.train.trainer import (
     accumulation_steps,
     autocast_dtype,
     make_loader,
+    presence,
     train,
     use_fused_adamw,
 )
@@ -38,6 +40,10 @@ N_BINS, N_FRAMES, CLASSES = 32, 40, 3
 class ArraySplit:
     features: np.ndarray  # (N, F, T) float16
     labels: np.ndarray  # (N,) int64
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"XC{i // 2}" for i in range(len(self.labels))]  # two clips a recording
 
 
 def make_split(n: int, seed: int) -> ArraySplit:
@@ -167,6 +173,78 @@ def test_epoch_sampler_deals_indices_to_ranks() -> None:
     val = [EpochSampler(labels, 0, shuffle=False, even=False, rank=r, world_size=3) for r in range(3)]
     assert sorted(i for sampler in val for i in sampler) == list(range(11))  # evaluation: each clip once
     assert [len(sampler) for sampler in val] == [4, 4, 3]
+
+
+def background_split(n: int, seed: int) -> ArraySplit:
+    """Noise with a bright band between the classes' bands: no species."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(0.0, 1.0, (n, N_BINS, N_FRAMES))
+    features[:, 26:30] += 2.5
+    return ArraySplit(features.astype(np.float16), np.full(n, -1, dtype=np.int64))
+
+
+def with_background(data: TrainData) -> TrainData:
+    """``data`` with 12 background clips, a noisy copy of each train clip and recording XC0's clips
+    having class 2 as a background species."""
+    noisy = ArraySplit((data.train.features.astype(np.float32) + 0.5).astype(np.float16), data.train.labels)
+    return replace(data, background=background_split(12, 7), train_mixed=noisy, secondary={"XC0": (2,)})
+
+
+def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() -> None:
+    base = TrainData(
+        train=make_split(40, 0),
+        val=make_split(4, 1),
+        labels=("a", "b", "c"),
+        preset="seed",
+        spec={},
+        clip_seconds=1.0,
+    )
+    items = training_set(with_background(base))
+    assert (items.clean, items.mixed, items.background) == (40, 40, 12) and len(items.dataset) == 92
+    sampler = MixingSampler(items, seed=3, mixed_prob=0.5, shuffle=True)
+    sampler.set_epoch(1)
+    order = list(sampler)
+    clean_item = [i if i < 40 else i - 40 for i in order if i < 80]
+    assert sorted(clean_item) == list(range(40))  # each train clip once, clean or as its copy
+    assert sorted(i for i in order if i >= 80) == list(range(80, 92))  # each background clip once
+    swapped = sum(40 <= i < 80 for i in order)
+    assert 10 <= swapped <= 30
+    again = MixingSampler(items, seed=3, mixed_prob=0.5, shuffle=True)
+    again.set_epoch(1)
+    assert list(again) == order  # a function of (seed, epoch): a resumed run reads the same items
+    never = MixingSampler(items, seed=3, mixed_prob=0.0, shuffle=True)
+    never.set_epoch(1)
+    assert all(i < 40 or i >= 80 for i in never)
+    # an item: features, label (-1 for background), weights (0 for a recording's background species)
+    _, label, weights = items.dataset[85]
+    assert int(label) == -1 and weights.tolist() == [1.0, 1.0, 1.0]
+    _, label, weights = items.dataset[1]  # train clip 1 is recording XC0's
+    assert weights.tolist() == [1.0, 1.0, 0.0] and int(label) == 1
+    copy = with_background(base).train_mixed
+    assert copy is not None
+    np.testing.assert_array_equal(items.dataset[41][0].numpy(), copy.features[1].astype(np.float32))
+    assert presence(torch.tensor([2, -1]), 3).tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_a_sigmoid_model_learns_to_say_none_on_background(data: TrainData, tmp_path: Path) -> None:
+    """Trained with background clips as all-negative targets, the model's scores on unseen background
+    stay low while the species are still recognised; the saved model says it reads logits as sigmoids."""
+    run = params(
+        epochs=4, loss={"kind": "focal_bce", "gamma": 2.0, "alpha": None, "secondary_species": "mask"}
+    )
+    result = train(run, with_background(data), tmp_path / "out", None, "baseline")
+    assert result.info.activation == "sigmoid" and read_info(tmp_path / "out").activation == "sigmoid"
+    assert result.history[-1]["val/accuracy"] > 0.8
+    model = load_classifier(tmp_path / "out", with_frontend=False).model
+    with torch.no_grad():
+        unseen = torch.sigmoid(model(torch.from_numpy(background_split(16, 99).features.astype(np.float32))))
+        species = torch.sigmoid(model(torch.from_numpy(data.val.features.astype(np.float32))))
+    truth = species[torch.arange(len(species)), torch.from_numpy(data.val.labels)]  # (24,)
+    loudest = unseen.max(dim=1).values  # (16,) each background clip's highest species score
+    # the focal loss keeps scores near the middle (calibration spreads them): what matters is the order
+    assert float(truth.mean() - loudest.mean()) > 0.15
+    ranked_above = (truth[:, None] > loudest[None, :]).float().mean()
+    assert float(ranked_above) > 0.9
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -356,7 +434,7 @@ def test_gpu_settings_default_to_the_cpu_results() -> None:
 
 def test_the_loader_keeps_its_workers_and_prefetches(data: TrainData) -> None:
     sampler = EpochSampler(data.train.labels, 0, shuffle=True)
-    dataset = FeatureDataset(data.train)
+    dataset = FeatureDataset([data.train], CLASSES)
     cpu, cuda = (DistContext(0, 1, torch.device(name)) for name in ("cpu", "cuda"))
     in_process = make_loader(dataset, sampler, params(), cpu)
     assert in_process.num_workers == 0 and not in_process.persistent_workers and not in_process.pin_memory
