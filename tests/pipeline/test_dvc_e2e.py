@@ -29,7 +29,11 @@ def tiny_params() -> dict[str, Any]:
         confusable_pairs=1,
         corrupt_files=1,
     )
-    params["lms_cache"].update(workers=1, max_clips_per_recording=2)
+    params["data"]["background_synthetic"].update(
+        recordings=9, sites=3, min_recording_seconds=3.0, max_recording_seconds=6.0
+    )
+    params["soundscapes"].update(count={"val": 1, "test": 1}, seconds=20.0)
+    params["lms_cache"].update(workers=1, max_clips_per_recording=2, background_clips_per_recording=2)
     params["pretrain"]["corpus"].update(
         clip_seconds=6.0, stems_per_class=1, val_stems_per_class=1, val_clips=8
     )
@@ -103,6 +107,11 @@ def test_the_whole_dag_trains_evaluates_and_exports(repo: Path) -> None:
     assert onnx_summary["fp32_gate_passed"] is True
     assert (repo / "models/export/model.onnx").is_file()
     assert list((repo / "models/export/model_repository").glob("*/config.pbtxt"))
+    for variant in ("phase2b", "baseline", "full"):
+        found = json.loads((repo / f"metrics/{variant}.json").read_text())["detection"]
+        assert 0.0 <= found["background_windows_flagged"] <= 1.0
+    field = json.loads((repo / "metrics/field.json").read_text())
+    assert field["test_recordings"] > 0 and 0.0 <= field["background_windows_flagged"] <= 1.0
 
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]
