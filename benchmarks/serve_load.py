@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,10 +229,8 @@ def hang_on(url: str, count: int, stop: threading.Event, opened: list[int]) -> N
     try:
         for i in range(len(head)):
             for sock in sockets:
-                try:
+                with suppress(OSError):  # the server has closed it
                     sock.sendall(head[i : i + 1])
-                except OSError:
-                    pass  # the server has closed it
             if stop.wait(0.5):
                 return
     finally:
