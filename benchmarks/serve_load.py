@@ -1,13 +1,15 @@
 """Load figures of ``birdops serve`` on loopback: what a load client sees, printed, never asserted.
 
     python benchmarks/serve_load.py [--clients 16,64] [--requests 1000] [--slow-clients 200]
+                                    [--set queue_timeout_s=0.2 ...]
 
 For each count of concurrent clients, a fresh server (``birdops serve`` in a subprocess: real uvicorn,
 real onnxruntime on the CPU, the tone detector of ``tests/tones.py``, the settings' defaults apart
 from the upload limit and the header and body deadlines of ``tests/serve/test_serve_load.py``) gets
 ``--requests`` uploads, 10 % of them hostile (the load test's kinds), each sent once: a 503 is counted,
-not retried. Printed: the final statuses of the good and the hostile requests, p50 / p99 latency of
-the good requests answered 200, the wall time and the server's peak RSS.
+not retried. ``--set`` overrides a setting (``BIRDOPS_SERVE_<NAME>``). Printed: the final statuses of
+the good and the hostile requests, how many 503s came without ``Retry-After`` (none should), p50 /
+p99 latency of the good requests answered 200, the wall time and the server's peak RSS.
 
 Then the slow-client case: a server with its default deadlines, ``--slow-clients`` connections that
 send a request head a byte at a time and hang on, and one good request meanwhile: its status, detail
@@ -45,6 +47,7 @@ class Answer:
     good: bool
     status: str  # the HTTP status, or what happened instead ("closed", an exception's name)
     seconds: float
+    retry_after: bool = False  # the answer had a Retry-After header
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class LoadFigures:
         hostile_4xx = sum(n for status, n in hostile.items() if status.startswith("4"))
         ok_s = np.array([a.seconds for a in self.answers if a.good and a.status == "200"])
         p50, p99 = (f"{1000 * np.percentile(ok_s, q):.0f}" if len(ok_s) else "-" for q in (50, 99))
+        bare_503 = sum(a.status == "503" and not a.retry_after for a in self.answers)
         return [
             str(self.clients),
             str(len(self.answers)),
@@ -69,6 +73,7 @@ class LoadFigures:
             str(hostile_4xx),
             str(hostile["503"]),
             str(sum(hostile.values()) - hostile_4xx - hostile["503"]),
+            str(bare_503),
             p50,
             p99,
             f"{self.wall_s:.1f}",
@@ -85,6 +90,7 @@ HEADER = [
     "hostile 4xx",
     "hostile 503",
     "hostile other",
+    "503 w/o Retry-After",
     "p50 ms",
     "p99 ms",
     "wall s",
@@ -157,16 +163,15 @@ def one_request(load: Any, url: str, client: httpx.Client, name: str) -> Answer:
         payload, _ = load.GOOD[name]
         try:
             response = client.post(f"{url}/predict", files={"file": (name, payload, "audio/wav")})
-            status = str(response.status_code)
         except httpx.TransportError as err:
-            status = type(err).__name__
-        return Answer(True, status, time.monotonic() - started)
+            return Answer(True, type(err).__name__, time.monotonic() - started)
+        retry_after = "retry-after" in response.headers
+        return Answer(True, str(response.status_code), time.monotonic() - started, retry_after)
     try:
-        code, _ = load.hostile(name, url)()
-        status = str(code)
+        code, retry_after = load.hostile(name, url)()
     except OSError as err:
-        status = type(err).__name__
-    return Answer(False, status, time.monotonic() - started)
+        return Answer(False, type(err).__name__, time.monotonic() - started)
+    return Answer(False, str(code), time.monotonic() - started, retry_after)
 
 
 def fire(load: Any, url: str, clients: int, names: list[str]) -> list[Answer]:
@@ -194,12 +199,15 @@ def fire(load: Any, url: str, clients: int, names: list[str]) -> list[Answer]:
     return answers
 
 
-def load_figures(load: Any, model: Path, clients: int, requests: int, work: Path) -> LoadFigures:
+def load_figures(
+    load: Any, model: Path, clients: int, requests: int, overrides: dict[str, str], work: Path
+) -> LoadFigures:
     env = {
         "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(load.MAX_UPLOAD_BYTES),
         "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(load.HEADER_TIMEOUT_S),
         "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(load.BODY_TIMEOUT_S),
         "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
+        **overrides,
     }
     load.REQUESTS = requests
     names = load.jobs()
@@ -267,7 +275,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000, help="requests per client count")
     parser.add_argument("--slow-clients", type=int, default=200, help="0 skips the slow-client case")
     parser.add_argument("--model", type=Path, help="an exported .onnx model (default: the tone detector)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a ServeSettings field for the load runs (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if not all("=" in item for item in args.set):
+        parser.error("--set takes NAME=VALUE")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         model = work / "tones.onnx"
         onnx.save(tone_model(), str(model))
+    overrides = {f"BIRDOPS_SERVE_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
     rows = []
     for clients in (int(n) for n in args.clients.split(",") if n):
-        rows.append(load_figures(load, model, clients, args.requests, work).row())
+        rows.append(load_figures(load, model, clients, args.requests, overrides, work).row())
         print(table(HEADER, rows[-1:]), flush=True)
-    print(f"\nload ({100 * load.HOSTILE_SHARE:.0f} % hostile; each request sent once):")
+    settings = ", ".join(args.set) or "defaults"
+    print(f"\nload ({100 * load.HOSTILE_SHARE:.0f} % hostile; each request sent once; {settings}):")
     print(table(HEADER, rows))
     if args.slow_clients:
         row = slow_client_figures(load, model, args.slow_clients, work)
