@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("birdops.evaluate.report", "compare model variants side by side"),
     "experiments": ("birdops.evaluate.experiments", "run a plan of DVC experiments, write their tables"),
     "bench": ("birdops.bench.main", "measure cache, model, predict and training throughput on this machine"),
+    "pull": ("birdops.remote", "dvc pull, naming the outputs whose data the DVC remote lacks"),
 }
 
 

@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "windows": set(),
     "scores": set(),
     "providers": set(),
+    "remote": set(),
     "contracts": {"config", "files"},
     "metrics": {"scores"},
     "data": BASE | {"audio", "procs"},
