@@ -9,8 +9,7 @@ is there. This command runs ``dvc pull`` with the same arguments, passing its ou
 it fails on missing objects, maps their hashes to the workspace paths they belong to (the outputs,
 and the files inside directory outputs) and says how to put them back: for a file of a directory,
 ``dvc push`` alone does not, since the directory's listing on the remote makes DVC take it for
-complete. Exit status: ``dvc pull``'s (0 when it pulled
-everything, 1 when objects are missing).
+complete. Exit status: ``dvc pull``'s (0 when it pulled everything), 1 when objects are missing.
 """
 
 from __future__ import annotations
