@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "birdops.models.convert",
         "write model.safetensors from a checkpoint's pytorch_model.bin, refusing pickled code",
     ),
+    "pull": ("birdops.remote", "dvc pull, naming the outputs whose data the DVC remote lacks"),
 }
 
 

@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "scores": set(),
     "providers": set(),
     "mixing": {"windows"},
+    "remote": set(),
     "contracts": {"config", "files"},
     "metrics": {"scores"},
     "detection": {"scores"},

@@ -22,24 +22,30 @@ Refusals are 4xx with a ``detail`` message, and the only 5xx is 503 with ``Retry
 413 for a body over ``max_upload_bytes`` (from ``Content-Length`` before anything is read, or as soon
 as a streamed body passes the limit) and for audio longer than ``max_audio_seconds`` (from the file
 header, before decoding); 422 for an empty, corrupt or unsupported file (every
-:class:`birdops.audio.AudioError`); 408 for headers or a body that do not arrive in time; 503 when
-the wait queue is full, a request waited ``queue_timeout_s`` for an inference slot, an inference ran
-past ``inference_timeout_s``, or the connection is over ``max_connections``.
+:class:`birdops.audio.AudioError`); 408 for headers or a body that do not arrive in time; 503 when a
+request's expected wait for an inference passes ``queue_timeout_s`` (``Retry-After``: when it should
+fit again), its upload does not fit ``max_queued_bytes``, it really waited ``queue_timeout_s``, its
+inference ran past ``inference_timeout_s``, or ``max_requests_in_progress`` requests are in progress.
 
 How it holds under load:
 
-- the HTTP protocol is uvicorn's h11 one with deadlines (:func:`guarded_protocol`): a connection must
-  deliver a request's headers within ``header_timeout_s`` (from the connection, or from the request's
-  first byte on a kept-alive one), a head over ``max_header_bytes`` is a 400 (h11's limit), and a
-  request on a connection beyond ``max_connections`` gets 503 and the connection is closed. (uvicorn's
-  own ``limit_concurrency`` is not used: its 503 has no ``Retry-After`` and it only looks at a
-  connection once its headers are complete, so a slow sender is never refused.)
+- the HTTP protocol is uvicorn's h11 one with deadlines and caps (:func:`guarded_protocol`): a
+  connection must deliver a request's headers within ``header_timeout_s`` (from the connection, or
+  from the request's first byte on a kept-alive one), and a head over ``max_header_bytes`` is a 400
+  (h11's limit). Connections that have not sent a complete head (idle kept-alive ones, slow senders)
+  cost a few KiB on the event loop and are cut by that deadline, so they are not refused for their
+  number: past ``max_connections`` (by default from the file-descriptor limit), a new connection
+  closes the one that has waited longest for a head. What is capped is the requests in progress (a
+  head received, no answer sent): past ``max_requests_in_progress`` the request gets 503 and its
+  connection is closed. (uvicorn's own ``limit_concurrency`` is not used: it counts idle connections
+  too, and its 503 has no ``Retry-After``.)
 - the body must arrive within ``body_timeout_s`` (:class:`RequestGuard`, which also enforces the size);
 - decoding and inference run in worker threads, at most ``max_concurrent_inferences`` at a time
-  (:class:`InferenceQueue`); at most ``max_queued_requests`` wait, each at most ``queue_timeout_s``.
-  Only admitted requests hold their upload in memory. The event loop keeps answering meanwhile;
-  ``InferenceSession.run`` is thread-safe, and a run past its deadline is stopped with
-  ``RunOptions.terminate``.
+  (:class:`InferenceQueue`). The others wait, admitted by time, not count: while the requests ahead
+  per slot times the estimated seconds per request (measured, an exponentially weighted mean) fit
+  ``queue_timeout_s``, and while the admitted uploads fit ``max_queued_bytes``; a running upload is
+  read into memory. The event loop keeps answering meanwhile; ``InferenceSession.run`` is
+  thread-safe, and a run past its deadline is stopped with ``RunOptions.terminate``.
 
 The upload is decoded from memory, block by block as its windows are classified: the client's file name
 only appears in messages.
@@ -52,8 +58,11 @@ import asyncio
 import ctypes
 import dataclasses
 import io
+import json
 import logging
+import math
 import re
+import resource
 import sys
 import threading
 import time
@@ -96,7 +105,12 @@ class AudioTooLong(AudioError):
 
 
 class Overloaded(Exception):
-    """The server cannot take the request now: answered 503 with ``Retry-After``."""
+    """The server cannot take the request now: answered 503 with ``Retry-After``: ``retry_after_s``
+    when the refusal knows when there will be room, else the settings' ``retry_after_s``."""
+
+    def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 # "<_io.BytesIO object at 0x7f...>" and the like: decoder messages name the in-memory file so
@@ -151,12 +165,18 @@ class Health(BaseModel):
 
 
 class Load(BaseModel):
-    connections: int  # open HTTP connections (this one included)
-    max_connections: int
+    connections: int  # open HTTP connections (this one included), idle and slow ones too
+    max_connections: int  # the cap in force (set, or from the file-descriptor limit)
+    requests_in_progress: int  # heads received and answers not yet sent (this one included)
+    max_requests_in_progress: int
     inferences_running: int
     max_concurrent_inferences: int
-    requests_waiting: int  # for an inference slot
-    max_queued_requests: int
+    requests_waiting: int  # admitted, waiting for an inference slot
+    expected_wait_s: float  # of a request arriving now; it is admitted while this fits queue_timeout_s
+    queue_timeout_s: float
+    service_estimate_s: float  # the seconds one request is expected to hold an inference slot
+    queued_bytes: int  # the uploads of the admitted requests
+    max_queued_bytes: int
 
 
 class Ready(BaseModel):
@@ -234,11 +254,41 @@ class RequestGuard:
 
 
 # --------------------------------------------------------------------------------- the connection
+# descriptors for what is not a connection or a spooled upload: the model, logs, the event loop, threads
+FD_RESERVE = 64
+# the most connections a cap derived from the descriptor limit allows: each may hold a head of up to
+# max_header_bytes in memory while it arrives
+MAX_DERIVED_CONNECTIONS = 4096
+
+
 @dataclasses.dataclass
 class Connections:
-    """Open connections of the server, counted by :func:`guarded_protocol`'s protocol."""
+    """The server's open connections and requests in progress, counted by :func:`guarded_protocol`'s
+    protocol; ``max_open`` is the connection cap in force (:func:`connection_cap`)."""
 
+    max_open: int
     open: int = 0
+    in_progress: int = 0
+
+
+def connection_cap(settings: ServeSettings) -> int:
+    """``max_connections``, or when it is unset the file descriptors left for connections: the soft
+    ``RLIMIT_NOFILE`` less one per request in progress (its upload may be spooled to a temporary file)
+    and ``FD_RESERVE``, at most ``MAX_DERIVED_CONNECTIONS``. Raises ``ValueError`` when that leaves no
+    more connections than ``max_requests_in_progress``."""
+    if settings.max_connections is not None:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DERIVED_CONNECTIONS
+    cap = min(soft - settings.max_requests_in_progress - FD_RESERVE, MAX_DERIVED_CONNECTIONS)
+    if cap <= settings.max_requests_in_progress:
+        raise ValueError(
+            f"the file-descriptor limit ({soft}) leaves {cap} connections, not more than "
+            f"max_requests_in_progress ({settings.max_requests_in_progress}): raise it (ulimit -n) "
+            "or lower max_requests_in_progress"
+        )
+    return cap
 
 
 def overloaded_response(detail: str, retry_after_s: int) -> JSONResponse:
@@ -249,29 +299,64 @@ def overloaded_response(detail: str, retry_after_s: int) -> JSONResponse:
     )
 
 
-def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header deadline and a connection cap (module docstring)."""
-    refusal = overloaded_response(
-        f"too many connections: this server holds at most {settings.max_connections}",
-        settings.retry_after_s,
-    )
-    timeout_body = f'{{"detail":"request headers not received within {settings.header_timeout_s:g} s"}}'
-    timeout_response = (
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        f"content-length: {len(timeout_body)}\r\n\r\n{timeout_body}"
+def raw_response(status: str, detail: str, headers: str = "") -> bytes:
+    """A complete HTTP/1.1 JSON answer that closes the connection, for the protocol to write itself."""
+    body = json.dumps({"detail": detail})
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n{headers}"
+        f"content-length: {len(body)}\r\n\r\n{body}"
     ).encode()
 
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        await refusal(scope, receive, send)
+
+def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a header deadline, a cap on requests in progress and a connection
+    cap that closes the connection waiting longest for a request head (module docstring)."""
+    retry_after = f"retry-after: {settings.retry_after_s}\r\n"
+    timeout_response = raw_response(
+        "408 Request Timeout", f"request headers not received within {settings.header_timeout_s:g} s"
+    )
+    room_response = raw_response(
+        "503 Service Unavailable",
+        f"closed to make room: this server holds at most {connections.max_open} connections, "
+        "and this one sent no complete request head for the longest",
+        retry_after,
+    )
+    no_room = overloaded_response(
+        f"too many connections: this server holds at most {connections.max_open}", settings.retry_after_s
+    )
+    busy = overloaded_response(
+        "too many requests in progress: this server takes at most "
+        f"{settings.max_requests_in_progress} at once",
+        settings.retry_after_s,
+    )
+
+    async def refuse_connection(scope: Scope, receive: Receive, send: Send) -> None:
+        await no_room(scope, receive, send)
+
+    async def in_progress(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """``app``, for a request that fits ``max_requests_in_progress`` (else 503), counted until
+        its answer is sent."""
+        connections.in_progress += 1
+        try:
+            if connections.in_progress > settings.max_requests_in_progress:
+                await busy(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+        finally:
+            connections.in_progress -= 1
 
     class GuardedH11Protocol(H11Protocol):
         header_timer: asyncio.TimerHandle | None = None
+        waiting_since = 0.0  # loop time since when the connection awaits a request head
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(cast(asyncio.Transport, transport))
+            self.waiting_since = self.loop.time()
+            if len(self.connections) > connections.max_open and not self._make_room():
+                self.app = refuse_connection  # answered once its request's head is in, then closed
+            else:
+                self.app = partial(in_progress, self.app)
             connections.open = len(self.connections)
-            if len(self.connections) > settings.max_connections:
-                self.app = refuse  # answered once its request's head is in, then closed
             self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -287,8 +372,28 @@ def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[
             if self.cycle is not before:  # h11 parsed a request's head
                 self._cancel_header_timer()
 
+        def on_response_complete(self) -> None:
+            self.waiting_since = self.loop.time()  # kept alive: idle from now on
+            super().on_response_complete()
+
         def _awaiting_head(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
+
+        def _make_room(self) -> bool:
+            """Close the other connection that has waited longest for a request head (idle, or a slow
+            sender): whether there was one. The ones with a request in progress are never closed."""
+            candidates = [
+                other
+                for other in self.connections
+                if isinstance(other, GuardedH11Protocol)
+                and other is not self
+                and other._awaiting_head()
+                and not other.transport.is_closing()
+            ]
+            if not candidates:
+                return False
+            min(candidates, key=lambda other: other.waiting_since)._cut(room_response)
+            return True
 
         def _arm_header_timer(self) -> None:
             self._cancel_header_timer()
@@ -301,12 +406,14 @@ def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[
 
         def _header_timeout(self) -> None:
             self.header_timer = None
-            if self.transport.is_closing() or not self._awaiting_head():
-                return
-            if self.conn.their_state is h11.IDLE and self.cycle is None and not self.conn.trailing_data[0]:
-                self.transport.close()  # nothing was sent at all: no answer to give
-                return
-            self.transport.write(timeout_response)
+            if not self.transport.is_closing() and self._awaiting_head():
+                self._cut(timeout_response)
+
+        def _cut(self, response: bytes) -> None:
+            """Close the connection, answering ``response`` when a request has begun to arrive."""
+            self._cancel_header_timer()
+            if self.conn.their_state is not h11.IDLE or self.conn.trailing_data[0]:
+                self.transport.write(response)
             self.transport.close()
 
     return GuardedH11Protocol
@@ -314,44 +421,98 @@ def guarded_protocol(settings: ServeSettings, connections: Connections) -> type[
 
 # ------------------------------------------------------------------------------------- the queue
 class InferenceQueue:
-    """At most ``slots`` inferences run; at most ``max_waiting`` requests wait for one, each at most
-    ``wait_timeout_s``. :meth:`admit` raises :class:`Overloaded` when the queue is full or the wait
-    timed out. Created in the event loop (the lifespan)."""
+    """At most ``slots`` inferences run at once; the other admitted requests wait for a slot, in order
+    of arrival. Admission is by time and bytes, not count: :meth:`admit` takes a request while its
+    expected wait (:meth:`expected_wait_s`) fits ``wait_timeout_s`` and its upload fits ``max_bytes``
+    with those already admitted (waiting or running), else raises :class:`Overloaded` with the seconds
+    after which there should be room; a request whose wait really passes ``wait_timeout_s`` gets
+    :class:`Overloaded` too. The seconds one request holds a slot, ``service_s``, start as a stand-in
+    until the first is measured, then follow an exponentially weighted mean of the measured ones.
+    Its lock is made in the event loop, on the first :meth:`admit`."""
 
-    def __init__(self, slots: int, max_waiting: int, wait_timeout_s: float) -> None:
+    SMOOTHING = 0.2  # the weight of the latest measurement in service_s (about the last ten requests)
+
+    def __init__(self, slots: int, wait_timeout_s: float, max_bytes: int, service_s: float) -> None:
         self.slots = slots
-        self.max_waiting = max_waiting
         self.wait_timeout_s = wait_timeout_s
+        self.max_bytes = max_bytes
+        self.service_s = service_s
+        self.measured = 0  # requests whose service time went into service_s
         self.running = 0
         self.waiting = 0
-        self._limiter = anyio.CapacityLimiter(slots)
+        self.held_bytes = 0  # the uploads of the admitted requests
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def expected_wait_s(self) -> float:
+        """The wait of a request arriving now: none while a slot is free, else one ``service_s`` for
+        each round of ``slots`` requests that must end before a slot is its own (the running ones and
+        those waiting ahead of it; whole rounds, so the running ones count as just started)."""
+        ahead = self.running + self.waiting
+        if ahead < self.slots:
+            return 0.0
+        return ((ahead - self.slots) // self.slots + 1) * self.service_s
+
+    def refusal(self, size_bytes: int) -> Overloaded | None:
+        """Why a request with an upload of ``size_bytes`` would be refused now, or None."""
+        wait_s = self.expected_wait_s()
+        if wait_s > self.wait_timeout_s:
+            return Overloaded(
+                f"server busy: the expected wait for an inference is {wait_s:.1f} s ({self.running} "
+                f"running, {self.waiting} waiting), over the {self.wait_timeout_s:g} s a request may wait",
+                math.ceil(wait_s - self.wait_timeout_s),  # when the queue should fit the budget again
+            )
+        if self.held_bytes + size_bytes > self.max_bytes:
+            return Overloaded(
+                f"server busy: the queued uploads hold {self.held_bytes} bytes; this one's {size_bytes} "
+                f"would pass {self.max_bytes}",
+                math.ceil(max(wait_s, self.service_s)),  # when the first admitted one should be done
+            )
+        return None
 
     @property
-    def full(self) -> bool:
-        """Another request would be refused."""
-        return self.running >= self.slots and self.waiting >= self.max_waiting
+    def saturated(self) -> bool:
+        """A request with a small upload would be refused now."""
+        return self.refusal(1) is not None
 
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold an inference slot for the ``async with`` body, after waiting in the queue."""
-        if self.full:
-            raise Overloaded(
-                f"server busy: {self.running} inferences running and {self.waiting} requests waiting"
-            )
-        self.waiting += 1
+    async def admit(self, size_bytes: int) -> AsyncIterator[None]:
+        """Hold an inference slot for the ``async with`` body, after waiting for one; ``size_bytes``
+        (the upload) counts against ``max_bytes`` until the body ends."""
+        refused = self.refusal(size_bytes)
+        if refused is not None:
+            raise refused
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.slots)
+        limiter = self._limiter
+        self.held_bytes += size_bytes
         try:
-            with anyio.move_on_after(self.wait_timeout_s) as scope:
-                await self._limiter.acquire()
+            self.waiting += 1
+            try:
+                with anyio.move_on_after(self.wait_timeout_s) as scope:
+                    await limiter.acquire()
+            finally:
+                self.waiting -= 1
+            if scope.cancelled_caught:
+                raise Overloaded(f"server busy: no inference slot within {self.wait_timeout_s:g} s")
+            self.running += 1
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.running -= 1
+                limiter.release()
+                self._measured(time.monotonic() - started)
         finally:
-            self.waiting -= 1
-        if scope.cancelled_caught:
-            raise Overloaded(f"server busy: no inference slot within {self.wait_timeout_s:g} s")
-        self.running += 1
-        try:
-            yield
-        finally:
-            self.running -= 1
-            self._limiter.release()
+            self.held_bytes -= size_bytes
+
+    def _measured(self, seconds: float) -> None:
+        # as TCP estimates its round-trip time (RFC 6298): a conservative stand-in until the first
+        # measurement, which replaces it, then a smoothed mean
+        self.measured += 1
+        if self.measured == 1:
+            self.service_s = seconds  # the stand-in is only for before the first measurement
+        else:
+            self.service_s += self.SMOOTHING * (seconds - self.service_s)
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -528,33 +689,31 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @dataclasses.dataclass
 class Service:
-    """What the endpoints share: the model (None until loaded), the queue, the connection count."""
+    """What the endpoints share: the model (None until loaded), the queue, the connection counts."""
 
     settings: ServeSettings
+    connections: Connections
+    queue: InferenceQueue
     classifier: Classifier | None = None
-    connections: Connections = dataclasses.field(default_factory=Connections)
-    queue: InferenceQueue | None = None
 
 
 def create_app(
     classifier: Classifier | None, settings: ServeSettings, connections: Connections | None = None
 ) -> FastAPI:
     """The FastAPI application serving ``classifier`` with ``settings``' limits. ``classifier`` may be
-    None (set ``app.state.service.classifier`` once loaded); ``connections`` is the count kept by
+    None (set ``app.state.service.classifier`` once loaded); ``connections`` are the counts kept by
     :func:`guarded_protocol`'s protocol."""
-    service = Service(settings, classifier, connections or Connections())
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.queue = InferenceQueue(
-            settings.max_concurrent_inferences, settings.max_queued_requests, settings.queue_timeout_s
-        )
-        yield
-
+    queue = InferenceQueue(
+        settings.max_concurrent_inferences,
+        settings.queue_timeout_s,
+        settings.max_queued_bytes,
+        settings.initial_service_s,
+    )
+    connections = connections or Connections(max_open=connection_cap(settings))
+    service = Service(settings, connections, queue, classifier)
     app = FastAPI(
         title="birdops",
         version=__version__,
-        lifespan=lifespan,
         description="Bird-species classification of audio recordings with an exported ONNX model.",
     )
     app.state.service = service
@@ -566,12 +725,7 @@ def create_app(
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Any, err: Overloaded) -> JSONResponse:
-        return overloaded_response(str(err), settings.retry_after_s)
-
-    def current_queue() -> InferenceQueue:
-        if service.queue is None:  # the lifespan did not run
-            raise Overloaded("server starting")
-        return service.queue
+        return overloaded_response(str(err), max(settings.retry_after_s, err.retry_after_s or 0))
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -582,34 +736,41 @@ def create_app(
     async def ready() -> JSONResponse:
         """200 when the model is loaded and another request would be admitted, else 503: what the
         model is, where it runs, and the current load."""
-        queue = service.queue
-        running, waiting = (queue.running, queue.waiting) if queue else (0, 0)
         load = Load(
-            connections=service.connections.open,
-            max_connections=settings.max_connections,
-            inferences_running=running,
-            max_concurrent_inferences=settings.max_concurrent_inferences,
-            requests_waiting=waiting,
-            max_queued_requests=settings.max_queued_requests,
+            connections=connections.open,
+            max_connections=connections.max_open,
+            requests_in_progress=connections.in_progress,
+            max_requests_in_progress=settings.max_requests_in_progress,
+            inferences_running=queue.running,
+            max_concurrent_inferences=queue.slots,
+            requests_waiting=queue.waiting,
+            expected_wait_s=queue.expected_wait_s(),
+            queue_timeout_s=queue.wait_timeout_s,
+            service_estimate_s=queue.service_s,
+            queued_bytes=queue.held_bytes,
+            max_queued_bytes=queue.max_bytes,
         )
         limits = {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_audio_seconds": settings.max_audio_seconds,
         }
-        if service.classifier is None or queue is None:
+        if service.classifier is None:
             body = Ready(status="loading", ready=False, load=load, **limits)
-        else:
-            saturated = queue.full or service.connections.open >= settings.max_connections
-            body = Ready(
-                status="saturated" if saturated else "ready",
-                ready=not saturated,
-                load=load,
-                hop_seconds=even_hop_seconds(settings.hop_seconds, service.classifier.window_seconds),
-                **service.classifier.describe(),
-                **limits,
-            )
-        headers = {} if body.ready else {"Retry-After": str(settings.retry_after_s)}
-        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
+            headers = {"Retry-After": str(settings.retry_after_s)}
+            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        refusal = queue.refusal(1)
+        body = Ready(
+            status="saturated" if refusal else "ready",
+            ready=refusal is None,
+            load=load,
+            hop_seconds=even_hop_seconds(settings.hop_seconds, service.classifier.window_seconds),
+            **service.classifier.describe(),
+            **limits,
+        )
+        if refusal is None:
+            return JSONResponse(body.model_dump())
+        headers = {"Retry-After": str(max(settings.retry_after_s, refusal.retry_after_s or 0))}
+        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
 
     @app.post("/predict", response_model=Prediction, responses=ERRORS)
     async def predict(
@@ -651,7 +812,8 @@ def create_app(
             )
         except ThresholdsError as err:
             raise HTTPException(422, detail=str(err)) from err
-        async with current_queue().admit():
+        size_bytes = settings.max_upload_bytes if file.size is None else file.size
+        async with queue.admit(size_bytes):
             payload = await file.read(settings.max_upload_bytes + 1)
             if len(payload) > settings.max_upload_bytes:
                 raise HTTPException(
@@ -747,21 +909,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("invalid settings: %s", err)
         return 2
     try:
+        connections = Connections(max_open=connection_cap(settings))
+    except ValueError as err:
+        log.error("invalid settings: %s", err)
+        return 2
+    try:
         classifier = open_model(settings)
     except ModelError as err:
         log.error("%s", err)
         return 1
     described = classifier.describe()
     log.info(
-        "serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s",
+        "serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s; at most %d connections, "
+        "%d requests in progress",
         settings.model_path,
         described["variant"],
         described["num_labels"],
         described["window_seconds"],
         described["sample_rate_hz"],
         ", ".join(classifier.providers),
+        connections.max_open,
+        settings.max_requests_in_progress,
     )
-    connections = Connections()
     uvicorn.run(
         create_app(classifier, settings, connections),
         host=settings.host,

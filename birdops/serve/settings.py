@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from birdops.contracts import EXPORTED_MODEL
@@ -33,10 +33,18 @@ class ServeSettings(BaseSettings):
     batch_size: int = Field(32, ge=1)  # windows per onnxruntime call
     # requests decoded and classified at once; the rest wait (bounds memory and CPU oversubscription)
     max_concurrent_inferences: int = Field(2, ge=1)
-    # requests that may wait for an inference slot; one more is refused at once with 503 + Retry-After
-    max_queued_requests: int = Field(8, ge=0)
-    # the longest a request waits for a slot before it gets 503 + Retry-After
+    # admission by time: a request waits for an inference slot while its expected wait (the requests
+    # ahead of it per slot, times the estimated seconds one holds a slot) fits this, else it gets 503 +
+    # Retry-After at once; one that really waits longer than this gets 503 + Retry-After then
     queue_timeout_s: float = Field(10.0, gt=0)
+    # the estimate of the seconds one request holds an inference slot until one has been measured
+    # (then an exponentially weighted mean of the measured ones); high is conservative: a burst at
+    # start-up is refused rather than admitted to wait past queue_timeout_s
+    initial_service_s: float = Field(1.0, gt=0)
+    # the uploads of admitted requests (waiting or running), in bytes of the uploaded files; a request
+    # whose upload would pass it gets 503 + Retry-After. A waiting upload is held by the multipart
+    # parser (in memory up to 1 MiB, the rest in a temporary file); a running one is read into memory
+    max_queued_bytes: int = Field(256 * 1024 * 1024, ge=1)
     # decoding and classifying one upload; past it the onnxruntime run is stopped and 503 is answered
     inference_timeout_s: float = Field(60.0, gt=0)
     # a connection must deliver a request's headers this soon after it opens (or after the request's
@@ -44,11 +52,19 @@ class ServeSettings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0)
     # the whole request body must arrive this soon after the headers; else 408
     body_timeout_s: float = Field(60.0, gt=0)
-    # open connections; a request on a connection over the cap gets 503 + Retry-After and is closed
-    max_connections: int = Field(64, ge=1)
+    # requests in progress: a head received and no answer sent yet (bodies arriving, waiting, running);
+    # one more gets 503 + Retry-After and its connection is closed. Idle connections and ones still
+    # sending a head do not count. Bounds the memory of bodies being received (~1.3 MiB each at most)
+    max_requests_in_progress: int = Field(128, ge=1)
+    # open connections, idle and slow ones included; None: from the file-descriptor limit (the soft
+    # RLIMIT_NOFILE less max_requests_in_progress and a reserve, at most 4096). A connection past it
+    # closes the one that has waited longest for a request head, so slow senders cannot lock clients out
+    max_connections: int | None = Field(None, ge=2)
     max_header_bytes: int = Field(16 * 1024, ge=1024)  # h11's limit on a request's head; over it: 400
     keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
-    retry_after_s: int = Field(1, ge=1)  # the Retry-After of every 503
+    # the least Retry-After of a 503; a refusal by the queue's time budget says when the expected wait
+    # fits again
+    retry_after_s: int = Field(1, ge=1)
     log_level: str = "info"
 
     @field_validator("model_path")
@@ -68,3 +84,17 @@ class ServeSettings(BaseSettings):
         if level not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError(f"unknown log level {level!r}")
         return level
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> ServeSettings:
+        if self.max_queued_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_queued_bytes ({self.max_queued_bytes}) must hold at least one upload of "
+                f"max_upload_bytes ({self.max_upload_bytes})"
+            )
+        if self.max_connections is not None and self.max_connections <= self.max_requests_in_progress:
+            raise ValueError(
+                f"max_connections ({self.max_connections}) must be above max_requests_in_progress "
+                f"({self.max_requests_in_progress}): a new connection makes room by closing an idle one"
+            )
+        return self

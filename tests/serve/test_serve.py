@@ -29,7 +29,8 @@ from birdops.serve.settings import ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
 MAX_AUDIO_SECONDS = 20.0
-MAX_CONNECTIONS = 40
+MAX_REQUESTS_IN_PROGRESS = 24
+SLOW_CLIENTS = 200
 HEADER_TIMEOUT_S = 1.5
 BODY_TIMEOUT_S = 2.0
 STARTUP_SECONDS = 60.0
@@ -59,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, server_log: Path) -> Iterat
         "BIRDOPS_SERVE_TOP_K": "2",
         "BIRDOPS_SERVE_DEVICE": "cpu",
         "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
-        "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "BIRDOPS_SERVE_MAX_REQUESTS_IN_PROGRESS": str(MAX_REQUESTS_IN_PROGRESS),
         "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
@@ -297,38 +298,97 @@ def test_a_slow_body_is_cut_off(server: str) -> None:
     assert BODY_TIMEOUT_S - 0.2 < seconds < BODY_TIMEOUT_S + 3.0
 
 
-def test_connections_over_the_cap_get_503_with_retry_after(server: str) -> None:
-    port = int(server.rsplit(":", 1)[1])
-    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+def slow_heads(url: str, count: int) -> list[socket.socket]:
+    """``count`` connections, each with the start of a request head sent and the rest held back."""
+    port = int(url.rsplit(":", 1)[1])
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in sockets:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-")
+    return sockets
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed ``sock`` (nothing to read yet; what there
+    is stays to be read)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+        return False  # b"": closed; bytes: an answer
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def test_a_good_request_is_answered_while_200_slow_clients_hang_on(server: str) -> None:
+    """Connections still sending their head are not counted against any cap (the header timeout
+    cuts them): with 200 of them open, a good request is answered at once and they are all still
+    there."""
+    held = slow_heads(server, SLOW_CLIENTS)
     try:
         time.sleep(0.2)
-        response = httpx.get(f"{server}/health", timeout=10.0)
-        assert response.status_code == 503 and response.headers["retry-after"] == "1"
-        assert "too many connections" in response.json()["detail"]
+        response = post(server, encode(LOW_HIGH_MID, 8000, "WAV"))
+        assert response.status_code == 200, response.text
+        assert [w["top"][0]["species"] for w in response.json()["windows"]] == [
+            "Low tone",
+            "High tone",
+            "Mid tone",
+        ]
+        load = httpx.get(f"{server}/ready").json()["load"]
+        assert load["connections"] > SLOW_CLIENTS and load["requests_in_progress"] == 1  # /ready itself
+        assert all(still_open(sock) for sock in held)
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 10.0
-    while httpx.get(f"{server}/health", timeout=10.0).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert httpx.get(f"{server}/ready").json()["load"]["connections"] < 5
+
+
+def test_requests_in_progress_past_the_cap_get_503_with_retry_after(server: str) -> None:
+    """Requests whose heads are in and whose bodies trickle do count: past the cap, 503 + Retry-After;
+    once they are cut off (408 after the body timeout), the server takes requests again."""
+    port = int(server.rsplit(":", 1)[1])
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 5000\r\n\r\n--b\r\n"
+    )
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_REQUESTS_IN_PROGRESS)]
+    try:
+        for sock in held:
+            sock.sendall(head)
+        time.sleep(0.3)
+        response = post(server, encode(LOW_HIGH_MID, 8000, "WAV"))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "too many requests in progress" in response.json()["detail"]
+        answers = []
+        for sock in held:
+            sock.settimeout(BODY_TIMEOUT_S + 5.0)
+            answers.append(sock.recv(65536)[:12])
+        assert answers == [b"HTTP/1.1 408"] * MAX_REQUESTS_IN_PROGRESS
+    finally:
+        for sock in held:
+            sock.close()
+    assert post(server, encode(LOW_HIGH_MID, 8000, "WAV")).status_code == 200
 
 
 # --------------------------------------------------------------------------------------- concurrency
-def test_concurrent_requests_all_succeed_with_the_same_answer(server: str) -> None:
+def test_16_concurrent_clients_are_all_answered_without_a_503(server: str) -> None:
+    """Admission by time: 16 clients at once wait for the two inference slots (a few tens of ms each,
+    against queue_timeout_s = 10 s) instead of being refused; every answer is the same."""
     payload = encode(LOW_HIGH_MID, 8000, "FLAC")
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        responses = list(pool.map(lambda _: post(server, payload, filename="same.flac"), range(12)))
-    assert [r.status_code for r in responses] == [200] * 12
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda _: post(server, payload, filename="same.flac"), range(48)))
+    assert [r.status_code for r in responses] == [200] * 48
     bodies = [r.json() for r in responses]
     assert all(body == bodies[0] for body in bodies)
-    assert httpx.get(f"{server}/health").status_code == 200  # still serving
+    load = httpx.get(f"{server}/ready").json()["load"]
+    assert load["queued_bytes"] == 0 and load["requests_waiting"] == 0
+    assert 0 < load["service_estimate_s"] < 1.0  # measured: below the conservative start (1 s)
 
 
 def test_the_server_logged_no_error_and_answered_no_5xx(server: str, server_log: Path) -> None:
     """Run last: whatever the requests above sent, the server never failed (the one 503 is the
-    connection cap's)."""
+    cap on requests in progress')."""
     httpx.get(f"{server}/health")
     text = server_log.read_text()
     assert "Traceback" not in text and "ERROR" not in text
@@ -345,70 +405,155 @@ def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- the queue, in-process
-def test_the_queue_refuses_when_full_and_after_its_wait_timeout() -> None:
+def test_the_queue_admits_while_the_expected_wait_fits_its_timeout() -> None:
+    """One slot, 0.3 s per request, 1 s to wait: the running request and three waiting ones are
+    expected to take 1.2 s, so a fifth is refused at once with the seconds until it would fit; a
+    waiter that really waits past the timeout is refused then."""
+
     async def scenario() -> list[str]:
-        queue = serve_app.InferenceQueue(slots=1, max_waiting=1, wait_timeout_s=0.3)
+        queue = serve_app.InferenceQueue(slots=1, wait_timeout_s=1.0, max_bytes=1000, service_s=0.3)
         events: list[str] = []
         release = anyio.Event()
 
         async def holder() -> None:
-            async with queue.admit():
+            async with queue.admit(10):
                 events.append("running")
                 await release.wait()
 
-        async def waiter() -> None:
+        async def waiter(name: str) -> None:
             try:
-                async with queue.admit():
-                    events.append("waiter ran")
+                async with queue.admit(10):
+                    events.append(f"{name} ran")
             except serve_app.Overloaded as err:
-                events.append(f"waiter: {err}")
+                events.append(f"{name}: {err}")
 
         async with anyio.create_task_group() as tasks:
+            assert queue.expected_wait_s() == 0.0
             tasks.start_soon(holder)
             await anyio.sleep(0.05)
-            tasks.start_soon(waiter)
-            await anyio.sleep(0.05)
-            assert (queue.running, queue.waiting, queue.full) == (1, 1, True)
-            with pytest.raises(serve_app.Overloaded, match="1 inferences running and 1 requests waiting"):
-                async with queue.admit():
+            assert queue.expected_wait_s() == pytest.approx(0.3)
+            for name in ("a", "b", "c"):
+                tasks.start_soon(waiter, name)
+                await anyio.sleep(0.05)
+            assert (queue.running, queue.waiting, queue.held_bytes) == (1, 3, 40)
+            assert queue.expected_wait_s() == pytest.approx(1.2) and queue.saturated
+            with pytest.raises(serve_app.Overloaded, match=r"expected wait .* is 1\.2 s") as refused:
+                async with queue.admit(10):
                     pass
-            await anyio.sleep(0.4)  # the waiter's 0.3 s are up
-            assert (queue.running, queue.waiting, queue.full) == (1, 0, False)
+            assert refused.value.retry_after_s == 1  # ceil(1.2 - 1.0)
+            await anyio.sleep(1.0)  # the waiters' second is up
+            assert (queue.running, queue.waiting, queue.held_bytes) == (1, 0, 10)
             release.set()
-        async with queue.admit():  # everything was given back
+        assert queue.held_bytes == 0 and queue.measured == 1
+        async with queue.admit(10):  # everything was given back
             assert queue.running == 1
         return events
 
     events = anyio.run(scenario)
-    assert events == ["running", "waiter: server busy: no inference slot within 0.3 s"]
+    timed_out = "server busy: no inference slot within 1 s"
+    assert events == ["running", f"a: {timed_out}", f"b: {timed_out}", f"c: {timed_out}"]
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_ready_says_saturated(tmp_path: Path) -> None:
+def test_the_queue_bounds_the_bytes_of_the_admitted_uploads() -> None:
+    """Time allowing, an upload is refused when it would take the admitted uploads (running and
+    waiting) past max_bytes; a smaller one that fits is admitted."""
+
+    async def scenario() -> None:
+        queue = serve_app.InferenceQueue(slots=1, wait_timeout_s=10.0, max_bytes=1000, service_s=0.1)
+        release = anyio.Event()
+
+        async def hold(size_bytes: int) -> None:
+            async with queue.admit(size_bytes):
+                await release.wait()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(hold, 600)
+            tasks.start_soon(hold, 300)  # waits
+            await anyio.sleep(0.05)
+            assert queue.held_bytes == 900 and queue.expected_wait_s() <= 0.2
+            with pytest.raises(serve_app.Overloaded, match="hold 900 bytes; this one's 200 would pass 1000"):
+                async with queue.admit(200):
+                    pass
+            tasks.start_soon(hold, 100)  # fits exactly
+            await anyio.sleep(0.05)
+            assert (queue.waiting, queue.held_bytes, queue.saturated) == (2, 1000, True)
+            release.set()
+        assert queue.held_bytes == 0 and not queue.saturated
+
+    anyio.run(scenario)
+
+
+def test_the_service_estimate_starts_conservative_then_follows_the_measured_times() -> None:
+    queue = serve_app.InferenceQueue(slots=2, wait_timeout_s=10.0, max_bytes=1000, service_s=1.0)
+    queue.running, queue.waiting = 2, 5
+    assert queue.expected_wait_s() == pytest.approx(3.0)  # 2 running + 5 ahead: 3 rounds of 2 slots
+    queue._measured(0.1)
+    assert queue.service_s == pytest.approx(0.1)  # the first measurement replaces the stand-in
+    queue._measured(0.6)
+    assert queue.service_s == pytest.approx(0.1 + 0.2 * 0.5)
+    for _ in range(60):
+        queue._measured(0.05)
+    assert queue.service_s == pytest.approx(0.05, abs=1e-6)
+    assert queue.expected_wait_s() == pytest.approx(0.15, abs=1e-5)
+
+
+def test_a_queue_past_its_time_budget_answers_503_with_retry_after_and_ready_says_saturated(
+    tmp_path: Path,
+) -> None:
     from starlette.testclient import TestClient
 
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
-    settings = ServeSettings(model_path=model, device="cpu", max_queued_requests=0, retry_after_s=3)
+    settings = ServeSettings(model_path=model, device="cpu", retry_after_s=3, max_connections=200)
     classifier = serve_app.open_model(settings)
+    payload = encode(LOW_HIGH_MID, 8000, "WAV")
+    files = {"file": ("call.wav", payload, "audio/wav")}
     with TestClient(serve_app.create_app(classifier, settings)) as client:
-        payload = encode(LOW_HIGH_MID, 8000, "WAV")
-        files = {"file": ("call.wav", payload, "audio/wav")}
         assert client.post("/predict", files=files).status_code == 200
-        assert client.get("/ready").json()["status"] == "ready"
+        ready = client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert ready.json()["load"]["max_connections"] == 200
         queue = client.app.state.service.queue  # type: ignore[attr-defined]
-        queue.running = settings.max_concurrent_inferences  # every slot taken, no room to wait
+        queue.running, queue.service_s = settings.max_concurrent_inferences, 100.0  # a 100 s wait
         response = client.post("/predict", files=files)
-        assert response.status_code == 503 and response.headers["retry-after"] == "3"
-        assert "server busy" in response.json()["detail"]
+        assert response.status_code == 503 and response.headers["retry-after"] == "90"  # 100 s - 10 s
+        assert "expected wait for an inference is 100.0 s" in response.json()["detail"]
         ready = client.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "saturated"
-        assert ready.headers["retry-after"] == "3" and ready.json()["ready"] is False
-        queue.running = 0
+        assert ready.headers["retry-after"] == "90" and ready.json()["ready"] is False
+        assert ready.json()["load"]["expected_wait_s"] == 100.0
+        queue.running, queue.service_s = 0, 0.05
+        queue.held_bytes = settings.max_queued_bytes - len(payload) // 2  # no room for this upload
+        response = client.post("/predict", files=files)
+        assert response.status_code == 503 and response.headers["retry-after"] == "3"
+        assert f"would pass {settings.max_queued_bytes}" in response.json()["detail"]
+        queue.held_bytes = 0
         assert client.post("/predict", files=files).status_code == 200
     with TestClient(serve_app.create_app(None, settings)) as client:  # no model yet
         ready = client.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "loading"
         assert client.post("/predict", files=files).status_code == 503
+
+
+def test_the_limits_must_fit_together_and_the_connection_cap_follows_the_descriptor_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    with pytest.raises(ValueError, match="must hold at least one upload"):
+        ServeSettings(model_path=model, max_upload_bytes=1000, max_queued_bytes=999)
+    with pytest.raises(ValueError, match=r"max_connections \(64\) must be above max_requests_in_progress"):
+        ServeSettings(model_path=model, max_connections=64)
+    settings = ServeSettings(model_path=model)  # 128 requests in progress
+    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (1024, 4096))
+    assert serve_app.connection_cap(settings) == 1024 - 128 - serve_app.FD_RESERVE
+    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (1_048_576, 1_048_576))
+    assert serve_app.connection_cap(settings) == serve_app.MAX_DERIVED_CONNECTIONS
+    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (256, 4096))
+    with pytest.raises(ValueError, match=r"file-descriptor limit \(256\) leaves 64 connections"):
+        serve_app.connection_cap(settings)
+    assert serve_app.main(["--model", str(model)]) == 2  # refused before the model is loaded
+    assert serve_app.connection_cap(ServeSettings(model_path=model, max_connections=500)) == 500
 
 
 def test_an_inference_past_its_deadline_is_stopped(tmp_path: Path) -> None:

@@ -4,8 +4,12 @@
 oversized bodies, malformed multipart, garbage audio, garbage HTTP), while a flood of half-sent
 connections exceeds the connection cap. The server must answer every hostile request with a 4xx
 (or 503 with ``Retry-After``), never any other 5xx; every good request must end with its correct
-answer (a client retries a 503 after ``Retry-After``, a bounded number of times); the server's
+answer, and none is refused with 503 (16 clients wait well within ``queue_timeout_s``; a client
+would retry a 503 after ``Retry-After``, or a connection the cap closed under it); the server's
 memory stays bounded. Everything is bounded in count and time. The figures are printed.
+
+Then the connection cap: past it, a new connection closes the one that has waited longest for a
+request head, so a good request is served among more idle and slow connections than the cap.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,7 @@ import numpy as np
 import onnx
 import psutil
 import pytest
-from test_serve import encode, free_port, stop_process, wait_until_up
+from test_serve import encode, free_port, slow_heads, still_open, stop_process, wait_until_up
 from tones import TONES_HZ, tone_model, tones
 
 pytestmark = pytest.mark.slow
@@ -38,6 +43,7 @@ CLIENTS = 16
 HOSTILE_SHARE = 0.10
 FLOOD_CONNECTIONS = 120
 MAX_CONNECTIONS = 48
+MAX_REQUESTS_IN_PROGRESS = 32
 MAX_UPLOAD_BYTES = 400_000
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 3.0
@@ -204,27 +210,25 @@ def jobs(seed: int = 0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ server
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+@contextmanager
+def running_server(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``birdops serve`` of the tone model on a free loopback port, with ``env``'s settings on top of
+    the CPU, one thread and warnings only: ``(base URL, process)``; its log must hold no traceback."""
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     port = free_port()
-    env = {
-        **os.environ,
-        "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+    settings = {
         "BIRDOPS_SERVE_DEVICE": "cpu",
         "BIRDOPS_SERVE_INTRA_OP_THREADS": "1",
-        "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-        "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-        "BIRDOPS_SERVE_QUEUE_TIMEOUT_S": "5",
-        "BIRDOPS_SERVE_MAX_QUEUED_REQUESTS": "8",
         "BIRDOPS_SERVE_LOG_LEVEL": "warning",
+        **env,
     }
     log = tmp_path / "server.log"
     command = [sys.executable, "-m", "birdops.cli", "serve", "--model", str(model), "--port", str(port)]
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, env={**os.environ, **settings}, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, process, log)
@@ -233,6 +237,19 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         stop_process(process)
         text = log.read_text()
         assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    env = {
+        "BIRDOPS_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "BIRDOPS_SERVE_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "BIRDOPS_SERVE_MAX_REQUESTS_IN_PROGRESS": str(MAX_REQUESTS_IN_PROGRESS),
+        "BIRDOPS_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "BIRDOPS_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    }
+    with running_server(tmp_path, env) as running:
+        yield running
 
 
 def watch_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
@@ -331,8 +348,39 @@ def test_the_server_holds_under_a_bounded_hostile_load(server: tuple[str, subpro
     assert all(o.status == 200 and o.correct for o in good), [
         o for o in good if o.status != 200 or not o.correct
     ][:5]
+    assert refusals == 0  # admitted by time: 16 clients wait for a slot rather than get 503
     for o in bad:  # a refusal is a 4xx, or a 503 that says when to come back; never another 5xx
         assert isinstance(o.status, int), o
         assert 400 <= o.status < 500 or (o.status == 503 and o.retry_after), o
     assert peak[0] - baseline_mb < RSS_GROWTH_LIMIT_MB
     assert httpx.get(f"{url}/ready", timeout=10).status_code == 200  # and it recovers
+
+
+def test_past_the_connection_cap_the_longest_waiting_connection_makes_room(tmp_path: Path) -> None:
+    """Cap 40: 30 idle connections and 30 that sent half a head, opened alternately. Each connection
+    past the cap closes the one that has waited longest for a request head (an idle one silently, a
+    slow sender with 503 + Retry-After), so a good request is answered and the newest ones are left."""
+    env = {"BIRDOPS_SERVE_MAX_CONNECTIONS": "40", "BIRDOPS_SERVE_MAX_REQUESTS_IN_PROGRESS": "8"}
+    with running_server(tmp_path, env) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        held: list[socket.socket] = []
+        for _ in range(30):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+            held += slow_heads(url, 1)
+            time.sleep(0.01)  # in this order on the server's side too
+        time.sleep(0.3)
+        try:
+            payload, expected = GOOD["low-high-mid.wav"]
+            response = httpx.post(f"{url}/predict", files={"file": ("a.wav", payload)}, timeout=30.0)
+            assert response.status_code == 200
+            assert [w["top"][0]["species"] for w in response.json()["windows"]] == expected
+            open_now = [still_open(sock) for sock in held]
+            closed = open_now.index(True)  # the oldest ones were closed, in order
+            assert 20 <= closed <= 22 and all(open_now[closed:]), open_now
+            slow_answer = held[1].recv(65536)  # a slow sender: told why
+            assert slow_answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in slow_answer
+            assert b"closed to make room" in slow_answer
+            assert held[0].recv(65536) == b""  # an idle one: closed without a word
+        finally:
+            for sock in held:
+                sock.close()
