@@ -50,10 +50,10 @@ class Detections:
     found: np.ndarray  # (N, C) bool
 
 
-def detections(classifier: Classifier, wave: np.ndarray, params: FieldCheckParams) -> Detections:
+def detections(classifier: Classifier, wave: np.ndarray, hop_seconds: float | None = None) -> Detections:
     """What ``birdops predict``'s defaults report for ``wave`` (:func:`birdops.serve.detect.select`
     with no option: the model's thresholds, or its top species per window when it has none)."""
-    result = classifier.predict_windows(wave, params.hop_seconds)
+    result = classifier.predict_windows(wave, hop_seconds)
     scoring, labels = classifier.metadata.scoring, classifier.labels
     selection, _ = select(scoring, labels, 1 if scoring.thresholds is None else None)
     index = {label: i for i, label in enumerate(labels)}
@@ -88,7 +88,7 @@ def check(
     beds = [w for w in (_decoded(r, background_dir, rate) for r in background) if w is not None]
     if not beds or not recordings:
         raise ValueError(f"{prepared_dir}: the field check needs test recordings and test background")
-    flagged = np.concatenate([detections(classifier, bed, params).flagged for bed in beds])
+    flagged = np.concatenate([detections(classifier, bed, params.hop_seconds).flagged for bed in beds])
     clean, mixed = _recall(classifier, recordings, raw_dir, beds, labels, params)
     return {
         "background_windows": len(flagged),
@@ -119,7 +119,7 @@ def _recall(
         rng = np.random.default_rng([params.seed, zlib.crc32(row.id.encode("utf-8"))])
         bed = noise_segment(beds[int(rng.integers(len(beds)))], len(wave), rng)
         label = labels[row.label]
-        clean.append(bool(detections(classifier, wave, params).found[:, label].any()))
+        clean.append(bool(detections(classifier, wave, params.hop_seconds).found[:, label].any()))
         noisy = mix_at_snr(wave, bed, params.snr_db)
-        mixed.append(bool(detections(classifier, noisy, params).found[:, label].any()))
+        mixed.append(bool(detections(classifier, noisy, params.hop_seconds).found[:, label].any()))
     return clean, mixed

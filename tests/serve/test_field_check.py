@@ -53,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_detections_are_the_windows_predict_reports(detector_path: Path) -> None:
     classifier = Classifier.load(detector_path, providers=[CPU_PROVIDER])
     wave = tones([(0, 1.0), (TONES_HZ[2], 1.0), (0, 1.0)])
-    found = detections(classifier, wave, section("field_check"))
+    found = detections(classifier, wave)
     assert found.flagged.tolist() == [False, True, False]  # 1 s windows, no overlap
     assert found.found[1].tolist() == [False, False, True]
 
