@@ -351,7 +351,9 @@ def choose_thresholds(
     A class with at least ``min_positives`` valid positives gets the lowest threshold (a score of
     one of its positives) at which its precision is at least ``target_precision``, i.e. the most
     recall at that precision (rule ``"precision"``); when no threshold reaches it, the threshold of
-    its best F1 (``"max_f1"``). A class with fewer positives takes the *pooled* threshold (rule
+    its best F1 (``"max_f1"``), but never below the pooled one: a species the model cannot tell apart
+    at the target precision must not become the main source of false detections (it then takes the
+    pooled threshold). A class with fewer positives takes the *pooled* threshold (rule
     ``"pooled"``), chosen the same way on every class's valid entries together. Each class records the
     precision and recall its threshold achieves on its own entries. ValueError when no class has a
     valid positive (nothing to choose from).
@@ -367,10 +369,12 @@ def choose_thresholds(
     classes = []
     for c in range(s.shape[1]):
         column, positive = s[m[:, c], c], t[m[:, c], c] == 1
+        threshold, rule = pooled.threshold, "pooled"
         if positive.sum() >= min_positives:
-            classes.append(_achieved(*_pick_threshold(column, positive, target_precision), column, positive))
-        else:
-            classes.append(_achieved(pooled.threshold, "pooled", column, positive))
+            own, own_rule = _pick_threshold(column, positive, target_precision)
+            if own_rule == "precision" or own >= pooled.threshold:
+                threshold, rule = own, own_rule
+        classes.append(_achieved(threshold, rule, column, positive))
     return Thresholds(tuple(classes), pooled, target_precision, min_positives)
 
 

@@ -196,6 +196,14 @@ def test_thresholds_by_hand() -> None:
     best_f1 = choose_thresholds(*unreachable, np.ones((4, 1), bool), target_precision=0.9, min_positives=2)
     assert (best_f1.classes[0].threshold, best_f1.classes[0].rule) == (0.6, "max_f1")
     assert (best_f1.classes[0].precision, best_f1.classes[0].recall) == (0.5, 1.0)
+    # beside a class that reaches the target, the unreachable class's best-F1 threshold (0.6) would
+    # flag more than the pooled one (ranked .95 P, .9 N, .85 P, ...: 0.95): it takes the pooled one
+    clean = np.array([[0.95], [0.85], [0.3], [0.2]]), np.array([[1.0], [1.0], [0.0], [0.0]])
+    both = np.hstack([unreachable[0], clean[0]]), np.hstack([unreachable[1], clean[1]])
+    floored = choose_thresholds(*both, np.ones((4, 2), bool), target_precision=0.9, min_positives=2)
+    assert floored.pooled.threshold == 0.95
+    assert (floored.classes[0].threshold, floored.classes[0].rule) == (0.95, "pooled")
+    assert (floored.classes[1].threshold, floored.classes[1].rule) == (0.85, "precision")
     report = chosen.to_dict(["Turdus merula", "Parus major"])
     assert report["classes"]["Parus major"]["rule"] == "pooled" and report["pooled"]["threshold"] == 0.7
 
