@@ -249,8 +249,10 @@ class TrainParams(Section):
     loss: LossParams
     augment: AugmentParams
     early_stopping: EarlyStoppingParams
-    # train on the background clips too, every species absent (needs a sigmoid loss)
+    # train on the background clips too, every species absent (needs a sigmoid loss): each epoch
+    # reads background_share x the training clips' count of them, drawn anew from all of them
     background: bool
+    background_share: float = Field(..., ge=0)
     epochs: int = Field(..., ge=1)
     batch_size: int = Field(..., ge=1)
     effective_batch_size: int | None  # gradient accumulation up to this many samples

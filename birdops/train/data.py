@@ -261,18 +261,33 @@ def data_fingerprint(data: TrainData) -> str:
 
 
 class MixingSampler(EpochSampler):
-    """:class:`EpochSampler` over a :class:`TrainingSet`'s clean and background items, reading each
-    clean clip's noisy copy instead with probability ``mixed_prob`` (a draw per item and epoch, from
-    ``(seed, epoch)`` only). Yields dataset indices."""
+    """An epoch over a :class:`TrainingSet`: every clean clip once (shuffled, or drawn by class with
+    ``balanced``, as :class:`EpochSampler` does), each read as its noisy copy instead with probability
+    ``mixed_prob``, and ``background_share`` x the clean count of background clips, drawn without
+    replacement anew each epoch, all in one shuffled order. Every draw comes from ``(seed, epoch)``
+    only. Yields dataset indices."""
 
-    def __init__(self, items: TrainingSet, seed: int, mixed_prob: float, **kwargs: Any) -> None:
-        super().__init__(items.item_labels, seed, **kwargs)
+    def __init__(
+        self, items: TrainingSet, seed: int, mixed_prob: float, background_share: float = 1.0, **kwargs: Any
+    ) -> None:
+        super().__init__(items.dataset.labels[: items.clean], seed, **kwargs)
         self.clean, self.mixed = items.clean, items.mixed
         self.mixed_prob = mixed_prob if items.mixed else 0.0
+        self.background = items.background
+        self.background_per_epoch = min(items.background, round(background_share * items.clean))
 
     def epoch_indices(self) -> torch.Tensor:
-        items = super().epoch_indices()  # (N,) in [0, clean + background)
+        clean = super().epoch_indices()  # (N,) in [0, clean)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
-        noisy = torch.rand(len(items), generator=generator, dtype=torch.float64) < self.mixed_prob
-        clean = items < self.clean
-        return torch.where(clean, items + self.mixed * noisy.long(), items + self.mixed)
+        noisy = torch.rand(len(clean), generator=generator, dtype=torch.float64) < self.mixed_prob
+        indices = clean + self.mixed * noisy.long()
+        if not self.background_per_epoch:
+            return indices
+        first_background = self.clean + self.mixed
+        background = torch.randperm(self.background, generator=generator)[: self.background_per_epoch]
+        joined = torch.cat([indices, first_background + background])
+        return joined[torch.randperm(len(joined), generator=generator)]
+
+    def __len__(self) -> int:
+        n = len(self.labels) + self.background_per_epoch
+        return math.ceil(n / self.world_size) if self.even else len(range(self.rank, n, self.world_size))

@@ -404,6 +404,7 @@ def make_loaders(
         items,
         params.seed,
         mix.prob if mix.enabled else 0.0,
+        params.background_share,
         shuffle=True,
         balanced=params.balanced_sampling,
         rank=ctx.rank,

@@ -201,20 +201,27 @@ def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() 
     )
     items = training_set(with_background(base))
     assert (items.clean, items.mixed, items.background) == (40, 40, 12) and len(items.dataset) == 92
-    sampler = MixingSampler(items, seed=3, mixed_prob=0.5, shuffle=True)
+    sampler = MixingSampler(items, seed=3, mixed_prob=0.5, background_share=0.25, shuffle=True)
     sampler.set_epoch(1)
     order = list(sampler)
+    assert len(order) == len(sampler) == 40 + 10
     clean_item = [i if i < 40 else i - 40 for i in order if i < 80]
     assert sorted(clean_item) == list(range(40))  # each train clip once, clean or as its copy
-    assert sorted(i for i in order if i >= 80) == list(range(80, 92))  # each background clip once
+    background = [i for i in order if i >= 80]
+    assert len(background) == len(set(background)) == 10 and set(background) <= set(range(80, 92))
     swapped = sum(40 <= i < 80 for i in order)
     assert 10 <= swapped <= 30
-    again = MixingSampler(items, seed=3, mixed_prob=0.5, shuffle=True)
+    again = MixingSampler(items, seed=3, mixed_prob=0.5, background_share=0.25, shuffle=True)
     again.set_epoch(1)
     assert list(again) == order  # a function of (seed, epoch): a resumed run reads the same items
-    never = MixingSampler(items, seed=3, mixed_prob=0.0, shuffle=True)
+    again.set_epoch(2)
+    assert {i for i in again if i >= 80} != set(background)  # another draw of background each epoch
+    never = MixingSampler(items, seed=3, mixed_prob=0.0, background_share=0.0, shuffle=True)
     never.set_epoch(1)
-    assert all(i < 40 or i >= 80 for i in never)
+    assert sorted(never) == list(range(40))  # neither copies nor background: the clean epoch
+    plain = EpochSampler(base.train.labels, 3, shuffle=True)
+    plain.set_epoch(1)
+    assert list(never) == list(plain)  # the same order as a variant without background
     # an item: features, label (-1 for background), weights (0 for a recording's background species)
     _, label, weights = items.dataset[85]
     assert int(label) == -1 and weights.tolist() == [1.0, 1.0, 1.0]
