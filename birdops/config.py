@@ -193,9 +193,11 @@ SIGMOID_LOSSES = frozenset({"bce", "focal_bce"})
 
 class LossParams(Section):
     """``cross_entropy``/``focal``: a softmax over the species (every clip is one of them);
-    ``bce``/``focal_bce``: one sigmoid per species (a clip may hold none, several or one)."""
+    ``bce``/``focal_bce``: one sigmoid per species (a clip may hold none, several or one);
+    ``focal_background``: the focal loss of a softmax over the species and one more class, "none of
+    them" (logit fixed at 0), which background clips belong to."""
 
-    kind: Literal["focal", "cross_entropy", "bce", "focal_bce"]
+    kind: Literal["focal", "cross_entropy", "bce", "focal_bce", "focal_background"]
     gamma: float = Field(..., ge=0)
     alpha: float | None  # softmax losses: a weight on the whole loss; sigmoid ones: the positives' weight
     # xeno-canto's background species of a clip: "mask" leaves them out of a sigmoid loss (the clip may
@@ -204,7 +206,9 @@ class LossParams(Section):
 
     @property
     def activation(self) -> str:
-        """How this loss reads the logits: ``sigmoid`` or ``softmax``."""
+        """How this loss reads the logits: ``sigmoid``, ``softmax`` or ``softmax_background``."""
+        if self.kind == "focal_background":
+            return "softmax_background"
         return "sigmoid" if self.kind in SIGMOID_LOSSES else "softmax"
 
 
@@ -273,10 +277,10 @@ class TrainParams(Section):
         eff = self.effective_batch_size
         if eff is not None and eff % self.batch_size:
             raise ValueError("effective_batch_size must be a multiple of batch_size")
-        if self.background and self.loss.activation != "sigmoid":
+        if self.background and self.loss.activation == "softmax":
             raise ValueError(
-                f"background: true needs a sigmoid loss (bce or focal_bce): a {self.loss.kind} loss "
-                "cannot say that a clip holds none of the species"
+                f"background: true needs a loss that can say a clip holds none of the species (bce, "
+                f"focal_bce or focal_background), not {self.loss.kind}"
             )
         return self
 

@@ -97,7 +97,7 @@ FEATURES_KEY = "birdops.features"
 VARIANT_KEY = "birdops.variant"
 MODEL_SHA256_KEY = "birdops.model_sha256"
 # how logits become scores (optional: an export without them scores with an uncalibrated softmax)
-ACTIVATION_KEY = "birdops.activation"  # "sigmoid" (one score per species) or "softmax"
+ACTIVATION_KEY = "birdops.activation"  # "sigmoid", "softmax" or "softmax_background"
 CALIBRATION_KEY = "birdops.calibration"  # JSON {"scale": a, "bias": b}: activation(a * logits + b)
 THRESHOLDS_KEY = "birdops.thresholds"  # JSON list, one calibrated-score threshold per label
 REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, MODEL_SHA256_KEY)
@@ -406,7 +406,7 @@ def read_info(directory: str | Path) -> ClassifierInfo:
 
 
 # ---------------------------------------------------------------------------------- exported model
-ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
+ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax", "softmax_background")
 
 
 @dataclass(frozen=True)
@@ -414,7 +414,8 @@ class Scoring:
     """How an exported model's logits become the scores a user reads and thresholds.
 
     ``score = activation(scale * logits + bias)``: ``sigmoid`` gives each species its own probability
-    (a window may hold none), ``softmax`` a distribution over the species. ``scale`` and ``bias`` are
+    (a window may hold none), ``softmax`` a distribution over the species, ``softmax_background`` one
+    over the species and "none of them" (:func:`birdops.scores.scores`). ``scale`` and ``bias`` are
     the calibration fitted on validation (1 and 0: none). ``thresholds`` holds one calibrated-score
     threshold per label, chosen on validation; a species is reported in a window when its score
     reaches its threshold. The default is what an export without these props means: an uncalibrated

@@ -245,12 +245,13 @@ def _mean_bce_and_grad(
     loss = -np.sum(np.where(mask, targets * np.log(p) + (1 - targets) * np.log1p(-p), 0.0)) / count
     if activation == "sigmoid":
         dx = np.where(mask, p - targets, 0.0)  # d loss / d (scale * logit + bias), per entry
-        grad = np.array([np.sum(dx * scale * logits), np.sum(dx)]) / count
-    else:  # d p_j / d scale = p_j (z_j - sum_k p_k z_k); d loss / d p = (p - t) / (p (1 - p))
-        centred = logits - np.sum(p * logits, axis=1, keepdims=True)  # (N, C)
-        dscale = np.where(mask, (p - targets) / (1 - p) * centred, 0.0)
-        grad = np.array([np.sum(dscale) * scale / count, 0.0])
-    return float(loss), grad
+        return float(loss), np.array([np.sum(dx * scale * logits), np.sum(dx)]) / count
+    # a softmax over the classes (and "none", logit 0, for softmax_background): d p_j / d scale =
+    # p_j (z_j - sum_k p_k z_k), d p_j / d bias = p_j (1 - sum_k p_k); d loss / d p = (p - t) / (p (1 - p))
+    ratio = np.where(mask, (p - targets) / (1 - p), 0.0)  # (N, C)
+    centred = logits - np.sum(p * logits, axis=1, keepdims=True)
+    dbias = np.sum(ratio * (1 - p.sum(axis=1, keepdims=True))) if activation == "softmax_background" else 0.0
+    return float(loss), np.array([np.sum(ratio * centred) * scale, dbias]) / count
 
 
 def fit_calibration(
@@ -267,12 +268,13 @@ def fit_calibration(
     ``1 / scale`` is fitted, against the same per-entry cross-entropy.
     """
     z, t, m = _checked(logits, targets, mask)
-    if activation not in ("sigmoid", "softmax") or not m.any():
+    if activation not in ("sigmoid", "softmax", "softmax_background") or not m.any():
         raise ValueError(
-            f"need an activation sigmoid or softmax ({activation!r}) and at least one valid entry"
+            f"need an activation sigmoid, softmax or softmax_background ({activation!r}) and at least "
+            "one valid entry"
         )
     log_bounds = (math.log(SCALE_BOUNDS[0]), math.log(SCALE_BOUNDS[1]))
-    bias_bounds = BIAS_BOUNDS if activation == "sigmoid" else (0.0, 0.0)
+    bias_bounds = (0.0, 0.0) if activation == "softmax" else BIAS_BOUNDS
     result = minimize(
         _mean_bce_and_grad,
         np.zeros(2),

@@ -2,8 +2,10 @@
 neither torch nor scikit-learn; evaluation's metrics, calibration and serving use the same functions).
 
 A model's logits become scores by its activation: ``softmax`` (a distribution over the classes, the
-report's closed-set models) or ``sigmoid`` (one independent probability per class, the models trained
-against background audio, whose scores may all be low when no class is present). :func:`scores`
+report's closed-set models), ``sigmoid`` (one independent probability per class, the models trained
+against background audio, whose scores may all be low when no class is present) or
+``softmax_background`` (a distribution over the classes and one more, "none of them", whose logit is
+0: the classes' probabilities may add up to much less than one). :func:`scores`
 applies the calibration ``activation(scale * logits + bias)`` fitted on validation.
 """
 
@@ -39,10 +41,15 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def scores(logits: np.ndarray, activation: str, scale: float = 1.0, bias: float = 0.0) -> np.ndarray:
     """Calibrated class scores ``(N, C)`` float64: ``activation(scale * logits + bias)``, where
-    ``activation`` is ``"sigmoid"`` or ``"softmax"`` (a softmax ignores ``bias``: it shifts every class)."""
+    ``activation`` is ``"sigmoid"``, ``"softmax"`` (which ignores ``bias``: it shifts every class) or
+    ``"softmax_background"`` (the bias moves the classes against "none of them")."""
     scaled = scale * np.asarray(logits, dtype=np.float64) + bias
     if activation == "sigmoid":
         return sigmoid(scaled)
     if activation == "softmax":
         return softmax(scaled)
-    raise ValueError(f"unknown activation {activation!r}: sigmoid or softmax")
+    if activation == "softmax_background":
+        with_none = np.concatenate([scaled, np.zeros((len(scaled), 1))], axis=1)  # (N, C + 1)
+        out: np.ndarray = softmax(with_none)[:, :-1]
+        return out
+    raise ValueError(f"unknown activation {activation!r}: sigmoid, softmax or softmax_background")

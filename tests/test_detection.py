@@ -160,6 +160,19 @@ def test_softmax_calibration_recovers_the_temperature() -> None:
     assert scale == pytest.approx(true_scale, rel=0.05) and bias == 0.0
 
 
+def test_background_softmax_calibration_recovers_scale_and_bias() -> None:
+    """A softmax over the classes and "none" (logit 0): the bias moves the classes against "none"."""
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0.0, 3.0, size=(6000, 4))
+    true_scale, true_bias = 0.5, -1.5
+    p = activated(logits, "softmax_background", true_scale, true_bias)  # (N, 4), rows sum below 1
+    full = np.concatenate([p, 1 - p.sum(axis=1, keepdims=True)], axis=1)
+    drawn = (full.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+    targets = np.eye(5)[drawn][:, :4]  # a window of "none" has no positive
+    scale, bias = fit_calibration(logits, targets, np.ones_like(targets, bool), "softmax_background")
+    assert scale == pytest.approx(true_scale, rel=0.08) and bias == pytest.approx(true_bias, abs=0.15)
+
+
 def test_separable_data_gives_a_large_scale_within_the_bound() -> None:
     """The unbounded optimum is an infinite scale; the fit stops at a finite one, no larger than the
     bound, where every entry's loss is already negligible."""

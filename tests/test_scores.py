@@ -43,5 +43,8 @@ def test_scores_apply_the_calibration_before_the_activation() -> None:
     logits = np.array([[2.0, -1.0, 0.0]], dtype=np.float32)
     np.testing.assert_allclose(scores(logits, "sigmoid", 0.5, -1.0), sigmoid(0.5 * logits - 1.0))
     np.testing.assert_allclose(scores(logits, "softmax", 2.0, 7.0), softmax(2.0 * logits))
+    with_none = softmax(np.array([[2.0 * 2.0 + 1.0, 2.0 * -1.0 + 1.0, 1.0, 0.0]]))[:, :3]
+    np.testing.assert_allclose(scores(logits, "softmax_background", 2.0, 1.0), with_none)
+    assert float(scores(np.full((1, 3), -50.0), "softmax_background").sum()) < 1e-20  # all "none"
     with pytest.raises(ValueError, match="unknown activation"):
         scores(logits, "tanh")

@@ -83,6 +83,18 @@ def focal_bce(
     return per_entry.sum(dim=-1).mean()
 
 
+def focal_with_background(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha: float | None
+) -> torch.Tensor:
+    """:func:`focal_loss` over the species and one more class, "none of them", whose logit is 0: a
+    target row's missing mass (1 for a background clip's all-zero row) is that class's."""
+    z = logits.float()
+    t = as_distribution(targets, logits.shape[-1])  # (B, C)
+    with_none = torch.cat([z, torch.zeros_like(z[:, :1])], dim=1)  # (B, C + 1)
+    none = (1.0 - t.sum(dim=1, keepdim=True)).clamp(min=0.0)
+    return focal_loss(with_none, torch.cat([t, none], dim=1), gamma, alpha)
+
+
 def make_loss(params: LossParams) -> LossFn:
     """The configured loss as a function ``(logits (B, C), targets (B,) or (B, C), weights (B, C) or
     None) -> scalar``."""
@@ -90,6 +102,10 @@ def make_loss(params: LossParams) -> LossFn:
         return lambda logits, targets, weights: soft_cross_entropy(logits, targets)
     if params.kind == "focal":
         return lambda logits, targets, weights: focal_loss(logits, targets, params.gamma, params.alpha)
+    if params.kind == "focal_background":  # a softmax: the weights (masked classes) do not apply
+        return lambda logits, targets, weights: focal_with_background(
+            logits, targets, params.gamma, params.alpha
+        )
     if params.kind in ("bce", "focal_bce"):
         gamma = params.gamma if params.kind == "focal_bce" else 0.0
         return lambda logits, targets, weights: focal_bce(logits, targets, weights, gamma, params.alpha)

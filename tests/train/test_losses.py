@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from birdops.config import LossParams
-from birdops.train.losses import focal_bce, focal_loss, make_loss, soft_cross_entropy
+from birdops.train.losses import focal_bce, focal_loss, focal_with_background, make_loss, soft_cross_entropy
 
 # logits (0, ln 3) -> p = (1/4, 3/4)
 LOGITS = torch.tensor([[0.0, math.log(3.0)]])
@@ -152,3 +152,26 @@ def test_focal_bce_is_float32_and_finite_for_huge_logits() -> None:
     logits = torch.tensor([[200.0, -200.0]], dtype=torch.bfloat16)
     loss = focal_bce(logits, torch.tensor([[0.0, 1.0]]), None, 2.0, None)
     assert loss.dtype == torch.float32 and math.isfinite(float(loss)) and float(loss) > 100
+
+
+def test_the_background_class_is_one_more_softmax_class_with_logit_zero() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(4, 3) * 2
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.0, 1.0]])
+    with_none = torch.cat([logits, torch.zeros(4, 1)], dim=1)
+    full = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0, 0.3, 0, 0.7], [0, 0, 1.0, 0]])
+    torch.testing.assert_close(
+        focal_with_background(logits, targets, 0.0, None), F.cross_entropy(with_none, full)
+    )
+    torch.testing.assert_close(
+        focal_with_background(logits, targets, 2.0, None), focal_loss(with_none, full, gamma=2.0, alpha=None)
+    )
+    loss = make_loss(LossParams(kind="focal_background", gamma=0.0, alpha=None, secondary_species="negative"))
+    torch.testing.assert_close(
+        loss(logits, torch.tensor([0, 2, 1, 2]), None),
+        focal_with_background(logits, torch.tensor([0, 2, 1, 2]), 0.0, None),
+    )
+    assert (
+        LossParams(kind="focal_background", gamma=0, alpha=None, secondary_species="mask").activation
+        == "softmax_background"
+    )
