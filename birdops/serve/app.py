@@ -192,6 +192,9 @@ class Ready(BaseModel):
     activation: str | None = None  # how logits become scores: sigmoid or softmax
     calibration: dict[str, float] | None = None  # {"scale", "bias"} of activation(scale * logits + bias)
     thresholds: list[float] | None = None  # the model's, one per label; None: an export without them
+    embedding_dim: int | None = (
+        None  # of the per-window embeddings (?embeddings=true); None: the model has none
+    )
     providers: list[str] | None = None  # the onnxruntime execution providers in use, preferred first
     max_upload_bytes: int
     max_audio_seconds: float
