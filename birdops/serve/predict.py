@@ -30,10 +30,10 @@ detections``. Formats:
 ``--embeddings FILE`` also writes every window's embedding (the model's second output, the pooled
 vector its final linear layer reads), whatever was detected: a CSV ``file, start_s, end_s, e0, ...,
 e<D-1>``, one row per window, each value the float32 in the fewest digits that read back to it
-exactly; a name ending in ``.gz`` is gzip-compressed. ``pandas.read_csv`` reads either, and nothing
-beyond the standard library writes it. A file's rows are written once it is classified (a refused
-file has none). A model without an embedding output (an export from before embeddings) is refused
-before any audio is read.
+exactly; a name ending in ``.gz`` is gzip-compressed. ``pandas.read_csv`` reads either, and writing
+it takes nothing beyond numpy and the standard library. A file's rows are written once it is
+classified (a refused file has none). A model without an embedding output (an export from before
+embeddings) is refused before any audio is read.
 
 A file that is refused (empty, not audio, truncated, an unsupported sample rate, too many channels, too
 long, too short, NaN/Inf samples, silent: :mod:`birdops.audio`'s :class:`~birdops.audio.AudioError`
