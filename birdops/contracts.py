@@ -21,8 +21,9 @@ serving path can use it too.
 - *model folder* (a trained classifier): ``model.safetensors`` and ``config.json``, which holds a
   :class:`ClassifierInfo` (:func:`read_info`).
 - *exported model*: one ``.onnx`` file, input :data:`INPUT_NAME` float32 ``[batch, samples]``, output
-  :data:`OUTPUT_NAME` float32 ``[batch, classes]``, and ``birdops.*`` metadata props
-  (:class:`ModelMetadata`).
+  :data:`OUTPUT_NAME` float32 ``[batch, classes]`` and, in exports that have it, the pooled embedding
+  :data:`EMBEDDING_NAME` float32 ``[batch, dim]`` (:class:`Embedding`), and ``birdops.*`` metadata
+  props (:class:`ModelMetadata`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ MODEL_FILE = "model.onnx"  # in the export folder (beside model.fp16.onnx, model
 EXPORTED_MODEL = f"models/export/{MODEL_FILE}"
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "logits"
+EMBEDDING_NAME = "embedding"  # the second output: what the final linear layer reads, [batch, dim]
 # metadata_props keys of the exported model (written by birdops.export.onnx_export)
 LABELS_KEY = "birdops.labels"
 SAMPLE_RATE_KEY = "birdops.sample_rate_hz"
@@ -100,6 +102,8 @@ MODEL_SHA256_KEY = "birdops.model_sha256"
 ACTIVATION_KEY = "birdops.activation"  # "sigmoid", "softmax" or "softmax_background"
 CALIBRATION_KEY = "birdops.calibration"  # JSON {"scale": a, "bias": b}: activation(a * logits + b)
 THRESHOLDS_KEY = "birdops.thresholds"  # JSON list, one calibrated-score threshold per label
+# the embedding output (optional: an export without it has none): JSON {"output": name, "dim": D}
+EMBEDDING_KEY = "birdops.embedding"
 REQUIRED_KEYS = (LABELS_KEY, SAMPLE_RATE_KEY, WINDOW_KEY, FEATURES_KEY, VARIANT_KEY, MODEL_SHA256_KEY)
 # written by the export for the record; serving does not need them
 OPSET_KEY = "birdops.opset"
@@ -473,6 +477,34 @@ def read_scoring(path: str | Path, num_labels: int) -> Scoring:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """An exported model's embedding output: the graph output ``output``, float32 ``[batch, dim]``, one
+    row per window, the pooled vector the model's final linear layer reads (``logits = e @ W.T + b``)."""
+
+    dim: int
+    output: str = EMBEDDING_NAME
+
+    def to_props(self) -> dict[str, str]:
+        return {EMBEDDING_KEY: json.dumps({"output": self.output, "dim": self.dim})}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> Embedding | None:
+        """The embedding prop, None when absent (an export from before embeddings); ValueError names a
+        malformed one."""
+        if EMBEDDING_KEY not in props:
+            return None
+        data = json.loads(props[EMBEDDING_KEY])
+        if not isinstance(data, dict) or set(data) != {"output", "dim"}:
+            raise ValueError(f'{EMBEDDING_KEY} must be a JSON object {{"output": name, "dim": D}}')
+        output, dim = data["output"], data["dim"]
+        if not (isinstance(output, str) and output and type(dim) is int and dim > 0):  # bool is not a dim
+            raise ValueError(
+                f"{EMBEDDING_KEY}: the output must be a non-empty name, the dim a positive integer"
+            )
+        return cls(dim, output)
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """What an exported model says about itself; ``to_props``/``from_props`` are the file format."""
 
@@ -483,6 +515,7 @@ class ModelMetadata:
     variant: str
     model_sha256: str  # SHA-256 of the trained weights file the export holds (models/<variant>/)
     scoring: Scoring = Scoring()  # activation, calibration and per-species thresholds
+    embedding: Embedding | None = None  # the embedding output; None: the graph gives logits only
 
     @property
     def window_samples(self) -> int:
@@ -498,6 +531,7 @@ class ModelMetadata:
             VARIANT_KEY: self.variant,
             MODEL_SHA256_KEY: self.model_sha256,
             **self.scoring.to_props(),
+            **(self.embedding.to_props() if self.embedding is not None else {}),
         }
 
     @classmethod
@@ -518,6 +552,7 @@ class ModelMetadata:
             sample_rate_hz = int(props[SAMPLE_RATE_KEY])
             window_seconds = float(props[WINDOW_KEY])
             scoring = Scoring.from_props(props, len(labels))
+            embedding = Embedding.from_props(props)
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError too
             raise MetadataError(f"{source}: malformed birdops metadata: {err}") from err
         if sample_rate_hz <= 0 or not window_seconds > 0:
@@ -530,4 +565,5 @@ class ModelMetadata:
             variant=props[VARIANT_KEY],
             model_sha256=props[MODEL_SHA256_KEY],
             scoring=scoring,
+            embedding=embedding,
         )

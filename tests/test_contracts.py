@@ -12,6 +12,7 @@ import pytest
 from birdops.contracts import (
     MANIFEST_COLUMNS,
     ClassifierInfo,
+    Embedding,
     ManifestError,
     ManifestRow,
     MetadataError,
@@ -215,6 +216,16 @@ def test_scoring_round_trips_and_defaults_to_an_uncalibrated_softmax() -> None:
     assert ModelMetadata.from_props(props).scoring == Scoring("softmax", 1.0, 0.0, None)
 
 
+def test_the_embedding_prop_round_trips_and_is_optional() -> None:
+    metadata = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r", embedding=Embedding(192))
+    props = metadata.to_props()
+    assert json.loads(props["birdops.embedding"]) == {"output": "embedding", "dim": 192}
+    assert ModelMetadata.from_props(props).embedding == Embedding(192, "embedding")
+    del props["birdops.embedding"]  # an export from before embeddings
+    assert ModelMetadata.from_props(props).embedding is None
+    assert "birdops.embedding" not in ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -230,6 +241,12 @@ def test_scoring_round_trips_and_defaults_to_an_uncalibrated_softmax() -> None:
         ({"birdops.calibration": '{"scale": 1}'}, "scale"),
         ({"birdops.thresholds": "[0.5]"}, "one threshold in"),
         ({"birdops.thresholds": "[0.5, 1.5]"}, "one threshold in"),
+        ({"birdops.embedding": "64"}, "birdops.embedding must be a JSON object"),
+        ({"birdops.embedding": '{"output": "embedding"}'}, "birdops.embedding must be a JSON object"),
+        ({"birdops.embedding": '{"output": "embedding", "dim": 0}'}, "positive integer"),
+        ({"birdops.embedding": '{"output": "embedding", "dim": 1.5}'}, "positive integer"),
+        ({"birdops.embedding": '{"output": "embedding", "dim": true}'}, "positive integer"),
+        ({"birdops.embedding": '{"output": "", "dim": 8}'}, "non-empty name"),
     ],
 )
 def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:

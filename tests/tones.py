@@ -8,6 +8,9 @@ Logits, measured: about 7.3 for a window full of a class's tone at :func:`tones`
 tones and about -3.6 for noise of standard deviation 0.01. ``tone_model(scoring=DETECTOR)`` is the
 detector an export after calibration is: sigmoid scores ``sigmoid(0.8 * logit - 3)`` (about 0.95 for a
 tone, 0.30 for the quiet tone, under 0.02 for the others and noise) and thresholds of 0.5.
+``tone_model(embedding=True)`` also gives the second output of an export with embeddings: the mean
+power of each filter, ``embedding [batch, 6]``, which the logits read as a model's head reads its
+pooled vector.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from birdops.contracts import ModelMetadata, Scoring
+from birdops.contracts import Embedding, ModelMetadata, Scoring
 
 LABELS = ("Low tone", "Mid tone", "High tone")
 TONES_HZ = (400.0, 1200.0, 3000.0)
@@ -26,11 +29,15 @@ DETECTOR = Scoring(activation="sigmoid", scale=0.8, bias=-3.0, thresholds=(0.5, 
 
 
 def tone_model(
-    labels: tuple[str, ...] = LABELS, window_seconds: float = WINDOW_SECONDS, scoring: Scoring | None = None
+    labels: tuple[str, ...] = LABELS,
+    window_seconds: float = WINDOW_SECONDS,
+    scoring: Scoring | None = None,
+    embedding: bool = False,
 ) -> onnx.ModelProto:
     """``waveform [batch, S]`` -> ``logits [batch, C]``: log mean energy at each class's tone; the
     metadata names ``labels`` (normally one per tone) and ``scoring`` (None: no scoring props, as an
-    export from before calibration)."""
+    export from before calibration); with ``embedding``, also ``embedding [batch, 2C]`` (named in the
+    metadata too)."""
     kernel = 256
     t = np.arange(kernel) / RATE_HZ
     filters = np.concatenate([[np.cos(2 * np.pi * f * t), np.sin(2 * np.pi * f * t)] for f in TONES_HZ])
@@ -45,21 +52,34 @@ def tone_model(
         helper.make_node("Unsqueeze", ["waveform", "axis1"], ["x"]),  # (B, 1, S)
         helper.make_node("Conv", ["x", "filters"], ["y"], strides=[kernel // 2]),  # (B, 2C, T)
         helper.make_node("Mul", ["y", "y"], ["power"]),
-        helper.make_node("ReduceMean", ["power", "axis2"], ["mean"], keepdims=0),  # (B, 2C)
-        helper.make_node("MatMul", ["mean", "pairs"], ["energy"]),  # (B, C)
+        helper.make_node("ReduceMean", ["power", "axis2"], ["embedding"], keepdims=0),  # (B, 2C)
+        helper.make_node("MatMul", ["embedding", "pairs"], ["energy"]),  # (B, C)
         helper.make_node("Add", ["energy", "floor"], ["floored"]),
         helper.make_node("Log", ["floored"], ["logits"]),
     ]
     samples = round(window_seconds * RATE_HZ)
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TONES_HZ)])]
+    if embedding:
+        outputs.append(
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 2 * len(TONES_HZ)])
+        )
     graph = helper.make_graph(
         nodes,
         "tones",
         [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", samples])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TONES_HZ)])],
+        outputs,
         [numpy_helper.from_array(value, name) for name, value in constants.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    metadata = ModelMetadata(labels, RATE_HZ, WINDOW_SECONDS, {"f_min_hz": 100.0}, "tones", "abc123")
+    metadata = ModelMetadata(
+        labels,
+        RATE_HZ,
+        WINDOW_SECONDS,
+        {"f_min_hz": 100.0},
+        "tones",
+        "abc123",
+        embedding=Embedding(2 * len(TONES_HZ)) if embedding else None,
+    )
     props = metadata.to_props()
     if scoring is None:
         props = {key: value for key, value in props.items() if key not in Scoring().to_props()}

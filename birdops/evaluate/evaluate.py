@@ -58,6 +58,7 @@ from birdops.features.frontend import FrontEnd
 from birdops.files import write_csv_atomic, write_json_atomic
 from birdops.models.checkpoint import SavedClassifier, load_classifier
 from birdops.models.classifier import WaveformClassifier
+from birdops.models.factory import SpectrogramClassifier
 from birdops.scores import scores as activated
 from birdops.windows import even_windows
 
@@ -266,7 +267,7 @@ def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: Evaluat
 
 
 def evaluate_recordings(
-    model: nn.Module,
+    model: SpectrogramClassifier,
     frontend: FrontEnd,
     info: ClassifierInfo,
     recordings: Sequence[Recording],

@@ -5,7 +5,8 @@ exported file takes raw waveforms and nothing outside it computes features. The 
 (``torch.onnx.export(..., dynamo=True)``) is the one that can express the front end's complex STFT.
 
 The file follows ``docs/architecture.md`` ("Exported model"): input ``waveform`` float32
-``[batch, samples]`` (samples fixed, batch dynamic), output ``logits`` float32 ``[batch, classes]``,
+``[batch, samples]`` (samples fixed, batch dynamic), outputs ``logits`` float32 ``[batch, classes]``
+and ``embedding`` float32 ``[batch, dim]`` (the pooled vector the final linear layer reads),
 ``birdops.*`` metadata props (:class:`birdops.contracts.ModelMetadata`) plus ``birdops.opset``
 and ``birdops.exporter``. It is one self-contained file (no external data) and passes
 ``onnx.checker.check_model(path, full_check=True)``.
@@ -18,6 +19,7 @@ the summary (throughput is measured by ``birdops bench``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,11 +32,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from birdops.config import ExportParams
 from birdops.contracts import (
     CALIBRATION_FILE,
+    EMBEDDING_KEY,
+    EMBEDDING_NAME,
     EXPORTER_KEY,
     INPUT_NAME,
     MODEL_FILE,
@@ -42,6 +45,7 @@ from birdops.contracts import (
     OUTPUT_NAME,
     WEIGHTS_FILE,
     ClassifierInfo,
+    Embedding,
     MetadataError,
     ModelMetadata,
     Scoring,
@@ -51,6 +55,7 @@ from birdops.export import parity, triton
 from birdops.features.cache import load_split
 from birdops.files import atomic_path
 from birdops.models.checkpoint import load_classifier
+from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
 from birdops.providers import CPU_PROVIDER, providers_for
 
 log = logging.getLogger(__name__)
@@ -69,17 +74,18 @@ class ExportError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ export
-def export_classifier(classifier: nn.Module, num_samples: int, opset: int) -> onnx.ModelProto:
-    """Trace ``classifier`` (``(B, num_samples)`` waveforms -> ``(B, C)`` logits) to ONNX with a
-    dynamic batch: input ``waveform [batch, num_samples]``, output ``logits [batch, C]``."""
+def export_classifier(classifier: WaveformClassifier, num_samples: int, opset: int) -> onnx.ModelProto:
+    """Trace ``classifier`` (``(B, num_samples)`` waveforms -> ``(B, C)`` logits, and its ``(B, H)``
+    embedding) to ONNX with a dynamic batch: input ``waveform [batch, num_samples]``, outputs
+    ``logits [batch, C]`` and ``embedding [batch, H]``."""
     classifier = classifier.eval()
     example = 0.1 * torch.randn(2, num_samples, generator=torch.Generator().manual_seed(0))  # (2, S)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        classifier,
+        WaveformEmbedder(classifier),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=[OUTPUT_NAME, EMBEDDING_NAME],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -91,22 +97,41 @@ def export_classifier(classifier: nn.Module, num_samples: int, opset: int) -> on
     return program.model_proto
 
 
+def graph_embedding(model: onnx.ModelProto) -> Embedding | None:
+    """The graph's embedding output as its metadata describes it (its width read from the graph), or
+    None when the graph has no such output."""
+    for output in model.graph.output:
+        if output.name == EMBEDDING_NAME:
+            dims = output.type.tensor_type.shape.dim
+            if len(dims) != 2 or not dims[1].HasField("dim_value"):
+                raise ExportError(f"the {EMBEDDING_NAME} output must be [batch, dim] with a fixed dim")
+            return Embedding(dims[1].dim_value, EMBEDDING_NAME)
+    return None
+
+
 def annotate(model: onnx.ModelProto, metadata: ModelMetadata, opset: int) -> onnx.ModelProto:
-    """``model`` with the ``birdops.*`` metadata props set (replacing any) and the exporter's
-    per-node stack traces (absolute paths of this machine) removed. Mutates and returns ``model``."""
+    """``model`` with the ``birdops.*`` metadata props set (replacing any; the embedding prop from the
+    graph's own embedding output) and the exporter's per-node stack traces (absolute paths of this
+    machine) removed. Mutates and returns ``model``."""
+    metadata = dataclasses.replace(metadata, embedding=graph_embedding(model))
     props = {
         **metadata.to_props(),
         OPSET_KEY: str(opset),
         EXPORTER_KEY: f"torch {torch.__version__} dynamo, onnx {onnx.__version__}",
     }
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    replaced = set(props) | {EMBEDDING_KEY}  # a graph without the embedding output loses a stale prop
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in replaced]
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, dict(kept) | props)
     for node in model.graph.node:
         keep = [p for p in node.metadata_props if p.key not in DROPPED_NODE_PROPS]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
-    model.doc_string = f"birdops {metadata.variant}: waveform [batch, samples] -> logits [batch, classes]"
+    embedding = metadata.embedding
+    outputs = f"{OUTPUT_NAME} [batch, classes]" + (
+        f", {embedding.output} [batch, {embedding.dim}]" if embedding else ""
+    )
+    model.doc_string = f"birdops {metadata.variant}: {INPUT_NAME} [batch, samples] -> {outputs}"
     return model
 
 
@@ -241,10 +266,12 @@ def export_best(
     fp32_session = ort.InferenceSession(str(model_path), providers=[CPU_PROVIDER])
     check = parity.ParityCheck(classifier, clips)
     gates, summary, measured = run_gates(model, fp32_session, out_dir, check, labels, params)
+    embedding = graph_embedding(model)
     summary = {
         "variant": variant,
         "opset": params.opset,
         "model_size_mb": size_bytes / 1e6,
+        "embedding_dim": embedding.dim if embedding is not None else None,
         "parity_clips_requested": params.parity_clips,
     } | summary
     result = StageResult(summary, tuple(gates), measured)

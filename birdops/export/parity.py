@@ -4,7 +4,9 @@ The clips are real validation clips: the cache's ``val`` segments (``index.csv``
 ``start_s``) cut from the raw recordings decoded at the model's sample rate, exactly as the cache cut
 them -- the model sees waveforms, so cached features cannot stand in for them. A gate compares the
 logits of onnxruntime with PyTorch's (float32, CPU): the largest absolute difference and the share of
-clips whose top-1 class agrees.
+clips whose top-1 class agrees. The embedding output, where the graph has one, is measured the same
+way (the largest difference relative to its scale) and reported beside the gate, which it does not
+decide.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ import torch
 from torch import nn
 
 from birdops.audio import AudioError, load_audio
-from birdops.contracts import INPUT_NAME, OUTPUT_NAME, PathEscapeError, manifest_path, read_manifest
+from birdops.contracts import (
+    EMBEDDING_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PathEscapeError,
+    manifest_path,
+    read_manifest,
+)
 from birdops.features.cache import load_split
+from birdops.models.classifier import WaveformClassifier
 from birdops.windows import clips_at
 
 log = logging.getLogger(__name__)
@@ -147,6 +157,8 @@ class ParityResult:
     scale: float = 1.0  # :func:`logit_scale` of the reference logits
     margins: tuple[float, ...] | None = None  # :func:`disagreement_margins`; None: not measured
     top1: tuple[int, ...] = ()  # the candidate's top-1 class of each clip
+    embedding_max_abs_diff: float | None = None  # None: the graph has no embedding output
+    embedding_scale: float = 1.0  # :func:`logit_scale` of the reference embeddings (the same floor)
 
     def accuracy(self, labels: np.ndarray) -> float:
         """Share of clips whose candidate top-1 class is ``labels`` ``(N,)``."""
@@ -155,6 +167,12 @@ class ParityResult:
     @property
     def max_rel_diff(self) -> float:
         return self.max_abs_diff / self.scale
+
+    @property
+    def embedding_max_rel_diff(self) -> float | None:
+        if self.embedding_max_abs_diff is None:
+            return None
+        return self.embedding_max_abs_diff / self.embedding_scale
 
     def explained_agreement(self, max_rel_diff: float) -> float:
         """Top-1 agreement counting as agreeing the clips whose reference top-two logits are closer
@@ -174,6 +192,12 @@ class ParityResult:
         agreement = self.explained_agreement(max_rel_diff)
         passed = self.max_rel_diff <= max_rel_diff and agreement >= min_top1_agreement
         verdict = "passed" if passed else "FAILED"
+        embedding = ""
+        if self.embedding_max_abs_diff is not None:
+            embedding = (
+                f"; embedding max |diff| {self.embedding_max_abs_diff:.3g} = "
+                f"{self.embedding_max_rel_diff:.3g} of its scale {self.embedding_scale:.3g}"
+            )
         return Gate(
             name,
             passed,
@@ -182,7 +206,7 @@ class ParityResult:
                 f"({', '.join(self.providers)}): "
                 f"max |logit diff| {self.max_abs_diff:.3g} = {self.max_rel_diff:.3g} of the logit scale "
                 f"{self.scale:.3g} (limit {max_rel_diff:g}), top-1 agreement {agreement:.4f} "
-                f"(minimum {min_top1_agreement:g}; {self.top1_agreement:.4f} before near-ties)"
+                f"(minimum {min_top1_agreement:g}; {self.top1_agreement:.4f} before near-ties){embedding}"
             ),
         )
 
@@ -197,32 +221,54 @@ class ParityResult:
     def measurements(self, prefix: str) -> dict[str, Any]:
         """The measured differences: their last digits depend on the processor's kernels (onnxruntime
         picks its own per processor), so they go to the run record, not to the metrics."""
-        return {
+        measured = {
             f"{prefix}max_abs_diff": self.max_abs_diff,
             f"{prefix}max_rel_diff": self.max_rel_diff,
             f"{prefix}logit_scale": self.scale,
         }
+        if self.embedding_max_abs_diff is not None:
+            measured |= {
+                f"{prefix}embedding_max_abs_diff": self.embedding_max_abs_diff,
+                f"{prefix}embedding_max_rel_diff": self.embedding_max_abs_diff / self.embedding_scale,
+                f"{prefix}embedding_scale": self.embedding_scale,
+            }
+        return measured
 
 
 @dataclass
 class ParityCheck:
-    """PyTorch's logits of ``clips`` (computed once) against any exported model's."""
+    """PyTorch's logits and embeddings of ``clips`` (computed once) against any exported model's."""
 
-    classifier: nn.Module
+    classifier: WaveformClassifier
     clips: np.ndarray  # (N, S) float32
-    _reference: np.ndarray | None = field(default=None, init=False, repr=False)
+    _reference: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def reference(self) -> np.ndarray:
+        """PyTorch's logits ``(N, C)``."""
+        return self._outputs()[0]
+
+    def reference_embedding(self) -> np.ndarray:
+        """PyTorch's embeddings ``(N, H)``."""
+        return self._outputs()[1]
+
+    def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
         if self._reference is None:
-            self._reference = torch_logits(self.classifier, self.clips)
+            self._reference = torch_outputs(self.classifier, self.clips)
         return self._reference
 
     def run(self, model_path: Path, providers: Sequence[str]) -> ParityResult:
         return self.run_session(ort.InferenceSession(str(model_path), providers=list(providers)))
 
     def run_session(self, session: ort.InferenceSession) -> ParityResult:
-        candidate, reference = ort_logits(session, self.clips), self.reference()
+        has_embedding = EMBEDDING_NAME in {output.name for output in session.get_outputs()}
+        names = [OUTPUT_NAME, EMBEDDING_NAME] if has_embedding else [OUTPUT_NAME]
+        outputs = ort_outputs(session, self.clips, names)
+        candidate, reference = outputs[0], self.reference()
         diff, agreement = compare(reference, candidate)
+        embedding_diff, embedding_scale = None, 1.0
+        if has_embedding:
+            embedding_diff, _ = compare(self.reference_embedding(), outputs[1])
+            embedding_scale = logit_scale(self.reference_embedding())
         return ParityResult(
             len(self.clips),
             diff,
@@ -231,6 +277,8 @@ class ParityCheck:
             logit_scale(reference),
             disagreement_margins(reference, candidate),
             tuple(int(c) for c in candidate.argmax(axis=1)),
+            embedding_diff,
+            embedding_scale,
         )
 
 
@@ -242,13 +290,36 @@ def torch_logits(classifier: nn.Module, clips: np.ndarray, batch_size: int = BAT
     return torch.cat(out).float().numpy()
 
 
+@torch.no_grad()
+def torch_outputs(
+    classifier: WaveformClassifier, clips: np.ndarray, batch_size: int = BATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N, C), embeddings (N, H))`` float32 of PyTorch on the CPU in float32, in one pass."""
+    classifier = classifier.eval()
+    logits, embeddings = [], []
+    for i in range(0, len(clips), batch_size):
+        batch_logits, batch_embeddings = classifier.forward_with_embedding(
+            torch.from_numpy(clips[i : i + batch_size])
+        )
+        logits.append(batch_logits)
+        embeddings.append(batch_embeddings)
+    return torch.cat(logits).float().numpy(), torch.cat(embeddings).float().numpy()
+
+
 def ort_logits(session: ort.InferenceSession, clips: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """``(N, C)`` float32 logits of onnxruntime."""
-    out = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(clips[i : i + batch_size])})[0]
+    return ort_outputs(session, clips, [OUTPUT_NAME], batch_size)[0]
+
+
+def ort_outputs(
+    session: ort.InferenceSession, clips: np.ndarray, names: Sequence[str], batch_size: int = BATCH_SIZE
+) -> list[np.ndarray]:
+    """The float32 outputs ``names`` of onnxruntime, each ``(N, ...)``, from one run per batch."""
+    batches = [
+        session.run(list(names), {INPUT_NAME: np.ascontiguousarray(clips[i : i + batch_size])})
         for i in range(0, len(clips), batch_size)
     ]
-    return np.concatenate(out).astype(np.float32)
+    return [np.concatenate(part).astype(np.float32) for part in zip(*batches, strict=True)]
 
 
 # --------------------------------------------------------------------------------------- float16
@@ -287,6 +358,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     }
     half = onnx.ModelProto()
     half.CopyFrom(model)
+    separate_read_outputs(half)
     with warnings.catch_warnings():
         # its per-constant warnings would also name the front-end constants restored below
         warnings.filterwarnings("ignore", category=UserWarning, module="onnxconverter_common")
@@ -300,6 +372,28 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     out: onnx.ModelProto = half
     return out
+
+
+def separate_read_outputs(model: onnx.ModelProto) -> None:
+    """Give every graph output that a node also reads (the embedding, which the final Linear reads)
+    a tensor of its own: its producer writes ``<name>.value``, which its readers take, and an
+    Identity copies it to the output. With ``keep_io_types`` the float16 converter casts an output
+    back to float32 under its name, so a reader of that name would get float32 among float16 inputs
+    and onnxruntime refuses the graph. Mutates ``model``."""
+    read = {name for node in model.graph.node for name in node.input}
+    shared = {output.name for output in model.graph.output} & read
+    if not shared:
+        return
+    renamed = {name: f"{name}.value" for name in shared}
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for value in model.graph.value_info:
+        value.name = renamed.get(value.name, value.name)
+    model.graph.node.extend(
+        onnx.helper.make_node("Identity", [inner], [name], name=f"{name}.output")
+        for name, inner in sorted(renamed.items())
+    )
 
 
 # ------------------------------------------------------------------------------------ throughput

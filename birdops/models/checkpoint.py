@@ -20,7 +20,7 @@ from birdops.contracts import CONFIG_FILE, WEIGHTS_FILE, ClassifierInfo, read_in
 from birdops.features.frontend import FrontEnd, build_frontend
 from birdops.files import atomic_path, write_json_atomic
 from birdops.models.classifier import WaveformClassifier
-from birdops.models.factory import build_model
+from birdops.models.factory import SpectrogramClassifier, build_model
 
 
 def save_classifier(directory: str | Path, model: nn.Module, info: ClassifierInfo) -> None:
@@ -41,7 +41,7 @@ class SavedClassifier:
     """A classifier loaded by :func:`load_classifier`, in eval mode on its device."""
 
     directory: Path
-    model: nn.Module  # (B, F, T) features -> (B, C) logits
+    model: SpectrogramClassifier  # (B, F, T) features -> (B, C) logits (and the embedding)
     info: ClassifierInfo
     frontend: FrontEnd | None  # the preset's front end, checked against ``info``; None when not asked for
 

@@ -1,5 +1,9 @@
 """The one model factory: a spectrogram classifier ``(B, F, T) features -> (B, C) logits``.
 
+Every classifier also gives its pooled embedding (:meth:`SpectrogramClassifier.forward_with_embedding`):
+the ``(B, H)`` vector its final linear layer reads, ``logits = embedding @ W.T + b``. ``forward`` is
+the logits of that same computation, so training and evaluation see the logits they always did.
+
 Two architectures, both from transformers and both built from a typed config (never from the hub):
 - ``ast``: the Audio Spectrogram Transformer. ``max_length`` is the real number of frames of a clip
   (4 s of ``seed`` features: 173), never the 1024 of AudioSet, so no compute is spent on padding.
@@ -87,7 +91,24 @@ def _transformer(cfg: ModelParams, num_classes: int, attention: Attention) -> di
     }
 
 
-class ASTClassifier(nn.Module):
+class SpectrogramClassifier(nn.Module):
+    """A backbone plus a head whose last layer is one ``nn.Linear`` on a pooled ``(B, H)`` vector.
+
+    Subclasses define :meth:`forward_with_embedding`; ``forward`` keeps its logits only, computed by
+    the very same operations, so exposing the embedding leaves every model's logits bit-identical.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.forward_with_embedding(features)  # (B, C)
+        return logits
+
+    def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features (B, F, T)`` -> ``(logits (B, C), embedding (B, H))``: the embedding is what the
+        final linear layer reads (``H`` = the transformer's hidden size)."""
+        raise NotImplementedError
+
+
+class ASTClassifier(SpectrogramClassifier):
     """AST backbone + the AST MLP head (LayerNorm, Linear) on the mean of the cls and dist tokens."""
 
     def __init__(self, config: ASTConfig) -> None:
@@ -102,14 +123,16 @@ class ASTClassifier(nn.Module):
         for tokens in (embeddings.position_embeddings, embeddings.cls_token, embeddings.distillation_token):
             nn.init.trunc_normal_(tokens, std=config.initializer_range)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # features (B, F, T); HF AST takes input_values (B, T, F)
         pooled = self.backbone(input_values=features.transpose(1, 2)).pooler_output  # (B, H)
-        out: torch.Tensor = self.classifier(pooled)  # (B, C)
-        return out
+        # ASTMLPHead.forward, step by step: its LayerNorm, then its Linear, which reads the embedding
+        embedding: torch.Tensor = self.classifier.layernorm(pooled)  # (B, H)
+        logits: torch.Tensor = self.classifier.dense(embedding)  # (B, C)
+        return logits, embedding
 
 
-class ViTClassifier(nn.Module):
+class ViTClassifier(SpectrogramClassifier):
     """ViT backbone (no pooler) + a linear head on the final cls token, as ViTForImageClassification."""
 
     def __init__(self, config: ViTConfig, num_classes: int, n_bins: int, n_frames: int) -> None:
@@ -122,16 +145,17 @@ class ViTClassifier(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, num_classes)
         init_head(self.classifier, config.initializer_range)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image = F.pad(features, self.pad).unsqueeze(1)  # (B, 1, F', T')
-        hidden = self.backbone(pixel_values=image).last_hidden_state  # (B, 1 + patches, H)
-        out: torch.Tensor = self.classifier(hidden[:, 0])  # (B, C)
-        return out
+        hidden = self.backbone(pixel_values=image).last_hidden_state  # (B, 1 + patches, H), final LayerNorm
+        embedding = hidden[:, 0]  # (B, H): the cls token
+        logits: torch.Tensor = self.classifier(embedding)  # (B, C)
+        return logits, embedding
 
 
 def build_model(
     cfg: ModelParams, num_classes: int, n_bins: int, n_frames: int, attention: Attention = "eager"
-) -> nn.Module:
+) -> SpectrogramClassifier:
     """A freshly initialised classifier ``(B, n_bins, n_frames) -> (B, num_classes)`` logits.
 
     Architecture only: ``cfg.pretrained`` is not read here (see ``birdops.models.pretrained``), so

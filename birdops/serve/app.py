@@ -12,7 +12,8 @@ the options. Endpoints:
   (default: the ``top_k`` setting) a window; ``?all=true``: every window's ``top_k`` species whatever
   the thresholds. The response lists the windows with detections, the species found in the file
   and their count: ``"detections": 0``, ``"species": []`` and ``"message": "no detections"`` when
-  nothing reached its threshold.
+  nothing reached its threshold. ``?embeddings=true`` adds every window's embedding (the model's
+  second output; 422 for a model without one).
 - ``GET /health``: the process is up. ``GET /ready``: 200 when the model is loaded and the server has
   room for another request, else 503 (``status`` ``loading`` or ``saturated``); the model's metadata,
   providers and the current load.
@@ -134,6 +135,12 @@ class Window(BaseModel):
     top: list[Species]  # the window's detections, best first (never empty: such windows are left out)
 
 
+class WindowEmbedding(BaseModel):
+    start_s: float
+    end_s: float
+    embedding: list[float]  # float32 values in their shortest decimal form, ``embedding_dim`` of them
+
+
 class SpeciesInFile(BaseModel):
     species: str
     score: float  # its best window's score
@@ -158,6 +165,7 @@ class Prediction(BaseModel):
     thresholds: dict[str, float] | None  # the threshold applied to each species (None with all=true)
     top_k: int  # the most species reported per window
     warnings: list[str]  # e.g. the model has no thresholds of its own
+    embeddings: list[WindowEmbedding] | None = None  # every window's, in time order, with ?embeddings=true
 
 
 class Health(BaseModel):
@@ -192,6 +200,9 @@ class Ready(BaseModel):
     activation: str | None = None  # how logits become scores: sigmoid or softmax
     calibration: dict[str, float] | None = None  # {"scale", "bias"} of activation(scale * logits + bias)
     thresholds: list[float] | None = None  # the model's, one per label; None: an export without them
+    embedding_dim: int | None = (
+        None  # of the per-window embeddings (?embeddings=true); None: the model has none
+    )
     providers: list[str] | None = None  # the onnxruntime execution providers in use, preferred first
     max_upload_bytes: int
     max_audio_seconds: float
@@ -614,9 +625,11 @@ def classify_upload(
     payload: bytes,
     name: str,
     budget: InferenceBudget | None = None,
+    embeddings: bool = False,
 ) -> WindowScores:
     """Decode and classify an upload (blocking), streamed: the windows run as the blocks are decoded,
-    so memory does not grow with the audio's length; with a ``budget``, its runs keep to it."""
+    so memory does not grow with the audio's length; with a ``budget``, its runs keep to it; with
+    ``embeddings``, each window's embedding comes too."""
     blocks = upload_blocks(
         payload, classifier.sample_rate_hz, settings.max_audio_seconds, name, classifier.window_seconds
     )
@@ -625,7 +638,19 @@ def classify_upload(
             raise budget.error()
         session = cast(ort.InferenceSession, _BudgetedSession(classifier.session, budget))
         classifier = dataclasses.replace(classifier, session=session)
-    return classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size)
+    return classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size, embeddings)
+
+
+def to_embeddings(result: WindowScores) -> list[WindowEmbedding] | None:
+    """Each window's embedding, or None when they were not asked for. A value is the float64 of the
+    float32's shortest decimal (numpy's), so the JSON is short and reads back to the same float32."""
+    if result.embeddings is None:
+        return None
+    rows = result.embeddings.astype(str).astype(np.float64).tolist()  # (N, D)
+    return [
+        WindowEmbedding(start_s=float(start), end_s=float(end), embedding=row)
+        for start, end, row in zip(result.starts_s, result.ends_s, rows, strict=True)
+    ]
 
 
 def to_species(items: Sequence[SpeciesScore]) -> list[Species]:
@@ -675,6 +700,7 @@ def to_prediction(
         thresholds=selection.thresholds_by_species(metadata.labels),
         top_k=len(metadata.labels) if selection.top_k is None else selection.top_k,
         warnings=list(warnings),
+        embeddings=to_embeddings(result),
     )
 
 
@@ -789,6 +815,10 @@ def create_app(
             bool,
             Query(alias="all", description="every window's top_k species, whatever the thresholds"),
         ] = False,
+        embeddings: Annotated[
+            bool,
+            Query(description="every window's embedding too (the model's second output)"),
+        ] = False,
         thresholds: Annotated[
             str | None,
             Form(
@@ -812,6 +842,11 @@ def create_app(
             )
         except ThresholdsError as err:
             raise HTTPException(422, detail=str(err)) from err
+        if embeddings and classifier.embedding is None:
+            raise HTTPException(
+                422,
+                detail=f"the model ({classifier.metadata.variant}) has no embedding output: export it again",
+            )
         size_bytes = settings.max_upload_bytes if file.size is None else file.size
         async with queue.admit(size_bytes):
             payload = await file.read(settings.max_upload_bytes + 1)
@@ -822,7 +857,7 @@ def create_app(
             if not payload:
                 raise HTTPException(422, detail=f"{name}: empty file")
             budget = InferenceBudget(settings.inference_timeout_s)
-            job = partial(classify_upload, classifier, settings, payload, name, budget)
+            job = partial(classify_upload, classifier, settings, payload, name, budget, embeddings)
             timer = asyncio.get_running_loop().call_later(settings.inference_timeout_s, budget.expire)
             try:
                 result = await anyio.to_thread.run_sync(job)

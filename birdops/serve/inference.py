@@ -3,6 +3,8 @@
 The ``.onnx`` file describes itself (``docs/architecture.md``, "Exported model"): input ``waveform``
 float32 ``[batch, samples]``, output ``logits`` float32 ``[batch, classes]``, and ``birdops.*``
 metadata props with the labels, sample rate, window length and feature settings. Nothing else is read.
+Exports that have it name a second output in their metadata, the pooled embedding ``[batch, dim]``;
+asked for (``embeddings=True``), each window's row comes with its scores, from the same run.
 
 A recording is decoded at the model's sample rate, cut into even windows of the model's length that
 start every ``hop_seconds`` (the last one zero-padded: :mod:`birdops.windows`), run in batches, and each
@@ -28,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from birdops.audio import stream_audio, stream_bytes
-from birdops.contracts import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
+from birdops.contracts import EMBEDDING_KEY, INPUT_NAME, OUTPUT_NAME, Embedding, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, providers_for
 from birdops.scores import aggregate
 from birdops.scores import scores as calibrated_scores
@@ -58,6 +60,7 @@ class WindowScores:
     window_seconds: float
     duration_s: float  # of the decoded recording
     activation: str = "softmax"  # the model's: how file_scores aggregates the windows
+    embeddings: np.ndarray | None = None  # (N, D) float32, each window's embedding; None: not asked for
 
     @property
     def ends_s(self) -> np.ndarray:
@@ -179,6 +182,20 @@ class Classifier:
         classes = outputs[OUTPUT_NAME].shape[-1]
         if isinstance(classes, int) and classes != len(self.metadata.labels):
             raise ModelError(f"{self.path}: {classes} logits but {len(self.metadata.labels)} labels")
+        embedding = self.metadata.embedding
+        if embedding is None:
+            return
+        if embedding.output not in outputs:
+            raise ModelError(
+                f"{self.path}: {EMBEDDING_KEY} names the output {embedding.output!r}, the graph has "
+                f"outputs {sorted(outputs)}"
+            )
+        width = outputs[embedding.output].shape[-1]
+        if isinstance(width, int) and width != embedding.dim:
+            raise ModelError(
+                f"{self.path}: the {embedding.output} output is {width} wide, "
+                f"{EMBEDDING_KEY} says {embedding.dim}"
+            )
 
     @property
     def providers(self) -> list[str]:
@@ -197,36 +214,66 @@ class Classifier:
     def window_seconds(self) -> float:
         return self.metadata.window_seconds
 
+    @property
+    def embedding(self) -> Embedding | None:
+        """The model's embedding output; None for an export without one (from before embeddings)."""
+        return self.metadata.embedding
+
+    def require_embedding(self) -> Embedding:
+        """The model's embedding output; :class:`ModelError` saying why when it has none."""
+        if self.metadata.embedding is None:
+            raise ModelError(
+                f"{self.path}: the model has no embedding output (its metadata lacks {EMBEDDING_KEY}: "
+                "an export from before embeddings); export it again to get embeddings"
+            )
+        return self.metadata.embedding
+
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """``windows (B, window_samples)`` float32 -> logits ``(B, C)`` float32."""
+        (logits,) = self._run(windows, [OUTPUT_NAME])
+        return logits
+
+    def logits_and_embeddings(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``windows (B, window_samples)`` float32 -> ``(logits (B, C), embeddings (B, D))`` float32,
+        from one run; :class:`ModelError` for a model without an embedding output."""
+        logits, embeddings = self._run(windows, [OUTPUT_NAME, self.require_embedding().output])
+        return logits, embeddings
+
+    def _run(self, windows: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         if windows.ndim != 2 or windows.shape[1] != self.metadata.window_samples:
             raise ValueError(f"expected (batch, {self.metadata.window_samples}) windows, got {windows.shape}")
         batch = np.ascontiguousarray(windows, dtype=np.float32)
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return np.asarray(logits, dtype=np.float32)
+        return [np.asarray(out, dtype=np.float32) for out in self.session.run(outputs, {INPUT_NAME: batch})]
 
     def predict_windows(
-        self, wave: np.ndarray, hop_seconds: float | None = None, batch_size: int = 32
+        self,
+        wave: np.ndarray,
+        hop_seconds: float | None = None,
+        batch_size: int = 32,
+        embeddings: bool = False,
     ) -> WindowScores:
-        """Calibrated class scores of every window of ``wave`` (float32 mono at the model's sample rate).
+        """Calibrated class scores of every window of ``wave`` (float32 mono at the model's sample rate),
+        and with ``embeddings`` each window's embedding (:class:`ModelError` if the model has none).
 
         Windows are the model's length and start every ``hop_seconds`` (default: the window length,
         i.e. no overlap); they run ``batch_size`` at a time.
         """
         hop_seconds = even_hop_seconds(hop_seconds, self.window_seconds)
         batches = even_batches(wave, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
-        starts_s, scores = self._scores(batches)
-        return self._result(starts_s, scores, len(wave))
+        return self._result(*self._scores(batches, embeddings), len(wave))
 
     def predict_stream(
-        self, blocks: Iterable[np.ndarray], hop_seconds: float | None = None, batch_size: int = 32
+        self,
+        blocks: Iterable[np.ndarray],
+        hop_seconds: float | None = None,
+        batch_size: int = 32,
+        embeddings: bool = False,
     ) -> WindowScores:
         """:meth:`predict_windows` of the recording whose pieces ``blocks`` are (float32 mono at the
         model's sample rate, in order), classified as they arrive: the same windows and scores."""
         hop_seconds = even_hop_seconds(hop_seconds, self.window_seconds)
         windows = StreamedWindows(blocks, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
-        starts_s, scores = self._scores(windows)
-        return self._result(starts_s, scores, windows.samples)
+        return self._result(*self._scores(windows, embeddings), windows.samples)
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated scores ``(B, C)`` float32 of ``logits (B, C)``: the model's activation of
@@ -234,16 +281,30 @@ class Classifier:
         scoring = self.metadata.scoring
         return calibrated_scores(logits, scoring.activation, scoring.scale, scoring.bias).astype(np.float32)
 
-    def _scores(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(starts_s (N,), calibrated scores (N, C))`` of every batch of windows."""
+    def _scores(
+        self, batches: Iterable[tuple[np.ndarray, np.ndarray]], embeddings: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(starts_s (N,), calibrated scores (N, C), embeddings (N, D) or None)`` of every batch of
+        windows; the embeddings only when asked for (the model is checked before any window runs)."""
+        if embeddings:
+            self.require_embedding()
         starts: list[np.ndarray] = []
         window_scores: list[np.ndarray] = []
+        window_embeddings: list[np.ndarray] = []
         for windows, starts_s in batches:
-            window_scores.append(self.calibrated(self.logits(windows)))  # (B, C) float32
+            if embeddings:
+                logits, embedded = self.logits_and_embeddings(windows)  # (B, C), (B, D)
+                window_embeddings.append(embedded)
+            else:
+                logits = self.logits(windows)
+            window_scores.append(self.calibrated(logits))  # (B, C) float32
             starts.append(starts_s)
-        return np.concatenate(starts), np.concatenate(window_scores)
+        rows = np.concatenate(window_embeddings) if embeddings else None
+        return np.concatenate(starts), np.concatenate(window_scores), rows
 
-    def _result(self, starts_s: np.ndarray, scores: np.ndarray, samples: int) -> WindowScores:
+    def _result(
+        self, starts_s: np.ndarray, scores: np.ndarray, embeddings: np.ndarray | None, samples: int
+    ) -> WindowScores:
         return WindowScores(
             starts_s=starts_s,
             scores=scores,
@@ -251,22 +312,32 @@ class Classifier:
             window_seconds=self.window_seconds,
             duration_s=samples / self.sample_rate_hz,
             activation=self.metadata.scoring.activation,
+            embeddings=embeddings,
         )
 
     def predict_file(
-        self, path: str | Path, hop_seconds: float | None = None, batch_size: int = 32
+        self,
+        path: str | Path,
+        hop_seconds: float | None = None,
+        batch_size: int = 32,
+        embeddings: bool = False,
     ) -> WindowScores:
         """:meth:`predict_windows` of an audio file, streamed (:func:`birdops.audio.stream_audio`);
         raises :class:`birdops.audio.AudioError`."""
         blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
-        return self.predict_stream(blocks, hop_seconds, batch_size)
+        return self.predict_stream(blocks, hop_seconds, batch_size, embeddings)
 
     def predict_bytes(
-        self, payload: bytes, name: str = "<upload>", hop_seconds: float | None = None, batch_size: int = 32
+        self,
+        payload: bytes,
+        name: str = "<upload>",
+        hop_seconds: float | None = None,
+        batch_size: int = 32,
+        embeddings: bool = False,
     ) -> WindowScores:
         """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
         blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
-        return self.predict_stream(blocks, hop_seconds, batch_size)
+        return self.predict_stream(blocks, hop_seconds, batch_size, embeddings)
 
     def describe(self) -> dict[str, Any]:
         """The model's identity and settings, JSON-ready (for logs and ``GET /ready``)."""
@@ -281,5 +352,6 @@ class Classifier:
             "activation": meta.scoring.activation,
             "calibration": {"scale": meta.scoring.scale, "bias": meta.scoring.bias},
             "thresholds": None if meta.scoring.thresholds is None else list(meta.scoring.thresholds),
+            "embedding_dim": None if meta.embedding is None else meta.embedding.dim,
             "providers": self.providers,
         }

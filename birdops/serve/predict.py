@@ -3,7 +3,7 @@ and detected species.
 
     birdops predict recordings/ extra.mp3 "field/**/*.flac" --model models/export/model.onnx \\
         --output predictions.csv [--format csv|raven] [--min-score 0.5 | --thresholds FILE | --all]
-        [--top-k 3] [--hop-seconds 2]
+        [--top-k 3] [--hop-seconds 2] [--embeddings embeddings.csv]
 
 Inputs are files, folders (searched recursively for audio extensions) and glob patterns. Each file is
 streamed (:meth:`Classifier.predict_file`): decoded, resampled and classified block by block, so memory
@@ -27,6 +27,14 @@ detections``. Formats:
   End Time (s), Low Freq (Hz), High Freq (Hz), Species, Score``, plus ``Begin Path`` naming the file
   when the table spans several files). The frequency band is the model's feature band.
 
+``--embeddings FILE`` also writes every window's embedding (the model's second output, the pooled
+vector its final linear layer reads), whatever was detected: a CSV ``file, start_s, end_s, e0, ...,
+e<D-1>``, one row per window, each value the float32 in the fewest digits that read back to it
+exactly; a name ending in ``.gz`` is gzip-compressed. ``pandas.read_csv`` reads either, and writing
+it takes nothing beyond numpy and the standard library. A file's rows are written once it is
+classified (a refused file has none). A model without an embedding output (an export from before
+embeddings) is refused before any audio is read.
+
 A file that is refused (empty, not audio, truncated, an unsupported sample rate, too many channels, too
 long, too short, NaN/Inf samples, silent: :mod:`birdops.audio`'s :class:`~birdops.audio.AudioError`
 subclasses) or that fails in any other way is logged, skipped and listed in the summary at the end,
@@ -42,12 +50,14 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import gzip
+import io
 import logging
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -86,6 +96,7 @@ RAVEN_COLUMNS = (
     "Score",
     "Begin Path",
 )
+EMBEDDING_KEY_COLUMNS = ("file", "start_s", "end_s")  # then one column a dimension: e0, e1, ...
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class Summary:
     audio_seconds: float = 0.0
     windows: int = 0
     rows: int = 0
+    embedding_rows: int = 0  # windows written to --embeddings
     found: list[tuple[str, list[SpeciesFound]]] = field(default_factory=list)  # per classified file
     thresholded: bool = True  # rows are detections (not --all)
     failures: list[str] = field(default_factory=list)  # one message per input, naming it
@@ -191,6 +203,32 @@ class TableWriter:
         ]
 
 
+def embedding_columns(dim: int) -> list[str]:
+    """The embeddings table's header: the window (as the detections table gives it), then ``e0`` ..
+    ``e<dim-1>``."""
+    return [*EMBEDDING_KEY_COLUMNS, *(f"e{k}" for k in range(dim))]
+
+
+class EmbeddingWriter:
+    """Writes each window's embedding as one CSV row (see the module docstring), a file at a time."""
+
+    def __init__(self, stream: TextIO, dim: int) -> None:
+        self.stream = stream
+        self.writer = csv.writer(stream, lineterminator="\n")
+        self.writer.writerow(embedding_columns(dim))
+
+    def write(self, name: str, result: WindowScores) -> int:
+        """Write the rows of ``result.embeddings`` ``(N, D)``; returns N."""
+        if result.embeddings is None:
+            raise ValueError(f"{name}: classified without embeddings")
+        # numpy writes a float32 in the fewest digits that parse back to the same float32
+        values = result.embeddings.astype(str).tolist()  # (N, D)
+        for start_s, end_s, row in zip(result.starts_s, result.ends_s, values, strict=True):
+            self.writer.writerow([name, f"{start_s:.3f}", f"{end_s:.3f}", *row])
+        self.stream.flush()
+        return len(values)
+
+
 def feature_band_hz(classifier: Classifier) -> tuple[float, float]:
     """The frequency band the model listens to, from its feature metadata (else 0 to Nyquist)."""
     features = classifier.metadata.features
@@ -208,14 +246,16 @@ def predict_files(
     selection: Selection,
     hop_seconds: float | None = None,
     batch_size: int = 16,
+    embeddings: EmbeddingWriter | None = None,
 ) -> Summary:
-    """Classify ``paths`` one by one, writing each file's reported rows (``selection``) as soon as it is
-    done; an undecodable file is logged, recorded in the summary and skipped."""
+    """Classify ``paths`` one by one, writing each file's reported rows (``selection``), and with
+    ``embeddings`` its windows' embeddings, as soon as it is done; an undecodable file is logged,
+    recorded in the summary and skipped."""
     summary = Summary(thresholded=selection.thresholds is not None)
     with logging_redirect_tqdm():
         for path in tqdm(paths, desc="predict", unit="file", disable=None):
             try:
-                result = classifier.predict_file(path, hop_seconds, batch_size)
+                result = classifier.predict_file(path, hop_seconds, batch_size, embeddings is not None)
             except AudioError as err:
                 log.warning("refused: %s", err)
                 summary.failures.append(str(err))
@@ -228,6 +268,8 @@ def predict_files(
                 continue
             picked = selection.pick(result.scores, result.labels)
             summary.rows += writer.write(detections(str(path), result, picked))
+            if embeddings is not None:
+                summary.embedding_rows += embeddings.write(str(path), result)
             summary.files += 1
             summary.windows += len(result.starts_s)
             summary.audio_seconds += result.duration_s
@@ -245,6 +287,21 @@ def open_output(target: str) -> Iterator[TextIO]:
         return
     with atomic_path(target) as temp, temp.open("w", newline="", encoding="utf-8") as stream:
         yield stream
+
+
+@contextmanager
+def open_embeddings(target: str) -> Iterator[TextIO]:
+    """:func:`open_output` for the embeddings table, gzip-compressed when ``target`` ends in ``.gz``
+    (no name or time in the gzip header: the same rows give the same bytes)."""
+    if target == "-" or not target.endswith(".gz"):
+        with open_output(target) as stream:
+            yield stream
+        return
+    with ExitStack() as stack:
+        temp = stack.enter_context(atomic_path(target))
+        raw = stack.enter_context(temp.open("wb"))
+        packed = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0))
+        yield stack.enter_context(io.TextIOWrapper(packed, encoding="utf-8", newline=""))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -293,6 +350,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=16,
         help="windows per model call (16: as fast as 32 on CPU, with half the memory)",
     )
+    parser.add_argument(
+        "--embeddings",
+        metavar="FILE",
+        default=None,
+        help="also write every window's embedding: CSV file,start_s,end_s,e0..e<D-1> (gzip for a .gz name)",
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument(
         "--device",
@@ -303,6 +366,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.report_all and (args.min_score is not None or args.thresholds is not None):
         parser.error("--all reports every window whatever the thresholds: drop --min-score / --thresholds")
+    if args.embeddings == "-" and args.output == "-":
+        parser.error("the detections go to standard output: give --embeddings a file, or --output one")
     return args
 
 
@@ -345,16 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         selection = choose_selection(classifier, args)
-    except ThresholdsError as err:
+        dim = classifier.require_embedding().dim if args.embeddings is not None else 0
+    except (ThresholdsError, ModelError) as err:
         log.error("%s", err)
         return 2
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
-    with open_output(args.output) as stream:
-        writer = TableWriter(stream, args.format, feature_band_hz(classifier))
-        summary = predict_files(classifier, paths, writer, selection, args.hop_seconds, args.batch_size)
+    with ExitStack() as outputs:
+        writer = TableWriter(
+            outputs.enter_context(open_output(args.output)), args.format, feature_band_hz(classifier)
+        )
+        embeddings = None
+        if args.embeddings is not None:
+            embeddings = EmbeddingWriter(outputs.enter_context(open_embeddings(args.embeddings)), dim)
+        summary = predict_files(
+            classifier, paths, writer, selection, args.hop_seconds, args.batch_size, embeddings
+        )
     summary.failures = missing + summary.failures
-    return report(summary, time.perf_counter() - started, args.output)
+    return report(summary, time.perf_counter() - started, args.output, args.embeddings)
 
 
 def choose_selection(classifier: Classifier, args: argparse.Namespace) -> Selection:
@@ -372,7 +445,7 @@ def choose_selection(classifier: Classifier, args: argparse.Namespace) -> Select
     return selection
 
 
-def report(summary: Summary, elapsed_s: float, output: str) -> int:
+def report(summary: Summary, elapsed_s: float, output: str, embeddings: str | None = None) -> int:
     """Log the run's summary and every failure; the exit status (see the module docstring)."""
     speed = summary.audio_seconds / elapsed_s if elapsed_s > 0 else float("inf")
     log.info(
@@ -385,6 +458,8 @@ def report(summary: Summary, elapsed_s: float, output: str) -> int:
         elapsed_s,
         speed,
     )
+    if embeddings is not None:
+        log.info("wrote the embeddings of %d windows -> %s", summary.embedding_rows, embeddings)
     log_found(summary.found, summary.thresholded)
     if summary.failures:
         causes = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.refused.items()))

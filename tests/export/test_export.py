@@ -27,8 +27,9 @@ from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import load_classifier
 from birdops.providers import CPU_PROVIDER
+from birdops.serve import predict
 from birdops.serve.inference import Classifier
-from birdops.windows import even_windows
+from birdops.windows import even_batches, even_windows
 from pipeline import export_onnx as stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -127,13 +128,16 @@ def test_model_file_follows_the_export_contract(exported: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path))
     assert [i.name for i in model.graph.input] == ["waveform"]
-    assert [o.name for o in model.graph.output] == ["logits"]
-    (waveform,), (logits,) = model.graph.input, model.graph.output
-    assert waveform.type.tensor_type.elem_type == logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [o.name for o in model.graph.output] == ["logits", "embedding"]  # logits first, as before
+    (waveform,), (logits, embedding) = model.graph.input, model.graph.output
+    types = {value.type.tensor_type.elem_type for value in (waveform, logits, embedding)}
+    assert types == {onnx.TensorProto.FLOAT}
     in_dims, out_dims = waveform.type.tensor_type.shape.dim, logits.type.tensor_type.shape.dim
     assert in_dims[0].dim_param and not in_dims[0].HasField("dim_value")  # dynamic batch
     assert in_dims[1].dim_value == 22050  # 1 s at the seed preset's rate, fixed
     assert out_dims[0].dim_param and out_dims[1].dim_value == len(LABELS)
+    embedding_dims = embedding.type.tensor_type.shape.dim
+    assert embedding_dims[0].dim_param == out_dims[0].dim_param and embedding_dims[1].dim_value == 64  # tiny
     # the front end is in the graph, its spectrum as MatMuls (the two-stage DFT), not the STFT op
     front_end = set(parity.frontend_nodes(model))
     assert any(node.op_type == "MatMul" for node in model.graph.node if node.name in front_end)
@@ -157,7 +161,12 @@ def test_metadata_describes_the_model(world: Path, exported: Path) -> None:
     assert props["birdops.activation"] == "sigmoid"
     assert json.loads(props["birdops.calibration"]) == {"scale": 1.5, "bias": -0.5}
     assert json.loads(props["birdops.thresholds"]) == [0.3, 0.6, 0.9]
+    assert json.loads(props["birdops.embedding"]) == {"output": "embedding", "dim": 64}
     assert props["birdops.opset"] == "18"
+    assert (
+        model.doc_string
+        == "birdops full: waveform [batch, samples] -> logits [batch, classes], embedding [batch, 64]"
+    )
     assert model.opset_import[0].version == 18
     # no absolute paths of the exporting machine inside the file
     assert "/work/" not in (exported / "export" / "model.onnx").read_bytes().decode("latin-1")
@@ -172,11 +181,51 @@ def test_onnxruntime_serves_the_export_like_pytorch(world: Path, exported: Path)
     module = load_classifier(world / "models" / "full").waveform_classifier()
     with torch.no_grad():
         expected = module(torch.from_numpy(windows)).numpy()
+        embedded = module.forward_with_embedding(torch.from_numpy(windows))[1].numpy()  # (N, 64)
     np.testing.assert_allclose(classifier.logits(windows), expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(classifier.logits(windows[:1]), expected[:1], atol=1e-4, rtol=0)
-    scores = classifier.predict_windows(wave, hop_seconds=0.5, batch_size=2).scores
+    result = classifier.predict_windows(wave, hop_seconds=0.5, batch_size=2, embeddings=True)
     calibrated = torch.sigmoid(1.5 * torch.from_numpy(expected) - 0.5).numpy()  # the metadata's scoring
-    np.testing.assert_allclose(scores, calibrated, atol=1e-5)
+    np.testing.assert_allclose(result.scores, calibrated, atol=1e-5)
+    assert classifier.embedding is not None and classifier.embedding.dim == 64
+    assert result.embeddings is not None and result.embeddings.shape == (len(windows), 64)
+    np.testing.assert_allclose(result.embeddings, embedded, atol=1e-4, rtol=0)
+    # asking for the embeddings changes no score: they come from the same run
+    np.testing.assert_array_equal(classifier.predict_windows(wave, 0.5, batch_size=2).scores, result.scores)
+
+
+def test_predict_writes_every_windows_embedding_in_a_table_pandas_reads(
+    world: Path, exported: Path, tmp_path: Path
+) -> None:
+    """``birdops predict --embeddings`` with the exported model on real recordings: one row per window,
+    whatever was detected, read back by ``pandas.read_csv`` to the float32 values of a direct
+    onnxruntime run of the same windows, bit for bit."""
+    import pandas as pd
+
+    model = exported / "export" / "model.onnx"
+    files = [world / "raw" / "audio" / "XC6.flac", world / "raw" / "audio" / "XC1.wav"]
+    table_path, detections = tmp_path / "embeddings.csv", tmp_path / "detections.csv"
+    argv = [*map(str, files), "--model", str(model), "--output", str(detections)]
+    argv += ["--embeddings", str(table_path), "--hop-seconds", "0.5", "--batch-size", "3"]
+    assert predict.main(argv) == 0
+    table = pd.read_csv(table_path)
+    columns = [f"e{k}" for k in range(64)]
+    assert list(table.columns) == ["file", "start_s", "end_s", *columns]
+    assert all(table[column].dtype == np.float64 for column in ["start_s", "end_s", *columns])
+    session = ort.InferenceSession(str(model), providers=[CPU_PROVIDER])
+    assert list(table["file"].unique()) == [str(path) for path in files]
+    for path in files:
+        rows = table[table["file"] == str(path)]
+        wave = load_audio(path, 22050)
+        batches = list(even_batches(wave, 22050, CLIP_SECONDS, 0.5, 3))
+        direct = np.concatenate([session.run(["embedding"], {"waveform": w})[0] for w, _ in batches])
+        starts = np.concatenate([starts_s for _, starts_s in batches])
+        assert len(rows) == len(direct) == len(starts)  # every window, detected or not
+        np.testing.assert_array_equal(rows[columns].to_numpy(np.float32), direct)
+        np.testing.assert_allclose(rows["start_s"], starts, atol=5e-4)
+        np.testing.assert_allclose(
+            rows["end_s"], np.minimum(starts + CLIP_SECONDS, len(wave) / 22050), atol=5e-4
+        )
 
 
 # ---------------------------------------------------------------------------------- gates, summary
@@ -188,7 +237,14 @@ def test_summary_records_parity_and_size_and_no_timing(exported: Path) -> None:
     assert measured["logit_scale"] >= 1.0
     assert measured["max_rel_diff"] == pytest.approx(measured["max_abs_diff"] / measured["logit_scale"])
     assert 0 <= measured["max_rel_diff"] <= 1e-3
-    assert not {"max_abs_diff", "max_rel_diff", "logit_scale"} & set(summary)  # processor-dependent digits
+    # the embedding is measured the same way and recorded beside the logits' figures
+    assert measured["embedding_scale"] >= 1.0
+    assert measured["embedding_max_rel_diff"] == pytest.approx(
+        measured["embedding_max_abs_diff"] / measured["embedding_scale"]
+    )
+    assert 0 <= measured["embedding_max_rel_diff"] <= 1e-4
+    assert summary["embedding_dim"] == 64
+    assert not [key for key in summary if key.endswith(("_diff", "_scale"))]  # processor-dependent digits
     assert summary["top1_agreement"] == 1.0
     assert summary["parity_clips"] == summary["parity_clips_requested"] == PARITY_CLIPS
     assert summary["parity_providers"] == CPU_PROVIDER
@@ -210,9 +266,11 @@ def test_fp16_model_keeps_float32_io_and_passes_its_gate(exported: Path) -> None
     assert summary["fp16_gate_passed"] is True
     measured = json.loads((exported / "runs" / "export_onnx.json").read_text())
     assert measured["fp16_max_rel_diff"] <= 0.05 and summary["fp16_top1_agreement"] >= 0.8
+    assert measured["fp16_embedding_max_rel_diff"] <= 0.05
     half = onnx.load(str(exported / "export" / "model.fp16.onnx"))
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [o.name for o in half.graph.output] == ["logits", "embedding"]
+    assert {o.type.tensor_type.elem_type for o in half.graph.output} == {onnx.TensorProto.FLOAT}
     types = {init.data_type for init in half.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in types  # the transformer's weights
     # the front end stays float32, its constants too (the dB floor 1e-10 is below float16's range)
@@ -237,6 +295,7 @@ def test_int8_model_quantizes_the_transformer_only_and_passes_its_gate(world: Pa
     assert summary["int8_gate_passed"] is True and summary["int8_parity_clips"] == PARITY_CLIPS
     # quantization moved the logits (more than float32 rounding does), within the gate's limit
     assert measured["max_rel_diff"] < measured["int8_max_rel_diff"] <= 0.2
+    assert measured["embedding_max_rel_diff"] < measured["int8_embedding_max_rel_diff"] <= 0.2
     clips, rows = parity.validation_clips(
         world / "raw", world / "prepared", world / "lms", "seed", PARITY_CLIPS, 22050, CLIP_SECONDS
     )
@@ -292,6 +351,8 @@ def test_triton_repository_is_written_next_to_the_model(exported: Path) -> None:
     config = (folder / "config.pbtxt").read_text()
     assert 'name: "birds"' in config and "max_batch_size: 8" in config
     assert re.search(r'name: "waveform"\s+data_type: TYPE_FP32\s+dims: \[ 22050 \]', config)
+    assert re.search(r'name: "embedding"\s+data_type: TYPE_FP32\s+dims: \[ 64 \]\s+}', config)  # no labels
+    assert config.count("label_filename") == 1
 
 
 def test_a_failed_gate_fails_the_stage(world: Path, exported: Path, tmp_path: Path) -> None:

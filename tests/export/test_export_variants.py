@@ -98,6 +98,41 @@ def test_a_correct_export_passes_the_fp32_gate(
     assert gate.passed, gate.message
     # with headroom: a correct export sits far below the limit, so another CPU's rounding passes too
     assert result.max_rel_diff < params.fp32_max_rel_diff / 10, gate.message
+    # the second output, the embedding (the tiny size's 64 wide), is as close to PyTorch's
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+    assert session.get_outputs()[1].shape[1] == 64
+    assert result.embedding_max_rel_diff is not None, gate.message
+    assert result.embedding_max_rel_diff < params.fp32_max_rel_diff / 10, gate.message
+    assert "embedding max |diff|" in gate.message
+
+
+@pytest.mark.slow
+def test_the_embedding_output_leaves_the_exported_logits_bit_identical(
+    case: tuple[str, WaveformClassifier, ort.InferenceSession], tmp_path: Path
+) -> None:
+    """The same classifier traced with its logits only (the graph before embeddings were exported):
+    onnxruntime gives the same logits, bit for bit, whether the embedding is fetched or not."""
+    _, classifier, session = case
+    samples = round(CLIP_SECONDS * classifier.frontend.spec.sample_rate_hz)
+    program = torch.onnx.export(
+        classifier,
+        (0.1 * torch.randn(2, samples, generator=torch.Generator().manual_seed(0)),),
+        input_names=["waveform"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        opset_version=export_params().opset,
+        dynamo=True,
+        optimize=True,
+        verbose=False,
+    )
+    assert program is not None
+    onnx_export.save_model(program.model_proto, tmp_path / "logits_only.onnx")
+    logits_only = ort.InferenceSession(str(tmp_path / "logits_only.onnx"), providers=[CPU_PROVIDER])
+    batch = clips(classifier.frontend.spec.sample_rate_hz)
+    (before,) = logits_only.run(["logits"], {"waveform": batch})
+    both = session.run(["logits", "embedding"], {"waveform": batch})
+    np.testing.assert_array_equal(both[0], before)
+    np.testing.assert_array_equal(session.run(["logits"], {"waveform": batch})[0], before)
 
 
 @pytest.mark.slow

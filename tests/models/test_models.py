@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn import functional as F
 from transformers import PretrainedConfig
 
 from birdops.config import ModelParams
 from birdops.contracts import ClassifierInfo
 from birdops.features.frontend import build_frontend, spec_for
 from birdops.models.checkpoint import load_classifier, save_classifier
-from birdops.models.classifier import WaveformClassifier
+from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
 from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
 
 AST = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
@@ -47,6 +48,32 @@ def test_forward_maps_features_to_logits(cfg: ModelParams, n_bins: int, n_frames
     logits = model(torch.randn(3, n_bins, n_frames))
     assert logits.shape == (3, 7)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("cfg", "n_bins", "n_frames"), [(AST, 128, 173), (VIT, 40, 173)])
+def test_the_embedding_is_what_the_final_linear_layer_reads_and_the_logits_stay_bit_identical(
+    cfg: ModelParams, n_bins: int, n_frames: int
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=7, n_bins=n_bins, n_frames=n_frames).eval()
+    features = torch.randn(3, n_bins, n_frames)
+    with torch.no_grad():
+        logits, embedding = model.forward_with_embedding(features)
+        # the computation from before the embedding was exposed: the whole head on the pooled vector
+        if isinstance(model, ASTClassifier):
+            pooled = model.backbone(input_values=features.transpose(1, 2)).pooler_output  # cls/dist mean
+            before = model.classifier(pooled)
+            expected_embedding = model.classifier.layernorm(pooled)  # what classifier.dense reads
+            final = model.classifier.dense
+        else:
+            assert isinstance(model, ViTClassifier)
+            image = F.pad(features, model.pad).unsqueeze(1)
+            cls = model.backbone(pixel_values=image).last_hidden_state[:, 0]  # after the final LayerNorm
+            before, expected_embedding, final = model.classifier(cls), cls, model.classifier
+        assert torch.equal(model(features), before) and torch.equal(logits, before)
+        assert torch.equal(embedding, expected_embedding)
+        assert torch.equal(final(embedding), logits)  # logits = embedding @ W.T + b
+    assert embedding.shape == (3, 64)  # the tiny size's hidden size
 
 
 def test_ast_uses_the_real_frame_count_and_the_stride() -> None:
@@ -184,6 +211,13 @@ def test_waveform_classifier_is_front_end_then_model() -> None:
     logits = classifier(waveform)
     assert logits.shape == (2, 4)
     torch.testing.assert_close(logits, model(frontend(waveform)), rtol=0, atol=0)
+    with torch.no_grad():
+        pair = classifier.forward_with_embedding(waveform)
+        traced = WaveformEmbedder(classifier)(waveform)  # what the ONNX export traces
+        expected = model.forward_with_embedding(frontend(waveform))
+    for got in (pair, traced):
+        assert torch.equal(got[0], logits.detach()) and torch.equal(got[1], expected[1])
+    assert dict(WaveformEmbedder(classifier).named_children()) == dict(classifier.named_children())
 
 
 def test_a_saved_model_runs_behind_its_own_front_end(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from birdops.audio import BLOCK_FRAMES, AudioError, load_audio
 from birdops.providers import CPU_PROVIDER
 from birdops.serve import inference
 from birdops.serve.inference import Classifier, ModelError
-from birdops.windows import even_windows
+from birdops.windows import even_batches, even_windows
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +237,60 @@ def test_a_streamed_file_is_classified_in_memory_that_does_not_grow_with_its_len
         assert len(result.starts_s) == seconds
     whole_mono_bytes = 200 * 44100 * 4
     assert peaks[1] < 1.2 * peaks[0] + 2**20 and peaks[1] < whole_mono_bytes / 8, peaks
+
+
+# -------------------------------------------------------------------------------------- embeddings
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    """The tone model with an embedding output (each filter's mean power, 6 wide)."""
+    path = tmp_path_factory.mktemp("embedder") / "tones.onnx"
+    onnx.save(tone_model(scoring=DETECTOR, embedding=True), str(path))
+    return Classifier.load(path, providers=[CPU_PROVIDER], intra_op_threads=1)
+
+
+def test_each_window_gets_its_embedding_from_the_run_that_scores_it(
+    embedder: Classifier, tmp_path: Path
+) -> None:
+    """The embeddings are the graph's second output for exactly the windows scored, streamed or whole,
+    and asking for them changes no score."""
+    assert embedder.embedding is not None and embedder.embedding.dim == 6
+    wave = tones([(TONES_HZ[0], 1.0), (TONES_HZ[2], 1.5), (TONES_HZ[1], 0.8)])
+    path = tmp_path / "tones.flac"
+    sf.write(path, wave, RATE_HZ, subtype="PCM_24")
+    batches = list(even_batches(load_audio(path, RATE_HZ), RATE_HZ, WINDOW_SECONDS, 0.5, 3))
+    # the same batches: onnxruntime's kernels may round the last bit differently for another batch size
+    direct = np.concatenate([embedder.session.run(["embedding"], {"waveform": w})[0] for w, _ in batches])
+    starts_s = np.concatenate([starts for _, starts in batches])
+    result = embedder.predict_file(path, hop_seconds=0.5, batch_size=3, embeddings=True)
+    np.testing.assert_array_equal(result.starts_s, starts_s)
+    assert result.embeddings is not None and result.embeddings.dtype == np.float32
+    np.testing.assert_array_equal(result.embeddings, direct)
+    # each window's embedding is its filters' power: the strongest pair is its tone's
+    assert result.embeddings.reshape(-1, 3, 2).sum(axis=2).argmax(axis=1)[[0, 3]].tolist() == [0, 2]
+    plain = embedder.predict_file(path, hop_seconds=0.5, batch_size=3)
+    assert plain.embeddings is None
+    np.testing.assert_array_equal(plain.scores, result.scores)
+    whole = embedder.predict_windows(load_audio(path, RATE_HZ, WINDOW_SECONDS), 0.5, 3, embeddings=True)
+    assert whole.embeddings is not None
+    np.testing.assert_array_equal(whole.embeddings, result.embeddings)
+    assert embedder.describe()["embedding_dim"] == 6
+
+
+def test_a_model_without_embeddings_refuses_to_give_them(classifier: Classifier) -> None:
+    assert classifier.embedding is None and classifier.describe()["embedding_dim"] is None
+    wave = tones([(TONES_HZ[0], 2.0)])
+    with pytest.raises(ModelError, match=r"no embedding output .*lacks birdops\.embedding"):
+        classifier.predict_windows(wave, embeddings=True)
+    assert classifier.predict_windows(wave).embeddings is None  # scores as before
+
+
+def test_an_embedding_prop_that_the_graph_does_not_match_is_refused(tmp_path: Path) -> None:
+    for output, dim, message in (("pooled", 6, "names the output 'pooled'"), ("embedding", 8, "6 wide")):
+        model = tone_model(embedding=True)
+        props = {p.key: p.value for p in model.metadata_props}
+        props["birdops.embedding"] = json.dumps({"output": output, "dim": dim})
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
+        onnx.save(model, str(tmp_path / "odd.onnx"))
+        with pytest.raises(ModelError, match=message):
+            Classifier.load(tmp_path / "odd.onnx", providers=[CPU_PROVIDER])

@@ -9,12 +9,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
-from tones import TONES_HZ, tones
+from tones import DETECTOR, TONES_HZ, tone_model, tones
 
 from birdops import cli
+from birdops.providers import CPU_PROVIDER
 from birdops.serve import detect, predict
+from birdops.serve.inference import Classifier
 
 LOW, MID, HIGH = "Low tone", "Mid tone", "High tone"
 LONG_SECONDS = 600  # the 10-minute recording: the tone changes every 10 s (low, mid, high, low, ...)
@@ -324,3 +327,61 @@ def test_a_model_without_thresholds_warns_once_and_keeps_its_former_output(
         *(("night.flac", f"{s:.3f}") for s in range(3)),
     ]
     assert "detections in 2 of 2 files, 3 species:" in caplog.text
+
+
+# -------------------------------------------------------------------------------------- embeddings
+@pytest.fixture(scope="module")
+def embedder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tone detector with an embedding output (``tone_model(embedding=True)``: 6 wide)."""
+    path = tmp_path_factory.mktemp("embedder") / "embedder.onnx"
+    onnx.save(tone_model(scoring=DETECTOR, embedding=True), str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["embeddings.csv", "embeddings.csv.gz"])
+def test_embeddings_are_written_one_row_per_window_and_read_by_pandas(
+    embedder_path: Path, recordings: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """Every window of every classified file, detected or not; the corrupt file has no row; the
+    values read back by ``pandas.read_csv`` are the float32 embeddings of the same windows exactly."""
+    import pandas as pd
+
+    out, table_path = tmp_path / "detections.csv", tmp_path / name
+    argv = [str(recordings), "--model", str(embedder_path), "-o", str(out), "--embeddings", str(table_path)]
+    with caplog.at_level(logging.INFO):
+        assert run([*argv, "--hop-seconds", "0.5"]) == 0
+    table = pd.read_csv(table_path)  # a .gz name is decompressed by its suffix
+    assert list(table.columns) == ["file", "start_s", "end_s", *(f"e{k}" for k in range(6))]
+    classifier = Classifier.load(embedder_path, providers=[CPU_PROVIDER])
+    names = sorted(Path(f).name for f in table["file"].unique())
+    assert names == ["a.wav", "b.MP3", "c.flac", "long.flac"]  # not the corrupt file
+    for file, rows in table.groupby("file", sort=False):
+        expected = classifier.predict_file(str(file), hop_seconds=0.5, batch_size=16, embeddings=True)
+        assert expected.embeddings is not None
+        np.testing.assert_array_equal(rows.iloc[:, 3:].to_numpy(np.float32), expected.embeddings)
+        np.testing.assert_allclose(rows["start_s"], expected.starts_s, atol=5e-4)
+        np.testing.assert_allclose(rows["end_s"], expected.ends_s, atol=5e-4)
+    assert len(table) == 5 + 3 + 2 + 2 * LONG_SECONDS - 1  # every window at a 0.5 s hop
+    assert f"wrote the embeddings of {len(table)} windows -> {table_path}" in caplog.text
+    # each detection finds its window's embedding by the keys both tables share
+    joined = pd.read_csv(out).merge(
+        table, on=["file", "start_s", "end_s"], how="left", validate="many_to_one"
+    )
+    assert len(joined) > 0 and joined["e0"].notna().all()
+    if name.endswith(".gz"):  # no name or time in the header: the same rows give the same bytes
+        first = table_path.read_bytes()
+        assert run([*argv, "--hop-seconds", "0.5"]) == 0
+        assert table_path.read_bytes() == first and first[:2] == b"\x1f\x8b"
+
+
+def test_embeddings_from_a_model_without_them_are_refused_before_any_audio_is_read(
+    model_path: Path, recordings: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, table_path = tmp_path / "out.csv", tmp_path / "embeddings.csv"
+    argv = [str(recordings / "a.wav"), "--model", str(model_path), "-o", str(out)]
+    assert run([*argv, "--embeddings", str(table_path)]) == 2
+    assert f"{model_path}: the model has no embedding output" in caplog.text
+    assert not out.exists() and not table_path.exists()
+    with pytest.raises(SystemExit) as exit_info:  # both tables on standard output
+        run([str(recordings / "a.wav"), "--model", str(model_path), "--embeddings", "-"])
+    assert exit_info.value.code == 2

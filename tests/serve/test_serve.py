@@ -718,3 +718,35 @@ def test_out_of_range_parameters_are_a_422_naming_the_parameter(detector_server:
         assert response.status_code == 422, params
         (error,) = response.json()["detail"]
         assert error["loc"] == ["query", next(iter(params))]
+
+
+def test_embeddings_are_answered_for_every_window_when_asked(tmp_path: Path) -> None:
+    """``?embeddings=true``: every window's embedding (the model's second output), each value reading
+    back to the float32 the model gave; a model without the output answers 422 before the upload is
+    classified."""
+    from starlette.testclient import TestClient
+
+    model, plain = tmp_path / "embedder.onnx", tmp_path / "tones.onnx"
+    onnx.save(tone_model(embedding=True), str(model))
+    onnx.save(tone_model(), str(plain))
+    settings = ServeSettings(model_path=model, device="cpu", hop_seconds=0.5)
+    classifier = serve_app.open_model(settings)
+    payload = encode(DAWN_WAVE, 8000, "WAV")
+    files = {"file": ("dawn.wav", payload, "audio/wav")}
+    expected = classifier.predict_bytes(payload, "dawn.wav", 0.5, settings.batch_size, embeddings=True)
+    assert expected.embeddings is not None
+    with TestClient(serve_app.create_app(classifier, settings)) as client:
+        body = client.post("/predict", files=files, params={"embeddings": "true"}).json()
+        assert len(body["embeddings"]) == body["windows_classified"] == len(expected.starts_s) == 7
+        vectors = np.array([w["embedding"] for w in body["embeddings"]], dtype=np.float32)
+        np.testing.assert_array_equal(vectors, expected.embeddings)
+        assert [(w["start_s"], w["end_s"]) for w in body["embeddings"]] == list(
+            zip(expected.starts_s.tolist(), expected.ends_s.tolist(), strict=True)
+        )
+        assert client.post("/predict", files=files).json()["embeddings"] is None  # only when asked
+        assert client.get("/ready").json()["embedding_dim"] == 6
+    settings = ServeSettings(model_path=plain, device="cpu")
+    with TestClient(serve_app.create_app(serve_app.open_model(settings), settings)) as client:
+        response = client.post("/predict", files=files, params={"embeddings": "true"})
+        assert response.status_code == 422 and "has no embedding output" in response.json()["detail"]
+        assert client.get("/ready").json()["embedding_dim"] is None
