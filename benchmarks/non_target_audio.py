@@ -52,7 +52,9 @@ def folder_waves(folder: Path, rate_hz: int) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folders", nargs="*", type=Path, help="folders of audio without any target species")
     parser.add_argument("--model", type=Path, default=Path("models/export/model.onnx"))
     args = parser.parse_args(argv)
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     rate = classifier.sample_rate_hz
     rng = np.random.default_rng(0)
     sources = {
-        f"{name} noise ({NOISE_SECONDS:.0f} s)": [0.1 * colored_noise(round(NOISE_SECONDS * rate), exponent, rng)]
+        f"{name} noise ({NOISE_SECONDS:.0f} s)": [
+            0.1 * colored_noise(round(NOISE_SECONDS * rate), exponent, rng)
+        ]
         for name, exponent in (("white", 0.0), ("pink", 1.0), ("brown", 2.0))
     }
     sources |= {str(folder): folder_waves(folder, rate) for folder in args.folders}
