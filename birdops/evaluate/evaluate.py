@@ -516,9 +516,9 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
 
 
 def best_document(selection: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """``best.json``: the chosen variant and its validation value under the headline name
-    (``val_cmap``), so ``dvc metrics show`` gives it the variants' column and ``dvc exp show`` can
-    sort experiments by it. The export reads ``variant``."""
+    """``best.json``: the chosen variant and its validation value as ``val_<metric>`` (``val_cmap``), a
+    key no other metrics file has, so ``dvc exp show`` gives it a short column and sorts experiments
+    by it (``--sort-by val_cmap``). The export reads ``variant``."""
     return {"variant": selection["variant"], layout.best_key(metric): selection["value"]}
 
 
@@ -541,8 +541,6 @@ def test_metric_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[st
     for variant, details in summaries.items():
         ci = details.get("test_clip_ci95", {})
         for name, value in layout.headline(details).items():
-            if name.startswith("val_"):
-                continue
             low, high = ci.get(f"{name}_low", ""), ci.get(f"{name}_high", "")
             rows.append({"variant": variant, "metric": name, "value": value, "low": low, "high": high})
     return rows

@@ -59,23 +59,23 @@ DEFAULT_NAME = "default"  # the committed run (HEAD), one more seed of every gro
 # title, file of the variant (the headline, its details or the trainer's summary), key, percent
 COLUMNS = (
     ("val acc", "details", "val_clip.accuracy", True),
-    ("val cmAP", "headline", "val_cmap", False),
+    ("val cmAP", "details", "val_detection.cmap", False),
     ("test acc (clip)", "headline", "accuracy", True),
     ("test acc (recording)", "details", "test_recording.accuracy", True),
     ("test F1 macro", "headline", "f1_macro", False),
     ("test cmAP", "headline", "cmap", False),
 )
 # `dvc exp show`'s flags for the README's view: the changed params, the exported variant and its
-# validation value of the selection metric (best.json), best first; every other metric column and
-# the dependencies' hashes dropped (their names hold a '/'), so it fits 120 columns
+# validation value of the selection metric (best.json's keys, unique: short columns), best first;
+# every other metric column and the dependencies' hashes dropped (their names hold a '/')
 EXP_SHOW_VIEW: tuple[str, ...] = (
     "--only-changed",
     "--drop",
-    "Created|.*/",
+    "Created|State|Executor|.*/",
     "--keep",
-    "variant|metrics/best.json",
+    "variant|val_cmap",
     "--sort-by",
-    "metrics/best.json:val_cmap",
+    "val_cmap",
     "--sort-order",
     "desc",
 )

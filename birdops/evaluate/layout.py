@@ -4,10 +4,11 @@ Under the stage's ``--out`` folder (``metrics/``):
 
 - ``<variant>.json``: the headline, :data:`HEADLINE`'s keys, flat and the same for every variant, so
   ``dvc metrics show`` prints one short row per variant and ``dvc metrics diff`` one line per change.
-  Every key is a test-split figure except the ``val_`` ones: the report's clip metrics on the cached
-  test clips, the detection metrics on the test soundscape and background windows.
+  Every key is a test-split figure: the report's clip metrics on the cached test clips, the
+  detection metrics on the test soundscape and background windows.
 - ``best.json``: the exported variant (``variant``) and its validation value of the selection metric
-  under its headline name (``val_cmap`` by default), the same column as the variants' rows.
+  (``val_cmap`` by default). No other file has that key, so ``dvc exp show`` names its column
+  ``val_cmap``, not ``metrics/best.json:val_cmap``, and sorts by it with ``--sort-by val_cmap``.
 - ``eval/<variant>/details.json``: everything measured for the variant (clip and recording levels,
   their bootstrap intervals, the sizes they rest on, detection on test and validation windows).
 - ``eval/comparisons.json``: each generation against the one before, paired on the test clips.
@@ -30,8 +31,8 @@ SELECTION_FILE = "selection.json"
 TEST_METRICS_FILE = "test_metrics.csv"
 PAIRED_FILE = "paired.csv"
 
-# headline key -> (section, key) of details.json; the order is the one the docs list them in. Seven
-# short names keep `dvc metrics show` within 120 columns (tabulate gives a column its name's width + 4)
+# headline key -> (section, key) of details.json; the order is the one the docs list them in. Short
+# names keep `dvc metrics show` within 120 columns (tabulate gives a column its name's width + 4)
 HEADLINE: dict[str, tuple[str, str]] = {
     "accuracy": ("test_clip", "accuracy"),
     "f1_macro": ("test_clip", "f1_macro"),
@@ -39,7 +40,6 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "map": ("test_clip", "map"),
     "cmap": ("detection", "cmap"),
     "false_alarms": ("detection", "background_windows_flagged"),
-    "val_cmap": ("val_detection", "cmap"),
 }
 
 

@@ -67,6 +67,7 @@ COLUMNS: tuple[Column, ...] = (
 # Field detection (birdops.evaluate.field): test soundscapes and test background recordings, windows
 # scored with the calibration and per-species thresholds chosen on validation
 DETECTION_COLUMNS: tuple[Column, ...] = (
+    Column("Val cmAP", "val_detection", "cmap", False),
     Column("cmAP", "detection", "cmap", False),
     Column("ROC-AUC", "detection", "roc_auc", False),
     Column("Precision", "detection", "precision", True),

@@ -125,7 +125,7 @@ def test_the_whole_dag_trains_evaluates_and_exports(repo: Path) -> None:
     assert sorted(files) == sorted(f"metrics/{name}.json" for name in ("phase2b", "baseline", "full", "best"))
     keys = {path: set(data) for path, data in files.items()}
     assert keys["metrics/phase2b.json"] == keys["metrics/baseline.json"] == keys["metrics/full.json"]
-    assert {"accuracy", "f1_macro", "cmap", "val_cmap"} <= keys["metrics/full.json"]
+    assert {"accuracy", "f1_macro", "cmap", "false_alarms"} <= keys["metrics/full.json"]
     assert files["metrics/best.json"] == {"variant": best["variant"], "val_cmap": best["val_cmap"]}
     table = dvc(repo, "metrics", "show")
     assert len(table.splitlines()) == 5 and max(map(len, table.splitlines())) <= 120, table
