@@ -4,8 +4,8 @@
         --raw data/synthetic --background data/background --prepared data/prepared --lms data/lms \\
         --soundscapes data/soundscapes --out metrics
 
-Writes ``<out>/<variant>.json``, ``<out>/eval/<variant>/``, ``<out>/comparisons.json`` and
-``<out>/best.json``.
+Writes ``<out>/<variant>.json`` (the headline), ``<out>/best.json`` and ``<out>/eval/`` (each
+variant's details and tables, the comparisons, the selection): see :mod:`birdops.evaluate.layout`.
 """
 
 from __future__ import annotations

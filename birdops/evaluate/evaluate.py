@@ -17,10 +17,12 @@ Window scores are the model's activation of its logits (:func:`birdops.scores.sc
 the report's closed-set models, a sigmoid per species for those trained against background audio);
 a recording's are their mean over its windows.
 
-Outputs, under ``out_dir``: ``<variant>.json`` (small and flat, for ``dvc metrics diff``),
-``eval/<variant>/`` (per-class tables, DVC confusion data, PNG plots, ``calibration.json``) and
+Outputs, under ``out_dir`` (:mod:`birdops.evaluate.layout`): ``<variant>.json`` (the headline, the
+same few keys for every variant, for ``dvc metrics show`` and ``diff``), ``eval/<variant>/``
+(``details.json`` with everything measured, per-class tables, DVC confusion data, PNG plots,
+``calibration.json``), ``eval/comparisons.json`` and the long tables DVC's plots read, and
 ``best.json``: the variant with the highest *validation* ``select_metric`` (the test split never
-chooses a model).
+chooses a model), with how it was chosen in ``eval/selection.json``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from birdops.contracts import (
     read_labels,
     read_manifest,
 )
-from birdops.evaluate import field, plots, uncertainty
+from birdops.evaluate import field, layout, plots, uncertainty
 from birdops.features.cache import load_split
 from birdops.features.frontend import FrontEnd
 from birdops.files import write_csv_atomic, write_json_atomic
@@ -63,9 +65,6 @@ from birdops.scores import scores as activated
 from birdops.windows import even_windows
 
 log = logging.getLogger(__name__)
-
-BEST_FILE = "best.json"
-COMPARISONS_FILE = "comparisons.json"
 
 
 @dataclass(frozen=True)
@@ -123,9 +122,9 @@ class VariantEvaluation:
     field: field.FieldResult
     skipped: list[Skipped] = dataclass_field(default_factory=list)
 
-    def to_metrics(self, params: EvaluateParams) -> dict[str, Any]:
-        """The flat ``<variant>.json``: headline metrics per level, their 95% intervals over test
-        recordings, and the sizes they rest on."""
+    def to_details(self, params: EvaluateParams) -> dict[str, Any]:
+        """``details.json``: the metrics of each level, their 95% intervals over test recordings, the
+        sizes they rest on, and detection on the test and validation windows."""
         return {
             "test_clip": self.test_clip.summary.to_dict(),
             "test_clip_ci95": self.test_clip.intervals(params),
@@ -381,15 +380,17 @@ def evaluate_field(
 
 
 def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluateParams) -> dict[str, Any]:
-    """Write ``<name>.json`` and ``eval/<name>/``; return the metrics written to the JSON.
+    """Write ``<name>.json`` (the headline) and ``eval/<name>/``; return the details.
 
-    ``eval/<name>/``: ``per_class.csv`` (test clips) and ``per_class_recording.csv``,
+    ``eval/<name>/``: ``details.json``, ``per_class.csv`` (test clips) and ``per_class_recording.csv``,
     ``confusion.csv`` (``actual, predicted`` per test clip, for DVC's confusion templates),
-    ``confusion.png`` (rows normalised), ``per_class_f1.png`` and ``skipped.csv``.
+    ``confusion.png`` (rows normalised), ``per_class_f1.png``, ``skipped.csv``, ``calibration.json``
+    and ``detection_per_class.csv``.
     """
-    summary = result.to_metrics(params)
-    write_json_atomic(out_dir / f"{result.name}.json", summary)
+    details = result.to_details(params)
     folder = out_dir / EVAL_DIR / result.name
+    write_json_atomic(folder / layout.DETAILS_FILE, details)
+    write_json_atomic(out_dir / f"{result.name}.json", layout.headline(details))
     recording = result.test_recording
     recording_table = metrics.per_class(recording.scores, recording.labels, result.labels)
     plots.write_per_class_csv(recording_table, folder / "per_class_recording.csv")
@@ -409,7 +410,7 @@ def write_variant(result: VariantEvaluation, out_dir: Path, params: EvaluatePara
     write_json_atomic(folder / CALIBRATION_FILE, result.field.calibration_document(result.labels))
     per_class = result.field.per_class
     write_csv_atomic(folder / "detection_per_class.csv", list(per_class[0]), per_class)
-    return summary
+    return details
 
 
 def write_skipped(skipped: Sequence[Skipped], path: Path) -> None:
@@ -474,11 +475,11 @@ TIE_BREAKERS: tuple[str, ...] = ("f1_macro", "map", "accuracy")
 
 
 def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, Any]:
-    """The variant with the highest validation ``metric`` (``val_clip.<metric>``).
+    """The variant with the highest validation ``metric`` (:func:`validation_key`) of its details.
 
     Ties (common on small validation sets) are broken by the other validation metrics of
-    ``TIE_BREAKERS``, then by the order of ``summaries`` (the first wins). Returns ``{"variant",
-    "metric", "value", "candidates"}``; test metrics are never read.
+    ``TIE_BREAKERS``, then by the order of ``summaries`` (the first wins). Returns the selection
+    record ``{"variant", "metric", "value", "candidates", "decided_by"}``; test metrics are never read.
     """
     if not summaries:
         raise ValueError("no evaluated variant to choose from")
@@ -493,9 +494,9 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
     if all(value == 0.0 for value in candidates.values()):
         decided_by = "order (every variant scores 0)"
         log.warning(
-            "every variant has val_clip.%s = 0: %s is chosen by order alone, not by quality; "
+            "every variant has %s = 0: %s is chosen by order alone, not by quality; "
             "the models have not learnt to separate the classes",
-            metric,
+            validation_key(metric),
             best,
         )
     elif len(tied) > 1:
@@ -515,15 +516,66 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
     }
 
 
+def best_document(selection: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """``best.json``: the chosen variant and its validation value as ``val_<metric>`` (``val_cmap``), a
+    key no other metrics file has, so ``dvc exp show`` gives it a short column and sorts experiments
+    by it (``--sort-by val_cmap``). The export reads ``variant``."""
+    return {"variant": selection["variant"], layout.best_key(metric): selection["value"]}
+
+
 def validation_key(metric: str) -> str:
-    """Where a selection metric lives in a variant's summary: ``val_detection.cmap`` for the detection
+    """Where a selection metric lives in a variant's details: ``val_detection.cmap`` for the detection
     cmAP, ``val_clip.<metric>`` for a clip metric."""
-    return f"val_detection.{metric}" if metric == "cmap" else f"val_clip.{metric}"
+    return f"{layout.validation_section(metric)}.{metric}"
 
 
 def validation_value(summary: Mapping[str, Any], metric: str) -> float:
-    section, name = validation_key(metric).split(".")
-    return float(summary[section][name])
+    return float(summary[layout.validation_section(metric)][metric])
+
+
+# ------------------------------------------------------------------------------- tables for plots
+def test_metric_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``eval/test_metrics.csv``: one row per variant and headline test metric (``variant, metric,
+    value, low, high``), with the 95% interval where one was measured (clip accuracy and F1 macro)
+    and empty bounds elsewhere: the comparison DVC's plots draw."""
+    rows = []
+    for variant, details in summaries.items():
+        ci = details.get("test_clip_ci95", {})
+        for name, value in layout.headline(details).items():
+            low, high = ci.get(f"{name}_low", ""), ci.get(f"{name}_high", "")
+            rows.append({"variant": variant, "metric": name, "value": value, "low": low, "high": high})
+    return rows
+
+
+def paired_rows(comparisons: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``eval/paired.csv``: each paired comparison's difference and 95% interval per metric
+    (``comparison, metric, difference, low, high, verdict``), for DVC's plots."""
+    rows = []
+    for pair, found in comparisons.items():
+        newer, older = pair.split("_vs_")
+        for metric in ("accuracy", "f1_macro"):
+            rows.append(
+                {
+                    "comparison": f"{newer} - {older}",
+                    "metric": metric,
+                    "difference": found[f"{metric}_diff"],
+                    "low": found[f"{metric}_diff_low"],
+                    "high": found[f"{metric}_diff_high"],
+                    "verdict": found[f"{metric}_verdict"],
+                }
+            )
+    return rows
+
+
+def write_tables(
+    summaries: Mapping[str, Mapping[str, Any]], comparisons: Mapping[str, Mapping[str, Any]], folder: Path
+) -> None:
+    """``comparisons.json`` and the long tables of :func:`test_metric_rows` and :func:`paired_rows`."""
+    write_json_atomic(folder / layout.COMPARISONS_FILE, comparisons)
+    fields = ["variant", "metric", "value", "low", "high"]
+    write_csv_atomic(folder / layout.TEST_METRICS_FILE, fields, test_metric_rows(summaries))
+    fields = ["comparison", "metric", "difference", "low", "high", "verdict"]
+    write_csv_atomic(folder / layout.PAIRED_FILE, fields, paired_rows(comparisons))
 
 
 def evaluate_models(
@@ -534,7 +586,7 @@ def evaluate_models(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Evaluate every model folder (named after its variant, e.g. ``models/full``), write the outputs
-    under ``out_dir`` and return the ``best.json`` content."""
+    under ``out_dir`` and return the selection record (``eval/selection.json``)."""
     device = torch.device(device)
     labels = read_labels(labels_path(inputs.prepared_dir))
     recordings = read_recordings(inputs.prepared_dir, inputs.raw_dir, "test")
@@ -544,9 +596,9 @@ def evaluate_models(
         name = model_dir.name
         results[name] = evaluate_variant(name, model_dir, inputs, recordings, labels, params, device)
         summaries[name] = write_variant(results[name], out_dir, params)
-        log.info("%s: %s", name, json.dumps(summaries[name]))
+        log.info("%s: %s", name, json.dumps(layout.headline(summaries[name])))
     comparisons = compare_generations(results, params)
-    write_json_atomic(out_dir / COMPARISONS_FILE, comparisons)
+    write_tables(summaries, comparisons, out_dir / EVAL_DIR)
     for pair, found in comparisons.items():
         log.info(
             "%s: test accuracy %+.4f (95%% interval %+.4f..%+.4f, p %.3g): %s",
@@ -558,6 +610,7 @@ def evaluate_models(
             found["accuracy_verdict"],
         )
     best = select_best(summaries, params.select_metric)
-    write_json_atomic(out_dir / BEST_FILE, best)
+    write_json_atomic(out_dir / EVAL_DIR / layout.SELECTION_FILE, best)
+    write_json_atomic(out_dir / layout.BEST_FILE, best_document(best, params.select_metric))
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])
     return best

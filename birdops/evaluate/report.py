@@ -4,14 +4,16 @@
     birdops report --diff origin/main [--output report.md]
     birdops report --update-readme README.md
 
-The first form reads ``<metrics-dir>/<variant>.json`` (written by the evaluate stage) for phase2b,
-baseline and full and prints a markdown table with each generation's change against the one before,
-followed by the figures of the original report on real xeno-canto data as clearly labelled reference
-rows. The second wraps ``dvc metrics diff REV --md`` and ``dvc params diff REV --md`` into one markdown
-document for a pull-request comment. The third rewrites the results block of the README (between
-:data:`README_BEGIN` and :data:`README_END`) from ``metrics/``, so the figures a newcomer reads are
-the ones ``dvc repro`` gives (``tests/evaluate/test_readme_results.py`` fails when they disagree). The
-core package only (no torch, no scikit-learn): CI installs just ``birdops`` and ``dvc`` for it.
+The first form reads ``<metrics-dir>/eval/<variant>/details.json`` (written by the evaluate stage,
+see :mod:`birdops.evaluate.layout`) for phase2b, baseline and full and prints a markdown table with
+each generation's change against the one before, followed by the figures of the original report on
+real xeno-canto data as clearly labelled reference rows. The second wraps ``dvc metrics diff REV
+--md`` (the headline files: one line per changed figure) and ``dvc params diff REV --md`` into one
+markdown document for a pull-request comment. The third rewrites the results block of the README
+(between :data:`README_BEGIN` and :data:`README_END`) from ``metrics/``, so the figures a newcomer
+reads are the ones ``dvc repro`` gives (``tests/evaluate/test_readme_results.py`` fails when they
+disagree). The core package only (no torch, no scikit-learn): CI installs just ``birdops`` and
+``dvc`` for it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from birdops.config import VARIANTS
+from birdops.contracts import EVAL_DIR
+from birdops.evaluate import layout
 from birdops.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,7 @@ COLUMNS: tuple[Column, ...] = (
 # Field detection (birdops.evaluate.field): test soundscapes and test background recordings, windows
 # scored with the calibration and per-species thresholds chosen on validation
 DETECTION_COLUMNS: tuple[Column, ...] = (
+    Column("Val cmAP", "val_detection", "cmap", False),
     Column("cmAP", "detection", "cmap", False),
     Column("ROC-AUC", "detection", "roc_auc", False),
     Column("Precision", "detection", "precision", True),
@@ -95,11 +100,15 @@ class ReportError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ comparison
+def details_path(metrics_dir: Path, variant: str) -> Path:
+    return metrics_dir / EVAL_DIR / variant / layout.DETAILS_FILE
+
+
 def read_variant_metrics(metrics_dir: Path, variants: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-    """``<metrics_dir>/<variant>.json`` of each variant, or None where the file is missing."""
+    """The details (``eval/<variant>/details.json``) of each variant, or None where the file is missing."""
     found: dict[str, dict[str, Any] | None] = {}
     for variant in variants:
-        path = metrics_dir / f"{variant}.json"
+        path = details_path(metrics_dir, variant)
         try:
             found[variant] = json.loads(path.read_text())
         except FileNotFoundError:
@@ -209,7 +218,7 @@ def field_line(path: Path) -> list[str]:
 
 
 def read_comparisons(metrics_dir: Path) -> dict[str, Any]:
-    path = metrics_dir / "comparisons.json"
+    path = metrics_dir / EVAL_DIR / layout.COMPARISONS_FILE
     try:
         found = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError) as err:
@@ -283,16 +292,16 @@ README_END = "<!-- end of results -->"
 
 def readme_block(metrics_dir: Path, variants: Sequence[str]) -> str:
     """The README's results: the variants' table, the test-set sizes and the exported model's
-    confusion matrix, from ``metrics_dir`` (``<variant>.json`` and ``best.json``)."""
+    confusion matrix, from ``metrics_dir`` (the variants' details and ``best.json``)."""
     found = read_variant_metrics(metrics_dir, variants)
     if any(m is None for m in found.values()):
         missing = ", ".join(v for v, m in found.items() if m is None)
         raise ReportError(f"no metrics in {metrics_dir} for {missing}: run the evaluate stage first")
+    best_path = metrics_dir / layout.BEST_FILE
     try:
-        best = json.loads((metrics_dir / "best.json").read_text())
-        variant, metric, value = best["variant"], best["metric"], float(best["value"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ReportError(f"{metrics_dir / 'best.json'}: cannot read the chosen variant: {err}") from err
+        variant, metric, value = layout.read_best(json.loads(best_path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ReportError(f"{best_path}: cannot read the chosen variant: {err}") from err
     ours = [(f"{v} ({DESCRIPTIONS.get(v, v)})", m) for v, m in found.items()]
     lines = [
         README_BEGIN,
@@ -307,7 +316,7 @@ def readme_block(metrics_dir: Path, variants: Sequence[str]) -> str:
         *_block(comparison_lines(read_comparisons(metrics_dir))),
         *_block(detection_lines(found)),
         *_block(field_line(metrics_dir / "field.json")),
-        f"Exported model: `{variant}`, chosen by validation {metric.split('.')[-1].replace('_', ' ')} "
+        f"Exported model: `{variant}`, chosen by validation {metric.replace('_', ' ')} "
         f"({value:.4f}). Its confusion matrix on the test clips, rows normalised "
         f"(`dvc plots show` renders all three):",
         "",

@@ -23,6 +23,7 @@ from worlds import save_tiny_ast, write_prepared_and_cache, write_soundscape
 from birdops.audio import load_audio
 from birdops.contracts import read_info, read_scoring
 from birdops.evaluate import evaluate as ev
+from birdops.evaluate import layout
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import load_classifier
@@ -112,8 +113,66 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path) -> None:
-    data = read_json(evaluated / "phase2b.json")
+def details(evaluated: Path, variant: str) -> dict[str, Any]:
+    return read_json(evaluated / "eval" / variant / "details.json")
+
+
+VARIANTS = ("phase2b", "baseline", "full")
+
+
+def test_headline_is_the_same_few_flat_keys_for_every_variant(evaluated: Path) -> None:
+    """``<variant>.json`` (what ``dvc metrics show`` renders) holds the headline only: the same keys
+    for each variant, flat, each the figure of the details it names."""
+    expected = {
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "map",
+        "cmap",
+        "false_alarms",
+    }
+    for variant in VARIANTS:
+        headline = read_json(evaluated / f"{variant}.json")
+        assert set(headline) == expected, variant
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in headline.values())
+        found = details(evaluated, variant)
+        assert headline["accuracy"] == found["test_clip"]["accuracy"]
+        assert headline["f1_weighted"] == found["test_clip"]["f1_weighted"]
+        assert headline["cmap"] == found["detection"]["cmap"]
+        assert headline["false_alarms"] == found["detection"]["background_windows_flagged"]
+    # best.json: the chosen variant and its validation value of the selection metric (f1_macro here)
+    best = read_json(evaluated / "best.json")
+    selection = read_json(evaluated / "eval" / "selection.json")
+    assert best == {"variant": selection["variant"], "val_f1_macro": selection["value"]}
+    assert layout.read_best(best) == (selection["variant"], "f1_macro", selection["value"])
+
+
+def test_tables_for_plots_follow_the_details(evaluated: Path) -> None:
+    rows = list(csv.DictReader((evaluated / "eval" / "test_metrics.csv").open()))
+    assert [r["variant"] for r in rows[::6]] == list(VARIANTS)  # six test figures per variant
+    for row in rows:
+        found = details(evaluated, row["variant"])
+        name = row["metric"]
+        assert float(row["value"]) == read_json(evaluated / f"{row['variant']}.json")[name]
+        if name in ("accuracy", "f1_macro"):
+            ci = found["test_clip_ci95"]
+            assert (float(row["low"]), float(row["high"])) == (ci[f"{name}_low"], ci[f"{name}_high"])
+        else:
+            assert row["low"] == row["high"] == ""
+    paired = list(csv.DictReader((evaluated / "eval" / "paired.csv").open()))
+    comparisons = read_json(evaluated / "eval" / "comparisons.json")
+    assert [(r["comparison"], r["metric"]) for r in paired] == [
+        ("baseline - phase2b", "accuracy"),
+        ("baseline - phase2b", "f1_macro"),
+        ("full - baseline", "accuracy"),
+        ("full - baseline", "f1_macro"),
+    ]
+    assert float(paired[2]["difference"]) == comparisons["full_vs_baseline"]["accuracy_diff"]
+    assert float(paired[3]["high"]) == comparisons["full_vs_baseline"]["f1_macro_diff_high"]
+
+
+def test_details_are_complete_and_consistent(world: Path, evaluated: Path) -> None:
+    data = details(evaluated, "phase2b")
     levels = ("test_clip", "test_recording", "val_clip")
     sizes = {"n_test_clips", "n_test_recordings", "n_skipped_recordings", "n_val_clips"}
     detection = {"detection", "val_detection"}
@@ -147,7 +206,7 @@ def test_metrics_json_is_small_flat_and_consistent(world: Path, evaluated: Path)
 def test_constant_models_give_the_exact_expected_metrics(world: Path, evaluated: Path) -> None:
     test_labels = load_split(world / "lms", "seed", "test").labels
     for variant, k in (("baseline", 0), ("full", 1)):
-        data = read_json(evaluated / f"{variant}.json")
+        data = details(evaluated, variant)
         assert data["test_clip"]["accuracy"] == pytest.approx(np.mean(test_labels == k), abs=1e-6)
         # decodable test recordings have labels 0, 1, 1, 1, 2
         assert data["test_recording"]["accuracy"] == pytest.approx([0.2, 0.6][k])
@@ -158,7 +217,7 @@ def test_constant_models_give_the_exact_expected_metrics(world: Path, evaluated:
 
 def test_generations_are_compared_on_the_same_clips(world: Path, evaluated: Path) -> None:
     """baseline always says class 0 and full always class 1: their paired difference is known."""
-    found = read_json(evaluated / "comparisons.json")
+    found = read_json(evaluated / "eval" / "comparisons.json")
     assert set(found) == {"baseline_vs_phase2b", "full_vs_baseline"}
     labels = load_split(world / "lms", "seed", "test").labels
     row = found["full_vs_baseline"]
@@ -187,12 +246,12 @@ def test_bootstrap_resamples_whole_recordings() -> None:
 
 
 def test_best_is_chosen_on_validation_not_test(evaluated: Path) -> None:
-    summaries = {v: read_json(evaluated / f"{v}.json") for v in ("phase2b", "baseline", "full")}
+    summaries = {v: details(evaluated, v) for v in VARIANTS}
     val = {v: s["val_clip"]["f1_macro"] for v, s in summaries.items()}
     test = {v: s["test_clip"]["f1_macro"] for v, s in summaries.items()}
     # the constructed disagreement: baseline is better on validation, full on test
     assert val["baseline"] > val["full"] and test["full"] > test["baseline"]
-    best = read_json(evaluated / "best.json")
+    best = read_json(evaluated / "eval" / "selection.json")
     assert best["metric"] == "val_clip.f1_macro"
     assert best["candidates"] == pytest.approx(val)
     assert val[best["variant"]] == max(val.values()) and best["variant"] != "full"
@@ -212,8 +271,7 @@ def test_field_windows_calibration_and_thresholds(world: Path, evaluated: Path) 
         windows, _ = even_windows(load_audio(path, rate), rate, CLIP_SECONDS, 0.5)
         count += len(windows)
     for variant in ("phase2b", "baseline", "full"):
-        data = read_json(evaluated / f"{variant}.json")
-        found = data["detection"]
+        found = details(evaluated, variant)["detection"]
         assert found["n_windows"] == count
         assert 0.0 <= found["cmap"] <= 1.0 and 0.0 <= found["roc_auc"] <= 1.0
         assert 0.0 <= found["background_windows_flagged"] <= 1.0 and found["false_detections_per_hour"] >= 0
@@ -224,7 +282,7 @@ def test_field_windows_calibration_and_thresholds(world: Path, evaluated: Path) 
         assert list(scoring.thresholds) == calibration["thresholds"]
         assert set(calibration["choice"]["classes"]) == set(LABELS)
     # a constant model ranks nothing: its AP of each class is its share of positives, AUC one half
-    assert read_json(evaluated / "baseline.json")["detection"]["roc_auc"] == pytest.approx(0.5)
+    assert details(evaluated, "baseline")["detection"]["roc_auc"] == pytest.approx(0.5)
 
 
 def test_plot_and_table_files(evaluated: Path) -> None:
@@ -237,7 +295,7 @@ def test_plot_and_table_files(evaluated: Path) -> None:
     per_recording = list(csv.DictReader((folder / "per_class_recording.csv").open()))
     assert [int(row["support"]) for row in per_recording] == [1, 3, 1]
     confusion = list(csv.DictReader((folder / "confusion.csv").open()))
-    assert len(confusion) == read_json(evaluated / "baseline.json")["n_test_clips"]
+    assert len(confusion) == details(evaluated, "baseline")["n_test_clips"]
     assert {row["predicted"] for row in confusion} == {LABELS[0]}
 
 

@@ -26,20 +26,20 @@ def test_the_readme_results_block_matches_metrics() -> None:
 
 def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = tmp_path / "metrics"
-    metrics.mkdir()
     row = {"accuracy": 0.5, "f1_macro": 0.25, "f1_weighted": 0.4, "map": 0.3, "top5_accuracy": 0.9}
+    ci = {"accuracy_low": 0.4, "accuracy_high": 0.6, "f1_macro_low": 0.2, "f1_macro_high": 0.3}
     for i, variant in enumerate(VARIANTS):
-        summary = {
+        details = {
             "val_clip": row,
             "test_clip": {**row, "accuracy": 0.5 + i / 10},
+            "test_clip_ci95": ci,
             "test_recording": row,
             "n_test_clips": 9,
             "n_test_recordings": 4,
         }
-        (metrics / f"{variant}.json").write_text(json.dumps(summary))
-    (metrics / "best.json").write_text(
-        json.dumps({"variant": "full", "metric": "val_clip.f1_macro", "value": 0.25})
-    )
+        (metrics / "eval" / variant).mkdir(parents=True)
+        (metrics / "eval" / variant / "details.json").write_text(json.dumps(details))
+    (metrics / "best.json").write_text(json.dumps({"variant": "full", "val_f1_macro": 0.25}))
     (metrics / "data.json").write_text(
         json.dumps(
             {
@@ -64,11 +64,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
         "f1_macro_diff_high": 0.1,
         "f1_macro_verdict": "within noise",
     }
-    (metrics / "comparisons.json").write_text(json.dumps({"full_vs_baseline": pair}))
-    for variant in VARIANTS:
-        summary = json.loads((metrics / f"{variant}.json").read_text())
-        ci = {"accuracy_low": 0.4, "accuracy_high": 0.6, "f1_macro_low": 0.2, "f1_macro_high": 0.3}
-        (metrics / f"{variant}.json").write_text(json.dumps(summary | {"test_clip_ci95": ci}))
+    (metrics / "eval" / "comparisons.json").write_text(json.dumps({"full_vs_baseline": pair}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{report.README_BEGIN}\nold figures\n{report.README_END}\n\nafter\n")
     monkeypatch.chdir(tmp_path)
@@ -77,6 +73,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path: Path, monkeypatch: pyte
     assert text.startswith("# title\n\n") and text.endswith("\n\nafter\n") and "old figures" not in text
     assert "| full (" in text and "70.00% (+10.00 pp)" in text and "train/val/test 7/2/2" in text
     assert "![full confusion matrix](metrics/eval/full/confusion.png)" in text
+    assert "Exported model: `full`, chosen by validation f1 macro (0.2500)." in text
     assert "- full: test accuracy 40.0–60.0%, F1 macro 0.200–0.300" in text
     assert "- full against baseline, on the same 9 test clips: test accuracy +10.0 pp" in text
     assert "(95% interval -20.0 to +30.0 pp, p = 0.5): within noise" in text

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from birdops.evaluate import report
+from birdops.evaluate import layout, report
 
 
 def write_variant(folder: Path, name: str, val_acc: float, test_acc: float, f1m: float) -> None:
+    """The evaluate stage's files of one variant: its details and its headline."""
     clip = {"accuracy": test_acc, "top5_accuracy": 0.9, "f1_macro": f1m, "f1_weighted": 0.5, "map": 0.4}
     data = {
         "test_clip": clip,
@@ -21,8 +22,9 @@ def write_variant(folder: Path, name: str, val_acc: float, test_acc: float, f1m:
         "n_test_clips": 120,
         "n_test_recordings": 40,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(data))
+    (folder / "eval" / name).mkdir(parents=True, exist_ok=True)
+    (folder / "eval" / name / "details.json").write_text(json.dumps(data))
+    (folder / f"{name}.json").write_text(json.dumps(layout.headline(data)))
 
 
 def table_line(document: str, prefix: str) -> list[str]:
@@ -113,11 +115,12 @@ def test_diff_against_a_revision(dvc_repo: Path, capsys: pytest.CaptureFixture[s
     assert report.main(["--diff", "HEAD~1", "--output", "report.md"]) == 0
     printed = capsys.readouterr().out
     assert (dvc_repo / "report.md").read_text() == printed
-    metrics_row = table_line(printed, "metrics/full.json | test_clip.accuracy")
+    metrics_row = table_line(printed, "metrics/full.json | accuracy")
     assert metrics_row[2:5] == ["0.5", "0.625", "0.125"]  # old, new, delta
-    assert not any(
-        line.startswith("| metrics/full.json | test_clip.f1_macro") for line in printed.splitlines()
-    )
+    # only the headline file is a DVC metric, and only what changed is listed
+    rows = [line[2:] for line in printed.splitlines() if line.startswith("| metrics/")]
+    listed = [table_line(printed, line)[:2] for line in rows]
+    assert listed == [["metrics/full.json", "accuracy"]]
     params_row = table_line(printed, "params.yaml | evaluate.hop_seconds")
     assert params_row[2:4] == ["2.0", "1.0"]
     assert printed.index("## Metrics") < printed.index("## Parameters")

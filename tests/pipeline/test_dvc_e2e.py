@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from birdops.evaluate import layout
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -76,6 +78,9 @@ def init_project(repo: Path) -> None:
     git(repo, "config", "user.email", "test@example.com")
     git(repo, "config", "user.name", "test")
     dvc(repo, "init", "-q")
+    # the plot templates and the page's layout (.dvc/config names it)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
 
 
 def test_data_stages_build_and_are_then_up_to_date(repo: Path) -> None:
@@ -108,18 +113,50 @@ def test_the_whole_dag_trains_evaluates_and_exports(repo: Path) -> None:
     assert (repo / "models/export/model.onnx").is_file()
     assert list((repo / "models/export/model_repository").glob("*/config.pbtxt"))
     for variant in ("phase2b", "baseline", "full"):
-        found = json.loads((repo / f"metrics/{variant}.json").read_text())["detection"]
-        assert 0.0 <= found["background_windows_flagged"] <= 1.0
+        found = json.loads((repo / f"metrics/{variant}.json").read_text())
+        assert 0.0 <= found["false_alarms"] <= 1.0
     field = json.loads((repo / "metrics/field.json").read_text())
     assert field["test_recordings"] > 0 and 0.0 <= field["background_windows_flagged"] <= 1.0
 
+    # `dvc metrics show`: the headline files only, one row per variant with the same keys, and the
+    # exported variant; the other summaries on demand
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))
-    files = next(iter(shown.values()))["data"]
-    for variant in ("phase2b", "baseline", "full"):
-        assert "accuracy" in json.dumps(files[f"metrics/{variant}.json"]["data"])
+    files = {path: found["data"] for path, found in next(iter(shown.values()))["data"].items()}
+    assert sorted(files) == sorted(f"metrics/{name}.json" for name in ("phase2b", "baseline", "full", "best"))
+    keys = {path: set(data) for path, data in files.items()}
+    assert keys["metrics/phase2b.json"] == keys["metrics/baseline.json"] == keys["metrics/full.json"]
+    assert {"accuracy", "f1_macro", "cmap", "false_alarms"} <= keys["metrics/full.json"]
+    assert files["metrics/best.json"] == {"variant": best["variant"], "val_cmap": best["val_cmap"]}
+    table = dvc(repo, "metrics", "show")
+    assert len(table.splitlines()) == 5 and max(map(len, table.splitlines())) <= 120, table
+    on_demand = json.loads(dvc(repo, "metrics", "show", "--json", "metrics/eval/full/details.json"))
+    assert "test_clip" in json.dumps(on_demand)
     assert "Running stage" not in dvc(repo, "repro")
-    rendered = dvc(repo, "plots", "show", "--json")
-    assert "confusion" in rendered and "loss.tsv" in rendered
+    check_plots(repo)
+
+
+def check_plots(repo: Path) -> None:
+    """`dvc plots show`: the training curves first, then the comparisons, then each variant's detail;
+    every plot with a title and named axes, and the page laid out by .dvc/plots/page.html."""
+    rendered = json.loads(dvc(repo, "plots", "show", "--json"))["data"]
+    titles = [plot["content"]["title"]["text"] for plots in rendered.values() for plot in plots]
+    assert titles[:4] == [
+        "Training loss per epoch (each variant's own loss)",
+        "Validation loss per epoch (each variant's own loss)",
+        "Validation accuracy per epoch (early stopping keeps the best)",
+        "Validation F1 macro per epoch",
+    ]
+    assert titles[4].startswith("Test metrics by variant") and titles[5].startswith("Each generation")
+    assert [t.split(":")[0] for t in titles[-3:]] == ["phase2b", "baseline", "full"]
+    assert len(titles) == 11
+    curve = next(iter(rendered.values()))[0]["content"]
+    assert curve["encoding"]["x"]["title"] == "epoch" and curve["encoding"]["color"]["field"] == "variant"
+    # the template reads the variant from the first folder of the path DVC gives each row
+    variants = {row["filename"].split("/")[0] for row in curve["data"]["values"]}
+    assert variants == {"phase2b", "baseline", "full"}
+    dvc(repo, "plots", "show", "-o", "page")
+    page = (repo / "page" / "index.html").read_text()
+    assert "birdops: the three variants" in page and page.count("vegaEmbed(") == 11
 
 
 def test_a_param_change_shows_in_metrics_diff(repo: Path) -> None:
@@ -134,7 +171,9 @@ def test_a_param_change_shows_in_metrics_diff(repo: Path) -> None:
     assert "Running stage 'train_full'" in out and "Running stage 'train_phase2b'" not in out
     assert "train_full.epochs" in dvc(repo, "params", "diff", "HEAD", "--md")
     diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json"))
-    assert any(key.startswith("metrics/full") for key in diff), diff
+    # only headline files: full's row, and best.json's where the choice or its value moved
+    assert "metrics/full.json" in diff and set(diff) <= {"metrics/full.json", "metrics/best.json"}, diff
+    assert set(diff["metrics/full.json"]) <= {*layout.HEADLINE}, diff
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -213,4 +252,10 @@ def test_experiments_command_runs_a_plan_and_writes_its_tables(repo: Path) -> No
     assert "| phase2b |" in row and row.rstrip().endswith("| 1 / 1 |"), row  # kept epoch 1 of 1 run
     assert any(line.startswith("| default (the committed run) | phase2b |") for line in text.splitlines())
     assert "seeds: 2 runs" in text
+    # the README's `dvc exp show` view, as markdown: the experiment's row and the exported variant
+    from birdops.evaluate.experiments import exp_show_command
+
+    assert f"`{exp_show_command()}`" in text
+    view = [line for line in text.splitlines() if "[one-epoch]" in line]
+    assert len(view) == 1 and "train_phase2b.epochs" in text and "| variant" in text, text
     assert (repo / "dvc.lock").read_text() == lock  # the experiment ran off to the side
