@@ -134,10 +134,11 @@ def plan_background(params: BackgroundSynthParams, seed: int) -> list[Background
     """Draw the sites and every recording of the background corpus."""
     rng = np.random.default_rng([seed, 40])
     beds = sorted(BEDS)
+    # the beds take turns, so each is heard at sites/len(BEDS) sites and, split by site, in every split
     sites = [
         Site(
             name=f"site-{k + 1:02d}",
-            bed=beds[k % len(beds)],  # every bed at some site, then at random
+            bed=beds[k % len(beds)],
             events=tuple(
                 str(e)
                 for e in rng.choice(EVENT_CLASSES, size=int(rng.integers(*_EVENTS_PER_SITE)), replace=False)
@@ -145,8 +146,6 @@ def plan_background(params: BackgroundSynthParams, seed: int) -> list[Background
         )
         for k in range(params.sites)
     ]
-    for k in range(len(beds), params.sites):
-        sites[k] = Site(sites[k].name, str(rng.choice(beds)), sites[k].events)
     names = sorted(params.formats)
     shares = np.array([params.formats[name] for name in names], dtype=np.float64)
     plans = []

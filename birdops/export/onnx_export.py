@@ -82,7 +82,7 @@ def export_classifier(classifier: WaveformClassifier, num_samples: int, opset: i
     example = 0.1 * torch.randn(2, num_samples, generator=torch.Generator().manual_seed(0))  # (2, S)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        WaveformEmbedder(classifier),
+        WaveformEmbedder(classifier).eval(),
         (example,),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME, EMBEDDING_NAME],
