@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from birdops.contracts import labels_path, read_labels
-from birdops.features.cache import load_split
+from birdops.features.cache import Clips, load_split
 from birdops.train.state import derive_seed
 
 
@@ -23,7 +23,7 @@ class Split(Protocol):
     """What training reads from a cached split (``birdops.features.cache.CachedSplit``)."""
 
     @property
-    def features(self) -> np.ndarray: ...  # (N, F, T) float16, usually memory-mapped
+    def features(self) -> Clips: ...  # (N, F, T) float16: the cache's shards, read on demand
 
     @property
     def labels(self) -> np.ndarray: ...  # (N,) int64 label indices
