@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -469,10 +470,20 @@ def _run_tasks(tasks: list[_Task], settings: _Settings, workers: int, chunk_reco
             initializer=_init_worker,
             initargs=(threads, os.getpid()),
         ) as pool:
-            futures = [pool.submit(_process_chunk, chunk, settings) for chunk in chunks]
+            # a few chunks queued per worker, the next submitted as one finishes: what waits in the
+            # pool's queues does not grow with the corpus
+            pending = iter(chunks)
+            running = {
+                pool.submit(_process_chunk, c, settings) for c in itertools.islice(pending, 4 * workers)
+            }
             try:
-                for future in cf.as_completed(futures):
-                    bar.update(future.result())
+                while running:
+                    done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        bar.update(future.result())
+                    running |= {
+                        pool.submit(_process_chunk, c, settings) for c in itertools.islice(pending, len(done))
+                    }
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
