@@ -3,11 +3,14 @@ on this machine, each comparison side by side in one run; print the tables and w
 
     birdops bench [--quick] [--sections cache,model,predict,train,cuda] [--out runs/bench.json]
         [--raw DIR --prepared DIR] [--model model.onnx --models DIR] [--repeats 3] [--threads N]
+    birdops bench --sections growth [--scales 1,4,16] [--growth-steps 24]
 
 Inputs are built from ``params.yaml`` in a temporary work folder (``birdops.bench.inputs``) unless
 given: ``--raw``/``--prepared`` name an existing corpus for the cache, ``--model``/``--models`` an
 exported model and the folder of the variant it names. ``--quick`` is a CI-sized run (a 16-recording
 corpus, a 30 s recording, two training steps). The ``cuda`` section runs only where torch sees a GPU.
+``growth`` (:mod:`birdops.bench.growth`, not in the default set: about an hour at 1x, 4x and 16x on 2
+cores) runs every stage on generated corpora of ``--scales`` times the default.
 The JSON is a timing record of this machine: not a DVC output, not under ``metrics/``. A section that
 fails (a command exits with an error) is recorded with its reason and the others still run; the exit
 status is then 1.
@@ -32,7 +35,7 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from birdops.bench import inputs, sections
+from birdops.bench import growth, inputs, sections
 from birdops.bench.sections import BenchError, Section, Unavailable
 from birdops.config import VARIANTS, Params, load_params
 from birdops.contracts import MODEL_FILE
@@ -40,7 +43,8 @@ from birdops.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("cache", "model", "predict", "train", "cuda")
+SECTIONS = ("cache", "model", "predict", "train", "cuda")  # the default set
+OPT_IN = ("growth",)  # run only when named
 # libraries whose INFO lines describe their own internals (the ONNX exporter's passes)
 QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 
@@ -82,7 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="birdops bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a CI-sized run (seconds, not minutes)")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}"
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {','.join(SECTIONS + OPT_IN)} (default: all but {','.join(OPT_IN)})",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON file to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -104,11 +110,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--work-dir", type=Path, help="keep the built inputs here (default: a temporary folder)"
     )
+    parser.add_argument("--scales", default="1,4,16", help="growth: corpus sizes, times the default")
+    parser.add_argument("--growth-steps", type=int, default=24, help="growth: training steps a scale")
     args = parser.parse_args(argv)
     chosen = [name for name in args.sections.split(",") if name]
-    unknown = sorted(set(chosen) - set(SECTIONS))
+    unknown = sorted(set(chosen) - set(SECTIONS + OPT_IN))
     if unknown or not chosen:
-        parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {','.join(SECTIONS)}")
+        parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {','.join(SECTIONS + OPT_IN)}")
+    try:
+        args.scales = [int(factor) for factor in args.scales.split(",") if factor]
+    except ValueError:
+        parser.error(f"--scales: whole numbers, comma-separated, not {args.scales!r}")
+    if not args.scales or min(args.scales) < 1 or args.growth_steps < 1:
+        parser.error("--scales must be whole numbers >= 1, --growth-steps at least 1")
     if (args.raw is None) != (args.prepared is None) or (args.model is None) != (args.models is None):
         parser.error("give --raw with --prepared, and --model with --models")
     if args.repeats < 1:
@@ -218,6 +232,7 @@ class Bench:
                 variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device
             ),
             "cuda": cuda_section,
+            "growth": lambda: growth.growth_section(a.params, a.scales, self.work / "growth", a.growth_steps),
         }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from birdops.bench.growth import REPORT_MAX_RECORDING_SECONDS, write_scaled_params
 from birdops.bench.main import SECTIONS, parse_args
 from birdops.bench.sections import Table, base_ast, clip_shape
 from birdops.bench.timing import interleaved, percentile, rate_summary
@@ -47,11 +48,34 @@ def test_table_aligns_its_columns() -> None:
 
 
 def test_options_are_checked() -> None:
-    assert parse_args([]).sections == list(SECTIONS)
+    assert parse_args([]).sections == list(SECTIONS) and "growth" not in SECTIONS  # growth: opt-in
     assert parse_args(["--sections", "model,train"]).sections == ["model", "train"]
-    for bad in (["--sections", "nope"], ["--raw", "somewhere"], ["--model", "m.onnx"], ["--repeats", "0"]):
+    growth = parse_args(["--sections", "growth", "--scales", "1,2"])
+    assert growth.sections == ["growth"] and growth.scales == [1, 2] and growth.growth_steps == 24
+    assert parse_args([]).scales == [1, 4, 16]
+    for bad in (
+        ["--sections", "nope"],
+        ["--raw", "somewhere"],
+        ["--model", "m.onnx"],
+        ["--repeats", "0"],
+        ["--scales", "1,x"],
+        ["--scales", "0"],
+        ["--growth-steps", "0"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_growth_scales_the_corpus_and_takes_the_reports_lengths_above_1x(tmp_path: Path) -> None:
+    base = load_params(ROOT / "params.yaml").data.synthetic
+    one = write_scaled_params(ROOT / "params.yaml", 1, tmp_path / "x1")
+    four = write_scaled_params(ROOT / "params.yaml", 4, tmp_path / "x4")
+    assert one == base.model_dump() | {"snr_db_range": list(base.snr_db_range)}  # 1x: the default
+    assert (four["recordings"], four["recordists"]) == (4 * base.recordings, 4 * base.recordists)
+    assert four["max_recording_seconds"] == REPORT_MAX_RECORDING_SECONDS == 60.0
+    scaled = load_params(tmp_path / "x4" / "params.yaml")
+    assert scaled.data.synthetic.recordings == 4 * base.recordings
+    assert scaled.train_full == load_params(ROOT / "params.yaml").train_full  # only the corpus changes
 
 
 @pytest.mark.slow
