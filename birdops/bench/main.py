@@ -96,7 +96,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prepared", type=Path, help="its prepared folder (manifest.csv, labels.json)")
     parser.add_argument("--model", type=Path, help="an exported model.onnx (with --models)")
     parser.add_argument("--models", type=Path, help="the folder holding the ONNX file's variant")
-    parser.add_argument("--variant", choices=VARIANTS, help="model to build (default: metrics/best.json's)")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="model to build (default: every variant for model, metrics/best.json's for the others)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for both runtimes")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per model call")
@@ -167,21 +171,30 @@ class Bench:
         corpus: inputs.Corpus = self.built["corpus"]
         return corpus
 
-    def model(self) -> tuple[Path, Path]:
-        """``(model.onnx, models folder)``: given, or a seeded model of the variant, exported."""
+    def model(self, variant: str | None = None) -> tuple[Path, Path]:
+        """``(model.onnx, models folder)``: given, or a seeded model of ``variant`` (default: the
+        exported one, ``metrics/best.json``'s), exported as the stage does."""
         if self.args.model is not None:
             return self.args.model, self.args.models
-        if "model" not in self.built:
+        variant = variant or self.variant
+        if variant not in self.built:
             labels = self.corpus().labels() if self.args.raw or "corpus" in self.built else self.species()
             models = self.work / "models"
-            log.info("bench: building and exporting a %s model", self.variant)
-            model_dir = inputs.saved_model(self.params, self.variant, labels, models)
+            log.info("bench: building and exporting a %s model", variant)
+            model_dir = inputs.saved_model(self.params, variant, labels, models)
             onnx_path = inputs.exported_model(
-                model_dir, self.variant, self.params.export_onnx.opset, self.work / "export" / MODEL_FILE
+                model_dir, variant, self.params.export_onnx.opset, self.work / "export" / variant / MODEL_FILE
             )
-            self.built["model"] = (onnx_path, models)
-        built: tuple[Path, Path] = self.built["model"]
+            self.built[variant] = (onnx_path, models)
+        built: tuple[Path, Path] = self.built[variant]
         return built
+
+    def model_variants(self) -> list[str]:
+        """The variants the ``model`` section compares: the given model's, ``--variant``'s, the
+        exported one with ``--quick``, else every variant."""
+        if self.args.model is not None or self.args.variant is not None or self.args.quick:
+            return [self.variant]
+        return list(VARIANTS)
 
     def species(self) -> tuple[str, ...]:
         return tuple(f"Species {i:02d}" for i in range(self.sizes.species))
@@ -216,8 +229,13 @@ class Bench:
 
         return {
             "cache": lambda: sections.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
-            "model": lambda: sections.model_section(
-                *self.model(), a.batch_size, a.threads, "cpu", a.repeats, s.min_calls, s.min_seconds
+            "model": lambda: sections.models_section(
+                {name: self.model(name) for name in self.model_variants()},
+                a.batch_size,
+                a.threads,
+                a.repeats,
+                s.min_calls,
+                s.min_seconds,
             ),
             "predict": lambda: sections.predict_section(
                 self.model()[0],

@@ -263,6 +263,7 @@ def model_section(
     )
     sides = {side: _latency_summary(latencies, batch_size) for side, latencies in rounds.items()}
     speedup = sides["onnxruntime"]["clips_per_s"] / sides["pytorch"]["clips_per_s"]
+    work = {} if device == "cuda" else one_thread_cpu_ms(onnx_path, torch_logits, batch, repeats)
     result: dict[str, Any] = {
         "model": str(onnx_path),
         "variant": classifier.metadata.variant,
@@ -272,6 +273,7 @@ def model_section(
         "batch_size": batch_size,
         **sides,
         "ort_over_torch": speedup,
+        **work,
         "max_abs_diff": max_abs,
         "max_rel_diff": max_rel,
         "parity_digits": -math.log10(max(max_rel, 1e-16)),
@@ -293,7 +295,84 @@ def model_section(
     for key, label in (("p50_ms", "p50 batch ms"), ("p99_ms", "p99 batch ms")):
         ort_ms, torch_ms = sides["onnxruntime"][key], sides["pytorch"][key]
         table.rows.append((label, fmt(ort_ms, 2), fmt(torch_ms, 2), ratio(ort_ms / torch_ms)))
+    if work:
+        ort_ms, torch_ms = work["cpu_ms_1_thread"]["onnxruntime"], work["cpu_ms_1_thread"]["pytorch"]
+        table.rows.append(
+            ("CPU ms a batch, 1 thread", fmt(ort_ms, 1), fmt(torch_ms, 1), ratio(torch_ms / ort_ms))
+        )
     return Section(result, (table,))
+
+
+def one_thread_cpu_ms(
+    onnx_path: Path, torch_logits: Callable[[], np.ndarray], batch: np.ndarray, repeats: int
+) -> dict[str, Any]:
+    """CPU milliseconds of one batch on one thread (median of ``repeats`` interleaved calls), each
+    side: the work a call costs, which a machine shared with other jobs does not inflate as it does
+    the wall time of two threads waiting for each other. ``ort_over_torch_1_thread`` is torch's CPU
+    time over onnxruntime's."""
+    classifier = Classifier.load(onnx_path, providers=[CPU_PROVIDER], intra_op_threads=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        classifier.logits(batch), torch_logits()  # the first one-thread calls
+        rounds = interleaved(
+            {
+                "onnxruntime": lambda: cpu_seconds(lambda: classifier.logits(batch)),
+                "pytorch": lambda: cpu_seconds(torch_logits),
+            },
+            repeats,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    cpu_ms = {side: 1000 * median(seconds) for side, seconds in rounds.items()}
+    return {"cpu_ms_1_thread": cpu_ms, "ort_over_torch_1_thread": cpu_ms["pytorch"] / cpu_ms["onnxruntime"]}
+
+
+def cpu_seconds(run: Callable[[], object]) -> float:
+    """CPU seconds (every thread of this process) of one call of ``run``."""
+    started = time.process_time()
+    run()
+    return time.process_time() - started
+
+
+def models_section(
+    models: dict[str, tuple[Path, Path]],
+    batch_size: int,
+    threads: int,
+    repeats: int,
+    min_calls: int,
+    min_seconds: float,
+) -> Section:
+    """:func:`model_section` on the CPU for each variant's ``(model.onnx, models folder)``, and a
+    summary table of the ratios."""
+    done = {
+        name: model_section(onnx, folder, batch_size, threads, "cpu", repeats, min_calls, min_seconds)
+        for name, (onnx, folder) in models.items()
+    }
+    summary = Table(
+        f"onnxruntime / PyTorch eager per variant: batch {batch_size}; clips/s on {threads} threads, "
+        "and CPU time a batch on 1 thread",
+        (
+            "variant",
+            "ort clips/s",
+            "torch clips/s",
+            f"ort / torch ({threads} threads)",
+            "ort / torch (1 thread CPU)",
+        ),
+    )
+    for name, section in done.items():
+        r = section.result
+        summary.rows.append(
+            (
+                name,
+                fmt(r["onnxruntime"]["clips_per_s"]),
+                fmt(r["pytorch"]["clips_per_s"]),
+                ratio(r["ort_over_torch"]),
+                ratio(r["ort_over_torch_1_thread"]),
+            )
+        )
+    tables = tuple(t for section in done.values() for t in section.tables)
+    return Section({"variants": {name: s.result for name, s in done.items()}}, (*tables, summary))
 
 
 def _latency_summary(rounds: list[list[float]], batch_size: int) -> dict[str, Any]:

@@ -104,10 +104,11 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         cache["stage"]["files_per_s"] / cache["decode_only"]["files_per_s"]
     )
 
-    model = sections["model"]
+    (model,) = sections["model"]["variants"].values()  # --quick: the exported variant only
     assert model["providers"] == ["CPUExecutionProvider"] and model["batch_size"] == 16
     for side in ("onnxruntime", "pytorch"):
         assert len(model[side]["calls"]) == 3 and model[side]["p99_ms"] >= model[side]["p50_ms"] > 0
+        assert model["cpu_ms_1_thread"][side] > 0
     assert model["parity_digits"] > 4 and model["top1_agreement"] == 1.0  # the same model on both
 
     predict = sections["predict"]
