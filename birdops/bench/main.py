@@ -4,11 +4,15 @@ on this machine, each comparison side by side in one run; print the tables and w
     birdops bench [--quick] [--sections cache,model,predict,train,cuda] [--out runs/bench.json]
         [--raw DIR --prepared DIR] [--model model.onnx --models DIR] [--repeats 3] [--threads N]
     birdops bench --sections growth [--scales 1,4,16] [--growth-steps 24]
+    birdops bench --sections cuda [--cuda-batches 32,64,128] [--frames 398,1024] [--no-gpu-profile]
 
 Inputs are built from ``params.yaml`` in a temporary work folder (``birdops.bench.inputs``) unless
 given: ``--raw``/``--prepared`` name an existing corpus for the cache, ``--model``/``--models`` an
 exported model and the folder of the variant it names. ``--quick`` is a CI-sized run (a 16-recording
-corpus, a 30 s recording, two training steps). The ``cuda`` section runs only where torch sees a GPU.
+corpus, a 30 s recording, two training steps). The ``cuda`` section runs only where torch sees a GPU
+(it is skipped, saying so, elsewhere): the base AST's training steps (eager, SDPA, SDPA compiled at
+each of ``--cuda-batches``, the largest batch that fits), onnxruntime's CUDA provider against
+PyTorch, ``birdops predict`` on the GPU, and one epoch of the GPU profile (:mod:`birdops.bench.gpu`).
 ``growth`` (:mod:`birdops.bench.growth`, not in the default set: about an hour at 1x, 4x and 16x on 2
 cores) runs every stage on generated corpora of ``--scales`` times the default.
 The JSON is a timing record of this machine: not a DVC output, not under ``metrics/``. A section that
@@ -35,7 +39,7 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from birdops.bench import growth, inputs, sections
+from birdops.bench import gpu, growth, inputs, sections
 from birdops.bench.sections import BenchError, Section, Unavailable
 from birdops.config import VARIANTS, Params, load_params
 from birdops.contracts import MODEL_FILE
@@ -109,7 +113,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--frames", default="", help="cuda: more clip lengths for the eager AST, e.g. 398,1024"
     )
     parser.add_argument(
-        "--no-compile", action="store_true", help="cuda: leave out the compiled configuration"
+        "--no-compile", action="store_true", help="cuda: leave out the compiled configurations"
+    )
+    parser.add_argument(
+        "--cuda-batches", default="32,64,128", help="cuda: batches of the SDPA + compiled base AST"
+    )
+    parser.add_argument(
+        "--no-gpu-profile",
+        action="store_true",
+        help="cuda: leave out the GPU profile's epoch (MIT-shaped checkpoint, ast preset)",
     )
     parser.add_argument(
         "--work-dir", type=Path, help="keep the built inputs here (default: a temporary folder)"
@@ -123,8 +135,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {','.join(SECTIONS + OPT_IN)}")
     try:
         args.scales = [int(factor) for factor in args.scales.split(",") if factor]
+        args.cuda_batches = [int(batch) for batch in args.cuda_batches.split(",") if batch]
     except ValueError:
-        parser.error(f"--scales: whole numbers, comma-separated, not {args.scales!r}")
+        parser.error(f"--scales, --cuda-batches: whole numbers, comma-separated, not {args.scales!r}")
+    if not args.cuda_batches or min(args.cuda_batches) < 1:
+        parser.error("--cuda-batches must be whole numbers >= 1")
     if not args.scales or min(args.scales) < 1 or args.growth_steps < 1:
         parser.error("--scales must be whole numbers >= 1, --growth-steps at least 1")
     if (args.raw is None) != (args.prepared is None) or (args.model is None) != (args.models is None):
@@ -217,6 +232,7 @@ class Bench:
                 s.train_steps,
                 a.repeats,
                 frames,
+                a.cuda_batches,
                 s.cuda_max_batch,
                 not a.no_compile,
             )
@@ -225,7 +241,28 @@ class Bench:
                     *self.model(), a.batch_size, a.threads, "cuda", a.repeats, s.min_calls, s.min_seconds
                 )
             )
-            return Section({"train": train.result, "onnx": ort_cuda.result}, train.tables + ort_cuda.tables)
+            predict_cuda = sections.run_section(
+                lambda: sections.predict_section(
+                    self.model()[0],
+                    self.work,
+                    a.recording_seconds or s.recording_seconds,
+                    a.batch_size,
+                    a.threads,
+                    "cuda",
+                    a.repeats,
+                )
+            )
+            parts = {"train": train, "onnx": ort_cuda, "predict": predict_cuda}
+            if not a.no_gpu_profile:
+                parts["gpu_profile"] = sections.run_section(
+                    lambda: gpu.gpu_profile_section(
+                        self.corpus(), p.lms_cache, p.train_full, self.work / "gpu"
+                    )
+                )
+            return Section(
+                {name: part.result for name, part in parts.items()},
+                tuple(table for part in parts.values() for table in part.tables),
+            )
 
         return {
             "cache": lambda: sections.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),

@@ -667,6 +667,27 @@ def measure_alone(
     return {**describe(params), "frames": shape[1], **timed, "peak_gib": peak_gib}
 
 
+def cuda_configs(
+    params: TrainParams, real_frames: int, frames: list[int], batches: list[int], use_compile: bool
+) -> dict[str, tuple[TrainParams, int]]:
+    """The base-AST configurations the GPU section times, ``name -> (params, frames)``: eager and
+    SDPA at ``params.batch_size``, SDPA compiled at each of ``batches`` (SDPA alone without
+    ``use_compile``), and eager at the other ``frames`` lengths."""
+    configs: dict[str, tuple[TrainParams, int]] = {
+        "eager": (base_ast(params, attention="eager"), real_frames),
+        "sdpa": (base_ast(params, attention="sdpa"), real_frames),
+    }
+    fast = {"attention": "sdpa", "compile_model": use_compile}
+    label = "sdpa+compile" if use_compile else "sdpa"
+    for batch in batches:
+        name = label if batch == params.batch_size else f"{label} batch {batch}"
+        configs[name] = (base_ast(params, batch_size=batch, **fast), real_frames)
+    for length in frames:
+        if length != real_frames:
+            configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
+    return configs
+
+
 def cuda_train_section(
     params: TrainParams,
     clip_seconds: float,
@@ -674,29 +695,21 @@ def cuda_train_section(
     steps: int,
     repeats: int,
     frames: list[int],
+    batches: list[int],
     max_batch: int,
     use_compile: bool,
 ) -> Section:
-    """Base-AST training on the GPU (bf16, the real frame count): eager against SDPA attention (and
-    compiled) at ``params.batch_size``, the other ``frames`` lengths eager, then SDPA at the largest
-    batch that fits, with each configuration's peak memory."""
+    """Base-AST training on the GPU (bf16, the real frame count): :func:`cuda_configs` one at a
+    time, then SDPA at the largest batch that fits, with each configuration's peak memory."""
     device = torch.device("cuda")
     n_bins, real_frames = clip_shape("seed", clip_seconds)
-    configs: dict[str, tuple[TrainParams, int]] = {
-        "eager": (base_ast(params, attention="eager"), real_frames),
-        "sdpa": (base_ast(params, attention="sdpa"), real_frames),
-    }
-    if use_compile:
-        configs["sdpa+compile"] = (base_ast(params, attention="sdpa", compile_model=True), real_frames)
-    for length in frames:
-        if length != real_frames:
-            configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
+    configs = cuda_configs(params, real_frames, frames, batches, use_compile)
     # one configuration at a time: each one's peak memory is its own
     result = {
         name: measure_alone(config, (n_bins, length), num_classes, steps, repeats)
         for name, (config, length) in configs.items()
     }
-    best = configs["sdpa+compile" if use_compile else "sdpa"][0]
+    best = configs["sdpa+compile" if use_compile and params.batch_size in batches else "sdpa"][0]
     shape = (n_bins, real_frames)
     batch = largest_batch(best.model_copy(update={"compile_model": False}), shape, num_classes, max_batch)
     if batch:
