@@ -38,6 +38,7 @@ from birdops.bench.inputs import saved_model
 from birdops.bench.sections import BenchError, Section, Table, fmt, stage_env
 from birdops.config import load_params
 from birdops.contracts import labels_path, read_labels, read_manifest
+from birdops.files import write_json_atomic
 
 REPORT_MAX_RECORDING_SECONDS = 60.0  # the report's corpus: 3 to 60 s recordings (README, "Real recordings")
 TRAIN_VARIANT = "full"  # the heaviest step: AST, SpecAugment, MixUp
@@ -115,6 +116,19 @@ def write_scaled_params(params_path: Path, factor: int, folder: Path) -> dict[st
 
 def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def scale_figures(params_path: Path, factor: int, folder: Path, steps: int) -> dict[str, Any]:
+    """:func:`measure_scale`'s figures, kept in ``folder/growth.json``: a run given the same
+    ``--work-dir`` again reuses the scales it finished (16x alone takes most of an hour)."""
+    record = folder / "growth.json"
+    if record.is_file():
+        kept: dict[str, Any] = json.loads(record.read_text())
+        if kept.get("train_steps") == steps and kept.get("params") == params_path.read_text():
+            return dict(kept["figures"])
+    figures = measure_scale(params_path, factor, folder, steps)
+    write_json_atomic(record, {"train_steps": steps, "params": params_path.read_text(), "figures": figures})
+    return figures
 
 
 def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> dict[str, Any]:
@@ -235,7 +249,7 @@ UNITS = {
 def growth_section(params_path: Path, scales: list[int], work_dir: Path, steps: int) -> Section:
     """Every stage at each scale (see the module docstring); the tables of CPU per unit, wall
     seconds and peak RSS."""
-    results = [measure_scale(params_path, factor, work_dir / f"x{factor}", steps) for factor in scales]
+    results = [scale_figures(params_path, factor, work_dir / f"x{factor}", steps) for factor in scales]
     heads = tuple(f"{r['factor']}x" for r in results)
     sizes = ", ".join(
         f"{r['factor']}x: {r['accepted']} recordings, {r['audio_hours']:.1f} h, {r['lms_mib']:.0f} MiB cached"
