@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import stream_audio, stream_bytes
+from birdops.audio import read_ahead, stream_audio, stream_bytes
 from birdops.contracts import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, providers_for
 from birdops.scores import aggregate, softmax
@@ -235,14 +235,14 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_windows` of an audio file, streamed (:func:`birdops.audio.stream_audio`);
         raises :class:`birdops.audio.AudioError`."""
-        blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
+        blocks = read_ahead(stream_audio(path, self.sample_rate_hz, self.window_seconds))  # decoded meanwhile
         return self.predict_stream(blocks, hop_seconds, batch_size)
 
     def predict_bytes(
         self, payload: bytes, name: str = "<upload>", hop_seconds: float | None = None, batch_size: int = 32
     ) -> WindowScores:
         """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
-        blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
+        blocks = read_ahead(stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds))
         return self.predict_stream(blocks, hop_seconds, batch_size)
 
     def describe(self) -> dict[str, Any]:
