@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,7 +113,31 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
+@dataclass(frozen=True)
+class Timed:
+    """A command's wall seconds, CPU seconds (its own and its reaped workers', from ``wait4``) and
+    standard output."""
+
+    wall_s: float
+    cpu_s: float
+    stdout: str
+
+
+def run_timed(command: list[str], cwd: Path, what: str) -> Timed:
+    """Run ``command`` in ``cwd`` with :func:`stage_env`; :class:`BenchError` when it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=stage_env(), stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if code:
+            raise BenchError(f"{what} exited with {code}: {err.read()[-TAIL_CHARS:]}")
+        return Timed(wall, usage.ru_utime + usage.ru_stime, out.read())
+
+
+def run_cache_stage(corpus: Corpus, work_dir: Path) -> Timed:
     """One whole ``lms_cache`` stage into a fresh ``work_dir/lms`` (a finished cache would be reused),
     run in ``work_dir``, where ``params.yaml`` is and ``runs/lms_cache.json`` goes."""
     out = work_dir / "lms"
@@ -130,13 +155,11 @@ def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
         "--summary",
         str(work_dir / "cache.json"),
     ]
-    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise BenchError(f"lms_cache stage exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
+    return run_timed(command, work_dir, "lms_cache stage")
 
 
-def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> int:
-    """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its refusals."""
+def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> tuple[Timed, int]:
+    """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its run and refusals."""
     command = [
         sys.executable,
         "-m",
@@ -148,53 +171,106 @@ def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Pa
         "--workers",
         str(workers),
     ]
-    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise BenchError(f"decode-only run exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
-    return int(done.stdout.split()[-1])
+    done = run_timed(command, work_dir, "decode-only run")
+    return done, int(done.stdout.split()[-1])
 
 
 def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeats: int) -> Section:
     """Files/s and audio-seconds/s of the whole ``lms_cache`` stage (a subprocess, start-up included)
     against decoding the same files at the presets' rates with as many processes (also a subprocess:
-    ``birdops.bench.decode``)."""
+    ``birdops.bench.decode``); and the steady state of both, from runs on the first half of the files
+    and on all of them: the extra files over the extra seconds (start-up cancels out), in wall time and
+    in CPU time per recording, which a shared machine inflates least (workers' CPU is counted when they
+    are forked from the stage: one torch thread each, i.e. ``workers`` >= cores, as on 2 cores)."""
     recordings = corpus.recordings()
     paths = [path for path, _ in recordings]
     audio_s = sum(length for _, length in recordings)
+    half = corpus.first(len(paths) // 2, work_dir / "half_prepared")
     rates = sorted({spec_for(preset).sample_rate_hz for preset in params.presets})
-    files = work_dir / "decode_files.txt"
+    files, half_files = work_dir / "decode_files.txt", work_dir / "decode_half.txt"
     files.write_text("".join(f"{path}\n" for path in paths))
+    half_files.write_text("".join(f"{path}\n" for path in paths[: len(paths) // 2]))
     refused: list[int] = []
+
+    def decode(listed: Path) -> Timed:
+        done, refusals = run_decode_only(listed, rates, params.workers, work_dir)
+        refused.append(refusals)
+        return done
+
     runs = interleaved(
         {
-            "stage": lambda: wall_seconds(lambda: run_cache_stage(corpus, work_dir)),
-            "decode_only": lambda: wall_seconds(
-                lambda: refused.append(run_decode_only(files, rates, params.workers, work_dir))
-            ),
+            "stage": lambda: run_cache_stage(corpus, work_dir),
+            "decode_only": lambda: decode(files),
+            "stage_half": lambda: run_cache_stage(half, work_dir),
+            "decode_only_half": lambda: decode(half_files),
         },
         repeats,
     )
-    sides = {name: _throughput(seconds, len(paths), audio_s) for name, seconds in runs.items()}
+    extra = len(paths) - len(paths) // 2
+    sides = {}
+    for side in ("stage", "decode_only"):
+        full, part = runs[side], runs[f"{side}_half"]
+        wall, wall_half = median([r.wall_s for r in full]), median([r.wall_s for r in part])
+        cpu, cpu_half = median([r.cpu_s for r in full]), median([r.cpu_s for r in part])
+        sides[side] = {
+            **_throughput([r.wall_s for r in full], len(paths), audio_s),
+            "cpu_s": [round(r.cpu_s, 3) for r in full],
+            "half_wall_s": wall_half,
+            # nan when noise outweighs the second half's work (too few files for this machine's load)
+            "steady_files_per_s": extra / (wall - wall_half) if wall > wall_half else math.nan,
+            "steady_cpu_ms_per_file": 1000 * (cpu - cpu_half) / extra,
+        }
     share = sides["stage"]["files_per_s"] / sides["decode_only"]["files_per_s"]
+    steady = sides["stage"]["steady_files_per_s"] / sides["decode_only"]["steady_files_per_s"]
+    cpu_share = sides["decode_only"]["steady_cpu_ms_per_file"] / sides["stage"]["steady_cpu_ms_per_file"]
+    workers = params.workers
     result: dict[str, Any] = {
         "recordings": len(paths),
         "audio_seconds": round(audio_s, 1),
         "presets": list(params.presets),
         "decode_rates_hz": rates,
-        "workers": params.workers,
+        "workers": workers,
         "decode_refused": refused[-1],
         **sides,
         "stage_over_decode_only": share,
+        "steady_stage_over_decode_only": steady,
+        "steady_cpu_stage_over_decode_only": cpu_share,
+        # the rate the stage's CPU time per recording allows on `workers` free cores
+        "steady_files_per_s_on_free_cores": 1000 * workers / sides["stage"]["steady_cpu_ms_per_file"],
     }
     table = Table(
         f"feature cache: {len(paths)} recordings, {audio_s / 60:.1f} min of audio, presets "
-        f"{','.join(params.presets)}, {params.workers} workers",
+        f"{','.join(params.presets)}, {workers} workers; steady state: the second half of the files",
         ("", "lms_cache stage", "decode only", "stage / decode"),
     )
-    for key, label in (("files_per_s", "files/s"), ("audio_s_per_s", "audio s/s")):
+    for key, label in (("files_per_s", "files/s, whole run"), ("audio_s_per_s", "audio s/s, whole run")):
         table.rows.append((label, fmt(sides["stage"][key]), fmt(sides["decode_only"][key]), ratio(share)))
     table.rows.append(
         ("wall s (median)", fmt(sides["stage"]["wall_s"], 2), fmt(sides["decode_only"]["wall_s"], 2), "")
+    )
+    table.rows.append(
+        (
+            "files/s, steady state",
+            fmt(sides["stage"]["steady_files_per_s"]),
+            fmt(sides["decode_only"]["steady_files_per_s"]),
+            ratio(steady),
+        )
+    )
+    table.rows.append(
+        (
+            "CPU ms a file, steady state",
+            fmt(sides["stage"]["steady_cpu_ms_per_file"], 2),
+            fmt(sides["decode_only"]["steady_cpu_ms_per_file"], 2),
+            ratio(cpu_share),
+        )
+    )
+    table.rows.append(
+        (
+            f"files/s that CPU time allows on {workers} free cores",
+            fmt(result["steady_files_per_s_on_free_cores"]),
+            fmt(1000 * workers / sides["decode_only"]["steady_cpu_ms_per_file"]),
+            ratio(cpu_share),
+        )
     )
     return Section(result, (table,))
 
