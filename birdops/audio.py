@@ -11,6 +11,8 @@ block down to mono, checking it and resampling it with one streaming soxr resamp
 - :func:`stream_audio` / :func:`stream_bytes` yield the resampled blocks one at a time (``birdops
   predict`` and the service), so memory does not grow with the file's length; the whole-file limit
   :data:`MAX_SOURCE_SAMPLES` does not apply to them, only :data:`MAX_SECONDS`.
+- :func:`read_ahead` takes a stream's blocks in a background thread, a few ahead of their consumer,
+  so that decoding overlaps with what is done with the blocks (``birdops predict``, the service).
 - :func:`load_audio` / :func:`decode_bytes` join the same blocks into one array (the feature cache,
   evaluation, export parity). Their peak memory is the output twice over (the blocks and the joined
   array; at most :data:`MAX_SOURCE_SAMPLES` source samples) plus one block, whatever the file.
@@ -36,6 +38,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from queue import Full, Queue
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -53,6 +56,7 @@ MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
+READ_AHEAD_BLOCKS = 4  # read_ahead: blocks decoded ahead of their consumer (4 x 2**16 frames at most)
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
 # training and serving. VHQ's 28 bits would cost more for detail far under SILENCE_PEAK (-100 dBFS).
@@ -140,6 +144,50 @@ def stream_bytes(
 ) -> Iterator[np.ndarray]:
     """:func:`stream_audio` of an in-memory file (an HTTP upload); ``name`` is only for messages."""
     return _stream_payload(payload, sample_rate_hz, name, window_seconds, whole_file=False)
+
+
+def read_ahead(blocks: Iterator[np.ndarray], depth: int = READ_AHEAD_BLOCKS) -> Iterator[np.ndarray]:
+    """``blocks``'s items, taken from it by a background thread up to ``depth`` ahead of the consumer:
+    decoding and resampling (C code that releases the GIL) overlap with what the consumer does with
+    the blocks before (``birdops predict``: onnxruntime). The same blocks in the same order; a
+    refusal raised by ``blocks`` is raised here, at the block where it was found. When the consumer
+    stops early, the thread stops at its next block and ``blocks`` is closed."""
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            with suppress(Full):
+                queue.put(item, timeout=0.05)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not put(("block", block)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(("error", err))
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="birdops-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def probe(path: str | Path) -> tuple[float, int, int]:

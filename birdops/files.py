@@ -6,7 +6,8 @@ so a reader (or an interrupted run) sees either the old file or the whole new on
   ``np.save``); the rename happens when the block ends without an error, and the temporary file is
   deleted when it raises.
 - :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`,
-  :func:`write_csv_atomic`: whole files from bytes, text, a JSON value or CSV rows.
+  :func:`write_csv_atomic`: whole files from bytes, text, a JSON value or CSV rows;
+  :func:`csv_rows_atomic`: a CSV written a row at a time.
 - :func:`swap_folder`: a folder built beside its target (a staging folder) replaces the target.
 
 Every function creates the target's parent folders. The temporary name, ``.<name>.<pid>.tmp``, is
@@ -75,10 +76,18 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
 def write_csv_atomic(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
     """Write a CSV (the ``excel`` dialect: ``\\r\\n`` line ends, minimal quoting) with a header;
     keys outside ``fieldnames`` are ignored, missing ones written empty."""
+    with csv_rows_atomic(path, fieldnames) as writer:
+        writer.writerows(rows)
+
+
+@contextmanager
+def csv_rows_atomic(path: str | Path, fieldnames: Sequence[str]) -> Iterator[csv.DictWriter[str]]:
+    """:func:`write_csv_atomic` a row at a time: the block writes rows as they are made (none is
+    held), and the file replaces ``path`` when the block ends without an error."""
     with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore", restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        yield writer
 
 
 def swap_folder(staging: Path, target: Path, old: Path) -> None:

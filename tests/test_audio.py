@@ -15,6 +15,7 @@ from birdops.audio import (
     SilentAudioError,
     decode_bytes,
     load_audio,
+    read_ahead,
     resample,
     stream_audio,
     stream_bytes,
@@ -194,3 +195,39 @@ def test_a_damaged_mp3_streams_to_what_mpg123_decodes(tmp_path: Path) -> None:
         reference = np.frombuffer(subprocess.run(command, capture_output=True, check=True).stdout, np.float32)
         streamed = np.concatenate(list(stream_audio(path, rate_hz)))
         np.testing.assert_array_equal(streamed, reference, err_msg=f"frame {frame} damaged")
+
+
+def test_read_ahead_gives_the_same_blocks_and_raises_where_the_stream_did(tmp_path: Path) -> None:
+    path = tmp_path / "long.flac"
+    rng = np.random.default_rng(5)
+    sf.write(path, (0.1 * rng.standard_normal(10 * 32000)).astype(np.float32), 32000)
+    direct = list(stream_audio(path, 22050))
+    ahead = list(read_ahead(stream_audio(path, 22050), depth=2))
+    assert len(ahead) == len(direct) > 2 and all(
+        np.array_equal(a, b) for a, b in zip(ahead, direct, strict=True)
+    )
+
+    def broken() -> Iterator[np.ndarray]:
+        yield np.zeros(4, dtype=np.float32)
+        raise AudioError("x.flac", "corrupt block")
+
+    blocks = read_ahead(broken())
+    assert next(blocks).shape == (4,)
+    with pytest.raises(AudioError, match="corrupt block"):
+        next(blocks)
+
+
+def test_read_ahead_stops_and_closes_the_stream_when_its_consumer_stops() -> None:
+    closed: list[bool] = []
+
+    def endless() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                yield np.zeros(4, dtype=np.float32)
+        finally:
+            closed.append(True)
+
+    blocks = read_ahead(endless(), depth=2)
+    assert next(blocks).shape == (4,)
+    blocks.close()  # the consumer is done (predict failed, a request was refused): no thread is left
+    assert closed == [True]

@@ -4,9 +4,8 @@
     python -m birdops.bench.decode --files LIST --rates 22050 --workers 2
 
 ``LIST`` holds one audio path a line; the number of refused decodes is printed. It runs as a process
-of its own, as the stage does, so both figures include start-up, and its workers import nothing but
-``birdops.audio`` (numpy, scipy, soundfile): a worker re-imports the main module and its task
-function's, and the benchmark's other modules would bring torch along.
+of its own, as the stage does, so both figures include start-up, and it imports nothing but
+``birdops.audio`` (numpy, scipy, soundfile): the benchmark's other modules would bring torch along.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ def decode(task: tuple[Path, int]) -> bool:
 
 
 def decode_all(paths: list[Path], rates_hz: list[int], workers: int) -> int:
-    """Decode every file at every rate with ``workers`` processes started the cache stage's way
-    (forkserver, never plain fork); returns how many decodes were refused."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    """Decode every file at every rate with ``workers`` processes forked from this one (as the cache
+    stage forks its one-thread workers; this process imports nothing but ``birdops.audio``, and its
+    reaped workers' CPU time is counted in its own); returns how many decodes were refused."""
+    context = multiprocessing.get_context("fork")
     tasks = [(path, rate) for path in paths for rate in rates_hz]
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         results = list(pool.map(decode, tasks, chunksize=max(1, len(tasks) // (4 * workers))))

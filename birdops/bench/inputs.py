@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import soundfile as sf
 import torch
 
 from birdops.config import Params, SyntheticParams
-from birdops.contracts import ClassifierInfo, labels_path, manifest_path, read_labels, read_manifest
+from birdops.contracts import (
+    ClassifierInfo,
+    labels_path,
+    manifest_path,
+    read_labels,
+    read_manifest,
+    write_manifest,
+)
 from birdops.data.prepare import prepare_corpus, write_prepared
 from birdops.data.synthetic import generate_corpus
 from birdops.export.onnx_export import annotate, export_classifier, metadata_for, save_model, weights_sha256
@@ -51,14 +59,33 @@ class Corpus:
     def labels(self) -> tuple[str, ...]:
         return read_labels(labels_path(self.prepared_dir))
 
+    def first(self, count: int, prepared_dir: Path) -> Corpus:
+        """The same raw folder with a manifest of its first ``count`` recordings in ``prepared_dir``."""
+        prepared_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(manifest_path(prepared_dir), read_manifest(self.manifest)[:count])
+        shutil.copyfile(labels_path(self.prepared_dir), labels_path(prepared_dir))
+        return Corpus(self.raw_dir, prepared_dir)
+
+
+# What real recordings are like (the report's corpus, xeno-canto): 3 to 60 s (19 s on average), mostly
+# MP3 at 44.1 kHz. No Ogg: libsndfile crashes encoding more than 2**21 samples of Vorbis at once
+# (47 s at 44.1 kHz).
+REPORT_LIKE: dict[str, object] = {
+    "max_recording_seconds": 60.0,
+    "sample_rate_hz": 44100,
+    "formats": {"mp3": 0.8, "flac": 0.1, "wav": 0.1},
+}
+
 
 def corpus_subset(params: Params, recordings: int, species: int, out_dir: Path) -> Corpus:
-    """Generate ``recordings`` recordings of ``species`` species with ``data.synthetic``'s other
-    settings into ``out_dir/raw`` and prepare them into ``out_dir/prepared``."""
+    """Generate ``recordings`` recordings of ``species`` species like real ones (:data:`REPORT_LIKE`)
+    with ``data.synthetic``'s other settings into ``out_dir/raw`` and prepare them into
+    ``out_dir/prepared``."""
     base = params.data.synthetic
     synthetic = SyntheticParams(
         **{
             **base.model_dump(),
+            **REPORT_LIKE,
             "recordings": recordings,
             "species": species,
             "recordists": max(1, recordings // 3),

@@ -3,11 +3,18 @@ on this machine, each comparison side by side in one run; print the tables and w
 
     birdops bench [--quick] [--sections cache,model,predict,train,cuda] [--out runs/bench.json]
         [--raw DIR --prepared DIR] [--model model.onnx --models DIR] [--repeats 3] [--threads N]
+    birdops bench --sections growth [--scales 1,4,16] [--growth-steps 24]
+    birdops bench --sections cuda [--cuda-batches 32,64,128] [--frames 398,1024] [--no-gpu-profile]
 
 Inputs are built from ``params.yaml`` in a temporary work folder (``birdops.bench.inputs``) unless
 given: ``--raw``/``--prepared`` name an existing corpus for the cache, ``--model``/``--models`` an
 exported model and the folder of the variant it names. ``--quick`` is a CI-sized run (a 16-recording
-corpus, a 30 s recording, two training steps). The ``cuda`` section runs only where torch sees a GPU.
+corpus, a 30 s recording, two training steps). The ``cuda`` section runs only where torch sees a GPU
+(it is skipped, saying so, elsewhere): the base AST's training steps (eager, SDPA, SDPA compiled at
+each of ``--cuda-batches``, the largest batch that fits), onnxruntime's CUDA provider against
+PyTorch, ``birdops predict`` on the GPU, and one epoch of the GPU profile (:mod:`birdops.bench.gpu`).
+``growth`` (:mod:`birdops.bench.growth`, not in the default set: about an hour at 1x, 4x and 16x on 2
+cores) runs every stage on generated corpora of ``--scales`` times the default.
 The JSON is a timing record of this machine: not a DVC output, not under ``metrics/``. A section that
 fails (a command exits with an error) is recorded with its reason and the others still run; the exit
 status is then 1.
@@ -32,7 +39,7 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from birdops.bench import inputs, sections
+from birdops.bench import gpu, growth, inputs, sections
 from birdops.bench.sections import BenchError, Section, Unavailable
 from birdops.config import VARIANTS, Params, load_params
 from birdops.contracts import MODEL_FILE
@@ -40,7 +47,8 @@ from birdops.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("cache", "model", "predict", "train", "cuda")
+SECTIONS = ("cache", "model", "predict", "train", "cuda")  # the default set
+OPT_IN = ("growth",)  # run only when named
 # libraries whose INFO lines describe their own internals (the ONNX exporter's passes)
 QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 
@@ -82,7 +90,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="birdops bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a CI-sized run (seconds, not minutes)")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}"
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {','.join(SECTIONS + OPT_IN)} (default: all but {','.join(OPT_IN)})",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON file to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -90,7 +100,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prepared", type=Path, help="its prepared folder (manifest.csv, labels.json)")
     parser.add_argument("--model", type=Path, help="an exported model.onnx (with --models)")
     parser.add_argument("--models", type=Path, help="the folder holding the ONNX file's variant")
-    parser.add_argument("--variant", choices=VARIANTS, help="model to build (default: metrics/best.json's)")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="model to build (default: every variant for model, metrics/best.json's for the others)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for both runtimes")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per model call")
@@ -99,16 +113,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--frames", default="", help="cuda: more clip lengths for the eager AST, e.g. 398,1024"
     )
     parser.add_argument(
-        "--no-compile", action="store_true", help="cuda: leave out the compiled configuration"
+        "--no-compile", action="store_true", help="cuda: leave out the compiled configurations"
+    )
+    parser.add_argument(
+        "--cuda-batches", default="32,64,128", help="cuda: batches of the SDPA + compiled base AST"
+    )
+    parser.add_argument(
+        "--no-gpu-profile",
+        action="store_true",
+        help="cuda: leave out the GPU profile's epoch (MIT-shaped checkpoint, ast preset)",
     )
     parser.add_argument(
         "--work-dir", type=Path, help="keep the built inputs here (default: a temporary folder)"
     )
+    parser.add_argument("--scales", default="1,4,16", help="growth: corpus sizes, times the default")
+    parser.add_argument("--growth-steps", type=int, default=24, help="growth: training steps a scale")
     args = parser.parse_args(argv)
     chosen = [name for name in args.sections.split(",") if name]
-    unknown = sorted(set(chosen) - set(SECTIONS))
+    unknown = sorted(set(chosen) - set(SECTIONS + OPT_IN))
     if unknown or not chosen:
-        parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {','.join(SECTIONS)}")
+        parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {','.join(SECTIONS + OPT_IN)}")
+    try:
+        args.scales = [int(factor) for factor in args.scales.split(",") if factor]
+        args.cuda_batches = [int(batch) for batch in args.cuda_batches.split(",") if batch]
+    except ValueError:
+        parser.error(f"--scales, --cuda-batches: whole numbers, comma-separated, not {args.scales!r}")
+    if not args.cuda_batches or min(args.cuda_batches) < 1:
+        parser.error("--cuda-batches must be whole numbers >= 1")
+    if not args.scales or min(args.scales) < 1 or args.growth_steps < 1:
+        parser.error("--scales must be whole numbers >= 1, --growth-steps at least 1")
     if (args.raw is None) != (args.prepared is None) or (args.model is None) != (args.models is None):
         parser.error("give --raw with --prepared, and --model with --models")
     if args.repeats < 1:
@@ -153,21 +186,30 @@ class Bench:
         corpus: inputs.Corpus = self.built["corpus"]
         return corpus
 
-    def model(self) -> tuple[Path, Path]:
-        """``(model.onnx, models folder)``: given, or a seeded model of the variant, exported."""
+    def model(self, variant: str | None = None) -> tuple[Path, Path]:
+        """``(model.onnx, models folder)``: given, or a seeded model of ``variant`` (default: the
+        exported one, ``metrics/best.json``'s), exported as the stage does."""
         if self.args.model is not None:
             return self.args.model, self.args.models
-        if "model" not in self.built:
+        variant = variant or self.variant
+        if variant not in self.built:
             labels = self.corpus().labels() if self.args.raw or "corpus" in self.built else self.species()
             models = self.work / "models"
-            log.info("bench: building and exporting a %s model", self.variant)
-            model_dir = inputs.saved_model(self.params, self.variant, labels, models)
+            log.info("bench: building and exporting a %s model", variant)
+            model_dir = inputs.saved_model(self.params, variant, labels, models)
             onnx_path = inputs.exported_model(
-                model_dir, self.variant, self.params.export_onnx.opset, self.work / "export" / MODEL_FILE
+                model_dir, variant, self.params.export_onnx.opset, self.work / "export" / variant / MODEL_FILE
             )
-            self.built["model"] = (onnx_path, models)
-        built: tuple[Path, Path] = self.built["model"]
+            self.built[variant] = (onnx_path, models)
+        built: tuple[Path, Path] = self.built[variant]
         return built
+
+    def model_variants(self) -> list[str]:
+        """The variants the ``model`` section compares: the given model's, ``--variant``'s, the
+        exported one with ``--quick``, else every variant."""
+        if self.args.model is not None or self.args.variant is not None or self.args.quick:
+            return [self.variant]
+        return list(VARIANTS)
 
     def species(self) -> tuple[str, ...]:
         return tuple(f"Species {i:02d}" for i in range(self.sizes.species))
@@ -190,6 +232,7 @@ class Bench:
                 s.train_steps,
                 a.repeats,
                 frames,
+                a.cuda_batches,
                 s.cuda_max_batch,
                 not a.no_compile,
             )
@@ -198,12 +241,38 @@ class Bench:
                     *self.model(), a.batch_size, a.threads, "cuda", a.repeats, s.min_calls, s.min_seconds
                 )
             )
-            return Section({"train": train.result, "onnx": ort_cuda.result}, train.tables + ort_cuda.tables)
+            predict_cuda = sections.run_section(
+                lambda: sections.predict_section(
+                    self.model()[0],
+                    self.work,
+                    a.recording_seconds or s.recording_seconds,
+                    a.batch_size,
+                    a.threads,
+                    "cuda",
+                    a.repeats,
+                )
+            )
+            parts = {"train": train, "onnx": ort_cuda, "predict": predict_cuda}
+            if not a.no_gpu_profile:
+                parts["gpu_profile"] = sections.run_section(
+                    lambda: gpu.gpu_profile_section(
+                        self.corpus(), p.lms_cache, p.train_full, self.work / "gpu"
+                    )
+                )
+            return Section(
+                {name: part.result for name, part in parts.items()},
+                tuple(table for part in parts.values() for table in part.tables),
+            )
 
         return {
             "cache": lambda: sections.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
-            "model": lambda: sections.model_section(
-                *self.model(), a.batch_size, a.threads, "cpu", a.repeats, s.min_calls, s.min_seconds
+            "model": lambda: sections.models_section(
+                {name: self.model(name) for name in self.model_variants()},
+                a.batch_size,
+                a.threads,
+                a.repeats,
+                s.min_calls,
+                s.min_seconds,
             ),
             "predict": lambda: sections.predict_section(
                 self.model()[0],
@@ -218,6 +287,7 @@ class Bench:
                 variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device
             ),
             "cuda": cuda_section,
+            "growth": lambda: growth.growth_section(a.params, a.scales, self.work / "growth", a.growth_steps),
         }
 
 

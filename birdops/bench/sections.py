@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,7 +114,31 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
+@dataclass(frozen=True)
+class Timed:
+    """A command's wall seconds, CPU seconds (its own and its reaped workers', from ``wait4``) and
+    standard output."""
+
+    wall_s: float
+    cpu_s: float
+    stdout: str
+
+
+def run_timed(command: list[str], cwd: Path, what: str) -> Timed:
+    """Run ``command`` in ``cwd`` with :func:`stage_env`; :class:`BenchError` when it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=stage_env(), stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if code:
+            raise BenchError(f"{what} exited with {code}: {err.read()[-TAIL_CHARS:]}")
+        return Timed(wall, usage.ru_utime + usage.ru_stime, out.read())
+
+
+def run_cache_stage(corpus: Corpus, work_dir: Path) -> Timed:
     """One whole ``lms_cache`` stage into a fresh ``work_dir/lms`` (a finished cache would be reused),
     run in ``work_dir``, where ``params.yaml`` is and ``runs/lms_cache.json`` goes."""
     out = work_dir / "lms"
@@ -131,13 +156,11 @@ def run_cache_stage(corpus: Corpus, work_dir: Path) -> None:
         "--summary",
         str(work_dir / "cache.json"),
     ]
-    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise BenchError(f"lms_cache stage exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
+    return run_timed(command, work_dir, "lms_cache stage")
 
 
-def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> int:
-    """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its refusals."""
+def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Path) -> tuple[Timed, int]:
+    """``python -m birdops.bench.decode`` on the paths listed in ``files``; returns its run and refusals."""
     command = [
         sys.executable,
         "-m",
@@ -149,53 +172,106 @@ def run_decode_only(files: Path, rates_hz: list[int], workers: int, work_dir: Pa
         "--workers",
         str(workers),
     ]
-    done = subprocess.run(command, cwd=work_dir, env=stage_env(), capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise BenchError(f"decode-only run exited with {done.returncode}: {done.stderr[-TAIL_CHARS:]}")
-    return int(done.stdout.split()[-1])
+    done = run_timed(command, work_dir, "decode-only run")
+    return done, int(done.stdout.split()[-1])
 
 
 def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeats: int) -> Section:
     """Files/s and audio-seconds/s of the whole ``lms_cache`` stage (a subprocess, start-up included)
     against decoding the same files at the presets' rates with as many processes (also a subprocess:
-    ``birdops.bench.decode``)."""
+    ``birdops.bench.decode``); and the steady state of both, from runs on the first half of the files
+    and on all of them: the extra files over the extra seconds (start-up cancels out), in wall time and
+    in CPU time per recording, which a shared machine inflates least (workers' CPU is counted when they
+    are forked from the stage: one torch thread each, i.e. ``workers`` >= cores, as on 2 cores)."""
     recordings = corpus.recordings()
     paths = [path for path, _ in recordings]
     audio_s = sum(length for _, length in recordings)
+    half = corpus.first(len(paths) // 2, work_dir / "half_prepared")
     rates = sorted({spec_for(preset).sample_rate_hz for preset in params.presets})
-    files = work_dir / "decode_files.txt"
+    files, half_files = work_dir / "decode_files.txt", work_dir / "decode_half.txt"
     files.write_text("".join(f"{path}\n" for path in paths))
+    half_files.write_text("".join(f"{path}\n" for path in paths[: len(paths) // 2]))
     refused: list[int] = []
+
+    def decode(listed: Path) -> Timed:
+        done, refusals = run_decode_only(listed, rates, params.workers, work_dir)
+        refused.append(refusals)
+        return done
+
     runs = interleaved(
         {
-            "stage": lambda: wall_seconds(lambda: run_cache_stage(corpus, work_dir)),
-            "decode_only": lambda: wall_seconds(
-                lambda: refused.append(run_decode_only(files, rates, params.workers, work_dir))
-            ),
+            "stage": lambda: run_cache_stage(corpus, work_dir),
+            "decode_only": lambda: decode(files),
+            "stage_half": lambda: run_cache_stage(half, work_dir),
+            "decode_only_half": lambda: decode(half_files),
         },
         repeats,
     )
-    sides = {name: _throughput(seconds, len(paths), audio_s) for name, seconds in runs.items()}
+    extra = len(paths) - len(paths) // 2
+    sides = {}
+    for side in ("stage", "decode_only"):
+        full, part = runs[side], runs[f"{side}_half"]
+        wall, wall_half = median([r.wall_s for r in full]), median([r.wall_s for r in part])
+        cpu, cpu_half = median([r.cpu_s for r in full]), median([r.cpu_s for r in part])
+        sides[side] = {
+            **_throughput([r.wall_s for r in full], len(paths), audio_s),
+            "cpu_s": [round(r.cpu_s, 3) for r in full],
+            "half_wall_s": wall_half,
+            # nan when noise outweighs the second half's work (too few files for this machine's load)
+            "steady_files_per_s": extra / (wall - wall_half) if wall > wall_half else math.nan,
+            "steady_cpu_ms_per_file": 1000 * (cpu - cpu_half) / extra,
+        }
     share = sides["stage"]["files_per_s"] / sides["decode_only"]["files_per_s"]
+    steady = sides["stage"]["steady_files_per_s"] / sides["decode_only"]["steady_files_per_s"]
+    cpu_share = sides["decode_only"]["steady_cpu_ms_per_file"] / sides["stage"]["steady_cpu_ms_per_file"]
+    workers = params.workers
     result: dict[str, Any] = {
         "recordings": len(paths),
         "audio_seconds": round(audio_s, 1),
         "presets": list(params.presets),
         "decode_rates_hz": rates,
-        "workers": params.workers,
+        "workers": workers,
         "decode_refused": refused[-1],
         **sides,
         "stage_over_decode_only": share,
+        "steady_stage_over_decode_only": steady,
+        "steady_cpu_stage_over_decode_only": cpu_share,
+        # the rate the stage's CPU time per recording allows on `workers` free cores
+        "steady_files_per_s_on_free_cores": 1000 * workers / sides["stage"]["steady_cpu_ms_per_file"],
     }
     table = Table(
         f"feature cache: {len(paths)} recordings, {audio_s / 60:.1f} min of audio, presets "
-        f"{','.join(params.presets)}, {params.workers} workers",
+        f"{','.join(params.presets)}, {workers} workers; steady state: the second half of the files",
         ("", "lms_cache stage", "decode only", "stage / decode"),
     )
-    for key, label in (("files_per_s", "files/s"), ("audio_s_per_s", "audio s/s")):
+    for key, label in (("files_per_s", "files/s, whole run"), ("audio_s_per_s", "audio s/s, whole run")):
         table.rows.append((label, fmt(sides["stage"][key]), fmt(sides["decode_only"][key]), ratio(share)))
     table.rows.append(
         ("wall s (median)", fmt(sides["stage"]["wall_s"], 2), fmt(sides["decode_only"]["wall_s"], 2), "")
+    )
+    table.rows.append(
+        (
+            "files/s, steady state",
+            fmt(sides["stage"]["steady_files_per_s"]),
+            fmt(sides["decode_only"]["steady_files_per_s"]),
+            ratio(steady),
+        )
+    )
+    table.rows.append(
+        (
+            "CPU ms a file, steady state",
+            fmt(sides["stage"]["steady_cpu_ms_per_file"], 2),
+            fmt(sides["decode_only"]["steady_cpu_ms_per_file"], 2),
+            ratio(cpu_share),
+        )
+    )
+    table.rows.append(
+        (
+            f"files/s that CPU time allows on {workers} free cores",
+            fmt(result["steady_files_per_s_on_free_cores"]),
+            fmt(1000 * workers / sides["decode_only"]["steady_cpu_ms_per_file"]),
+            ratio(cpu_share),
+        )
     )
     return Section(result, (table,))
 
@@ -264,6 +340,7 @@ def model_section(
     )
     sides = {side: _latency_summary(latencies, batch_size) for side, latencies in rounds.items()}
     speedup = sides["onnxruntime"]["clips_per_s"] / sides["pytorch"]["clips_per_s"]
+    work = {} if device == "cuda" else one_thread_cpu_ms(onnx_path, torch_logits, batch, repeats)
     result: dict[str, Any] = {
         "model": str(onnx_path),
         "variant": classifier.metadata.variant,
@@ -273,6 +350,7 @@ def model_section(
         "batch_size": batch_size,
         **sides,
         "ort_over_torch": speedup,
+        **work,
         "max_abs_diff": max_abs,
         "max_rel_diff": max_rel,
         "parity_digits": -math.log10(max(max_rel, 1e-16)),
@@ -294,7 +372,84 @@ def model_section(
     for key, label in (("p50_ms", "p50 batch ms"), ("p99_ms", "p99 batch ms")):
         ort_ms, torch_ms = sides["onnxruntime"][key], sides["pytorch"][key]
         table.rows.append((label, fmt(ort_ms, 2), fmt(torch_ms, 2), ratio(ort_ms / torch_ms)))
+    if work:
+        ort_ms, torch_ms = work["cpu_ms_1_thread"]["onnxruntime"], work["cpu_ms_1_thread"]["pytorch"]
+        table.rows.append(
+            ("CPU ms a batch, 1 thread", fmt(ort_ms, 1), fmt(torch_ms, 1), ratio(torch_ms / ort_ms))
+        )
     return Section(result, (table,))
+
+
+def one_thread_cpu_ms(
+    onnx_path: Path, torch_logits: Callable[[], np.ndarray], batch: np.ndarray, repeats: int
+) -> dict[str, Any]:
+    """CPU milliseconds of one batch on one thread (median of ``repeats`` interleaved calls), each
+    side: the work a call costs, which a machine shared with other jobs does not inflate as it does
+    the wall time of two threads waiting for each other. ``ort_over_torch_1_thread`` is torch's CPU
+    time over onnxruntime's."""
+    classifier = Classifier.load(onnx_path, providers=[CPU_PROVIDER], intra_op_threads=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        classifier.logits(batch), torch_logits()  # the first one-thread calls
+        rounds = interleaved(
+            {
+                "onnxruntime": lambda: cpu_seconds(lambda: classifier.logits(batch)),
+                "pytorch": lambda: cpu_seconds(torch_logits),
+            },
+            repeats,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    cpu_ms = {side: 1000 * median(seconds) for side, seconds in rounds.items()}
+    return {"cpu_ms_1_thread": cpu_ms, "ort_over_torch_1_thread": cpu_ms["pytorch"] / cpu_ms["onnxruntime"]}
+
+
+def cpu_seconds(run: Callable[[], object]) -> float:
+    """CPU seconds (every thread of this process) of one call of ``run``."""
+    started = time.process_time()
+    run()
+    return time.process_time() - started
+
+
+def models_section(
+    models: dict[str, tuple[Path, Path]],
+    batch_size: int,
+    threads: int,
+    repeats: int,
+    min_calls: int,
+    min_seconds: float,
+) -> Section:
+    """:func:`model_section` on the CPU for each variant's ``(model.onnx, models folder)``, and a
+    summary table of the ratios."""
+    done = {
+        name: model_section(onnx, folder, batch_size, threads, "cpu", repeats, min_calls, min_seconds)
+        for name, (onnx, folder) in models.items()
+    }
+    summary = Table(
+        f"onnxruntime / PyTorch eager per variant: batch {batch_size}; clips/s on {threads} threads, "
+        "and CPU time a batch on 1 thread",
+        (
+            "variant",
+            "ort clips/s",
+            "torch clips/s",
+            f"ort / torch ({threads} threads)",
+            "ort / torch (1 thread CPU)",
+        ),
+    )
+    for name, section in done.items():
+        r = section.result
+        summary.rows.append(
+            (
+                name,
+                fmt(r["onnxruntime"]["clips_per_s"]),
+                fmt(r["pytorch"]["clips_per_s"]),
+                ratio(r["ort_over_torch"]),
+                ratio(r["ort_over_torch_1_thread"]),
+            )
+        )
+    tables = tuple(t for section in done.values() for t in section.tables)
+    return Section({"variants": {name: s.result for name, s in done.items()}}, (*tables, summary))
 
 
 def _latency_summary(rounds: list[list[float]], batch_size: int) -> dict[str, Any]:
@@ -593,6 +748,27 @@ def measure_alone(
     return {**describe(params), "frames": shape[1], **timed, "peak_gib": peak_gib}
 
 
+def cuda_configs(
+    params: TrainParams, real_frames: int, frames: list[int], batches: list[int], use_compile: bool
+) -> dict[str, tuple[TrainParams, int]]:
+    """The base-AST configurations the GPU section times, ``name -> (params, frames)``: eager and
+    SDPA at ``params.batch_size``, SDPA compiled at each of ``batches`` (SDPA alone without
+    ``use_compile``), and eager at the other ``frames`` lengths."""
+    configs: dict[str, tuple[TrainParams, int]] = {
+        "eager": (base_ast(params, attention="eager"), real_frames),
+        "sdpa": (base_ast(params, attention="sdpa"), real_frames),
+    }
+    fast = {"attention": "sdpa", "compile_model": use_compile}
+    label = "sdpa+compile" if use_compile else "sdpa"
+    for batch in batches:
+        name = label if batch == params.batch_size else f"{label} batch {batch}"
+        configs[name] = (base_ast(params, batch_size=batch, **fast), real_frames)
+    for length in frames:
+        if length != real_frames:
+            configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
+    return configs
+
+
 def cuda_train_section(
     params: TrainParams,
     clip_seconds: float,
@@ -600,29 +776,21 @@ def cuda_train_section(
     steps: int,
     repeats: int,
     frames: list[int],
+    batches: list[int],
     max_batch: int,
     use_compile: bool,
 ) -> Section:
-    """Base-AST training on the GPU (bf16, the real frame count): eager against SDPA attention (and
-    compiled) at ``params.batch_size``, the other ``frames`` lengths eager, then SDPA at the largest
-    batch that fits, with each configuration's peak memory."""
+    """Base-AST training on the GPU (bf16, the real frame count): :func:`cuda_configs` one at a
+    time, then SDPA at the largest batch that fits, with each configuration's peak memory."""
     device = torch.device("cuda")
     n_bins, real_frames = clip_shape("seed", clip_seconds)
-    configs: dict[str, tuple[TrainParams, int]] = {
-        "eager": (base_ast(params, attention="eager"), real_frames),
-        "sdpa": (base_ast(params, attention="sdpa"), real_frames),
-    }
-    if use_compile:
-        configs["sdpa+compile"] = (base_ast(params, attention="sdpa", compile_model=True), real_frames)
-    for length in frames:
-        if length != real_frames:
-            configs[f"eager {length} frames"] = (base_ast(params, attention="eager"), length)
+    configs = cuda_configs(params, real_frames, frames, batches, use_compile)
     # one configuration at a time: each one's peak memory is its own
     result = {
         name: measure_alone(config, (n_bins, length), num_classes, steps, repeats)
         for name, (config, length) in configs.items()
     }
-    best = configs["sdpa+compile" if use_compile else "sdpa"][0]
+    best = configs["sdpa+compile" if use_compile and params.batch_size in batches else "sdpa"][0]
     shape = (n_bins, real_frames)
     batch = largest_batch(best.model_copy(update={"compile_model": False}), shape, num_classes, max_batch)
     if batch:

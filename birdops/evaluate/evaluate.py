@@ -55,7 +55,7 @@ from birdops.contracts import (
     read_manifest,
 )
 from birdops.evaluate import field, layout, plots, uncertainty
-from birdops.features.cache import load_split
+from birdops.features.cache import Clips, load_split
 from birdops.features.frontend import FrontEnd
 from birdops.files import write_csv_atomic, write_json_atomic
 from birdops.models.checkpoint import SavedClassifier, load_classifier
@@ -159,7 +159,7 @@ def read_recordings(prepared_dir: Path, raw_dir: Path, split: str = "test") -> l
 # ------------------------------------------------------------------------------------ clip level
 @torch.no_grad()
 def clip_logits(
-    model: nn.Module, features: np.ndarray, batch_size: int, device: torch.device, desc: str = "clips"
+    model: nn.Module, features: Clips, batch_size: int, device: torch.device, desc: str = "clips"
 ) -> np.ndarray:
     """Logits ``(N, C)`` float32 of cached clips ``features (N, F, T)`` (float16 is fine)."""
     outputs = []

@@ -44,7 +44,7 @@ from birdops.contracts import (
     read_manifest,
     read_soundscapes,
 )
-from birdops.features.cache import load_split
+from birdops.features.cache import Clips, load_split
 from birdops.scores import scores as activated
 from birdops.windows import even_windows
 
@@ -77,7 +77,9 @@ class Windows:
 
 # ---------------------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def logits_of(net: nn.Module, inputs: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def logits_of(
+    net: nn.Module, inputs: np.ndarray | Clips, batch_size: int, device: torch.device
+) -> np.ndarray:
     """``net``'s logits ``(N, C)`` float32 of ``inputs`` (cached features ``(N, F, T)`` for the model,
     or waveform windows ``(N, S)`` for the model behind its front end), ``batch_size`` at a time."""
     out = []

@@ -7,10 +7,11 @@ Python control flow, so ``torch.onnx.export(..., dynamo=True)`` traces it with a
 
 The spectrum has two formulations of one transform, chosen by ``torch.compiler.is_exporting()``:
 eagerly (the cache, training, PyTorch evaluation) ``torch.stft`` / ``torch.fft.rfft``; when exported,
-a two-stage Cooley-Tukey DFT written as MatMuls with the twiddle factors in constant matrices
-(:class:`TwoStageDFT`), because onnxruntime's single-threaded ``STFT`` / ``DFT`` kernels cost more
-than the whole rest of the model. Both give the same power spectrum to float32 rounding
-(``tests/features/test_frontend.py``); the exported graph holds plain ONNX ops only (Triton runs it as is).
+a two-stage Cooley-Tukey DFT written as MatMuls with the twiddle factors in constant matrices, on
+frames laid out as columns so that no stage transposes its input (:class:`TwoStageDFT`), because
+onnxruntime's single-threaded ``STFT`` / ``DFT`` kernels cost more than the whole rest of the model.
+Both give the same power spectrum to float32 rounding (``tests/features/test_frontend.py``); the
+exported graph holds plain ONNX ops only (Triton runs it as is).
 
 Presets (``PRESETS``):
 
@@ -180,56 +181,84 @@ DFT_ROWS = {2048: 64, 512: 16}
 
 
 class TwoStageDFT(nn.Module):
-    """Mel energies of real frames by a two-stage DFT: ``frames (B, T, N) -> mel (B, T, M)``.
+    """Mel energies of real frames by a two-stage DFT: ``frames (N, R) -> mel (M, R)``.
 
-    ``N = N1 * N2``, sample ``n = N2 * n1 + n2``, bin ``k = k1 + N1 * k2``:
+    The ``R`` frames are *columns*: ``frames[n, r]`` is sample ``n`` of frame ``r`` (the front ends
+    cut them so; :meth:`columns_of` turns ``(B, T, N)`` frames). ``N = N1 * N2``, sample
+    ``n = N2 * n1 + n2``, bin ``k = k1 + N1 * k2``. With the frames as columns every stage is a
+    matrix product from the left and nothing is transposed in between:
 
-    1. a length-``N1`` DFT over ``n1``: one MatMul from the left, real input -> ``[re; im]``;
+    1. a length-``N1`` DFT over ``n1``, for ``k1 = 0 .. N1 / 2`` only: the frames are real, so
+       ``k1`` and ``N1 - k1`` are complex conjugates. One MatMul ``(2 (N1/2 + 1), N1) @ (N1, N2 R)``,
+       rows ``(k1, re/im)``, columns ``(n2, r)``: for each ``k1`` a ``[re; im]`` block ``(2 N2, R)``;
     2. for each ``k1``, the twiddle factor ``exp(-2 pi i k1 n2 / N)`` and the length-``N2`` DFT over
-       ``n2`` folded into one real ``(2 N2, 2 K2)`` matrix acting on ``[re | im]``: one batched
-       MatMul over ``k1`` with ``B * T`` rows each, for the ``K2`` values of ``k2`` that reach the
-       ``K = N // 2 + 1`` kept bins;
-    3. the power, and the mel filterbank with its columns put in the ``(k1, k2)`` order of the
-       result (zero for bins past ``K``), so no gather is needed.
+       ``n2`` folded into one real matrix acting on the block, which gives the ``K2`` bins of ``k1``
+       and, from the conjugate, those of ``N1 - k1``: one batched MatMul over ``k1``, ``(4 K2, 2 N2)``
+       each, for the ``K2`` values of ``k2`` that reach the ``K = N // 2 + 1`` kept bins;
+    3. the power, and the mel filterbank with its columns put in that order of bins (zero for bins
+       past ``K`` and for the duplicates ``N1 - k1`` of ``k1 = 0`` and ``N1 / 2``), so no gather is
+       needed: one MatMul ``(M, (N1/2 + 1) 2 K2) @ (.., R)``.
 
     Matrices are computed in float64 and stored float32.
     """
 
     stage1: torch.Tensor
     stage2: torch.Tensor
-    mel_by_k1k2: torch.Tensor
+    mel_by_bins: torch.Tensor
 
     def __init__(self, n_fft: int, rows: int, mel_filters: np.ndarray) -> None:
         super().__init__()
-        if n_fft % rows:
-            raise ValueError(f"n_fft {n_fft} is not a multiple of the DFT's {rows} rows")
+        if n_fft % rows or rows % 2:
+            raise ValueError(f"n_fft {n_fft} is not a multiple of the DFT's {rows} rows, or they are odd")
         n1, n2 = rows, n_fft // rows
+        half = n1 // 2 + 1  # k1 = 0 .. N1 / 2
         n_bins = mel_filters.shape[1]  # K
         k2_count = math.ceil(n_bins / n1)  # K2: columns k2 that hold a kept bin
-        self.n1, self.n2, self.k2_count = n1, n2, k2_count
-        angle1 = 2.0 * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1  # (k1, n1)
-        stage1 = np.concatenate([np.cos(angle1), -np.sin(angle1)])  # (2 N1, N1): re rows, im rows
-        twiddle = np.outer(np.arange(n1), np.arange(n2)) / n_fft  # (N1, N2): k1 n2 / N
-        angle2 = 2.0 * np.pi * (twiddle[:, :, None] + np.outer(np.arange(n2), np.arange(k2_count)) / n2)
-        cos2, sin2 = np.cos(angle2), np.sin(angle2)  # (N1, N2, K2)
-        # (re + i im) exp(-i angle) = (re cos + im sin) + i (im cos - re sin)
-        stage2 = np.block([[cos2, -sin2], [sin2, cos2]])  # (N1, 2 N2, 2 K2): [re | im] -> [re | im]
-        bins = (np.arange(n1)[:, None] + n1 * np.arange(k2_count)[None, :]).reshape(-1)  # (N1 K2,)
-        mel = np.zeros((mel_filters.shape[0], n1 * k2_count))  # (M, N1 K2)
-        mel[:, bins < n_bins] = mel_filters[:, bins[bins < n_bins]]
-        for name, value in (("stage1", stage1), ("stage2", stage2), ("mel_by_k1k2", mel.T)):
+        self.n1, self.n2, self.n_half, self.k2_count = n1, n2, half, k2_count
+        angle1 = 2.0 * np.pi * np.outer(np.arange(half), np.arange(n1)) / n1  # (k1, n1)
+        stage1 = np.stack([np.cos(angle1), -np.sin(angle1)], axis=1).reshape(2 * half, n1)  # (k1, re/im)
+        k1 = np.arange(half)[:, None, None]  # (H, 1, 1)
+        k2, n = np.arange(k2_count)[None, :, None], np.arange(n2)[None, None, :]  # (1, K2, 1), (1, 1, N2)
+        direct = 2.0 * np.pi * (k1 * n / n_fft + k2 * n / n2)  # (H, K2, N2): bins k1 + N1 k2
+        mirror = 2.0 * np.pi * ((n1 - k1) * n / n_fft + k2 * n / n2)  # bins N1 - k1 + N1 k2
+        # (re + i im) exp(-i a) = (re cos a + im sin a) + i (im cos a - re sin a); the conjugate
+        # (re - i im) of N1 - k1 gives (re cos b - im sin b) + i (-im cos b - re sin b)
+        c, s_, cm, sm = np.cos(direct), np.sin(direct), np.cos(mirror), np.sin(mirror)
+        stage2 = np.concatenate(
+            [
+                np.concatenate([c, s_], axis=2),  # re of k1
+                np.concatenate([-s_, c], axis=2),  # im of k1
+                np.concatenate([cm, -sm], axis=2),  # re of N1 - k1
+                np.concatenate([-sm, -cm], axis=2),  # im of N1 - k1
+            ],
+            axis=1,
+        )  # (H, 4 K2, 2 N2)
+        bins = np.stack(  # (H, 2, K2): the bin each power row holds
+            [
+                np.arange(half)[:, None] + n1 * np.arange(k2_count),
+                (n1 - np.arange(half))[:, None] + n1 * np.arange(k2_count),
+            ],
+            axis=1,
+        )
+        valid = bins < n_bins
+        valid[[0, half - 1], 1] = False  # N1 - 0 and N1 - N1/2 repeat bins of k1 = 0 and N1/2
+        mel = np.zeros((mel_filters.shape[0], bins.size))  # (M, H 2 K2)
+        mel[:, valid.reshape(-1)] = mel_filters[:, bins[valid]]
+        for name, value in (("stage1", stage1), ("stage2", stage2), ("mel_by_bins", mel)):
             self.register_buffer(name, torch.from_numpy(value).float(), persistent=False)
 
+    @staticmethod
+    def columns_of(frames: torch.Tensor) -> torch.Tensor:
+        """``frames (B, T, N)`` as the columns :meth:`forward` takes: ``(N, B * T)``."""
+        return frames.reshape(-1, frames.shape[-1]).transpose(0, 1)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        batch, n_frames, _ = frames.shape
-        n1, n2, k2_count = self.n1, self.n2, self.k2_count
-        x = frames.reshape(batch * n_frames, n1, n2)  # (BT, N1, N2)
-        a = torch.matmul(self.stage1, x)  # (BT, 2 N1, N2): DFT over n1, [re; im]
-        a = a.reshape(batch * n_frames, 2, n1, n2).permute(2, 0, 1, 3)  # (N1, BT, 2, N2)
-        y = torch.matmul(a.reshape(n1, batch * n_frames, 2 * n2), self.stage2)  # (N1, BT, 2 K2)
-        power = y[..., :k2_count].square() + y[..., k2_count:].square()  # (N1, BT, K2)
-        power = power.permute(1, 0, 2).reshape(batch, n_frames, n1 * k2_count)  # (B, T, N1 K2)
-        return torch.matmul(power, self.mel_by_k1k2)  # (B, T, M)
+        n1, n2, half, k2_count = self.n1, self.n2, self.n_half, self.k2_count
+        y = torch.matmul(self.stage1, frames.reshape(n1, -1))  # (2 H, N2 R): DFT over n1
+        y = torch.matmul(self.stage2, y.reshape(half, 2 * n2, -1))  # (H, 4 K2, R): [re; im] of k1, N1 - k1
+        y = y.reshape(half, 2, 2, k2_count, -1)  # (H, k1 | N1 - k1, re | im, K2, R)
+        power = y[:, :, 0].square() + y[:, :, 1].square()  # (H, 2, K2, R)
+        return torch.matmul(self.mel_by_bins, power.reshape(half * 2 * k2_count, -1))  # (M, R)
 
 
 class FrontEnd(nn.Module):
@@ -279,10 +308,9 @@ class LogMelFrontEnd(FrontEnd):
         """The mel power spectrogram ``(B, M, T)``: STFT (the two-stage DFT when exported), power, mel."""
         spec = self.spec
         if torch.compiler.is_exporting():
-            out: torch.Tensor = self.dft(self.centred_frames(waveform) * self.window).transpose(
-                1, 2
-            )  # (B, M, T)
-            return out
+            n_frames = self.num_frames(waveform.shape[-1])
+            mel: torch.Tensor = self.dft(self.centred_columns(waveform))  # (M, B T)
+            return mel.reshape(spec.n_mels, -1, n_frames).transpose(0, 1)  # (B, M, T)
         stft = torch.stft(
             waveform,
             spec.n_fft,
@@ -311,11 +339,14 @@ class LogMelFrontEnd(FrontEnd):
         spec = self.spec.to_dict()
         return tuple(v for k, v in spec.items() if k not in SPEC_AFTER_DB_MEL)
 
-    def centred_frames(self, waveform: torch.Tensor) -> torch.Tensor:
-        """``torch.stft(center=True, pad_mode="constant")``'s frames, unwindowed: ``(B, S) -> (B, T, W)``.
+    def centred_columns(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``torch.stft(center=True, pad_mode="constant")``'s windowed frames as the columns the
+        exported DFT takes: ``(B, S) -> (N, B * T)``, ``[n, b * T + t]`` = sample ``n`` of frame ``t``.
 
-        Built from hop-sized blocks (the hop divides the frame length), so the graph slices and
-        concatenates instead of gathering every sample of every frame.
+        Built from hop-sized blocks (the hop divides the frame length): the padded waveform as
+        blocks, transposed once to ``(hop, B, blocks)`` (the size of the waveform), then samples
+        ``q * hop .. (q + 1) * hop - 1`` of every frame are blocks ``q .. q + T - 1``: a slice per
+        ``q``, concatenated -- no gather of every sample of every frame.
         """
         spec = self.spec
         hop, width = spec.hop_length_samples, spec.win_length_samples
@@ -323,9 +354,10 @@ class LogMelFrontEnd(FrontEnd):
         pad = width // 2
         tail = -(waveform.shape[-1] + 2 * pad) % hop  # to whole blocks; never reaches a frame
         padded = nn.functional.pad(waveform, (pad, pad + tail))  # (B, S')
-        blocks = padded.reshape(waveform.shape[0], -1, hop)  # (B, S' / hop, hop)
-        parts = [blocks[:, j : j + n_frames] for j in range(width // hop)]  # each (B, T, hop)
-        return torch.cat(parts, dim=-1)  # (B, T, W)
+        blocks = padded.reshape(waveform.shape[0], -1, hop).permute(2, 0, 1)  # (hop, B, S' / hop)
+        parts = [blocks[:, :, q : q + n_frames] for q in range(width // hop)]  # each (hop, B, T)
+        columns = torch.cat(parts, dim=0) * self.window[:, None, None]  # (W, B, T)
+        return columns.reshape(width, -1)  # (W, B T)
 
 
 class KaldiFbankFrontEnd(FrontEnd):
@@ -340,7 +372,8 @@ class KaldiFbankFrontEnd(FrontEnd):
         frames = (frames - spec.preemphasis * previous) * self.window  # (B, T, W)
         frames = nn.functional.pad(frames, (0, spec.n_fft - spec.win_length_samples))  # (B, T, n_fft)
         if torch.compiler.is_exporting():
-            mel = self.dft(frames)  # (B, T, M)
+            mel = self.dft(self.dft.columns_of(frames)).transpose(0, 1)  # (B T, M)
+            mel = mel.reshape(frames.shape[0], -1, spec.n_mels)  # (B, T, M)
         else:
             fft = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
             power = fft.real.square() + fft.imag.square()  # (B, T, K)

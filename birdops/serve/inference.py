@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import stream_audio, stream_bytes
+from birdops.audio import read_ahead, stream_audio, stream_bytes
 from birdops.contracts import EMBEDDING_KEY, INPUT_NAME, OUTPUT_NAME, Embedding, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, providers_for
 from birdops.scores import aggregate
@@ -324,7 +324,7 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_windows` of an audio file, streamed (:func:`birdops.audio.stream_audio`);
         raises :class:`birdops.audio.AudioError`."""
-        blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
+        blocks = read_ahead(stream_audio(path, self.sample_rate_hz, self.window_seconds))  # decoded meanwhile
         return self.predict_stream(blocks, hop_seconds, batch_size, embeddings)
 
     def predict_bytes(
@@ -336,7 +336,7 @@ class Classifier:
         embeddings: bool = False,
     ) -> WindowScores:
         """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
-        blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
+        blocks = read_ahead(stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds))
         return self.predict_stream(blocks, hop_seconds, batch_size, embeddings)
 
     def describe(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from birdops.contracts import (
     read_labels,
     read_manifest,
 )
-from birdops.features.cache import load_split
+from birdops.features.cache import Clips, load_split
 from birdops.train.state import derive_seed
 
 
@@ -39,7 +39,7 @@ class Split(Protocol):
     """What training reads from a cached split (``birdops.features.cache.CachedSplit``)."""
 
     @property
-    def features(self) -> np.ndarray: ...  # (N, F, T) float16, usually memory-mapped
+    def features(self) -> Clips: ...  # (N, F, T) float16: the cache's shards, read on demand
 
     @property
     def labels(self) -> np.ndarray: ...  # (N,) int64 label indices

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,29 +77,80 @@ class MelScenes:
         A scene holds one to ``max_sources`` distinct classes, each a random stem of its class shifted
         circularly to a random start, at -12 to 0 dB, a third of the time present over only a stretch
         (30 % to all of the clip, faded in and out); over a background bed 15-35 dB down.
+
+        Every draw is made first, scene by scene in a fixed order; then the sources of all scenes are
+        shifted, gated and scaled in a few batched operations and added up, per scene, in the order
+        they were drawn and the bed last (one source slot at a time: an absent source adds 0), so the
+        sums are those of adding the scenes' sources one by one.
         """
+        mix = self._draw(rng, size)
+        frames = self.stems.shape[-1]
+        gates = torch.ones((len(mix.stems), frames))  # (S, T): 1 where a source is not gated
+        for row, (start, length) in mix.gates.items():  # a gated source is silent outside its stretch
+            gates[row] = 0.0
+            gates[row, start : start + length] = torch.from_numpy(np.hanning(length + 2)[1:-1] ** 0.5).float()
+        sources = _rolled(self.stems.flatten(0, 1)[torch.tensor(mix.stems)], mix.shifts)  # (S, M, T)
+        sources = sources * gates[:, None, :] * _column(mix.gains)  # (S, M, T), in that order
+        mels = torch.zeros((size, *self.stems.shape[2:]))  # (size, M, T)
+        for slot in range(self.max_sources):  # a scene's first source, then its second, ...
+            rows = [row for row, (_, s) in enumerate(mix.slots) if s == slot]
+            scenes = torch.tensor([mix.slots[row][0] for row in rows], dtype=torch.int64)
+            mels.index_add_(0, scenes, sources[rows])  # each scene at most once: mels[scene] + source
+        beds = _rolled(self.beds[torch.tensor(mix.beds)], mix.bed_shifts) * _column(
+            mix.bed_gains
+        )  # (size, M, T)
+        labels = torch.zeros((size, self.num_classes))
+        for scene, classes in enumerate(mix.classes):
+            labels[scene, classes] = 1.0
+        return mels + beds, labels
+
+    def _draw(self, rng: np.random.Generator, size: int) -> _Mix:
+        """Every random choice of ``size`` scenes, in the order the scenes use them."""
         classes, per_class, _, frames = self.stems.shape
-        mels = torch.zeros((size, *self.stems.shape[2:]))
-        labels = torch.zeros((size, classes))
-        for b in range(size):
+        mix = _Mix()
+        for scene in range(size):
             count = int(rng.integers(1, self.max_sources + 1))
-            for c in rng.choice(classes, size=count, replace=False):
-                source = torch.roll(
-                    self.stems[c, rng.integers(per_class)], int(rng.integers(frames)), dims=-1
-                )
+            chosen = [int(c) for c in rng.choice(classes, size=count, replace=False)]
+            for slot, c in enumerate(chosen):
+                mix.slots.append((scene, slot))
+                mix.stems.append(c * per_class + int(rng.integers(per_class)))
+                mix.shifts.append(int(rng.integers(frames)))
                 if rng.random() < 1 / 3:
                     length = int(rng.integers(max(1, round(0.3 * frames)), frames + 1))
-                    start = int(rng.integers(0, frames - length + 1))
-                    gate = torch.zeros(frames)
-                    gate[start : start + length] = torch.from_numpy(
-                        np.hanning(length + 2)[1:-1] ** 0.5
-                    ).float()
-                    source = source * gate
-                mels[b] += source * float(10 ** (rng.uniform(-12.0, 0.0) / 10))  # a power gain
-                labels[b, c] = 1.0
-            bed = torch.roll(self.beds[rng.integers(len(self.beds))], int(rng.integers(frames)), dims=-1)
-            mels[b] += bed * float(10 ** (-rng.uniform(15.0, 35.0) / 10))
-        return mels, labels
+                    mix.gates[len(mix.stems) - 1] = (int(rng.integers(0, frames - length + 1)), length)
+                mix.gains.append(float(10 ** (rng.uniform(-12.0, 0.0) / 10)))  # a power gain
+            mix.classes.append(chosen)
+            mix.beds.append(int(rng.integers(len(self.beds))))
+            mix.bed_shifts.append(int(rng.integers(frames)))
+            mix.bed_gains.append(float(10 ** (-rng.uniform(15.0, 35.0) / 10)))
+        return mix
+
+
+@dataclass
+class _Mix:
+    """The draws of a batch of scenes; one entry per source (``slots`` ... ``gains``) or per scene."""
+
+    slots: list[tuple[int, int]] = field(default_factory=list)  # (scene, position among its sources)
+    stems: list[int] = field(default_factory=list)  # class * stems_per_class + stem
+    shifts: list[int] = field(default_factory=list)  # circular shift, frames
+    gates: dict[int, tuple[int, int]] = field(default_factory=dict)  # source -> (start, length) frames
+    gains: list[float] = field(default_factory=list)
+    classes: list[list[int]] = field(default_factory=list)  # per scene
+    beds: list[int] = field(default_factory=list)  # per scene
+    bed_shifts: list[int] = field(default_factory=list)
+    bed_gains: list[float] = field(default_factory=list)
+
+
+def _rolled(spectra: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """``torch.roll(spectra[i], shifts[i], dims=-1)`` of every ``spectra (N, M, T)``, in one gather."""
+    frames = spectra.shape[-1]
+    source_frames = (torch.arange(frames)[None, :] - torch.tensor(shifts)[:, None]) % frames  # (N, T)
+    return torch.gather(spectra, 2, source_frames[:, None, :].expand_as(spectra))
+
+
+def _column(gains: list[float]) -> torch.Tensor:
+    """``(N, 1, 1)`` float32 gains: each rounded to float32 as a Python float multiplying a tensor is."""
+    return torch.tensor(gains, dtype=torch.float32)[:, None, None]
 
 
 def features_from_mel_power(frontend: LogMelFrontEnd, mel: torch.Tensor) -> torch.Tensor:

