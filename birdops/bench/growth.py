@@ -5,13 +5,16 @@ For each factor of ``--scales`` (1, 4, 16) a corpus is generated with ``data.syn
 log-uniform: 19 s on average, against 12 s for the embedded default) -- into a folder of its own
 with its own ``params.yaml``, and the stages run on it as processes of their own:
 
-- ``corpus``, ``prepare``, ``lms_cache``: the DVC stages themselves (``python -m pipeline.*``);
+- ``corpus``, ``background`` (``data.background_synthetic.recordings`` scaled alike), ``prepare``,
+  ``lms_cache``, ``soundscapes`` (a fixed count: they do not grow with the corpus): the DVC stages
+  themselves (``python -m pipeline.*``);
 - ``train``: :mod:`birdops.bench.train_run` -- the training stage's reading and fingerprinting of
   the whole cache, then ``--growth-steps`` steps of the ``full`` variant's trainer and one
   validation pass over the whole validation split (time-boxed: an epoch at 16x is an hour on 2
   cores);
 - ``evaluate``: the ``evaluate`` stage for a seeded ``phase2b`` model (every cached test and
-  validation clip, every test recording decoded and windowed);
+  validation clip, every test recording decoded and windowed, calibration and the detection metrics
+  on the background clips and soundscapes);
 - ``export``: the ``export_onnx`` stage on that model (its parity gate reads the cache);
 - ``predict``: ``birdops predict`` on every test recording.
 
@@ -37,7 +40,7 @@ import yaml
 from birdops.bench.inputs import saved_model
 from birdops.bench.sections import BenchError, Section, Table, fmt, stage_env
 from birdops.config import load_params
-from birdops.contracts import labels_path, read_labels, read_manifest
+from birdops.contracts import EVAL_DIR, labels_path, read_labels, read_manifest
 from birdops.files import write_json_atomic
 
 REPORT_MAX_RECORDING_SECONDS = 60.0  # the report's corpus: 3 to 60 s recordings (README, "Real recordings")
@@ -106,6 +109,7 @@ def write_scaled_params(params_path: Path, factor: int, folder: Path) -> dict[st
     synthetic = tree["data"]["synthetic"]
     synthetic["recordings"] *= factor
     synthetic["recordists"] *= factor
+    tree["data"]["background_synthetic"]["recordings"] *= factor
     if factor > 1:
         synthetic["max_recording_seconds"] = REPORT_MAX_RECORDING_SECONDS
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,19 +140,24 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
     synthetic = write_scaled_params(params_path, factor, folder)
     runs: dict[str, StageRun] = {}
     runs["corpus"] = run_measured(folder, "pipeline.corpus", ["--out", "raw"], "corpus")
+    runs["background"] = run_measured(folder, "pipeline.background", ["--out", "background"], "background")
+    sources = ["--raw", "raw", "--background", "background"]
     runs["prepare"] = run_measured(
-        folder,
-        "pipeline.prepare",
-        ["--raw", "raw", "--out", "prepared", "--summary", "data.json"],
-        "prepare",
+        folder, "pipeline.prepare", [*sources, "--out", "prepared", "--summary", "data.json"], "prepare"
     )
-    data_paths = ["--raw", "raw", "--prepared", "prepared", "--lms", "lms"]
     runs["lms_cache"] = run_measured(
         folder,
         "pipeline.lms_cache",
-        ["--raw", "raw", "--prepared", "prepared", "--out", "lms", "--summary", "cache.json"],
+        [*sources, "--prepared", "prepared", "--out", "lms", "--summary", "cache.json"],
         "lms_cache",
     )
+    runs["soundscapes"] = run_measured(
+        folder,
+        "pipeline.soundscapes",
+        [*sources, "--prepared", "prepared", "--out", "soundscapes"],
+        "soundscapes",
+    )
+    data_paths = ["--raw", "raw", "--prepared", "prepared", "--lms", "lms"]
     runs["train"] = run_measured(
         folder,
         "birdops.bench.train_run",
@@ -158,7 +167,20 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
     labels = read_labels(labels_path(folder / "prepared"))
     model_dir = saved_model(load_params(folder / "params.yaml"), EVALUATE_VARIANT, labels, folder / "models")
     runs["evaluate"] = run_measured(
-        folder, "pipeline.evaluate", ["--models", str(model_dir), *data_paths, "--out", "metrics"], "evaluate"
+        folder,
+        "pipeline.evaluate",
+        [
+            "--models",
+            str(model_dir),
+            *data_paths,
+            "--background",
+            "background",
+            "--soundscapes",
+            "soundscapes",
+            "--out",
+            "metrics",
+        ],
+        "evaluate",
     )
     runs["export"] = run_measured(
         folder,
@@ -166,6 +188,8 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         [
             "--best",
             "metrics/best.json",
+            "--eval",
+            "metrics/eval",
             "--models",
             "models",
             *data_paths,
@@ -177,6 +201,7 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         "export",
     )
     manifest = read_manifest(folder / "prepared" / "manifest.csv")
+    background = read_manifest(folder / "prepared" / "background.csv")
     test = [row for row in manifest if row.split == "test"]
     runs["predict"] = run_measured(
         folder,
@@ -196,11 +221,13 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         "predict",
     )
     train = json.loads(runs["train"].stdout.strip().splitlines()[-1])
-    evaluation = json.loads((folder / "metrics" / f"{EVALUATE_VARIANT}.json").read_text())
+    evaluation = json.loads((folder / "metrics" / EVAL_DIR / EVALUATE_VARIANT / "details.json").read_text())
     units = {
         "corpus": synthetic["recordings"],
+        "background": len(background),
         "prepare": synthetic["recordings"],
-        "lms_cache": len(manifest),
+        "lms_cache": len(manifest) + len(background),
+        "soundscapes": 1,
         "train": train["samples"],
         "evaluate": evaluation["n_test_recordings"],
         "export": 1,
@@ -225,6 +252,7 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         "factor": factor,
         "recordings": synthetic["recordings"],
         "accepted": len(manifest),
+        "background_recordings": len(background),
         "audio_hours": sum(row.length_s for row in manifest) / 3600,
         "max_recording_seconds": synthetic["max_recording_seconds"],
         "raw_mib": folder_mib(folder / "raw"),
@@ -237,8 +265,10 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
 
 UNITS = {
     "corpus": "recording",
+    "background": "recording",
     "prepare": "recording",
-    "lms_cache": "recording",
+    "lms_cache": "recording",  # species and background
+    "soundscapes": "run",
     "train": "sample",  # the whole run, reading the cache included, per training sample
     "evaluate": "test recording",
     "export": "run",

@@ -81,6 +81,8 @@ def test_growth_scales_the_corpus_and_takes_the_reports_lengths_above_1x(tmp_pat
     assert four["max_recording_seconds"] == REPORT_MAX_RECORDING_SECONDS == 60.0
     scaled = load_params(tmp_path / "x4" / "params.yaml")
     assert scaled.data.synthetic.recordings == 4 * base.recordings
+    background = load_params(ROOT / "params.yaml").data.background_synthetic
+    assert scaled.data.background_synthetic.recordings == 4 * background.recordings  # cached alike
     assert scaled.train_full == load_params(ROOT / "params.yaml").train_full  # only the corpus changes
 
 
