@@ -38,6 +38,7 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
+import yaml
 
 from birdops.bench import gpu, growth, inputs, sections
 from birdops.bench.sections import BenchError, Section, Unavailable
@@ -318,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
     }
     with work_folder(args.work_dir) as work:
-        shutil.copyfile(args.params, work / "params.yaml")  # the cache stage reads it from its folder
+        tree = yaml.safe_load(args.params.read_text())  # the cache stage reads it from its folder,
+        tree["lms_cache"]["background_mix"]["copies"] = 0  # with no background recordings to mix in
+        (work / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         bench = Bench(args, params, sizes, work)
         measures = bench.measures()
         results: dict[str, Any] = {}

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from birdops.bench.inputs import Corpus, chirps, long_recording
 from birdops.bench.timing import call_latencies, interleaved, median, percentile, rate_summary, wall_seconds
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
+from birdops.contracts import background_manifest_path, write_manifest
 from birdops.export.parity import compare, logit_scale
 from birdops.features.frontend import build_frontend, spec_for
 from birdops.models.checkpoint import load_classifier
@@ -140,15 +141,23 @@ def run_timed(command: list[str], cwd: Path, what: str) -> Timed:
 
 def run_cache_stage(corpus: Corpus, work_dir: Path) -> Timed:
     """One whole ``lms_cache`` stage into a fresh ``work_dir/lms`` (a finished cache would be reused),
-    run in ``work_dir``, where ``params.yaml`` is and ``runs/lms_cache.json`` goes."""
+    run in ``work_dir``, where ``params.yaml`` is and ``runs/lms_cache.json`` goes. The corpus's
+    recordings only: no background recordings (an empty ``background.csv``), so the stage decodes the
+    files the decode-only run decodes (``birdops bench`` writes ``background_mix.copies`` 0)."""
     out = work_dir / "lms"
     shutil.rmtree(out, ignore_errors=True)
+    background = work_dir / "background"
+    background.mkdir(exist_ok=True)
+    if not background_manifest_path(corpus.prepared_dir).is_file():
+        write_manifest(background_manifest_path(corpus.prepared_dir), [])
     command = [
         sys.executable,
         "-m",
         "pipeline.lms_cache",
         "--raw",
         str(corpus.raw_dir),
+        "--background",
+        str(background),
         "--prepared",
         str(corpus.prepared_dir),
         "--out",

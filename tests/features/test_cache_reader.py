@@ -118,10 +118,11 @@ from birdops.train.data import EpochSampler, FeatureDataset
 from torch.utils.data import DataLoader
 
 split = load_split(sys.argv[1], "seed", "train")
-loader = DataLoader(FeatureDataset(split), batch_size=32, sampler=EpochSampler(split.labels, 0, shuffle=True))
+dataset = FeatureDataset([split], int(max(split.labels)) + 1)
+loader = DataLoader(dataset, batch_size=32, sampler=EpochSampler(split.labels, 0, shuffle=True))
 total = 0.0
 for _ in range(2):  # two epochs in a shuffled order: every shard, again and again
-    for features, _labels in loader:
+    for features, _labels, _weights in loader:
         total += float(features[:, 0, 0].sum())
 for start in range(0, len(split.features), 32):  # evaluation's order
     total += float(np.asarray(split.features[start : start + 32], dtype=np.float32)[:, 0, 0].sum())

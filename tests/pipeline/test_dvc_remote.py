@@ -22,7 +22,7 @@ from birdops.remote import object_path
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("data/synthetic", "data/prepared")  # the data stages' DVC-cached outputs
+OUTPUTS = ("data/synthetic", "data/background", "data/prepared")  # the data stages' DVC-cached outputs
 
 
 def clone(repo: Path, to: Path) -> Path:

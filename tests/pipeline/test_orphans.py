@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import soundfile as sf
@@ -30,7 +31,8 @@ STAGE_TIMEOUT_S = 240.0
 
 
 def prepared_world(root: Path) -> None:
-    """``root/raw`` (WAV recordings with calls), ``root/prepared/manifest.csv`` and a ``params.yaml``
+    """``root/raw`` (WAV recordings with calls), ``root/background`` (noise), ``root/prepared``'s
+    ``manifest.csv`` and ``background.csv``, and a ``params.yaml``
     whose ``lms_cache`` section uses two workers."""
     audio = root / "raw" / "audio"
     audio.mkdir(parents=True)
@@ -57,6 +59,16 @@ def prepared_world(root: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(rows)
+    background_rows = []  # site noise, a site per split: clips and noisy copies of the train clips
+    (root / "background" / "audio").mkdir(parents=True)
+    for i, split in enumerate(("train", "train", "val", "test")):
+        noise = 0.05 * np.random.default_rng(1000 + i).standard_normal(16000 * 10).astype(np.float32)
+        sf.write(root / "background" / "audio" / f"b{i}.wav", noise, 16000)
+        background_rows.append([f"BG{i}", f"audio/b{i}.wav", "", -1, split, f"site-{i}", "", 10.0])
+    with open(root / "prepared" / "background.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(background_rows)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["lms_cache"].update(presets=["seed", "mfcc"], workers=2, shard_max_clips=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -71,6 +83,8 @@ def start_stage(root: Path, out: str) -> subprocess.Popen[bytes]:
         "pipeline.lms_cache",
         "--raw",
         "raw",
+        "--background",
+        "background",
         "--prepared",
         "prepared",
         "--out",

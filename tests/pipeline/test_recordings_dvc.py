@@ -31,7 +31,7 @@ RECORDINGS = "recordings"
 ON_RECORDINGS = ("-S", f"data.raw={RECORDINGS}")
 
 
-DATA_STAGES = ("corpus", "prepare")  # the stages that read or write raw folders, run in seconds
+DATA_STAGES = ("corpus", "background", "prepare")  # the stages that read or write raw folders, in seconds
 
 
 def make_repo(path: Path) -> Path:
