@@ -223,6 +223,13 @@ class Bench:
         variants = {name: p.variant(name) for name in VARIANTS}
         frames = [int(f) for f in a.frames.split(",") if f]
 
+        def predict_on(device: str) -> Section:
+            """``birdops predict`` on the long recording with ``device``'s provider."""
+            recording_seconds = a.recording_seconds or s.recording_seconds
+            return sections.predict_section(
+                self.model()[0], self.work, recording_seconds, a.batch_size, a.threads, device, a.repeats
+            )
+
         def cuda_section() -> Section:
             if not cuda:
                 raise Unavailable("no CUDA device")
@@ -242,17 +249,7 @@ class Bench:
                     *self.model(), a.batch_size, a.threads, "cuda", a.repeats, s.min_calls, s.min_seconds
                 )
             )
-            predict_cuda = sections.run_section(
-                lambda: sections.predict_section(
-                    self.model()[0],
-                    self.work,
-                    a.recording_seconds or s.recording_seconds,
-                    a.batch_size,
-                    a.threads,
-                    "cuda",
-                    a.repeats,
-                )
-            )
+            predict_cuda = sections.run_section(lambda: predict_on("cuda"))
             parts = {"train": train, "onnx": ort_cuda, "predict": predict_cuda}
             if not a.no_gpu_profile:
                 parts["gpu_profile"] = sections.run_section(
@@ -275,15 +272,7 @@ class Bench:
                 s.min_calls,
                 s.min_seconds,
             ),
-            "predict": lambda: sections.predict_section(
-                self.model()[0],
-                self.work,
-                a.recording_seconds or s.recording_seconds,
-                a.batch_size,
-                a.threads,
-                "cpu",
-                a.repeats,
-            ),
+            "predict": lambda: predict_on("cpu"),
             "train": lambda: sections.train_section(
                 variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device
             ),

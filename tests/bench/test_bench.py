@@ -86,17 +86,16 @@ def test_growth_scales_the_corpus_and_takes_the_reports_lengths_above_1x(tmp_pat
     assert scaled.train_full == load_params(ROOT / "params.yaml").train_full  # only the corpus changes
 
 
+def run_bench(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``birdops bench ARGS`` in a process of its own, from the repository root."""
+    command = [sys.executable, "-m", "birdops.cli", "bench", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
 @pytest.mark.slow
 def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "birdops.cli", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
+    done = run_bench(["--quick", "--out", str(out)], timeout_s=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["repeats"] == 3
@@ -174,14 +173,7 @@ def test_without_a_gpu_the_cuda_section_says_it_is_skipped(tmp_path: Path) -> No
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the section runs")
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "birdops.cli", "bench", "--sections", "cuda", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_bench(["--sections", "cuda", "--out", str(out)], timeout_s=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped: no CUDA device" in done.stdout
     assert json.loads(out.read_text())["sections"]["cuda"] == {"skipped": "no CUDA device"}
