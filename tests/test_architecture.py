@@ -7,12 +7,11 @@ arrow fails here until the map (and the page) says why it is there.
 
 from __future__ import annotations
 
-import ast
-from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
 import pytest
+from code_map import project_imports, room_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 BIRDOPS = ROOT / "birdops"
@@ -49,41 +48,10 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def room(module: str) -> str:
-    parts = module.split(".")
-    if parts[0] == "pipeline":
-        return "pipeline"
-    if len(parts) == 1 or parts[1] == "__version__":
-        return "birdops"
-    return parts[1]
-
-
-def project_imports(path: Path) -> set[str]:
-    """The ``birdops``/``pipeline`` modules ``path`` imports (``from birdops import x`` is ``birdops.x``)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            if node.module == "birdops":
-                found.update(f"birdops.{alias.name}" for alias in node.names)
-            else:
-                found.add(node.module)
-    return {name for name in found if name.split(".")[0] in ("birdops", "pipeline")}
-
-
 @cache
 def graph() -> dict[str, dict[str, set[str]]]:
     """room -> imported room -> the modules of the room that import it."""
-    edges: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for path in sorted([*BIRDOPS.rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]):
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        source = room(module)
-        for name in project_imports(path):
-            target = room(name)
-            if target != source:
-                edges[source][target].add(module)
-    return edges
+    return room_graph(ROOT)
 
 
 def test_every_room_is_on_the_map() -> None:
