@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
 import io
 import json
@@ -70,7 +69,6 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import anyio
@@ -88,9 +86,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from birdops import __version__
 from birdops.audio import AudioError, TooLongAudioError, stream_bytes
 from birdops.contracts import ModelMetadata
-from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER, providers_for
 from birdops.serve.detect import Selection, ThresholdsError, json_thresholds, select, species_found
-from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores
+from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores, open_classifier
 from birdops.serve.settings import ServeSettings
 from birdops.windows import even_hop_seconds
 
@@ -875,50 +872,6 @@ def create_app(
 
 
 # ----------------------------------------------------------------------------------------- main
-def cuda_usable() -> tuple[bool, str]:
-    """Whether onnxruntime's CUDA provider can really run here, without asking onnxruntime (which
-    prints its library errors in red): ``(usable, why not)``."""
-    if CUDA_PROVIDER not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider"
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False, "no NVIDIA driver (libcuda.so.1)"
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return False, "no usable CUDA device"
-    capi = Path(ort.__file__).parent / "capi"
-    try:
-        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
-        ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
-    except OSError as err:
-        return False, f"CUDA libraries missing ({str(err).split(':')[0]})"
-    return True, ""
-
-
-def choose_providers(device: str) -> tuple[list[str], str]:
-    """The providers for ``device`` and a one-line account of the choice (``auto``: CUDA when it is
-    really usable, else the CPU, quietly)."""
-    if device != "auto":
-        return providers_for("cuda" if device == "cuda" else "cpu"), f"device {device}"
-    usable, why = cuda_usable()
-    if usable:
-        return providers_for("cuda"), "device auto: CUDA is available"
-    return [CPU_PROVIDER], f"device auto: CPU ({why})"
-
-
-def open_model(settings: ServeSettings) -> Classifier:
-    """Open the model of ``settings`` in an onnxruntime session on its device; ``device="cuda"``
-    fails when CUDA is not in use."""
-    providers, reason = choose_providers(settings.device)
-    ort.set_default_logger_severity(3)  # errors only: a CUDA fallback is reported below, in one line
-    classifier = Classifier.load(settings.model_path, providers, settings.intra_op_threads)
-    if settings.device == "cuda" and CUDA_PROVIDER not in classifier.providers:
-        raise ModelError(f"device 'cuda' was asked for but onnxruntime runs on {classifier.providers}")
-    log.info("%s: running on %s", reason, classifier.providers[0])
-    return classifier
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="birdops serve",
@@ -929,7 +882,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when usable")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: CUDA when it can run here, else the CPU; cuda: CUDA or exit 1",
+    )
     parser.add_argument("--threads", dest="intra_op_threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
     return parser.parse_args(argv)
@@ -949,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("invalid settings: %s", err)
         return 2
     try:
-        classifier = open_model(settings)
+        classifier = open_classifier(settings.model_path, settings.device, settings.intra_op_threads)
     except ModelError as err:
         log.error("%s", err)
         return 1

@@ -25,6 +25,7 @@ from tones import LABELS, TONES_HZ, tone_model, tones
 
 from birdops.serve import app as serve_app
 from birdops.serve import detect
+from birdops.serve.inference import open_classifier
 from birdops.serve.settings import ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
@@ -505,7 +506,7 @@ def test_a_queue_past_its_time_budget_answers_503_with_retry_after_and_ready_say
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", retry_after_s=3, max_connections=200)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(LOW_HIGH_MID, 8000, "WAV")
     files = {"file": ("call.wav", payload, "audio/wav")}
     with TestClient(serve_app.create_app(classifier, settings)) as client:
@@ -560,23 +561,13 @@ def test_an_inference_past_its_deadline_is_stopped(tmp_path: Path) -> None:
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=1)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(LOW_HIGH_MID, 8000, "WAV")
     budget = serve_app.InferenceBudget(0.5)
     assert len(serve_app.classify_upload(classifier, settings, payload, "a.wav", budget).scores) == 3
     budget.expire()
     with pytest.raises(serve_app.InferenceTimeout, match=r"within 0\.5 s"):
         serve_app.classify_upload(classifier, settings, payload, "a.wav", budget)
-
-
-def test_auto_picks_the_cpu_quietly_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -> None:
-    usable, why = serve_app.cuda_usable()
-    providers, reason = serve_app.choose_providers("auto")
-    if usable:
-        assert providers[0] == "CUDAExecutionProvider" and reason == "device auto: CUDA is available"
-    else:
-        assert providers == ["CPUExecutionProvider"] and reason == f"device auto: CPU ({why})"
-    assert capfd.readouterr().err == ""  # nothing printed while probing
 
 
 def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: Path) -> None:
@@ -588,7 +579,7 @@ def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: 
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=3, hop_seconds=0.4)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     plan = [(TONES_HZ[k % 3], 0.9) for k in range(12)]  # 10.8 s at 44.1 kHz: 8 blocks
     wave = tones(plan, 44100)
     payload = encode(np.stack([wave, 0.5 * wave], axis=1), 44100, "FLAC")
@@ -730,7 +721,7 @@ def test_embeddings_are_answered_for_every_window_when_asked(tmp_path: Path) -> 
     onnx.save(tone_model(embedding=True), str(model))
     onnx.save(tone_model(), str(plain))
     settings = ServeSettings(model_path=model, device="cpu", hop_seconds=0.5)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(DAWN_WAVE, 8000, "WAV")
     files = {"file": ("dawn.wav", payload, "audio/wav")}
     expected = classifier.predict_bytes(payload, "dawn.wav", 0.5, settings.batch_size, embeddings=True)
@@ -746,7 +737,8 @@ def test_embeddings_are_answered_for_every_window_when_asked(tmp_path: Path) -> 
         assert client.post("/predict", files=files).json()["embeddings"] is None  # only when asked
         assert client.get("/ready").json()["embedding_dim"] == 6
     settings = ServeSettings(model_path=plain, device="cpu")
-    with TestClient(serve_app.create_app(serve_app.open_model(settings), settings)) as client:
+    no_embedding = open_classifier(settings.model_path, settings.device)
+    with TestClient(serve_app.create_app(no_embedding, settings)) as client:
         response = client.post("/predict", files=files, params={"embeddings": "true"})
         assert response.status_code == 422 and "has no embedding output" in response.json()["detail"]
         assert client.get("/ready").json()["embedding_dim"] is None
