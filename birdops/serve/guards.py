@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from birdops.serve.settings import ServeSettings
+from birdops.serve.settings import FD_RESERVE, MAX_DERIVED_CONNECTIONS, ServeSettings
 
 # room for the multipart boundary and part headers around the file itself
 MULTIPART_OVERHEAD_BYTES = 16 * 1024
@@ -92,11 +92,6 @@ class RequestGuard:
 
 
 # --------------------------------------------------------------------------------- the connection
-# descriptors for what is not a connection or a spooled upload: the model, logs, the event loop, threads
-FD_RESERVE = 64
-# the most connections a cap derived from the descriptor limit allows: each may hold a head of up to
-# max_header_bytes in memory while it arrives
-MAX_DERIVED_CONNECTIONS = 4096
 
 
 @dataclasses.dataclass

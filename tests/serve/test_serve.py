@@ -27,7 +27,7 @@ from birdops.serve import app as serve_app
 from birdops.serve import detect, guards, uploads
 from birdops.serve.inference import open_classifier
 from birdops.serve.queue import InferenceBudget, InferenceQueue, InferenceTimeout, Overloaded
-from birdops.serve.settings import ServeSettings
+from birdops.serve.settings import FD_RESERVE, MAX_DERIVED_CONNECTIONS, ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
 MAX_AUDIO_SECONDS = 20.0
@@ -548,9 +548,9 @@ def test_the_limits_must_fit_together_and_the_connection_cap_follows_the_descrip
         ServeSettings(model_path=model, max_connections=64)
     settings = ServeSettings(model_path=model)  # 128 requests in progress
     monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (1024, 4096))
-    assert guards.connection_cap(settings) == 1024 - 128 - guards.FD_RESERVE
+    assert guards.connection_cap(settings) == 1024 - 128 - FD_RESERVE
     monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (1_048_576, 1_048_576))
-    assert guards.connection_cap(settings) == guards.MAX_DERIVED_CONNECTIONS
+    assert guards.connection_cap(settings) == MAX_DERIVED_CONNECTIONS
     monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (256, 4096))
     with pytest.raises(ValueError, match=r"file-descriptor limit \(256\) leaves 64 connections"):
         guards.connection_cap(settings)
