@@ -32,7 +32,7 @@ from birdops.contracts import background_manifest_path, write_manifest
 from birdops.export.parity import compare, logit_scale
 from birdops.features.frontend import build_frontend, spec_for
 from birdops.models.checkpoint import load_classifier
-from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER
+from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER, DeviceUnavailable, choose_providers
 from birdops.serve.inference import Classifier
 from birdops.train.data import EpochSampler, FeatureDataset
 from birdops.train.distributed import DistContext
@@ -297,7 +297,10 @@ def _throughput(seconds: list[float], files: int, audio_s: float) -> dict[str, A
 
 # ---------------------------------------------------------------------------------- exported model
 def providers(device: str) -> list[str]:
-    return [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+    try:
+        return choose_providers("cuda" if device == "cuda" else "cpu").providers
+    except DeviceUnavailable as err:
+        raise Unavailable(str(err)) from err
 
 
 def sync(device: torch.device) -> None:

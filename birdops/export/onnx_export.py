@@ -56,7 +56,7 @@ from birdops.features.cache import load_split
 from birdops.files import atomic_path
 from birdops.models.checkpoint import load_classifier
 from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
-from birdops.providers import CPU_PROVIDER, providers_for
+from birdops.providers import CPU_PROVIDER, choose_providers
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def fp16_export(
         log.warning("fp16 export skipped: %s", err)
         return None, {"fp16_skipped": str(err)}, {}
     size_bytes = save_model(half, path)
-    result = check.run(path, providers_for("auto"))
+    result = check.run(path, choose_providers("auto").providers)
     gate = result.gate("fp16", params.fp16_max_rel_diff, params.fp16_min_top1_agreement)
     summary = result.to_summary("fp16_") | {
         "fp16_gate_passed": gate.passed,

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from birdops.audio import read_ahead, stream_audio, stream_bytes
 from birdops.contracts import EMBEDDING_KEY, INPUT_NAME, OUTPUT_NAME, Embedding, MetadataError, ModelMetadata
-from birdops.providers import CUDA_PROVIDER, providers_for
+from birdops.providers import CUDA_PROVIDER, Device, DeviceUnavailable, choose_providers
 from birdops.scores import aggregate
 from birdops.scores import scores as calibrated_scores
 from birdops.windows import StreamedWindows, even_batches, even_hop_seconds
@@ -135,13 +135,14 @@ class Classifier:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
     ) -> Classifier:
-        """Open ``path``; ``providers`` default to CUDA first, CPU as the fallback
-        (:func:`providers_for` ``("auto")``); ``intra_op_threads`` default to onnxruntime's (one per
-        core). Raises :class:`ModelError` for a missing, unreadable or non-birdops model."""
+        """Open ``path``; ``providers`` default to device ``auto``'s
+        (:func:`birdops.providers.choose_providers`: CUDA when it can run here, else the CPU);
+        ``intra_op_threads`` default to onnxruntime's (one per core). Raises :class:`ModelError` for a
+        missing, unreadable or non-birdops model."""
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
-        requested = list(providers) if providers is not None else providers_for("auto")
+        requested = list(providers) if providers is not None else choose_providers("auto").providers
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = intra_op_threads
@@ -355,3 +356,19 @@ class Classifier:
             "embedding_dim": None if meta.embedding is None else meta.embedding.dim,
             "providers": self.providers,
         }
+
+
+def open_classifier(path: str | Path, device: Device, intra_op_threads: int | None = None) -> Classifier:
+    """Open ``path`` on ``device`` by the one device rule (:func:`birdops.providers.choose_providers`)
+    and log the choice in one line; :class:`ModelError` when ``device="cuda"`` and CUDA cannot run
+    (the probe says why) or is not in use once the session is made."""
+    try:
+        choice = choose_providers(device)
+    except DeviceUnavailable as err:
+        raise ModelError(str(err)) from err
+    ort.set_default_logger_severity(3)  # errors only: the choice is logged below, in one line
+    classifier = Classifier.load(path, choice.providers, intra_op_threads)
+    if device == "cuda" and CUDA_PROVIDER not in classifier.providers:
+        raise ModelError(f"device 'cuda' was asked for but onnxruntime runs on {classifier.providers}")
+    log.info("%s: running on %s", choice.reason, classifier.providers[0])
+    return classifier

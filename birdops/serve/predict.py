@@ -68,7 +68,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from birdops.audio import AudioError
 from birdops.contracts import EXPORTED_MODEL
 from birdops.files import atomic_path
-from birdops.providers import providers_for
 from birdops.serve.detect import (
     Selection,
     SpeciesFound,
@@ -78,7 +77,7 @@ from birdops.serve.detect import (
     select,
     species_found,
 )
-from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores
+from birdops.serve.inference import Classifier, ModelError, SpeciesScore, WindowScores, open_classifier
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +360,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="auto: CUDA when available, else CPU",
+        help="auto: CUDA when it can run here, else the CPU; cuda: CUDA or exit 1",
     )
     args = parser.parse_args(argv)
     if args.report_all and (args.min_score is not None or args.thresholds is not None):
@@ -395,7 +394,7 @@ def positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        classifier = Classifier.load(args.model, providers_for(args.device), args.threads)
+        classifier = open_classifier(args.model, args.device, args.threads)
     except ModelError as err:
         log.error("%s", err)
         return 1

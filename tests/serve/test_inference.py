@@ -39,21 +39,27 @@ def test_load_reads_everything_from_the_model_file(classifier: Classifier) -> No
     assert described["num_labels"] == 3 and described["providers"] == [CPU_PROVIDER]
 
 
-def test_default_providers_fall_back_to_the_cpu_and_say_so(
-    model_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """CUDA first when this onnxruntime build has it; without a GPU the session runs on the CPU and
-    the providers actually in use are what the classifier reports."""
-    requested = providers.providers_for("auto")
-    assert requested[-1] == CPU_PROVIDER
-    with caplog.at_level(logging.WARNING, logger="birdops.serve.inference"):
-        loaded = Classifier.load(model_path)
-    assert loaded.requested_providers == requested
+def test_default_providers_are_device_autos(model_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Without providers a classifier asks for device ``auto``'s (CUDA only when it can run here); the
+    providers actually in use are what it reports, and onnxruntime prints no library error."""
+    loaded = Classifier.load(model_path)
+    assert loaded.requested_providers == providers.choose_providers("auto").providers
     assert loaded.providers[-1] == CPU_PROVIDER
-    if providers.CUDA_PROVIDER in requested and providers.CUDA_PROVIDER not in loaded.providers:
-        assert "not in use" in caplog.text
-    assert providers.providers_for("cpu") == [CPU_PROVIDER]
-    assert providers.providers_for("cuda")[0] == providers.CUDA_PROVIDER
+    assert "Failed to load library" not in capfd.readouterr().err
+
+
+def test_a_required_cuda_that_cannot_run_is_refused(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(providers, "cuda_usable", lambda: (False, "no NVIDIA driver (libcuda.so.1)"))
+    with pytest.raises(ModelError, match=r"device cuda: CUDA cannot run here: no NVIDIA driver"):
+        inference.open_classifier(model_path, "cuda")
+    with caplog.at_level(logging.INFO, logger="birdops.serve.inference"):
+        classifier = inference.open_classifier(model_path, "auto", intra_op_threads=1)
+    assert classifier.providers == [CPU_PROVIDER]
+    assert (
+        "device auto: CPU (no NVIDIA driver (libcuda.so.1)): running on CPUExecutionProvider" in caplog.text
+    )
 
 
 def test_models_that_are_not_birdops_exports_are_refused(tmp_path: Path) -> None:

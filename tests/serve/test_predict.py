@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from tones import DETECTOR, TONES_HZ, tone_model, tones
 
-from birdops import cli
+from birdops import cli, providers
 from birdops.providers import CPU_PROVIDER
 from birdops.serve import detect, predict
 from birdops.serve.inference import Classifier
@@ -157,6 +157,20 @@ def test_exit_status_is_1_when_nothing_could_be_classified(
     with pytest.raises(SystemExit) as exit_info:
         run([str(recordings / "a.wav"), "--model", str(model_path), "--top-k", "0"])
     assert exit_info.value.code == 2
+
+
+def test_device_cuda_where_cuda_cannot_run_exits_1_before_any_audio_is_read(
+    model_path: Path,
+    recordings: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(providers, "cuda_usable", lambda: (False, "no usable CUDA device"))
+    out = tmp_path / "cuda.csv"
+    argv = [str(recordings / "a.wav"), "--model", str(model_path), "--device", "cuda", "-o", str(out)]
+    assert run(argv) == 1 and not out.exists()
+    assert "device cuda: CUDA cannot run here: no usable CUDA device" in caplog.text
 
 
 def test_standard_output_is_the_default(

@@ -24,8 +24,10 @@ import soundfile as sf
 from tones import LABELS, TONES_HZ, tone_model, tones
 
 from birdops.serve import app as serve_app
-from birdops.serve import detect
-from birdops.serve.settings import ServeSettings
+from birdops.serve import detect, guards, uploads
+from birdops.serve.inference import open_classifier
+from birdops.serve.queue import InferenceBudget, InferenceQueue, InferenceTimeout, Overloaded
+from birdops.serve.settings import FD_RESERVE, MAX_DERIVED_CONNECTIONS, ServeSettings
 
 MAX_UPLOAD_BYTES = 400_000
 MAX_AUDIO_SECONDS = 20.0
@@ -229,7 +231,7 @@ def test_corrupt_audio_is_a_client_error(server: str, payload: bytes, filename: 
 
 def test_error_details_never_show_object_reprs() -> None:
     message = "x.wav: cannot decode audio: Error opening <_io.BytesIO object at 0x7f3a2c1b9e40>: bad"
-    assert serve_app.clean_detail(message) == "x.wav: cannot decode audio: Error opening the upload: bad"
+    assert uploads.clean_detail(message) == "x.wav: cannot decode audio: Error opening the upload: bad"
 
 
 def test_an_empty_or_missing_file_is_a_client_error(server: str) -> None:
@@ -260,9 +262,9 @@ def test_the_client_file_name_is_only_a_label(server: str) -> None:
     response = post(server, encode(LOW_HIGH_MID, 8000, "WAV"), filename="../../etc/passwd.wav")
     assert response.status_code == 200
     assert response.json()["filename"] == "passwd.wav"
-    assert serve_app.display_name("a\x00b\n.wav") == "ab.wav"
-    assert serve_app.display_name("C:\\Users\\x\\..\\rec.wav") == "rec.wav"
-    assert serve_app.display_name(None) == serve_app.display_name("/") == "upload"
+    assert uploads.display_name("a\x00b\n.wav") == "ab.wav"
+    assert uploads.display_name("C:\\Users\\x\\..\\rec.wav") == "rec.wav"
+    assert uploads.display_name(None) == uploads.display_name("/") == "upload"
 
 
 # ------------------------------------------------------------------------------------- slow clients
@@ -411,7 +413,7 @@ def test_the_queue_admits_while_the_expected_wait_fits_its_timeout() -> None:
     waiter that really waits past the timeout is refused then."""
 
     async def scenario() -> list[str]:
-        queue = serve_app.InferenceQueue(slots=1, wait_timeout_s=1.0, max_bytes=1000, service_s=0.3)
+        queue = InferenceQueue(slots=1, wait_timeout_s=1.0, max_bytes=1000, service_s=0.3)
         events: list[str] = []
         release = anyio.Event()
 
@@ -424,7 +426,7 @@ def test_the_queue_admits_while_the_expected_wait_fits_its_timeout() -> None:
             try:
                 async with queue.admit(10):
                     events.append(f"{name} ran")
-            except serve_app.Overloaded as err:
+            except Overloaded as err:
                 events.append(f"{name}: {err}")
 
         async with anyio.create_task_group() as tasks:
@@ -437,7 +439,7 @@ def test_the_queue_admits_while_the_expected_wait_fits_its_timeout() -> None:
                 await anyio.sleep(0.05)
             assert (queue.running, queue.waiting, queue.held_bytes) == (1, 3, 40)
             assert queue.expected_wait_s() == pytest.approx(1.2) and queue.saturated
-            with pytest.raises(serve_app.Overloaded, match=r"expected wait .* is 1\.2 s") as refused:
+            with pytest.raises(Overloaded, match=r"expected wait .* is 1\.2 s") as refused:
                 async with queue.admit(10):
                     pass
             assert refused.value.retry_after_s == 1  # ceil(1.2 - 1.0)
@@ -459,7 +461,7 @@ def test_the_queue_bounds_the_bytes_of_the_admitted_uploads() -> None:
     waiting) past max_bytes; a smaller one that fits is admitted."""
 
     async def scenario() -> None:
-        queue = serve_app.InferenceQueue(slots=1, wait_timeout_s=10.0, max_bytes=1000, service_s=0.1)
+        queue = InferenceQueue(slots=1, wait_timeout_s=10.0, max_bytes=1000, service_s=0.1)
         release = anyio.Event()
 
         async def hold(size_bytes: int) -> None:
@@ -471,7 +473,7 @@ def test_the_queue_bounds_the_bytes_of_the_admitted_uploads() -> None:
             tasks.start_soon(hold, 300)  # waits
             await anyio.sleep(0.05)
             assert queue.held_bytes == 900 and queue.expected_wait_s() <= 0.2
-            with pytest.raises(serve_app.Overloaded, match="hold 900 bytes; this one's 200 would pass 1000"):
+            with pytest.raises(Overloaded, match="hold 900 bytes; this one's 200 would pass 1000"):
                 async with queue.admit(200):
                     pass
             tasks.start_soon(hold, 100)  # fits exactly
@@ -484,7 +486,7 @@ def test_the_queue_bounds_the_bytes_of_the_admitted_uploads() -> None:
 
 
 def test_the_service_estimate_starts_conservative_then_follows_the_measured_times() -> None:
-    queue = serve_app.InferenceQueue(slots=2, wait_timeout_s=10.0, max_bytes=1000, service_s=1.0)
+    queue = InferenceQueue(slots=2, wait_timeout_s=10.0, max_bytes=1000, service_s=1.0)
     queue.running, queue.waiting = 2, 5
     assert queue.expected_wait_s() == pytest.approx(3.0)  # 2 running + 5 ahead: 3 rounds of 2 slots
     queue._measured(0.1)
@@ -505,7 +507,7 @@ def test_a_queue_past_its_time_budget_answers_503_with_retry_after_and_ready_say
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", retry_after_s=3, max_connections=200)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(LOW_HIGH_MID, 8000, "WAV")
     files = {"file": ("call.wav", payload, "audio/wav")}
     with TestClient(serve_app.create_app(classifier, settings)) as client:
@@ -545,38 +547,28 @@ def test_the_limits_must_fit_together_and_the_connection_cap_follows_the_descrip
     with pytest.raises(ValueError, match=r"max_connections \(64\) must be above max_requests_in_progress"):
         ServeSettings(model_path=model, max_connections=64)
     settings = ServeSettings(model_path=model)  # 128 requests in progress
-    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (1024, 4096))
-    assert serve_app.connection_cap(settings) == 1024 - 128 - serve_app.FD_RESERVE
-    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (1_048_576, 1_048_576))
-    assert serve_app.connection_cap(settings) == serve_app.MAX_DERIVED_CONNECTIONS
-    monkeypatch.setattr(serve_app.resource, "getrlimit", lambda _: (256, 4096))
+    monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (1024, 4096))
+    assert guards.connection_cap(settings) == 1024 - 128 - FD_RESERVE
+    monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (1_048_576, 1_048_576))
+    assert guards.connection_cap(settings) == MAX_DERIVED_CONNECTIONS
+    monkeypatch.setattr(guards.resource, "getrlimit", lambda _: (256, 4096))
     with pytest.raises(ValueError, match=r"file-descriptor limit \(256\) leaves 64 connections"):
-        serve_app.connection_cap(settings)
+        guards.connection_cap(settings)
     assert serve_app.main(["--model", str(model)]) == 2  # refused before the model is loaded
-    assert serve_app.connection_cap(ServeSettings(model_path=model, max_connections=500)) == 500
+    assert guards.connection_cap(ServeSettings(model_path=model, max_connections=500)) == 500
 
 
 def test_an_inference_past_its_deadline_is_stopped(tmp_path: Path) -> None:
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=1)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(LOW_HIGH_MID, 8000, "WAV")
-    budget = serve_app.InferenceBudget(0.5)
-    assert len(serve_app.classify_upload(classifier, settings, payload, "a.wav", budget).scores) == 3
+    budget = InferenceBudget(0.5)
+    assert len(uploads.classify_upload(classifier, settings, payload, "a.wav", budget).scores) == 3
     budget.expire()
-    with pytest.raises(serve_app.InferenceTimeout, match=r"within 0\.5 s"):
-        serve_app.classify_upload(classifier, settings, payload, "a.wav", budget)
-
-
-def test_auto_picks_the_cpu_quietly_without_a_usable_gpu(capfd: pytest.CaptureFixture[str]) -> None:
-    usable, why = serve_app.cuda_usable()
-    providers, reason = serve_app.choose_providers("auto")
-    if usable:
-        assert providers[0] == "CUDAExecutionProvider" and reason == "device auto: CUDA is available"
-    else:
-        assert providers == ["CPUExecutionProvider"] and reason == f"device auto: CPU ({why})"
-    assert capfd.readouterr().err == ""  # nothing printed while probing
+    with pytest.raises(InferenceTimeout, match=r"within 0\.5 s"):
+        uploads.classify_upload(classifier, settings, payload, "a.wav", budget)
 
 
 def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: Path) -> None:
@@ -588,22 +580,22 @@ def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: 
     model = tmp_path / "tones.onnx"
     onnx.save(tone_model(), str(model))
     settings = ServeSettings(model_path=model, device="cpu", batch_size=3, hop_seconds=0.4)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     plan = [(TONES_HZ[k % 3], 0.9) for k in range(12)]  # 10.8 s at 44.1 kHz: 8 blocks
     wave = tones(plan, 44100)
     payload = encode(np.stack([wave, 0.5 * wave], axis=1), 44100, "FLAC")
     assert len(wave) > 7 * BLOCK_FRAMES
-    streamed = serve_app.classify_upload(classifier, settings, payload, "a.flac")
+    streamed = uploads.classify_upload(classifier, settings, payload, "a.flac")
     whole = classifier.predict_windows(decode_bytes(payload, classifier.sample_rate_hz, "a.flac"), 0.4, 3)
     np.testing.assert_array_equal(streamed.scores, whole.scores)
     np.testing.assert_array_equal(streamed.starts_s, whole.starts_s)
-    blocks = serve_app.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
-    with pytest.raises(serve_app.AudioTooLong, match=r"a\.flac: audio is 10\.8 s long"):
+    blocks = uploads.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
+    with pytest.raises(uploads.AudioTooLong, match=r"a\.flac: audio is 10\.8 s long"):
         next(blocks)  # from the header, before anything is decoded
-    blocks = serve_app.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
+    blocks = uploads.upload_blocks(payload, classifier.sample_rate_hz, 2.0, "a.flac", 1.0)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(serve_app, "audio_seconds", lambda payload, name: 1.0)  # a header that lies
-        with pytest.raises(serve_app.AudioTooLong, match=r"a\.flac: audio is 2\.\d s long"):
+        patch.setattr(uploads, "audio_seconds", lambda payload, name: 1.0)  # a header that lies
+        with pytest.raises(uploads.AudioTooLong, match=r"a\.flac: audio is 2\.\d s long"):
             list(blocks)
 
 
@@ -730,7 +722,7 @@ def test_embeddings_are_answered_for_every_window_when_asked(tmp_path: Path) -> 
     onnx.save(tone_model(embedding=True), str(model))
     onnx.save(tone_model(), str(plain))
     settings = ServeSettings(model_path=model, device="cpu", hop_seconds=0.5)
-    classifier = serve_app.open_model(settings)
+    classifier = open_classifier(settings.model_path, settings.device)
     payload = encode(DAWN_WAVE, 8000, "WAV")
     files = {"file": ("dawn.wav", payload, "audio/wav")}
     expected = classifier.predict_bytes(payload, "dawn.wav", 0.5, settings.batch_size, embeddings=True)
@@ -746,7 +738,9 @@ def test_embeddings_are_answered_for_every_window_when_asked(tmp_path: Path) -> 
         assert client.post("/predict", files=files).json()["embeddings"] is None  # only when asked
         assert client.get("/ready").json()["embedding_dim"] == 6
     settings = ServeSettings(model_path=plain, device="cpu")
-    with TestClient(serve_app.create_app(serve_app.open_model(settings), settings)) as client:
+    with TestClient(
+        serve_app.create_app(open_classifier(settings.model_path, settings.device), settings)
+    ) as client:
         response = client.post("/predict", files=files, params={"embeddings": "true"})
         assert response.status_code == 422 and "has no embedding output" in response.json()["detail"]
         assert client.get("/ready").json()["embedding_dim"] is None
