@@ -301,7 +301,7 @@ def test_plot_and_table_files(evaluated: Path) -> None:
     assert {row["predicted"] for row in confusion} == {LABELS[0]}
 
 
-def test_recording_probabilities_match_a_direct_computation(world: Path) -> None:
+def test_recording_scores_match_a_direct_computation(world: Path) -> None:
     saved = load_classifier(world / "models" / "phase2b")
     model, info = saved.model, saved.info
     frontend = build_frontend("seed")
