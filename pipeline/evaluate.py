@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from birdops.evaluate.evaluate import Inputs, evaluate_models
+from birdops.evaluate.scoring import Inputs
+from birdops.evaluate.stage import evaluate_models
 from pipeline._common import setup
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from birdops.bench.common import Section, Table, fmt
 from birdops.bench.inputs import Corpus
-from birdops.bench.sections import Section, Table, fmt
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
 from birdops.contracts import manifest_path
 from birdops.features.cache import build_cache

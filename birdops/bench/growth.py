@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
+from birdops.bench.common import BenchError, Section, Table, fmt, stage_env
 from birdops.bench.inputs import saved_model
-from birdops.bench.sections import BenchError, Section, Table, fmt, stage_env
 from birdops.config import load_params
 from birdops.contracts import EVAL_DIR, labels_path, read_labels, read_manifest
 from birdops.files import write_json_atomic

@@ -40,8 +40,8 @@ import onnxruntime as ort
 import torch
 import yaml
 
-from birdops.bench import gpu, growth, inputs, sections
-from birdops.bench.sections import BenchError, Section, Unavailable
+from birdops.bench import cache, cuda, gpu, growth, inputs, model, predict, train
+from birdops.bench.common import BenchError, Section, Unavailable, failed, run_section
 from birdops.config import VARIANTS, Params, load_params
 from birdops.contracts import MODEL_FILE
 from birdops.files import write_json_atomic
@@ -217,8 +217,8 @@ class Bench:
 
     def measures(self) -> dict[str, Callable[[], Section]]:
         a, s, p = self.args, self.sizes, self.params
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda" if cuda else "cpu")
+        has_gpu = torch.cuda.is_available()
+        device = torch.device("cuda" if has_gpu else "cpu")
         classes = len(self.species()) if a.quick else p.data.synthetic.species
         variants = {name: p.variant(name) for name in VARIANTS}
         frames = [int(f) for f in a.frames.split(",") if f]
@@ -226,14 +226,14 @@ class Bench:
         def predict_on(device: str) -> Section:
             """``birdops predict`` on the long recording with ``device``'s provider."""
             recording_seconds = a.recording_seconds or s.recording_seconds
-            return sections.predict_section(
+            return predict.predict_section(
                 self.model()[0], self.work, recording_seconds, a.batch_size, a.threads, device, a.repeats
             )
 
         def cuda_section() -> Section:
-            if not cuda:
+            if not has_gpu:
                 raise Unavailable("no CUDA device")
-            train = sections.cuda_train_section(
+            gpu_train = cuda.cuda_train_section(
                 p.train_full,
                 p.lms_cache.clip_seconds,
                 classes,
@@ -244,15 +244,15 @@ class Bench:
                 s.cuda_max_batch,
                 not a.no_compile,
             )
-            ort_cuda = sections.run_section(
-                lambda: sections.model_section(
+            ort_cuda = run_section(
+                lambda: model.model_section(
                     *self.model(), a.batch_size, a.threads, "cuda", a.repeats, s.min_calls, s.min_seconds
                 )
             )
-            predict_cuda = sections.run_section(lambda: predict_on("cuda"))
-            parts = {"train": train, "onnx": ort_cuda, "predict": predict_cuda}
+            predict_cuda = run_section(lambda: predict_on("cuda"))
+            parts = {"train": gpu_train, "onnx": ort_cuda, "predict": predict_cuda}
             if not a.no_gpu_profile:
-                parts["gpu_profile"] = sections.run_section(
+                parts["gpu_profile"] = run_section(
                     lambda: gpu.gpu_profile_section(
                         self.corpus(), p.lms_cache, p.train_full, self.work / "gpu"
                     )
@@ -263,8 +263,8 @@ class Bench:
             )
 
         return {
-            "cache": lambda: sections.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
-            "model": lambda: sections.models_section(
+            "cache": lambda: cache.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
+            "model": lambda: model.models_section(
                 {name: self.model(name) for name in self.model_variants()},
                 a.batch_size,
                 a.threads,
@@ -273,7 +273,7 @@ class Bench:
                 s.min_seconds,
             ),
             "predict": lambda: predict_on("cpu"),
-            "train": lambda: sections.train_section(
+            "train": lambda: train.train_section(
                 variants, p.lms_cache.clip_seconds, classes, s.train_steps, a.repeats, device
             ),
             "cuda": cuda_section,
@@ -316,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         for name in args.sections:
             try:
-                section = sections.run_section(measures[name])
+                section = run_section(measures[name])
             except BenchError as err:  # recorded, and the other sections still run
-                section = sections.failed(str(err))
+                section = failed(str(err))
             results[name] = section.result
             for table in section.tables:
                 print(f"\n{table.render()}", flush=True)
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     report["sections"] = results
     report["wall_s"] = time.perf_counter() - started
     write_json_atomic(args.out, report)
-    failed = [name for name, result in results.items() if "failed" in result]
+    failures = [name for name, result in results.items() if "failed" in result]
     print(f"\nbirdops bench: {report['wall_s']:.1f} s; figures in {args.out}")
-    if failed:
-        print(f"birdops bench: failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    if failures:
+        print(f"birdops bench: failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0

@@ -31,6 +31,13 @@ def wall_seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(run: Callable[[], object]) -> float:
+    """CPU seconds (every thread of this process) of one call of ``run``."""
+    started = time.process_time()
+    run()
+    return time.process_time() - started
+
+
 def call_latencies(run: Callable[[], object], min_calls: int, min_seconds: float) -> list[float]:
     """Seconds of each call of ``run``: at least ``min_calls`` calls and ``min_seconds`` in all."""
     latencies: list[float] = []

@@ -26,18 +26,15 @@ from torch.utils.data import DataLoader
 from birdops.config import VARIANTS, load_params
 from birdops.train.data import load_train_data
 from birdops.train.distributed import DistContext
-from birdops.train.optim import make_optimizer
 from birdops.train.trainer import (
     Batch,
-    build_training_model,
     deterministic_mode,
     evaluate,
-    make_loaders,
     make_recipe,
     run_fingerprint,
+    start_run,
     train_epoch,
     training_net,
-    use_fused_adamw,
 )
 
 
@@ -51,19 +48,18 @@ def train_run(variant: str, prepared: Path, lms: Path, steps: int) -> dict[str, 
     data = load_train_data(prepared, lms, params.model.features, params)
     run_fingerprint(params, data, variant, 1)  # reads every clip, as a training run's start does
     marks.append(time.process_time())
-    model = build_training_model(params, len(data.labels), data.n_bins, data.n_frames, ctx)
-    optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, ctx.device))
-    train_sampler, train_loader, val_loader = make_loaders(data, params, ctx)  # the trainer's own
-    first = list(itertools.islice(iter(train_sampler), steps * params.batch_size))  # the epoch's first
-    loader: DataLoader[Batch] = DataLoader(train_loader.dataset, batch_size=params.batch_size, sampler=first)
-    recipe = make_recipe(params, optimizer, len(data.labels), len(loader), ctx)
-    net = training_net(model, params, ctx)
+    run = start_run(params, data, ctx)  # the trainer's own model, optimizer and loaders
+    first = list(itertools.islice(iter(run.train_sampler), steps * params.batch_size))  # the epoch's first
+    dataset = run.train_loader.dataset
+    loader: DataLoader[Batch] = DataLoader(dataset, batch_size=params.batch_size, sampler=first)
+    recipe = make_recipe(params, run.optimizer, len(data.labels), len(loader), ctx)  # over those steps
+    net = training_net(run.model, params, ctx)
     with deterministic_mode(params.deterministic, ctx.device):
         marks.append(time.process_time())
         generator = torch.Generator().manual_seed(params.seed)
         train_epoch(net, loader, recipe, generator, ctx, 0, f"{variant} steps")
         marks.append(time.process_time())
-        evaluate(model, val_loader, recipe.loss_fn, ctx, recipe.dtype)
+        evaluate(run.model, run.val_loader, recipe.loss_fn, ctx, recipe.dtype)
         marks.append(time.process_time())
     load_s, build_s, train_s, val_s = (after - before for before, after in itertools.pairwise(marks))
     return {

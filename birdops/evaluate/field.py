@@ -23,14 +23,12 @@ the share of its windows with any detection, and the top-label ECE before and af
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 import birdops.detection as detection
 from birdops.audio import AudioError, load_audio
@@ -76,31 +74,21 @@ class Windows:
 
 
 # ---------------------------------------------------------------------------------------- scoring
-@torch.no_grad()
-def logits_of(
-    net: nn.Module, inputs: np.ndarray | Clips, batch_size: int, device: torch.device
-) -> np.ndarray:
-    """``net``'s logits ``(N, C)`` float32 of ``inputs`` (cached features ``(N, F, T)`` for the model,
-    or waveform windows ``(N, S)`` for the model behind its front end), ``batch_size`` at a time."""
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
-        out.append(net(batch.to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+# a model's logits (N, C) float32 of N inputs: cached features (N, F, T) for the model, or waveform
+# windows (N, S) for the model behind its front end (birdops.evaluate.scoring runs it)
+Logits = Callable[[np.ndarray | Clips], np.ndarray]
 
 
 def clip_windows(
-    model: nn.Module,
+    logits: Logits,
     lms_dir: Path,
     preset: str,
     split: str,
     secondary: dict[str, list[int]],
     num_classes: int,
-    batch_size: int,
-    device: torch.device,
 ) -> Windows:
     """The cached clips of ``split`` (one species each, its background species masked) and of its
-    background (no species), as scored windows."""
+    background (no species), scored by ``logits`` (the model's, on cached features)."""
     species = load_split(lms_dir, preset, split)
     background = load_split(lms_dir, preset, background_split(split))
     targets = np.zeros((len(species.labels) + len(background.labels), num_classes), dtype=np.float32)
@@ -108,30 +96,23 @@ def clip_windows(
     mask = np.ones_like(targets, dtype=bool)
     for row, recording in enumerate(species.ids):
         mask[row, secondary.get(recording, [])] = False
-    logits = np.concatenate(
-        [
-            logits_of(model, part.features, batch_size, device)
-            for part in (species, background)
-            if len(part.labels)
-        ]
-    )
+    scored = np.concatenate([logits(part.features) for part in (species, background) if len(part.labels)])
     seconds = len(background.labels) * species.clip_seconds
-    return Windows(logits, targets, mask, seconds)
+    return Windows(scored, targets, mask, seconds)
 
 
 def recording_windows(
-    classifier: nn.Module,
+    logits: Logits,
     waves: Iterable[tuple[np.ndarray, Sequence[tuple[float, float, int]]]],
     sample_rate_hz: int,
     window_seconds: float,
     params: FieldEvalParams,
     hop_seconds: float,
     num_classes: int,
-    batch_size: int,
-    device: torch.device,
 ) -> Windows:
-    """Even windows of whole recordings ``(wave, events (start_s, end_s, class index))``, scored by
-    ``classifier`` (front end + model) with their truth from the events (none: background only)."""
+    """Even windows (:func:`birdops.windows.even_windows`) of whole recordings ``(wave, events
+    (start_s, end_s, class index))``, scored by ``logits`` (the front end and model, on waveform
+    windows), with their truth from the events (none: background only)."""
     parts = []
     for wave, events in waves:
         windows, starts_s = even_windows(wave, sample_rate_hz, window_seconds, hop_seconds)
@@ -144,7 +125,7 @@ def recording_windows(
         )
         quiet = detection.background_windows(targets, mask)
         seconds = detection.covered_seconds(starts_s[quiet], window_seconds) if quiet.any() else 0.0
-        parts.append(Windows(logits_of(classifier, windows, batch_size, device), targets, mask, seconds))
+        parts.append(Windows(logits(windows), targets, mask, seconds))
     if not parts:
         raise ValueError("no recording to score")
     return Windows.join(parts)

@@ -81,11 +81,9 @@ def train(
 def _train(
     params: TrainParams, data: TrainData, out_dir: Path, live_dir: Path | None, variant: str, ctx: DistContext
 ) -> TrainResult:
-    num_classes = len(data.labels)
-    model = build_training_model(params, num_classes, data.n_bins, data.n_frames, ctx)
-    optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, ctx.device))
-    train_sampler, train_loader, val_loader = make_loaders(data, params, ctx)
-    recipe = make_recipe(params, optimizer, num_classes, len(train_loader), ctx)
+    run = start_run(params, data, ctx)
+    model, optimizer, recipe = run.model, run.optimizer, run.recipe
+    train_sampler, train_loader, val_loader = run.train_sampler, run.train_loader, run.val_loader
 
     state_dir = out_dir / STATE_DIR
     fingerprint = run_fingerprint(params, data, variant, ctx.world_size)
@@ -148,6 +146,31 @@ def _train(
         finish(out_dir, model, info, live)
     barrier(ctx)
     return TrainResult(info=info, history=state.history, resumed_epochs=resumed)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run trains and steps through, as it starts: the model, its optimizer and recipe, and
+    this rank's loaders."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    train_sampler: EpochSampler
+    train_loader: DataLoader[Batch]
+    val_loader: DataLoader[Batch]
+
+
+def start_run(params: TrainParams, data: TrainData, ctx: DistContext) -> Run:
+    """The seeded model on ``ctx.device`` (:func:`build_training_model`), its AdamW, the loaders of
+    :func:`make_loaders` and the recipe: what :func:`train` sets up before its epochs (and what
+    ``birdops bench`` times :func:`train_epoch` with)."""
+    num_classes = len(data.labels)
+    model = build_training_model(params, num_classes, data.n_bins, data.n_frames, ctx)
+    optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, ctx.device))
+    train_sampler, train_loader, val_loader = make_loaders(data, params, ctx)
+    recipe = make_recipe(params, optimizer, num_classes, len(train_loader), ctx)
+    return Run(model, optimizer, recipe, train_sampler, train_loader, val_loader)
 
 
 def finish(out_dir: Path, model: nn.Module, info: ClassifierInfo, live: Live | None) -> None:

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from birdops.bench.common import Table
+from birdops.bench.cuda import base_ast, cuda_configs
 from birdops.bench.gpu import AUDIOSET_AST, gpu_profile_params, mit_shaped_checkpoint
 from birdops.bench.growth import REPORT_MAX_RECORDING_SECONDS, write_scaled_params
 from birdops.bench.main import SECTIONS, parse_args
-from birdops.bench.sections import Table, base_ast, clip_shape, cuda_configs
 from birdops.bench.timing import interleaved, percentile, rate_summary
+from birdops.bench.train import clip_shape
 from birdops.config import VARIANTS, load_params
 from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained

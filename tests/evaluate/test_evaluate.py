@@ -22,11 +22,13 @@ from worlds import save_tiny_ast, write_prepared_and_cache, write_soundscape
 
 from birdops.audio import load_audio
 from birdops.contracts import read_info, read_scoring
-from birdops.evaluate import evaluate as ev
 from birdops.evaluate import layout
+from birdops.evaluate import scoring as sc
+from birdops.evaluate.selection import select_best
 from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
 from birdops.models.checkpoint import load_classifier
+from birdops.scores import aggregate, scores
 from birdops.windows import even_windows
 from pipeline import evaluate as stage
 
@@ -299,13 +301,13 @@ def test_plot_and_table_files(evaluated: Path) -> None:
     assert {row["predicted"] for row in confusion} == {LABELS[0]}
 
 
-def test_recording_probabilities_match_a_direct_computation(world: Path) -> None:
+def test_recording_scores_match_a_direct_computation(world: Path) -> None:
     saved = load_classifier(world / "models" / "phase2b")
     model, info = saved.model, saved.info
     frontend = build_frontend("seed")
-    recordings = ev.read_recordings(world / "prepared", world / "raw", "test")
+    recordings = sc.read_recordings(world / "prepared", world / "raw", "test")
     params = section("evaluate", hop_seconds=0.4, batch_size=3)  # batches cross recording boundaries
-    scored, skipped = ev.evaluate_recordings(model, frontend, info, recordings, params, torch.device("cpu"))
+    scored, skipped = sc.evaluate_recordings(model, frontend, info, recordings, params, torch.device("cpu"))
     assert [s.id for s in skipped] == [CORRUPT_ID]
     expected = []
     for recording in recordings[:-1]:  # the corrupt one is last
@@ -318,9 +320,51 @@ def test_recording_probabilities_match_a_direct_computation(world: Path) -> None
     np.testing.assert_array_equal(scored.labels, [r.label_index for r in recordings[:-1]])
 
 
+def test_recording_scores_are_the_service_mean_of_window_scores() -> None:
+    """Random logits stand in for a model's (the classifier passes its inputs through): each
+    recording's score is :func:`birdops.scores.aggregate` of :func:`birdops.scores.scores`, and equals,
+    bit for bit, the float64 running sum over windows divided by their count that evaluation
+    computed before it used the service's functions (so the rounded metrics cannot move)."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        classes, recordings = int(rng.integers(2, 30)), int(rng.integers(1, 12))
+        items = [
+            (i, rng.normal(0.0, 4.0, (int(rng.integers(1, 40)), classes)).astype(np.float32))
+            for i in range(recordings)
+            if rng.random() > 0.2  # some recordings give no window (undecodable)
+        ]
+        batch_size = int(rng.integers(1, 20))
+        for activation in ("softmax", "sigmoid", "softmax_background"):
+            batches = sc.batch_windows(iter(items), batch_size)
+            found, counts = sc.recording_scores(
+                torch.nn.Identity(), batches, recordings, classes, torch.device("cpu"), activation
+            )
+            sums, expected_counts = np.zeros((recordings, classes)), np.zeros(recordings, dtype=np.int64)
+            for index, logits in items:
+                window_scores = scores(logits, activation)
+                np.testing.assert_array_equal(found[index], aggregate(window_scores))
+                for row in window_scores:  # the former arithmetic: a running float64 sum
+                    sums[index] += row
+                expected_counts[index] = len(logits)
+            kept = expected_counts > 0
+            np.testing.assert_array_equal(counts, expected_counts)
+            np.testing.assert_array_equal(found[kept], sums[kept] / expected_counts[kept, None])
+            assert not found[~kept].any()
+
+
+def test_per_recording_joins_a_recording_split_across_batches() -> None:
+    batches = [
+        (np.array([[0.0], [0.1], [1.0]]), np.array([0, 0, 1])),
+        (np.array([[1.1], [1.2], [4.0]]), np.array([1, 1, 4])),
+        (np.array([[4.1]]), np.array([4])),
+    ]
+    found = [(index, rows[:, 0].tolist()) for index, rows in sc.per_recording(batches)]
+    assert found == [(0, [0.0, 0.1]), (1, [1.0, 1.1, 1.2]), (4, [4.0, 4.1])]
+
+
 def test_batch_windows_regroups_across_recordings() -> None:
     items = [(0, np.full((2, 4), 0.0)), (1, np.full((5, 4), 1.0)), (3, np.full((1, 4), 3.0))]
-    batches = list(ev.batch_windows(iter(items), batch_size=3))
+    batches = list(sc.batch_windows(iter(items), batch_size=3))
     assert [len(w) for w, _ in batches] == [3, 3, 2]
     owners = np.concatenate([o for _, o in batches])
     np.testing.assert_array_equal(owners, [0, 0, 1, 1, 1, 1, 1, 3])
@@ -336,7 +380,7 @@ def test_select_best_uses_validation_metrics_only() -> None:
         }
 
     summaries = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.7, 0.1, 0.1, 0.1)}
-    best = ev.select_best(summaries, "f1_macro")
+    best = select_best(summaries, "f1_macro")
     expected = {
         "variant": "b",
         "metric": "val_clip.f1_macro",
@@ -345,20 +389,20 @@ def test_select_best_uses_validation_metrics_only() -> None:
         "decided_by": "f1_macro",
     }
     assert best == expected
-    assert ev.select_best(summaries, "accuracy")["variant"] == "a"
+    assert select_best(summaries, "accuracy")["variant"] == "a"
     # a tie on the selection metric goes to the next validation metric, then to the first listed,
     # and the record says so
     tied = {"a": summary(0.5, 0.2, 0.9, 0.9), "b": summary(0.5, 0.3, 0.1, 0.1)}
-    assert ev.select_best(tied, "f1_macro")["variant"] == "b"
-    decided = ev.select_best(tied, "f1_macro")["decided_by"]
+    assert select_best(tied, "f1_macro")["variant"] == "b"
+    decided = select_best(tied, "f1_macro")["decided_by"]
     assert decided == "tie on f1_macro between a, b: broken by val_clip.map"
     same = {"a": summary(0.5, 0.2, 0.9, 0.1), "b": summary(0.5, 0.2, 0.9, 0.9)}
-    assert ev.select_best(same, "f1_macro")["variant"] == "a"
-    assert "equal on every tie-breaker" in ev.select_best(same, "f1_macro")["decided_by"]
+    assert select_best(same, "f1_macro")["variant"] == "a"
+    assert "equal on every tie-breaker" in select_best(same, "f1_macro")["decided_by"]
     zero = {"a": summary(0.0, 0.2, 0.1, 0.1), "b": summary(0.0, 0.3, 0.1, 0.1)}
-    assert ev.select_best(zero, "f1_macro")["decided_by"] == "order (every variant scores 0)"
+    assert select_best(zero, "f1_macro")["decided_by"] == "order (every variant scores 0)"
     with pytest.raises(ValueError, match="no evaluated variant"):
-        ev.select_best({}, "map")
+        select_best({}, "map")
 
 
 def test_mismatched_models_are_rejected(world: Path, tmp_path: Path) -> None:
@@ -371,5 +415,5 @@ def test_mismatched_models_are_rejected(world: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="features whose settings differ"):
         load_classifier(tmp_path / "stale", labels=LABELS)
     with pytest.raises(ValueError, match=r"set evaluate\.window_seconds to null"):
-        ev.window_seconds_for(info, frontend, section("evaluate", window_seconds=2.0))
-    assert ev.window_seconds_for(info, frontend, section("evaluate", window_seconds=None)) == CLIP_SECONDS
+        sc.window_seconds_for(info, frontend, section("evaluate", window_seconds=2.0))
+    assert sc.window_seconds_for(info, frontend, section("evaluate", window_seconds=None)) == CLIP_SECONDS
