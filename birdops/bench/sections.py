@@ -30,7 +30,7 @@ from birdops.bench.timing import call_latencies, interleaved, median, percentile
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
 from birdops.contracts import background_manifest_path, write_manifest
 from birdops.export.parity import compare, logit_scale
-from birdops.features.frontend import build_frontend, spec_for
+from birdops.features.frontend import spec_for
 from birdops.models.checkpoint import load_classifier
 from birdops.providers import CPU_PROVIDER, CUDA_PROVIDER
 from birdops.serve.inference import Classifier
@@ -48,7 +48,7 @@ from birdops.train.trainer import (
     training_net,
     use_fused_adamw,
 )
-from birdops.windows import even_windows, seconds_to_samples
+from birdops.windows import even_windows
 
 PREDICT_RATE_HZ = 44100  # field recorders' usual rate: predict pays for resampling as on real files
 TAIL_CHARS = 2000  # of a failed subprocess's stderr, in the error
@@ -632,9 +632,7 @@ def train_run(
 
 def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
     """``(n_bins, n_frames)`` of a ``clip_seconds`` clip of ``preset``'s features."""
-    frontend = build_frontend(preset)
-    clip_samples = seconds_to_samples(clip_seconds, frontend.spec.sample_rate_hz)
-    return frontend.spec.n_bins, frontend.num_frames(clip_samples)
+    return spec_for(preset).clip_shape(clip_seconds).features
 
 
 def time_runs(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict[str, Any]]:

@@ -45,18 +45,21 @@ from birdops import metrics
 from birdops.audio import AudioError, load_audio
 from birdops.config import EvaluateParams
 from birdops.contracts import (
+    BEST_FILE,
     CALIBRATION_FILE,
     EVAL_DIR,
+    Best,
     ClassifierInfo,
     PathEscapeError,
     labels_path,
     manifest_path,
     read_labels,
     read_manifest,
+    write_best,
 )
 from birdops.evaluate import field, layout, plots, uncertainty
-from birdops.features.cache import Clips, load_split
 from birdops.features.frontend import FrontEnd
+from birdops.features.shards import Clips, load_split
 from birdops.files import write_csv_atomic, write_json_atomic
 from birdops.models.checkpoint import SavedClassifier, load_classifier
 from birdops.models.classifier import WaveformClassifier
@@ -256,7 +259,7 @@ def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: Evaluat
     """The window in seconds: ``params.window_seconds``, else the model's clip length. Raises
     ValueError when the front end would give another frame count than the model was built for."""
     window_seconds = params.window_seconds or info.clip_seconds
-    num_frames = frontend.spec.frames_of(window_seconds)
+    num_frames = frontend.spec.clip_shape(window_seconds).n_frames
     if num_frames != info.n_frames:
         raise ValueError(
             f"a {window_seconds} s window gives {num_frames} frames, model {info.variant!r} takes "
@@ -516,13 +519,6 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
     }
 
 
-def best_document(selection: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """``best.json``: the chosen variant and its validation value as ``val_<metric>`` (``val_cmap``), a
-    key no other metrics file has, so ``dvc exp show`` gives it a short column and sorts experiments
-    by it (``--sort-by val_cmap``). The export reads ``variant``."""
-    return {"variant": selection["variant"], layout.best_key(metric): selection["value"]}
-
-
 def validation_key(metric: str) -> str:
     """Where a selection metric lives in a variant's details: ``val_detection.cmap`` for the detection
     cmAP, ``val_clip.<metric>`` for a clip metric."""
@@ -611,6 +607,6 @@ def evaluate_models(
         )
     best = select_best(summaries, params.select_metric)
     write_json_atomic(out_dir / EVAL_DIR / layout.SELECTION_FILE, best)
-    write_json_atomic(out_dir / layout.BEST_FILE, best_document(best, params.select_metric))
+    write_best(out_dir / BEST_FILE, Best(best["variant"], params.select_metric, best["value"]))
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])
     return best
