@@ -13,17 +13,23 @@ serving path can use it too.
   is relative to the background folder.
 - *cache folder* (``lms_cache``'s output): ``<preset>/index.csv``, ``<preset>/features.json`` and
   ``failed.csv``; background clips are cached as their own splits, ``background-<split>``
-  (:func:`background_split`).
+  (:func:`background_split`). The shards, ``index.csv`` and ``features.json`` are read and written by
+  :mod:`birdops.features.shards` (they need numpy).
 - *soundscapes folder* (``soundscapes``'s output): long mixtures of a split's recordings over its
   background, ``<split>/<name>.flac``, listed in ``soundscapes.csv`` (:data:`SOUNDSCAPE_COLUMNS`) with
   their true events in ``annotations.csv`` (:data:`ANNOTATION_COLUMNS`): :func:`read_soundscapes` /
   :func:`write_soundscapes`, one :class:`Soundscape` a file.
 - *model folder* (a trained classifier): ``model.safetensors`` and ``config.json``, which holds a
-  :class:`ClassifierInfo` (:func:`read_info`).
+  :class:`ClassifierInfo` (:func:`read_info`), its front end's settings a
+  :class:`birdops.featurespec.FeatureSpec`.
+- *metrics folder* (``evaluate``'s output): ``best.json``, the variant chosen for export and its
+  validation value (:class:`Best`, :func:`write_best` / :func:`read_best`: the export, ``birdops
+  report`` and the benchmarks read it), and ``eval/<variant>/calibration.json`` (:func:`read_scoring`).
 - *exported model*: one ``.onnx`` file, input :data:`INPUT_NAME` float32 ``[batch, samples]``, output
   :data:`OUTPUT_NAME` float32 ``[batch, classes]`` and, in exports that have it, the pooled embedding
   :data:`EMBEDDING_NAME` float32 ``[batch, dim]`` (:class:`Embedding`), and ``birdops.*`` metadata
-  props (:class:`ModelMetadata`).
+  props (:class:`ModelMetadata`; ``birdops.window_seconds`` is the clip length the model was trained
+  on).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from birdops.config import ModelParams
+from birdops.featurespec import ClipShape, FeatureSpec
 from birdops.files import write_csv_atomic, write_json_atomic
 
 # ---------------------------------------------------------------------------------- prepared folder
@@ -77,6 +84,8 @@ ANNOTATION_COLUMNS: tuple[str, ...] = ("file", "start_s", "end_s", "label")  # o
 
 # ------------------------------------------------------------------------------------ metrics folder
 EVAL_DIR = "eval"  # per-variant tables: <metrics>/eval/<variant>/
+BEST_FILE = "best.json"  # the variant chosen for export (evaluate -> export, report, bench): Best
+BEST_VALUE_PREFIX = "val_"  # best.json's value key: val_<selection metric>
 # a variant's calibration and per-species thresholds, chosen on validation (evaluate -> export)
 CALIBRATION_FILE = "calibration.json"
 
@@ -120,6 +129,10 @@ class PathEscapeError(ValueError):
 
 class MetadataError(ValueError):
     """An exported model's ``birdops.*`` metadata is missing or malformed."""
+
+
+class BestError(ValueError):
+    """A ``best.json`` is unreadable or malformed."""
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -340,16 +353,17 @@ def _number(path: Path, row: Mapping[str, str], column: str) -> float:
 class ClassifierInfo:
     """What a saved classifier is (its ``config.json``): its variant, architecture, labels and input,
     enough to rebuild the model with ``build_model`` (never a pretrained download) and to feed it,
-    plus a short summary of the training run."""
+    plus a short summary of the training run.
+
+    The input shape is the feature spec's for a clip of ``clip_seconds`` (:attr:`shape`); the file
+    also holds it as ``n_bins`` and ``n_frames``, which :meth:`from_dict` checks against the spec."""
 
     variant: str
     model: dict[str, Any]  # ModelParams.model_dump()
     labels: tuple[str, ...]  # class names in logit order
     feature_preset: str  # birdops.features preset: seed | ast | mfcc
-    feature_spec: dict[str, Any]  # FeatureSpec.to_dict() of that preset
-    clip_seconds: float
-    n_bins: int  # F of the (B, F, T) input
-    n_frames: int  # T of the (B, F, T) input
+    feature_spec: FeatureSpec  # that preset's settings when the model was trained
+    clip_seconds: float  # the length of the clips it was trained on (the exported window)
     # training summary (absent for a model that was not trained by birdops.train)
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     best_metric: str | None = None  # the early-stopping metric, e.g. val_accuracy
@@ -366,27 +380,53 @@ class ClassifierInfo:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def shape(self) -> ClipShape:
+        """A clip's samples and the ``(F, T)`` of the ``(B, F, T)`` input the model takes."""
+        return self.feature_spec.clip_shape(self.clip_seconds)
+
+    @property
+    def n_bins(self) -> int:
+        return self.shape.n_bins
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape.n_frames
+
     def to_dict(self) -> dict[str, Any]:
-        """The ``config.json`` content, with the labels also as Hugging Face's ``id2label`` /
-        ``label2id`` (so its tools name the classes, not ``LABEL_0``...)."""
-        data = dataclasses.asdict(self)
+        """The ``config.json`` content: the fields, with the input shape after ``clip_seconds`` and
+        the labels also as Hugging Face's ``id2label`` / ``label2id`` (so its tools name the classes,
+        not ``LABEL_0``...)."""
+        data: dict[str, Any] = {}
+        for name, value in dataclasses.asdict(self).items():
+            data[name] = value
+            if name == "clip_seconds":
+                data |= dict(zip(SHAPE_KEYS, self.shape.features, strict=True))
         data["labels"] = list(self.labels)
         return {**data, **hf_label_maps(self.labels)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierInfo:
         names = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: v for k, v in data.items() if k not in HF_LABEL_KEYS}
+        fields = {k: v for k, v in data.items() if k not in (*HF_LABEL_KEYS, *SHAPE_KEYS)}
         unknown = sorted(set(fields) - names)
         if unknown:
             raise ValueError(f"unknown classifier config keys: {unknown}")
-        info = cls(**{**fields, "labels": tuple(fields["labels"])})
+        spec = FeatureSpec.from_dict(fields["feature_spec"])
+        info = cls(**{**fields, "labels": tuple(fields["labels"]), "feature_spec": spec})
+        stored = tuple(data.get(key) for key in SHAPE_KEYS)
+        if stored != info.shape.features:
+            raise ValueError(
+                f"the classifier config's input shape {stored} is not its feature spec's for a "
+                f"{info.clip_seconds} s clip, {info.shape.features}"
+            )
         maps = {k: data[k] for k in HF_LABEL_KEYS if k in data}
         if maps and maps != {k: v for k, v in hf_label_maps(info.labels).items() if k in maps}:
             raise ValueError("the classifier config's id2label/label2id disagree with its labels")
         return info
 
 
+SHAPE_KEYS = ("n_bins", "n_frames")  # config.json's record of ClassifierInfo.shape
 HF_LABEL_KEYS = ("id2label", "label2id")
 
 
@@ -506,20 +546,29 @@ class Embedding:
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What an exported model says about itself; ``to_props``/``from_props`` are the file format."""
+    """What an exported model says about itself; ``to_props``/``from_props`` are the file format.
+
+    ``window_seconds`` (``birdops.window_seconds``) is the length of the clips the model was trained
+    on (:attr:`ClassifierInfo.clip_seconds`): the graph's fixed input is that many seconds at the
+    spec's rate. ``birdops.sample_rate_hz`` repeats the spec's rate, so a reader of the file needs no
+    JSON for it; :meth:`from_props` checks the two agree."""
 
     labels: tuple[str, ...]  # class names in logit order
-    sample_rate_hz: int  # of the waveform input
-    window_seconds: float  # the input's fixed length, in seconds
-    features: Mapping[str, Any]  # the front end's FeatureSpec dict (documentation; the graph computes it)
+    window_seconds: float  # the input's fixed length, in seconds: the model's training clip length
+    features: FeatureSpec  # the front end inside the graph (documentation: the graph computes it)
     variant: str
     model_sha256: str  # SHA-256 of the trained weights file the export holds (models/<variant>/)
     scoring: Scoring = Scoring()  # activation, calibration and per-species thresholds
     embedding: Embedding | None = None  # the embedding output; None: the graph gives logits only
 
     @property
+    def sample_rate_hz(self) -> int:
+        """Of the waveform input."""
+        return self.features.sample_rate_hz
+
+    @property
     def window_samples(self) -> int:
-        return round(self.window_seconds * self.sample_rate_hz)
+        return self.features.clip_shape(self.window_seconds).samples
 
     def to_props(self) -> dict[str, str]:
         """The ``birdops.*`` metadata props, every value a string (JSON for lists and dicts)."""
@@ -527,7 +576,7 @@ class ModelMetadata:
             LABELS_KEY: json.dumps(list(self.labels)),
             SAMPLE_RATE_KEY: str(self.sample_rate_hz),
             WINDOW_KEY: repr(float(self.window_seconds)),
-            FEATURES_KEY: json.dumps(dict(self.features), sort_keys=True),
+            FEATURES_KEY: json.dumps(self.features.to_dict(), sort_keys=True),
             VARIANT_KEY: self.variant,
             MODEL_SHA256_KEY: self.model_sha256,
             **self.scoring.to_props(),
@@ -549,6 +598,7 @@ class ModelMetadata:
             features = json.loads(props[FEATURES_KEY])
             if not isinstance(features, dict):
                 raise ValueError(f"{FEATURES_KEY} must be a JSON object")
+            spec = FeatureSpec.from_dict(features)
             sample_rate_hz = int(props[SAMPLE_RATE_KEY])
             window_seconds = float(props[WINDOW_KEY])
             scoring = Scoring.from_props(props, len(labels))
@@ -557,13 +607,58 @@ class ModelMetadata:
             raise MetadataError(f"{source}: malformed birdops metadata: {err}") from err
         if sample_rate_hz <= 0 or not window_seconds > 0:
             raise MetadataError(f"{source}: sample rate and window length must be positive")
+        if sample_rate_hz != spec.sample_rate_hz:
+            raise MetadataError(
+                f"{source}: {SAMPLE_RATE_KEY} is {sample_rate_hz}, its {FEATURES_KEY} say "
+                f"{spec.sample_rate_hz}"
+            )
         return cls(
             labels=tuple(labels),
-            sample_rate_hz=sample_rate_hz,
             window_seconds=window_seconds,
-            features=features,
+            features=spec,
             variant=props[VARIANT_KEY],
             model_sha256=props[MODEL_SHA256_KEY],
             scoring=scoring,
             embedding=embedding,
         )
+
+
+# ------------------------------------------------------------------------------------ metrics folder
+@dataclass(frozen=True)
+class Best:
+    """The variant the evaluate stage chose for export (``metrics/best.json``): ``variant`` and its
+    validation value of the selection ``metric`` (``cmap``, ``f1_macro``, ...)."""
+
+    variant: str
+    metric: str
+    value: float
+
+    @property
+    def key(self) -> str:
+        """The value's key in ``best.json``: ``val_<metric>``, a key no other metrics file has, so
+        ``dvc exp show`` gives it a short column and sorts by it (``--sort-by val_cmap``)."""
+        return f"{BEST_VALUE_PREFIX}{self.metric}"
+
+
+def write_best(path: str | Path, best: Best) -> None:
+    """Write ``best.json``: ``{"variant": ..., "val_<metric>": value}`` (replaced atomically)."""
+    write_json_atomic(path, {"variant": best.variant, best.key: best.value})
+
+
+def read_best(path: str | Path) -> Best:
+    """The :class:`Best` of a ``best.json``; :class:`BestError` names the file and what is wrong
+    (unreadable, no non-empty ``variant``, not exactly one numeric ``val_<metric>``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BestError(f"{path}: cannot read the chosen variant: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("variant"), str) or not data["variant"]:
+        raise BestError(f"{path}: 'variant' must be a non-empty string")
+    values = [(key, value) for key, value in data.items() if key.startswith(BEST_VALUE_PREFIX)]
+    if len(values) != 1 or set(data) != {"variant", values[0][0]}:
+        raise BestError(f"{path}: expected 'variant' and one val_<metric> value, found {sorted(data)}")
+    key, value = values[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BestError(f"{path}: {key} must be a number, not {value!r}")
+    return Best(data["variant"], key.removeprefix(BEST_VALUE_PREFIX), float(value))

@@ -16,12 +16,13 @@ from code_map import project_imports, room_graph
 ROOT = Path(__file__).resolve().parents[1]
 BIRDOPS = ROOT / "birdops"
 
-# the modules every room may use: parameters, atomic writes and the shared contracts, none of
-# which import torch
-BASE = {"birdops", "config", "files", "contracts"}
+# the modules every room may use: parameters, atomic writes, the shared contracts and the feature
+# settings they carry, none of which import torch
+BASE = {"birdops", "config", "files", "contracts", "featurespec"}
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "files": set(),
+    "featurespec": {"windows"},  # a clip's samples: the one seconds-to-samples rule
     "kernels": set(),
     "procs": set(),
     "audio": set(),
@@ -30,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "providers": set(),
     "mixing": {"windows"},
     "remote": set(),
-    "contracts": {"config", "files"},
+    "contracts": {"config", "files", "featurespec"},  # the spec that config.json and the ONNX metadata hold
     "metrics": {"scores"},
     "detection": {"scores"},
     "data": BASE | {"audio", "features", "procs", "windows"},  # features: activity, for soundscape events

@@ -1,9 +1,10 @@
 """The files the stages hand each other: the manifest and labels round trip on disk, manifest paths
-that leave the raw folder are refused, a saved classifier's config and an exported model's metadata
-round trip, and malformed ones are refused with the reason."""
+that leave the raw folder are refused, a saved classifier's config, an exported model's metadata and
+``best.json`` round trip, and malformed ones are refused with the reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from birdops.contracts import (
     MANIFEST_COLUMNS,
+    Best,
+    BestError,
     ClassifierInfo,
     Embedding,
     ManifestError,
@@ -24,14 +27,17 @@ from birdops.contracts import (
     SoundscapeEvent,
     labels_path,
     manifest_path,
+    read_best,
     read_info,
     read_labels,
     read_manifest,
     read_soundscapes,
+    write_best,
     write_labels,
     write_manifest,
     write_soundscapes,
 )
+from birdops.featurespec import FeatureSpec
 
 ROWS = [
     ManifestRow("12", "audio/XC12.mp3", "Turdus merula", 1, "train", "Ann", "A", 12.345),
@@ -92,6 +98,32 @@ def test_manifest_paths_that_escape_the_raw_folder_are_refused(tmp_path: Path) -
             row(outside).audio_path(raw)
 
 
+# the seed preset's settings (birdops.features.frontend.spec_for("seed"), written out: no torch here)
+SEED = FeatureSpec(
+    name="seed",
+    sample_rate_hz=22050,
+    n_bins=128,
+    n_fft=2048,
+    win_length_samples=2048,
+    hop_length_samples=512,
+    window="hann_periodic",
+    framing="center",
+    n_mels=128,
+    f_min_hz=500.0,
+    f_max_hz=11025.0,
+    mel_scale="slaney",
+    preemphasis=0.0,
+    remove_dc_offset=False,
+    log_scale="db_ref_max",
+    top_db=80.0,
+    n_mfcc=None,
+    normalization="per_clip",
+    norm_mean=0.0,
+    norm_std=1.0,
+    norm_eps=1e-06,
+)
+RATE_8K = dataclasses.replace(SEED, sample_rate_hz=8000)
+
 INFO = ClassifierInfo(
     variant="full",
     model={
@@ -104,10 +136,8 @@ INFO = ClassifierInfo(
     },
     labels=("a b", "c d"),
     feature_preset="seed",
-    feature_spec={"name": "seed", "sample_rate_hz": 22050},
+    feature_spec=SEED,
     clip_seconds=4.0,
-    n_bins=128,
-    n_frames=173,
     best_epoch=2,
     best_metric="val_accuracy",
     best_value=0.5,
@@ -185,6 +215,16 @@ def test_classifier_config_names_the_classes_for_hugging_face_tools(tmp_path: Pa
         read_info(tmp_path)
 
 
+def test_classifier_config_records_the_input_shape_of_its_spec(tmp_path: Path) -> None:
+    data = INFO.to_dict()
+    keys = list(data)
+    assert keys[keys.index("clip_seconds") + 1 : keys.index("clip_seconds") + 3] == ["n_bins", "n_frames"]
+    assert (data["n_bins"], data["n_frames"]) == (128, 173) == INFO.shape.features
+    assert data["feature_spec"] == SEED.to_dict() and INFO.shape.samples == 88200
+    with pytest.raises(ValueError, match=r"input shape \(128, 172\) is not its feature spec's"):
+        read_info_of(tmp_path, {**data, "n_frames": 172})
+
+
 def read_info_of(directory: Path, data: dict[str, object]) -> ClassifierInfo:
     (directory / "config.json").write_text(json.dumps(data))
     return read_info(directory)
@@ -199,16 +239,18 @@ def test_a_bad_classifier_config_is_refused(tmp_path: Path) -> None:
 
 
 def test_metadata_round_trips_through_props() -> None:
-    metadata = ModelMetadata(("a b", "c d"), 22050, 4.0, {"name": "seed", "n_fft": 2048}, "full", "deadbeef")
+    metadata = ModelMetadata(("a b", "c d"), 4.0, SEED, "full", "deadbeef")
     props = metadata.to_props()
     assert all(isinstance(value, str) for value in props.values())
+    assert props["birdops.sample_rate_hz"] == "22050" and props["birdops.window_seconds"] == "4.0"
+    assert json.loads(props["birdops.features"]) == SEED.to_dict()
     assert ModelMetadata.from_props(props) == metadata
-    assert metadata.window_samples == 88200
+    assert metadata.sample_rate_hz == 22050 and metadata.window_samples == 88200
 
 
 def test_scoring_round_trips_and_defaults_to_an_uncalibrated_softmax() -> None:
     scoring = Scoring("sigmoid", 1.25, -0.5, (0.3, 0.9))
-    metadata = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r", scoring)
+    metadata = ModelMetadata(("a", "b"), 1.0, RATE_8K, "v", "r", scoring)
     assert ModelMetadata.from_props(metadata.to_props()).scoring == scoring
     props = metadata.to_props()
     for key in ("birdops.activation", "birdops.calibration", "birdops.thresholds"):
@@ -217,13 +259,13 @@ def test_scoring_round_trips_and_defaults_to_an_uncalibrated_softmax() -> None:
 
 
 def test_the_embedding_prop_round_trips_and_is_optional() -> None:
-    metadata = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r", embedding=Embedding(192))
+    metadata = ModelMetadata(("a", "b"), 1.0, RATE_8K, "v", "r", embedding=Embedding(192))
     props = metadata.to_props()
     assert json.loads(props["birdops.embedding"]) == {"output": "embedding", "dim": 192}
     assert ModelMetadata.from_props(props).embedding == Embedding(192, "embedding")
     del props["birdops.embedding"]  # an export from before embeddings
     assert ModelMetadata.from_props(props).embedding is None
-    assert "birdops.embedding" not in ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
+    assert "birdops.embedding" not in ModelMetadata(("a", "b"), 1.0, RATE_8K, "v", "r").to_props()
 
 
 @pytest.mark.parametrize(
@@ -236,6 +278,8 @@ def test_the_embedding_prop_round_trips_and_is_optional() -> None:
         ({"birdops.sample_rate_hz": "fast"}, "malformed"),
         ({"birdops.window_seconds": "0"}, "positive"),
         ({"birdops.features": "[1, 2]"}, "JSON object"),
+        ({"birdops.features": '{"f_min_hz": 100.0}'}, "feature spec keys differ"),
+        ({"birdops.sample_rate_hz": "16000"}, "its birdops.features say 8000"),
         ({"birdops.activation": "relu"}, "sigmoid, softmax"),
         ({"birdops.calibration": '{"scale": 0, "bias": 0}'}, "positive"),
         ({"birdops.calibration": '{"scale": 1}'}, "scale"),
@@ -250,7 +294,7 @@ def test_the_embedding_prop_round_trips_and_is_optional() -> None:
     ],
 )
 def test_bad_metadata_is_refused_with_the_key(change: dict[str, str | None], message: str) -> None:
-    props = ModelMetadata(("a", "b"), 8000, 1.0, {}, "v", "r").to_props()
+    props = ModelMetadata(("a", "b"), 1.0, RATE_8K, "v", "r").to_props()
     for key, value in change.items():
         if value is None:
             del props[key]
@@ -268,3 +312,29 @@ def test_the_contracts_import_no_torch_numpy_or_onnxruntime() -> None:
     script = f"import sys, birdops.contracts\nprint(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_best_json_round_trips_with_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "best.json"
+    write_best(path, Best("full", "cmap", 0.353193096884))
+    assert path.read_text() == '{\n  "variant": "full",\n  "val_cmap": 0.353193096884\n}\n'
+    assert read_best(path) == Best("full", "cmap", 0.353193096884)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "cannot read the chosen variant"),
+        ('{"val_cmap": 0.5}', "'variant' must be a non-empty string"),
+        ('{"variant": "", "val_cmap": 0.5}', "'variant' must be a non-empty string"),
+        ('{"variant": "full", "value": 0.5}', "one val_<metric> value"),
+        ('{"variant": "full", "val_cmap": 0.5, "val_map": 0.5}', "one val_<metric> value"),
+        ('{"variant": "full", "val_cmap": "high"}', "val_cmap must be a number"),
+    ],
+)
+def test_a_bad_best_json_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "best.json").write_text(text)
+    with pytest.raises(BestError, match=message):
+        read_best(tmp_path / "best.json")
+    with pytest.raises(BestError, match="cannot read"):
+        read_best(tmp_path / "missing.json")

@@ -20,12 +20,37 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from birdops.contracts import Embedding, ModelMetadata, Scoring
+from birdops.featurespec import FeatureSpec
 
 LABELS = ("Low tone", "Mid tone", "High tone")
 TONES_HZ = (400.0, 1200.0, 3000.0)
 RATE_HZ = 8000
 WINDOW_SECONDS = 1.0
 DETECTOR = Scoring(activation="sigmoid", scale=0.8, bias=-3.0, thresholds=(0.5, 0.5, 0.5))
+# what the metadata says of the features (the graph's filters are the tones): the band 100 Hz to Nyquist
+FEATURES = FeatureSpec(
+    name="tones",
+    sample_rate_hz=RATE_HZ,
+    n_bins=len(TONES_HZ),
+    n_fft=256,
+    win_length_samples=256,
+    hop_length_samples=128,
+    window="hann_periodic",
+    framing="center",
+    n_mels=len(TONES_HZ),
+    f_min_hz=100.0,
+    f_max_hz=RATE_HZ / 2,
+    mel_scale="slaney",
+    preemphasis=0.0,
+    remove_dc_offset=False,
+    log_scale="ln",
+    top_db=None,
+    n_mfcc=None,
+    normalization="fixed",
+    norm_mean=0.0,
+    norm_std=1.0,
+    norm_eps=1e-10,
+)
 
 
 def tone_model(
@@ -73,9 +98,8 @@ def tone_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     metadata = ModelMetadata(
         labels,
-        RATE_HZ,
         WINDOW_SECONDS,
-        {"f_min_hz": 100.0},
+        FEATURES,
         "tones",
         "abc123",
         embedding=Embedding(2 * len(TONES_HZ)) if embedding else None,

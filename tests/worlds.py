@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -24,8 +24,10 @@ from birdops.contracts import (
     ManifestRow,
     write_manifest,
 )
-from birdops.features.cache import build_cache
-from birdops.features.frontend import build_frontend
+from birdops.features.cache import CACHE_FORMAT, build_cache
+from birdops.features.frontend import build_frontend, spec_for
+from birdops.features.shards import FeaturesInfo
+from birdops.featurespec import FeatureSpec
 from birdops.models.checkpoint import save_classifier
 from birdops.models.factory import build_model
 
@@ -106,13 +108,39 @@ def write_soundscape(
             writer.writerows(new_rows)
 
 
+def spec_of_shape(preset: str, n_bins: int, n_frames: int) -> FeatureSpec:
+    """The preset's spec with its bins, rate and hop bent so that a 4 s clip is ``(n_bins, n_frames)``
+    (centred frames: ``1 + 400 (n_frames - 1) // 400``): for tiny models and hand-made caches that
+    never meet the real front end."""
+    spec = dataclasses.replace(
+        spec_for(preset), n_bins=n_bins, sample_rate_hz=100 * (n_frames - 1), hop_length_samples=400
+    )
+    assert spec.clip_shape(4.0).features == (n_bins, n_frames)
+    return spec
+
+
+def features_info(spec: FeatureSpec, clip_seconds: float) -> FeaturesInfo:
+    """What ``features.json`` says of a cache of ``clip_seconds`` clips of ``spec`` built with the
+    committed ``lms_cache`` settings."""
+    params = section("lms_cache")
+    return FeaturesInfo(
+        spec=spec,
+        clip_seconds=clip_seconds,
+        max_clips_per_recording=params.max_clips_per_recording,
+        background_clips_per_recording=params.background_clips_per_recording,
+        background_mix=params.background_mix,
+        activity=params.activity,
+        cache_format=CACHE_FORMAT,
+    )
+
+
 def save_tiny_ast(
     folder: Path,
     variant: str,
     labels: Sequence[str],
     clip_seconds: float,
     seed: int,
-    feature_spec: dict[str, Any] | None = None,
+    feature_spec: FeatureSpec | None = None,
     constant_class: int | None = None,
     activation: str = "softmax",
 ) -> None:
@@ -120,10 +148,9 @@ def save_tiny_ast(
     ``constant_class`` its logits ignore the input (the head outputs 5 for that class, 0 elsewhere);
     ``feature_spec`` overrides the recorded front-end settings; ``activation`` is how its logits read."""
     frontend = build_frontend("seed")
-    n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
     cfg = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
     torch.manual_seed(seed)
-    model = build_model(cfg, len(labels), frontend.spec.n_bins, n_frames)
+    model = build_model(cfg, len(labels), *frontend.spec.clip_shape(clip_seconds).features)
     if constant_class is not None:
         dense = model.get_submodule("classifier.dense")
         assert isinstance(dense, torch.nn.Linear)
@@ -135,10 +162,8 @@ def save_tiny_ast(
         model=cfg.model_dump(),
         labels=tuple(labels),
         feature_preset="seed",
-        feature_spec=feature_spec or frontend.spec.to_dict(),
+        feature_spec=feature_spec or frontend.spec,
         clip_seconds=clip_seconds,
-        n_bins=frontend.spec.n_bins,
-        n_frames=n_frames,
         activation=activation,
     )
     save_classifier(folder / variant, model, info)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -21,9 +20,11 @@ import torch
 
 from birdops.config import Params, SyntheticParams
 from birdops.contracts import (
+    BestError,
     ClassifierInfo,
     labels_path,
     manifest_path,
+    read_best,
     read_labels,
     read_manifest,
     write_manifest,
@@ -101,8 +102,8 @@ def corpus_subset(params: Params, recordings: int, species: int, out_dir: Path) 
 def best_variant(best_json: Path, fallback: str) -> str:
     """The variant ``metrics/best.json`` names (the one the DAG exports), else ``fallback``."""
     try:
-        return str(json.loads(best_json.read_text())["variant"])
-    except (OSError, ValueError, KeyError):
+        return read_best(best_json).variant
+    except BestError:
         log.info("%s: no exported variant named; benchmarking %s", best_json, fallback)
         return fallback
 
@@ -113,20 +114,16 @@ def saved_model(params: Params, variant: str, labels: tuple[str, ...], models_di
     of its preset; returns the folder."""
     section = params.variant(variant)
     frontend = build_frontend(section.model.features)
-    clip_seconds = params.lms_cache.clip_seconds
-    n_frames = frontend.num_frames(round(clip_seconds * frontend.spec.sample_rate_hz))
     info = ClassifierInfo(
         variant=variant,
         model=section.model.model_dump(),
         labels=labels,
         feature_preset=frontend.spec.name,
-        feature_spec=frontend.spec.to_dict(),
-        clip_seconds=clip_seconds,
-        n_bins=frontend.spec.n_bins,
-        n_frames=n_frames,
+        feature_spec=frontend.spec,
+        clip_seconds=params.lms_cache.clip_seconds,
     )
     torch.manual_seed(section.seed)
-    model = build_model(section.model, len(labels), info.n_bins, n_frames)
+    model = build_model(section.model, len(labels), *info.shape.features)
     save_classifier(models_dir / variant, model, info)
     return models_dir / variant
 
@@ -136,8 +133,7 @@ def exported_model(model_dir: Path, variant: str, opset: int, path: Path) -> Pat
     (front end inside the graph, dynamic batch, ``birdops.*`` metadata, full check); returns ``path``."""
     saved = load_classifier(model_dir)
     classifier, info = saved.waveform_classifier(), saved.info
-    num_samples = round(info.clip_seconds * int(info.feature_spec["sample_rate_hz"]))
-    model = export_classifier(classifier, num_samples, opset)
+    model = export_classifier(classifier, info.shape.samples, opset)
     annotate(model, metadata_for(info, variant, weights_sha256(model_dir)), opset)
     save_model(model, path)
     return path

@@ -18,11 +18,10 @@ from torch import nn
 from birdops.bench.common import Section, Table, fmt, ratio
 from birdops.bench.timing import interleaved, rate_summary, wall_seconds
 from birdops.config import TrainParams
-from birdops.features.frontend import build_frontend
+from birdops.features.frontend import spec_for
 from birdops.train.data import TrainData
 from birdops.train.distributed import DistContext
 from birdops.train.trainer import Run, deterministic_mode, start_run, train_epoch, training_net
-from birdops.windows import seconds_to_samples
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,7 @@ def random_split(clips: int, n_bins: int, n_frames: int, num_classes: int, seed:
 
 def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
     """``(n_bins, n_frames)`` of a ``clip_seconds`` clip of ``preset``'s features."""
-    frontend = build_frontend(preset)
-    clip_samples = seconds_to_samples(clip_seconds, frontend.spec.sample_rate_hz)
-    return frontend.spec.n_bins, frontend.num_frames(clip_samples)
+    return spec_for(preset).clip_shape(clip_seconds).features
 
 
 def random_data(params: TrainParams, shape: tuple[int, int], num_classes: int, clips: int) -> TrainData:
@@ -56,7 +53,7 @@ def random_data(params: TrainParams, shape: tuple[int, int], num_classes: int, c
     ``params``' feature preset (the same split serves as validation: the bench never reads it)."""
     split = random_split(clips, *shape, num_classes, seed=params.seed)
     preset = params.model.features
-    spec = build_frontend(preset).spec.to_dict()
+    spec = spec_for(preset)
     labels = tuple(f"class {i}" for i in range(num_classes))
     return TrainData(split, split, labels, preset, spec, clip_seconds=0.0)  # recorded when saving: never
 

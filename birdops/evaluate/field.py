@@ -42,7 +42,7 @@ from birdops.contracts import (
     read_manifest,
     read_soundscapes,
 )
-from birdops.features.cache import Clips, load_split
+from birdops.features.shards import Clips, load_split
 from birdops.scores import scores as activated
 from birdops.windows import even_windows
 

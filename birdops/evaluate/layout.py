@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-BEST_FILE = "best.json"
 DETAILS_FILE = "details.json"
 COMPARISONS_FILE = "comparisons.json"
 SELECTION_FILE = "selection.json"
@@ -59,18 +58,3 @@ def validation_section(metric: str) -> str:
     """The details section a selection metric is read from: ``val_detection`` for the detection
     cmAP, ``val_clip`` for a clip metric (accuracy, f1_macro, map)."""
     return "val_detection" if metric == "cmap" else "val_clip"
-
-
-def best_key(metric: str) -> str:
-    """The headline name of a selection metric's validation value in ``best.json``: ``val_<metric>``."""
-    return f"val_{metric}"
-
-
-def read_best(best: Mapping[str, Any]) -> tuple[str, str, float]:
-    """``(variant, metric, value)`` of a ``best.json``: the variant and its one ``val_<metric>`` value.
-    Raises KeyError or ValueError when the file is not shaped so."""
-    values = [(key, value) for key, value in best.items() if key.startswith("val_")]
-    if len(values) != 1:
-        raise ValueError(f"expected one val_<metric> value besides 'variant', found {sorted(best)}")
-    key, value = values[0]
-    return str(best["variant"]), key.removeprefix("val_"), float(value)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from birdops.config import VARIANTS
-from birdops.contracts import EVAL_DIR
+from birdops.contracts import BEST_FILE, EVAL_DIR, BestError, read_best
 from birdops.evaluate import layout
 from birdops.files import write_text_atomic
 
@@ -297,11 +297,11 @@ def readme_block(metrics_dir: Path, variants: Sequence[str]) -> str:
     if any(m is None for m in found.values()):
         missing = ", ".join(v for v, m in found.items() if m is None)
         raise ReportError(f"no metrics in {metrics_dir} for {missing}: run the evaluate stage first")
-    best_path = metrics_dir / layout.BEST_FILE
     try:
-        variant, metric, value = layout.read_best(json.loads(best_path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ReportError(f"{best_path}: cannot read the chosen variant: {err}") from err
+        best = read_best(metrics_dir / BEST_FILE)
+    except BestError as err:
+        raise ReportError(str(err)) from err
+    variant, metric, value = best.variant, best.metric, best.value
     ours = [(f"{v} ({DESCRIPTIONS.get(v, v)})", m) for v, m in found.items()]
     lines = [
         README_BEGIN,

@@ -41,8 +41,8 @@ from birdops.contracts import (
 )
 from birdops.evaluate import field
 from birdops.evaluate.results import Scored, Skipped, VariantEvaluation
-from birdops.features.cache import Clips, load_split
 from birdops.features.frontend import FrontEnd
+from birdops.features.shards import Clips, load_split
 from birdops.models.checkpoint import SavedClassifier, load_classifier
 from birdops.models.classifier import WaveformClassifier
 from birdops.models.factory import SpectrogramClassifier
@@ -216,7 +216,7 @@ def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: Evaluat
     """The window in seconds: ``params.window_seconds``, else the model's clip length. Raises
     ValueError when the front end would give another frame count than the model was built for."""
     window_seconds = params.window_seconds or info.clip_seconds
-    num_frames = frontend.spec.frames_of(window_seconds)
+    num_frames = frontend.spec.clip_shape(window_seconds).n_frames
     if num_frames != info.n_frames:
         raise ValueError(
             f"a {window_seconds} s window gives {num_frames} frames, model {info.variant!r} takes "

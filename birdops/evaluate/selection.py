@@ -3,8 +3,8 @@
 - :func:`compare_generations`: each variant against the one before it, paired on the same test clips
   (bootstrap differences over recordings, :mod:`birdops.evaluate.uncertainty`);
 - :func:`select_best`: the variant with the highest *validation* ``select_metric`` (the test split
-  never chooses a model), ties broken by the other validation metrics; :func:`best_document` is
-  ``best.json``;
+  never chooses a model), ties broken by the other validation metrics (``birdops.contracts.write_best`` writes
+  its ``best.json``);
 - :func:`write_tables`: ``eval/comparisons.json`` and the long tables DVC's plots read.
 """
 
@@ -123,13 +123,6 @@ def select_best(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict
         "candidates": candidates,
         "decided_by": decided_by,
     }
-
-
-def best_document(selection: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """``best.json``: the chosen variant and its validation value as ``val_<metric>`` (``val_cmap``), a
-    key no other metrics file has, so ``dvc exp show`` gives it a short column and sorts experiments
-    by it (``--sort-by val_cmap``). The export reads ``variant``."""
-    return {"variant": selection["variant"], layout.best_key(metric): selection["value"]}
 
 
 def validation_key(metric: str) -> str:

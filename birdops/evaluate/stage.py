@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from birdops.config import EvaluateParams
-from birdops.contracts import EVAL_DIR, labels_path, read_labels
+from birdops.contracts import BEST_FILE, EVAL_DIR, Best, labels_path, read_labels, write_best
 from birdops.evaluate import layout, selection
 from birdops.evaluate.results import VariantEvaluation, write_variant
 from birdops.evaluate.scoring import Inputs, evaluate_variant, read_recordings
@@ -62,6 +62,6 @@ def evaluate_models(
         )
     best = selection.select_best(summaries, params.select_metric)
     write_json_atomic(out_dir / EVAL_DIR / layout.SELECTION_FILE, best)
-    write_json_atomic(out_dir / layout.BEST_FILE, selection.best_document(best, params.select_metric))
+    write_best(out_dir / BEST_FILE, Best(best["variant"], params.select_metric, best["value"]))
     log.info("best variant by %s: %s (%.4f)", best["metric"], best["variant"], best["value"])
     return best

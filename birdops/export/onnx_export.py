@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -44,15 +43,17 @@ from birdops.contracts import (
     OPSET_KEY,
     OUTPUT_NAME,
     WEIGHTS_FILE,
+    BestError,
     ClassifierInfo,
     Embedding,
     MetadataError,
     ModelMetadata,
     Scoring,
+    read_best,
     read_scoring,
 )
 from birdops.export import parity, triton
-from birdops.features.cache import load_split
+from birdops.features.shards import load_split
 from birdops.files import atomic_path
 from birdops.models.checkpoint import load_classifier
 from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
@@ -150,10 +151,9 @@ def metadata_for(
     info: ClassifierInfo, variant: str, model_sha256: str, scoring: Scoring | None = None
 ) -> ModelMetadata:
     """The exported model's metadata; ``scoring`` (calibration and thresholds) defaults to the model's
-    activation, uncalibrated, without thresholds."""
+    activation, uncalibrated, without thresholds. The window is the model's training clip length."""
     return ModelMetadata(
         labels=info.labels,
-        sample_rate_hz=int(info.feature_spec["sample_rate_hz"]),
         window_seconds=info.clip_seconds,
         features=info.feature_spec,
         variant=variant,
@@ -187,17 +187,6 @@ class StageResult:
         return all(gate.passed for gate in self.gates)
 
 
-def read_best(path: Path) -> str:
-    """The variant ``metrics/best.json`` chose."""
-    try:
-        variant = json.loads(path.read_text())["variant"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ExportError(f"{path}: cannot read the chosen variant: {err}") from err
-    if not isinstance(variant, str) or not variant:
-        raise ExportError(f"{path}: 'variant' must be a non-empty string")
-    return variant
-
-
 def export_best(
     best_json: Path,
     eval_dir: Path,
@@ -211,7 +200,10 @@ def export_best(
     """Export the chosen variant to ``out_dir/model.onnx`` with its calibration and thresholds
     (``eval_dir/<variant>/calibration.json``), gate it and write the Triton repository (only when
     every gate passed); the summary is returned either way."""
-    variant = read_best(best_json)
+    try:
+        variant = read_best(best_json).variant
+    except BestError as err:
+        raise ExportError(str(err)) from err
     try:  # a model whose features no longer match the current front end cannot be exported
         saved = load_classifier(models_dir / variant)
     except ValueError as err:

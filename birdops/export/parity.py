@@ -35,7 +35,7 @@ from birdops.contracts import (
     manifest_path,
     read_manifest,
 )
-from birdops.features.cache import load_split
+from birdops.features.shards import load_split
 from birdops.models.classifier import WaveformClassifier
 from birdops.windows import clips_at
 

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from birdops.windows import seconds_to_samples
+from birdops.featurespec import FeatureSpec
 
 PRESETS = ("seed", "ast", "mfcc")
 # FeatureSpec fields that apply after LogMelFrontEnd.db_mel (everything else decides the dB mel)
@@ -54,70 +53,6 @@ NORM_EPS = 1e-6
 # AudioSet statistics of the kaldi fbank used by the AST checkpoints (ASTFeatureExtractor defaults)
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Every setting of a front end; ``to_dict()`` goes into ``features.json`` and the ONNX metadata.
-
-    ``n_bins`` is ``F`` of the output (mel bins, or MFCCs for ``mfcc``). Frequencies in Hz, lengths
-    in samples. ``framing`` is ``"center"`` (librosa: ``n_fft // 2`` zeros each side, frame ``t``
-    centred at ``t * hop``) or ``"snip_edges"`` (kaldi: only whole frames, frame ``t`` starts at
-    ``t * hop``).
-    """
-
-    name: str
-    sample_rate_hz: int
-    n_bins: int
-    n_fft: int
-    win_length_samples: int
-    hop_length_samples: int
-    window: str  # "hann_periodic" | "hann_symmetric"
-    framing: str  # "center" | "snip_edges"
-    n_mels: int
-    f_min_hz: float
-    f_max_hz: float
-    mel_scale: str  # "slaney" (librosa, Slaney area normalisation) | "kaldi" (HTK formula, unnormalised)
-    preemphasis: float  # 0: none
-    remove_dc_offset: bool
-    log_scale: str  # "db_ref_max" (power_to_db, ref=max, amin, top_db) | "ln" (natural log, floor)
-    top_db: float | None
-    n_mfcc: int | None
-    normalization: str  # "per_clip" | "fixed"
-    norm_mean: float  # "fixed" only
-    norm_std: float  # "fixed" only: divides by 2 * norm_std, as the AST recipe does
-    norm_eps: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
-        names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            raise ValueError(
-                f"feature spec keys differ: unknown {sorted(set(data) - names)}, "
-                f"missing {sorted(names - set(data))}"
-            )
-        return cls(**data)
-
-    def samples(self, seconds: float) -> int:
-        """Samples in ``seconds`` of audio at the spec's rate (:func:`birdops.windows.seconds_to_samples`)."""
-        return seconds_to_samples(seconds, self.sample_rate_hz)
-
-    def frames_of(self, seconds: float) -> int:
-        """Frames ``T`` of a clip of ``seconds``."""
-        return self.num_frames(self.samples(seconds))
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames ``T`` of a waveform of ``num_samples`` samples."""
-        if self.framing == "center":
-            return 1 + num_samples // self.hop_length_samples
-        if num_samples < self.win_length_samples:
-            return 0
-        return 1 + (num_samples - self.win_length_samples) // self.hop_length_samples
 
 
 def spec_for(preset: str) -> FeatureSpec:

@@ -63,8 +63,9 @@ def load_classifier(
 
     With ``with_frontend`` (the default) its preset's front end is built too, and refused (ValueError)
     when its settings differ from those the model was trained on (the preset's code changed since:
-    the model would see features it never learnt) or when a clip of the model's length gives another
-    frame count than the model takes. With ``labels``, labels other than the model's are refused.
+    the model would see features it never learnt). The model is built for the input shape of its
+    spec and clip length (:attr:`ClassifierInfo.shape`, which ``config.json``'s ``n_bins`` and
+    ``n_frames`` must agree with). With ``labels``, labels other than the model's are refused.
     """
     directory = Path(directory)
     info = read_info(directory)
@@ -73,25 +74,20 @@ def load_classifier(
             f"{directory}: model {info.variant!r} was trained on {len(info.labels)} labels that differ "
             f"from the {len(labels)} given ones; retrain it"
         )
-    model = build_model(info.model_params, info.num_classes, info.n_bins, info.n_frames)
+    model = build_model(info.model_params, info.num_classes, *info.shape.features)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     frontend = _checked_frontend(directory, info).to(device).eval() if with_frontend else None
     return SavedClassifier(directory, model.to(device).eval(), info, frontend)
 
 
 def _checked_frontend(directory: Path, info: ClassifierInfo) -> FrontEnd:
-    """The front end of ``info``'s preset, if it still computes the features the model was trained on."""
+    """The front end of ``info``'s preset, if it still computes the features the model was trained on
+    (the same settings give the same clip shape: :meth:`birdops.featurespec.FeatureSpec.clip_shape`)."""
     frontend = build_frontend(info.feature_preset)
-    if frontend.spec.to_dict() != info.feature_spec:
+    if frontend.spec != info.feature_spec:
         raise ValueError(
             f"{directory}: model {info.variant!r} was trained on {info.feature_preset!r} features whose "
-            f"settings differ from the current front end ({info.feature_spec}, now "
+            f"settings differ from the current front end ({info.feature_spec.to_dict()}, now "
             f"{frontend.spec.to_dict()}); rebuild the cache and retrain it"
-        )
-    clip_samples = frontend.spec.samples(info.clip_seconds)
-    if frontend.num_frames(clip_samples) != info.n_frames:
-        raise ValueError(
-            f"{directory}: a {info.clip_seconds} s clip gives {frontend.num_frames(clip_samples)} frames, "
-            f"the model takes {info.n_frames}"
         )
     return frontend

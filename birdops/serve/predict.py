@@ -229,12 +229,9 @@ class EmbeddingWriter:
 
 
 def feature_band_hz(classifier: Classifier) -> tuple[float, float]:
-    """The frequency band the model listens to, from its feature metadata (else 0 to Nyquist)."""
+    """The frequency band the model listens to, from its feature metadata."""
     features = classifier.metadata.features
-    nyquist = classifier.sample_rate_hz / 2
-    low = features.get("f_min_hz", 0.0)
-    high = features.get("f_max_hz", nyquist)
-    return float(low or 0.0), float(high or nyquist)
+    return features.f_min_hz, features.f_max_hz
 
 
 # --------------------------------------------------------------------------------------------- run

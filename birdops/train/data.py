@@ -31,12 +31,13 @@ from birdops.contracts import (
     read_labels,
     read_manifest,
 )
-from birdops.features.cache import Clips, load_split
+from birdops.features.shards import Clips, load_split
+from birdops.featurespec import ClipShape, FeatureSpec
 from birdops.train.state import derive_seed
 
 
 class Split(Protocol):
-    """What training reads from a cached split (``birdops.features.cache.CachedSplit``)."""
+    """What training reads from a cached split (``birdops.features.shards.CachedSplit``)."""
 
     @property
     def features(self) -> Clips: ...  # (N, F, T) float16: the cache's shards, read on demand
@@ -56,7 +57,7 @@ class TrainData:
     val: Split
     labels: tuple[str, ...]  # class names, index order
     preset: str
-    spec: dict[str, Any]  # FeatureSpec.to_dict()
+    spec: FeatureSpec
     clip_seconds: float
     train_mixed: Split | None = None  # the noisy copy of each train clip, row for row
     background: Split | None = None  # training background clips (label -1)
@@ -64,12 +65,17 @@ class TrainData:
     secondary: dict[str, tuple[int, ...]] | None = None
 
     @property
+    def shape(self) -> ClipShape:
+        """A clip's samples and features' ``(F, T)``, the shape of every split's rows."""
+        return self.spec.clip_shape(self.clip_seconds)
+
+    @property
     def n_bins(self) -> int:
-        return int(self.train.features.shape[1])
+        return self.shape.n_bins
 
     @property
     def n_frames(self) -> int:
-        return int(self.train.features.shape[2])
+        return self.shape.n_frames
 
 
 def load_train_data(
@@ -86,15 +92,13 @@ def load_train_data(
             raise ValueError(f"{lms_dir}/{preset}: the {name} split is empty")
         if int(split.labels.max()) >= len(labels):
             raise ValueError(f"{lms_dir}/{preset}/{name}: label index beyond the {len(labels)} labels")
-    if train.features.shape[1:] != val.features.shape[1:]:
-        raise ValueError(f"train {train.features.shape} and val {val.features.shape} clips differ in shape")
     return TrainData(
         train=train,
         val=val,
         labels=labels,
         preset=preset,
-        spec=train.spec.to_dict(),
-        clip_seconds=float(train.clip_seconds),
+        spec=train.spec,
+        clip_seconds=train.clip_seconds,
         **extra,
     )
 
@@ -246,9 +250,8 @@ class EpochSampler(Sampler[int]):
 def data_fingerprint(data: TrainData) -> str:
     """A hash of everything in the data that training depends on: labels, spec and every clip."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(
-        json.dumps([data.labels, data.preset, data.spec, data.clip_seconds], sort_keys=True).encode()
-    )
+    header = [data.labels, data.preset, data.spec.to_dict(), data.clip_seconds]
+    digest.update(json.dumps(header, sort_keys=True).encode())
     if data.secondary:
         digest.update(json.dumps(sorted(data.secondary.items())).encode())
     splits = [data.train, data.val, *(s for s in (data.train_mixed, data.background) if s is not None)]

@@ -161,7 +161,7 @@ def features_from_mel_power(frontend: LogMelFrontEnd, mel: torch.Tensor) -> torc
 def render_scenes(params: PretrainParams, frontend: LogMelFrontEnd, first_stem: int, count: int) -> MelScenes:
     """Stems ``first_stem .. first_stem + count - 1`` of every class and 16 beds, as mel power."""
     corpus, rate = params.corpus, frontend.spec.sample_rate_hz
-    num_samples = frontend.spec.samples(corpus.clip_seconds)
+    num_samples = frontend.spec.clip_shape(corpus.clip_seconds).samples
     with torch.no_grad():
         stems = torch.stack(
             [
@@ -194,7 +194,7 @@ def pretrain(params: PretrainParams, out_dir: str | Path) -> PretrainResult:
             f"pretrain.model.features must be a log-mel preset (seed, mfcc), got {params.model.features}"
         )
     spec, corpus = frontend.spec, params.corpus
-    n_frames = spec.frames_of(corpus.clip_seconds)
+    shape = spec.clip_shape(corpus.clip_seconds)
     started = time.monotonic()
     train_scenes = render_scenes(params, frontend, 0, corpus.stems_per_class)
     val_scenes = render_scenes(params, frontend, corpus.stems_per_class, corpus.val_stems_per_class)
@@ -210,7 +210,7 @@ def pretrain(params: PretrainParams, out_dir: str | Path) -> PretrainResult:
     )
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(params.model, len(SOUND_CLASSES), spec.n_bins, n_frames)
+    model = build_model(params.model, len(SOUND_CLASSES), *shape.features)
     assert isinstance(model, ASTClassifier)
     model.to(device)
     optimizer = make_optimizer(

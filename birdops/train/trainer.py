@@ -134,8 +134,6 @@ def _train(
         feature_preset=data.preset,
         feature_spec=data.spec,
         clip_seconds=data.clip_seconds,
-        n_bins=data.n_bins,
-        n_frames=data.n_frames,
         best_epoch=state.best_epoch,
         best_metric=params.early_stopping.metric,
         best_value=state.best_value,

@@ -9,6 +9,7 @@ test disagree on which constant model is better: the best model must be the vali
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,11 @@ from params_yaml import section, write_params
 from worlds import save_tiny_ast, write_prepared_and_cache, write_soundscape
 
 from birdops.audio import load_audio
-from birdops.contracts import read_info, read_scoring
-from birdops.evaluate import layout
+from birdops.contracts import Best, read_best, read_info, read_scoring
 from birdops.evaluate import scoring as sc
 from birdops.evaluate.selection import select_best
-from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
+from birdops.features.shards import load_split
 from birdops.models.checkpoint import load_classifier
 from birdops.scores import aggregate, scores
 from birdops.windows import even_windows
@@ -146,7 +146,7 @@ def test_headline_is_the_same_few_flat_keys_for_every_variant(evaluated: Path) -
     best = read_json(evaluated / "best.json")
     selection = read_json(evaluated / "eval" / "selection.json")
     assert best == {"variant": selection["variant"], "val_f1_macro": selection["value"]}
-    assert layout.read_best(best) == (selection["variant"], "f1_macro", selection["value"])
+    assert read_best(evaluated / "best.json") == Best(selection["variant"], "f1_macro", selection["value"])
 
 
 def test_tables_for_plots_follow_the_details(evaluated: Path) -> None:
@@ -410,7 +410,7 @@ def test_mismatched_models_are_rejected(world: Path, tmp_path: Path) -> None:
     frontend = build_frontend("seed")
     with pytest.raises(ValueError, match="labels"):
         load_classifier(world / "models" / "phase2b", labels=("x", "y", "z"))
-    spec = {**frontend.spec.to_dict(), "f_min_hz": 300.0}  # the seed front end changed since training
+    spec = dataclasses.replace(frontend.spec, f_min_hz=300.0)  # the seed front end changed since training
     save_tiny_ast(tmp_path, "stale", LABELS, CLIP_SECONDS, seed=11, feature_spec=spec)
     with pytest.raises(ValueError, match="features whose settings differ"):
         load_classifier(tmp_path / "stale", labels=LABELS)

@@ -5,6 +5,7 @@ contract of ``docs/architecture.md`` ("Exported model"), then served by ``birdop
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,9 +23,11 @@ from params_yaml import section, tree
 from worlds import save_tiny_ast, write_prepared_and_cache
 
 from birdops.audio import load_audio
+from birdops.contracts import Best, write_best
 from birdops.export import onnx_export, parity
-from birdops.features.cache import load_split
 from birdops.features.frontend import build_frontend
+from birdops.features.shards import load_split
+from birdops.featurespec import FeatureSpec
 from birdops.models.checkpoint import load_classifier
 from birdops.providers import CPU_PROVIDER
 from birdops.serve import predict
@@ -59,7 +62,7 @@ def write_world(root: Path) -> None:
     write_prepared_and_cache(root, rows, LABELS, CLIP_SECONDS)
 
 
-def save_model(folder: Path, variant: str, feature_spec: dict[str, Any] | None = None) -> None:
+def save_model(folder: Path, variant: str, feature_spec: FeatureSpec | None = None) -> None:
     save_tiny_ast(
         folder, variant, LABELS, CLIP_SECONDS, seed=3, feature_spec=feature_spec, activation="sigmoid"
     )
@@ -75,7 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_world(root)
     save_model(root / "models", "full")
     (root / "metrics").mkdir()
-    (root / "metrics" / "best.json").write_text(json.dumps({"variant": "full", "value": 0.5}))
+    write_best(root / "metrics" / "best.json", Best("full", "cmap", 0.5))
     (root / "metrics" / "eval" / "full").mkdir(parents=True)
     (root / "metrics" / "eval" / "full" / "calibration.json").write_text(json.dumps(CALIBRATION))
     return root
@@ -403,10 +406,10 @@ def test_parity_clips_are_the_cached_validation_segments(world: Path) -> None:
 
 
 def test_a_model_trained_on_other_features_is_refused(tmp_path: Path) -> None:
-    spec = {**build_frontend("seed").spec.to_dict(), "top_db": 60.0}
+    spec = dataclasses.replace(build_frontend("seed").spec, top_db=60.0)
     save_model(tmp_path, "odd", feature_spec=spec)
     best = tmp_path / "best.json"
-    best.write_text(json.dumps({"variant": "odd"}))
+    write_best(best, Best("odd", "cmap", 0.5))
     folders = (tmp_path / "raw", tmp_path / "prepared", tmp_path / "lms", tmp_path / "out")
     with pytest.raises(onnx_export.ExportError, match="retrain it"):
         onnx_export.export_best(best, tmp_path / "eval", tmp_path, *folders, section("export_onnx"))
@@ -435,8 +438,9 @@ def test_the_calibration_must_be_the_models(world: Path, tmp_path: Path) -> None
 def test_best_json_must_name_a_variant(tmp_path: Path) -> None:
     path = tmp_path / "best.json"
     path.write_text(json.dumps({"metric": "val_clip.f1_macro"}))
-    with pytest.raises(onnx_export.ExportError, match="variant"):
-        onnx_export.read_best(path)
+    folders = (tmp_path / "raw", tmp_path / "prepared", tmp_path / "lms", tmp_path / "out")
+    with pytest.raises(onnx_export.ExportError, match=r"best\.json: 'variant' must be a non-empty string"):
+        onnx_export.export_best(path, tmp_path / "eval", tmp_path, *folders, section("export_onnx"))
 
 
 def test_a_gate_on_fewer_clips_than_asked_says_so(

@@ -38,13 +38,11 @@ def export_params() -> ExportParams:
 
 def tiny_classifier(arch: str, preset: str, seed: int = 0) -> WaveformClassifier:
     frontend = build_frontend(preset)
-    n_frames = frontend.num_frames(round(CLIP_SECONDS * frontend.spec.sample_rate_hz))
     torch.manual_seed(seed)
     model = build_model(
         ModelParams(arch=arch, size="tiny", features=preset, pretrained=None, dropout=0.0, patch_stride=10),
         NUM_CLASSES,  # type: ignore[arg-type]
-        frontend.spec.n_bins,
-        n_frames,
+        *frontend.spec.clip_shape(CLIP_SECONDS).features,
     )
     head = [
         m
@@ -68,7 +66,7 @@ def clips(sample_rate_hz: int, count: int = 12) -> np.ndarray:
 
 
 def session_of(classifier: WaveformClassifier, path: Path) -> ort.InferenceSession:
-    samples = round(CLIP_SECONDS * classifier.frontend.spec.sample_rate_hz)
+    samples = classifier.frontend.spec.clip_shape(CLIP_SECONDS).samples
     model = onnx_export.export_classifier(classifier, samples, export_params().opset)
     onnx_export.save_model(model, path)
     return ort.InferenceSession(str(path), providers=[CPU_PROVIDER])
@@ -113,7 +111,7 @@ def test_the_embedding_output_leaves_the_exported_logits_bit_identical(
     """The same classifier traced with its logits only (the graph before embeddings were exported):
     onnxruntime gives the same logits, bit for bit, whether the embedding is fetched or not."""
     _, classifier, session = case
-    samples = round(CLIP_SECONDS * classifier.frontend.spec.sample_rate_hz)
+    samples = classifier.frontend.spec.clip_shape(CLIP_SECONDS).samples
     program = torch.onnx.export(
         classifier,
         (0.1 * torch.randn(2, samples, generator=torch.Generator().manual_seed(0)),),

@@ -20,6 +20,7 @@ from birdops.audio import load_audio
 from birdops.contracts import read_manifest
 from birdops.features.activity import choose_segments
 from birdops.features.frontend import build_frontend
+from birdops.features.shards import load_split, read_features_info
 from birdops.mixing import mix_at_snr, noise_segment, spread_starts
 from birdops.windows import clips_at
 
@@ -140,6 +141,8 @@ def test_layout_failures_and_summary(reference: tuple[Path, dict]) -> None:
         meta = json.loads((folder / "features.json").read_text())
         assert meta["spec"]["name"] == preset and meta["clip_seconds"] == 2.0
         assert (meta["n_bins"], meta["n_frames"]) == (n_bins, n_frames)
+        info = read_features_info(folder)
+        assert info.shape.features == (n_bins, n_frames) and info.activity == PARAMS.activity
     assert summary["recordings"] == {"manifest": 9, "cached": 5, "failed": 4}
     run = summary[cache.RUN_KEY]  # how the run went: kept apart from the results
     assert (run["processed_this_run"], run["reused_from_interrupted_run"]) == (9, 0)
@@ -161,7 +164,7 @@ def test_load_split_returns_the_front_end_output_of_the_chosen_clips(
     out, _ = reference
     frontend = build_frontend(preset)
     rate_hz = frontend.spec.sample_rate_hz
-    split = cache.load_split(out, preset, "train")
+    split = load_split(out, preset, "train")
     assert split.features.dtype == np.float16 and split.labels.dtype == np.int64
     assert len(split.shards) == 2 and len(split.features) == len(split.ids) == len(split.start_s)
     assert split.spec == frontend.spec and split.clip_seconds == 2.0
@@ -178,7 +181,7 @@ def test_load_split_returns_the_front_end_output_of_the_chosen_clips(
     # recording 2 (9 s, calls at 1 s and 6 s): two clips, one over each call
     two = split.start_s[[i for i, r in enumerate(split.ids) if r == "2"]]
     assert len(two) == 2 and two[0] <= 1.0 <= two[0] + 1.4 and two[1] <= 6.0 <= two[1] + 1.4
-    short = cache.load_split(out, preset, "test")
+    short = load_split(out, preset, "test")
     assert short.ids == ["4"] and short.start_s.tolist() == [0.0]  # short: one padded clip
 
 
@@ -244,7 +247,7 @@ def test_partials_and_outputs_of_another_configuration_are_not_reused(
     assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "seed"]  # mfcc removed, no .work
     shards = sorted(p.name for p in (out / "seed").glob("*.npy"))
     assert shards == ["test-000.npy", "train-000.npy", "val-000.npy"]  # one shard a split now
-    assert cache.load_split(out, "seed", "train").features.shape[1:] == (128, 65)
+    assert load_split(out, "seed", "train").features.shape[1:] == (128, 65)
 
 
 def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: Path) -> None:
@@ -271,12 +274,12 @@ def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: 
     rate = frontend.spec.sample_rate_hz
     background = read_manifest(background_csv)
     for split in ("train", "val", "test"):
-        found = cache.load_split(out, "seed", f"background-{split}")
+        found = load_split(out, "seed", f"background-{split}")
         members = [r for r in background if r.split == split]
         assert set(found.ids) == {r.id for r in members} and set(found.labels.tolist()) == {-1}
         wave = load_audio(tmp_path / "background" / members[0].local_path, rate)
         assert found.start_s[: len(found.ids) // 2].tolist() == spread_starts(len(wave), rate, 2.0, 3)
-    clean, mixed = cache.load_split(out, "seed", "train"), cache.load_split(out, "seed", "train-mixed")
+    clean, mixed = load_split(out, "seed", "train"), load_split(out, "seed", "train-mixed")
     assert mixed.ids == clean.ids and mixed.start_s.tolist() == clean.start_s.tolist()
     assert mixed.labels.tolist() == clean.labels.tolist()
     assert not np.array_equal(mixed.features, clean.features)

@@ -19,7 +19,6 @@ import torchaudio.compliance.kaldi as kaldi
 from birdops.features.frontend import (
     NORM_EPS,
     PRESETS,
-    FeatureSpec,
     LogMelFrontEnd,
     TwoStageDFT,
     build_frontend,
@@ -28,6 +27,7 @@ from birdops.features.frontend import (
     kaldi_mel_filters,
     slaney_mel_filters,
 )
+from birdops.featurespec import FeatureSpec
 
 
 def chirps_and_noise(sample_rate_hz: int, seconds: float = 4.0, count: int = 3) -> np.ndarray:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig
+from worlds import spec_of_shape
 
 from birdops.config import ModelParams
 from birdops.contracts import ClassifierInfo
@@ -25,20 +26,20 @@ VIT = ModelParams(arch="vit", size="tiny", features="mfcc", pretrained=None, dro
 
 
 def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
-    return ClassifierInfo(
+    info = ClassifierInfo(
         variant="test",
         model=cfg.model_dump(),
         labels=labels,
         feature_preset=cfg.features,
-        feature_spec={"name": cfg.features, "sample_rate_hz": 22050, "n_bins": n_bins},
+        feature_spec=spec_of_shape(cfg.features, n_bins, n_frames),
         clip_seconds=4.0,
-        n_bins=n_bins,
-        n_frames=n_frames,
         best_epoch=2,
         best_metric="val_accuracy",
         best_value=0.5,
         epochs_run=3,
     )
+    assert info.shape.features == (n_bins, n_frames)
+    return info
 
 
 @pytest.mark.parametrize(("cfg", "n_bins", "n_frames"), [(AST, 128, 173), (VIT, 40, 173), (AST, 64, 40)])
@@ -222,11 +223,9 @@ def test_waveform_classifier_is_front_end_then_model() -> None:
 
 def test_a_saved_model_runs_behind_its_own_front_end(tmp_path: Path) -> None:
     spec = spec_for("mfcc")
-    n_frames = build_frontend("mfcc").num_frames(22050)  # a 1 s clip
-    model = build_model(VIT, num_classes=3, n_bins=spec.n_bins, n_frames=n_frames).eval()
-    info = dataclasses.replace(
-        info_for(VIT, spec.n_bins, n_frames, ("a", "b", "c")), feature_spec=spec.to_dict(), clip_seconds=1.0
-    )
+    model = build_model(VIT, num_classes=3, n_bins=40, n_frames=44).eval()  # a 1 s clip
+    info = dataclasses.replace(info_for(VIT, 40, 173, ("a", "b", "c")), feature_spec=spec, clip_seconds=1.0)
+    assert info.shape.features == (40, 44)
     save_classifier(tmp_path, model, info)
     saved = load_classifier(tmp_path)
     classifier, loaded = saved.waveform_classifier(), saved.info
@@ -239,20 +238,19 @@ def test_a_saved_model_runs_behind_its_own_front_end(tmp_path: Path) -> None:
 
 def test_a_changed_front_end_is_refused(tmp_path: Path) -> None:
     spec = spec_for("mfcc")
-    n_frames = build_frontend("mfcc").num_frames(22050)
-    model = build_model(VIT, num_classes=2, n_bins=spec.n_bins, n_frames=n_frames)
-    stale = {**spec.to_dict(), "f_min_hz": 300.0}
-    info = dataclasses.replace(
-        info_for(VIT, spec.n_bins, n_frames, ("a", "b")), feature_spec=stale, clip_seconds=1.0
-    )
+    model = build_model(VIT, num_classes=2, n_bins=40, n_frames=44)  # a 1 s clip
+    stale = dataclasses.replace(spec, f_min_hz=300.0)
+    info = dataclasses.replace(info_for(VIT, 40, 173, ("a", "b")), feature_spec=stale, clip_seconds=1.0)
     save_classifier(tmp_path, model, info)
     with pytest.raises(ValueError, match="retrain"):
         load_classifier(tmp_path)
-    save_classifier(tmp_path, model, dataclasses.replace(info, feature_spec=spec.to_dict(), clip_seconds=2.0))
-    with pytest.raises(ValueError, match="frames"):
-        load_classifier(tmp_path)
+    save_classifier(tmp_path, model, dataclasses.replace(info, feature_spec=spec))
     with pytest.raises(ValueError, match="without its front end"):
         load_classifier(tmp_path, with_frontend=False).waveform_classifier()
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_frames": 45}))  # not a 1 s clip's
+    with pytest.raises(ValueError, match=r"input shape \(40, 45\) is not its feature spec's"):
+        load_classifier(tmp_path)
 
 
 def test_labels_other_than_the_models_are_refused(tmp_path: Path) -> None:
@@ -273,7 +271,9 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
     script = (
         "import sys, torch\n"
         "from birdops.config import ModelParams\n"
+        "import dataclasses\n"
         "from birdops.contracts import ClassifierInfo\n"
+        "from birdops.features.frontend import spec_for\n"
         "from birdops.models.checkpoint import save_classifier\n"
         "from birdops.models.factory import build_model\n"
         "cfg = ModelParams(arch='vit', size='tiny', features='mfcc', pretrained=None, dropout=0.0,"
@@ -281,7 +281,8 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
         "torch.manual_seed(0)\n"
         "model = build_model(cfg, 3, 40, 50)\n"
         "info = ClassifierInfo(variant='v', model=cfg.model_dump(), labels=('a', 'b', 'c'),"
-        " feature_preset='mfcc', feature_spec={}, clip_seconds=4.0, n_bins=40, n_frames=50)\n"
+        " feature_preset='mfcc', clip_seconds=4.0, feature_spec=dataclasses.replace("
+        "spec_for('mfcc'), sample_rate_hz=4900, hop_length_samples=400))\n"
         "save_classifier(sys.argv[1], model, info)\n"
     )
     for name in ("one", "two"):

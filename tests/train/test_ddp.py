@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from worlds import features_info, spec_of_shape
 
 from birdops.contracts import MANIFEST_COLUMNS
-from birdops.features.frontend import spec_for
+from birdops.features.shards import INDEX_COLUMNS, write_features_info
 from birdops.models.checkpoint import load_classifier
 from pipeline import train as train_stage
 
@@ -53,11 +54,10 @@ def write_cache(root: Path, preset: str, sizes: dict[str, int]) -> None:
             for i, label in enumerate(labels)
         ]
     with (folder / "index.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "split", "shard", "row", "label_index", "start_s"])
+        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
         writer.writeheader()
         writer.writerows(index)
-    meta = {"spec": spec_for(preset).to_dict(), "clip_seconds": 4.0, "n_bins": N_BINS, "n_frames": N_FRAMES}
-    (folder / "features.json").write_text(json.dumps(meta))
+    write_features_info(folder, features_info(spec_of_shape(preset, N_BINS, N_FRAMES), 4.0))
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def check_outputs(workdir: Path) -> dict[str, float]:
     saved = load_classifier(workdir / "models/full", with_frontend=False)
     model, info = saved.model, saved.info
     assert info.variant == "full" and list(info.labels) == LABELS
-    assert info.feature_preset == "seed" and info.feature_spec["sample_rate_hz"] == 22050
+    assert info.feature_preset == "seed" and info.feature_spec == spec_of_shape("seed", N_BINS, N_FRAMES)
     assert (info.n_bins, info.n_frames, info.clip_seconds) == (N_BINS, N_FRAMES, 4.0)
     with torch.no_grad():
         logits = model(torch.randn(5, N_BINS, N_FRAMES))

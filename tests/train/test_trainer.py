@@ -15,6 +15,7 @@ import pytest
 import torch
 from params_yaml import merged, section
 from safetensors.torch import load_file
+from worlds import spec_of_shape
 
 import birdops.train.trainer as trainer
 from birdops.config import ModelParams, OptimParams, ScheduleParams, TrainParams
@@ -63,7 +64,7 @@ def data() -> TrainData:
         val=make_split(24, seed=1),
         labels=("Alpha one", "Beta two", "Gamma three"),
         preset="seed",
-        spec={"name": "seed", "sample_rate_hz": 22050, "n_bins": N_BINS},
+        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
         clip_seconds=4.0,
     )
 
@@ -196,8 +197,8 @@ def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() 
         val=make_split(4, 1),
         labels=("a", "b", "c"),
         preset="seed",
-        spec={},
-        clip_seconds=1.0,
+        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
+        clip_seconds=4.0,
     )
     items = training_set(with_background(base))
     assert (items.clean, items.mixed, items.background) == (40, 40, 12) and len(items.dataset) == 92

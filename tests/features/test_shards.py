@@ -1,5 +1,6 @@
-"""The cache's reader and shard writer: a split over several shards read row by row (never
-concatenated, never mapped), the shards' bytes, and memory that does not grow with the split."""
+"""The cache's files: ``features.json`` round trips and is checked against its spec, a split over
+several shards is read row by row (never concatenated, never mapped), the shards' bytes, and memory
+that does not grow with the split."""
 
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worlds import features_info
 
-import birdops.features.cache as cache
+import birdops.features.shards as shards
 from birdops.contracts import ManifestRow
 from birdops.features.frontend import spec_for
 
 ROW_SHAPE = (128, 173)  # a 4 s clip of the seed preset
 
 
-def write_split(folder: Path, shards: int, clips_per_shard: int, seed: int = 0) -> np.ndarray:
-    """``shards`` train shards of random float16 clips in the cache's layout; returns every clip."""
+def write_split(folder: Path, n_shards: int, clips_per_shard: int, seed: int = 0) -> np.ndarray:
+    """``n_shards`` train shards of random float16 clips in the cache's layout; returns every clip."""
     (folder / "seed").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     rows, clips = [], []
-    for s in range(shards):
+    for s in range(n_shards):
         shard = rng.standard_normal((clips_per_shard, *ROW_SHAPE), dtype=np.float32).astype(np.float16)
         np.save(folder / "seed" / f"train-{s:03d}.npy", shard)
         clips.append(shard)
@@ -33,18 +35,34 @@ def write_split(folder: Path, shards: int, clips_per_shard: int, seed: int = 0) 
             rows.append([f"{s}-{r}", "train", f"train-{s:03d}.npy", r, (s + r) % 5, 0.5 * r])
     with (folder / "seed" / "index.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(cache.INDEX_COLUMNS)
+        writer.writerow(shards.INDEX_COLUMNS)
         writer.writerows(rows)
-    meta = {"spec": spec_for("seed").to_dict(), "clip_seconds": 4.0, "n_bins": 128, "n_frames": 173}
-    (folder / "seed" / "features.json").write_text(json.dumps(meta))
+    shards.write_features_info(folder / "seed", features_info(spec_for("seed"), 4.0))
     return np.concatenate(clips)
 
 
+def test_features_json_round_trips_with_the_clip_shape_after_the_clip_length(tmp_path: Path) -> None:
+    info = features_info(spec_for("ast"), 4.0)
+    shards.write_features_info(tmp_path, info)
+    text = (tmp_path / "features.json").read_text()
+    data = json.loads(text)
+    assert list(data)[1:5] == ["clip_seconds", "clip_samples", "n_bins", "n_frames"]
+    assert (data["clip_samples"], data["n_bins"], data["n_frames"]) == (64000, 128, 398)
+    assert text == json.dumps(data, indent=2) + "\n"  # ASCII, two-space indent, one newline
+    assert shards.read_features_info(tmp_path) == info
+    (tmp_path / "features.json").write_text(json.dumps({**data, "n_frames": 397}))
+    with pytest.raises(ValueError, match=r"features\.json: .* not its spec's for a 4\.0 s clip"):
+        shards.read_features_info(tmp_path)
+    (tmp_path / "features.json").write_text(json.dumps({**data, "extra": 1}))
+    with pytest.raises(ValueError, match=r"unknown \['extra'\]"):
+        shards.read_features_info(tmp_path)
+
+
 def test_a_split_of_several_shards_reads_any_rows(tmp_path: Path) -> None:
-    expected = write_split(tmp_path, shards=3, clips_per_shard=4)
-    split = cache.load_split(tmp_path, "seed", "train")
+    expected = write_split(tmp_path, n_shards=3, clips_per_shard=4)
+    split = shards.load_split(tmp_path, "seed", "train")
     clips = split.features
-    assert isinstance(clips, cache.ShardedClips) and len(split.shards) == 3
+    assert isinstance(clips, shards.ShardedClips) and len(split.shards) == 3
     assert clips.shape == (12, *ROW_SHAPE) and clips.dtype == np.float16 and len(clips) == 12
     np.testing.assert_array_equal(clips[5], expected[5])
     np.testing.assert_array_equal(clips[-1], expected[-1])
@@ -63,28 +81,28 @@ def test_a_split_of_several_shards_reads_any_rows(tmp_path: Path) -> None:
 
 
 def test_an_index_that_disagrees_with_its_shards_is_refused(tmp_path: Path) -> None:
-    write_split(tmp_path, shards=2, clips_per_shard=3)
+    write_split(tmp_path, n_shards=2, clips_per_shard=3)
     index = tmp_path / "seed" / "index.csv"
     lines = index.read_text().splitlines()
     index.write_text("\n".join(lines[:-1]) + "\n")  # the last shard lists 2 of its 3 rows
     with pytest.raises(ValueError, match="lists 2 rows, the shard holds 3"):
-        cache.load_split(tmp_path, "seed", "train")
+        shards.load_split(tmp_path, "seed", "train")
 
 
 def test_a_fortran_ordered_shard_is_refused(tmp_path: Path) -> None:
-    write_split(tmp_path, shards=1, clips_per_shard=3)
+    write_split(tmp_path, n_shards=1, clips_per_shard=3)
     shard = tmp_path / "seed" / "train-000.npy"
     np.save(shard, np.asfortranarray(np.load(shard)))
     with pytest.raises(ValueError, match="Fortran-ordered"):
-        cache.load_split(tmp_path, "seed", "train")
+        shards.load_split(tmp_path, "seed", "train")
 
 
 def shards_of(clips: list[np.ndarray], shard_max: int, tmp_path: Path) -> dict[str, bytes]:
     recording = ManifestRow("7", "audio/XC7.mp3", "A b", 0, "train", "r", "A", 9.0)
     out = io.StringIO()
-    index = csv.DictWriter(out, fieldnames=cache.INDEX_COLUMNS)
+    index = csv.DictWriter(out, fieldnames=shards.INDEX_COLUMNS)
     items = iter([(recording, 0.25 * i, clip) for i, clip in enumerate(clips)])
-    assert cache._write_shards(tmp_path, "train", items, len(clips), shard_max, index) == len(clips)
+    assert shards.write_shards(tmp_path, "train", items, len(clips), shard_max, index) == len(clips)
     return {p.name: p.read_bytes() for p in sorted(tmp_path.glob("*.npy"))}
 
 
@@ -113,7 +131,7 @@ def test_a_clip_laid_out_in_fortran_order_is_written_c_ordered(tmp_path: Path) -
 PEAK_CHILD = """
 import re, sys
 import numpy as np, torch
-from birdops.features.cache import load_split
+from birdops.features.shards import load_split
 from birdops.train.data import EpochSampler, FeatureDataset
 from torch.utils.data import DataLoader
 
@@ -144,8 +162,8 @@ def test_reading_a_split_holds_the_same_memory_for_n_and_4n_shards(tmp_path: Pat
     epochs, then evaluation's batches) does not grow with the split: 4 shards of 128 clips (45 MB
     of features) against 16 x 128 (181 MB). Concatenated in memory (the reader before), the larger
     split peaked 131 MB higher; read through memory maps, whose pages count in RSS once touched, 65 MB."""
-    write_split(tmp_path / "n", shards=4, clips_per_shard=128)
-    write_split(tmp_path / "4n", shards=16, clips_per_shard=128)
+    write_split(tmp_path / "n", n_shards=4, clips_per_shard=128)
+    write_split(tmp_path / "4n", n_shards=16, clips_per_shard=128)
     small, small_clips = peak_rss_mib(tmp_path / "n")
     large, large_clips = peak_rss_mib(tmp_path / "4n")
     assert (small_clips, large_clips) == (512, 2048)
