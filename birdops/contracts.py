@@ -85,6 +85,10 @@ ANNOTATION_COLUMNS: tuple[str, ...] = ("file", "start_s", "end_s", "label")  # o
 # ------------------------------------------------------------------------------------ metrics folder
 EVAL_DIR = "eval"  # per-variant tables: <metrics>/eval/<variant>/
 BEST_FILE = "best.json"  # the variant chosen for export (evaluate -> export, report, bench): Best
+# where the DAG writes them (dvc.yaml): the default of the commands run by hand from the repository
+# root (`birdops report`, `experiments`, `bench`); stages take every path from their command line
+METRICS_DIR = "metrics"
+BEST_METRICS = f"{METRICS_DIR}/{BEST_FILE}"
 BEST_VALUE_PREFIX = "val_"  # best.json's value key: val_<selection metric>
 # a variant's calibration and per-species thresholds, chosen on validation (evaluate -> export)
 CALIBRATION_FILE = "calibration.json"
@@ -95,7 +99,7 @@ CONFIG_FILE = "config.json"
 
 # ---------------------------------------------------------------------------------- exported model
 MODEL_FILE = "model.onnx"  # in the export folder (beside model.fp16.onnx, model.int8.onnx)
-# where the export_onnx stage writes it (dvc.yaml); `birdops serve` and `birdops predict` load it by default
+# where the export_onnx stage writes it (dvc.yaml): `birdops serve` and `birdops predict` load it by default
 EXPORTED_MODEL = f"models/export/{MODEL_FILE}"
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "logits"

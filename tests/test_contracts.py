@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from specs import SEED
 
+from birdops import contracts
 from birdops.contracts import (
     MANIFEST_COLUMNS,
     Best,
@@ -37,7 +40,6 @@ from birdops.contracts import (
     write_manifest,
     write_soundscapes,
 )
-from birdops.featurespec import FeatureSpec
 
 ROWS = [
     ManifestRow("12", "audio/XC12.mp3", "Turdus merula", 1, "train", "Ann", "A", 12.345),
@@ -98,30 +100,6 @@ def test_manifest_paths_that_escape_the_raw_folder_are_refused(tmp_path: Path) -
             row(outside).audio_path(raw)
 
 
-# the seed preset's settings (birdops.features.frontend.spec_for("seed"), written out: no torch here)
-SEED = FeatureSpec(
-    name="seed",
-    sample_rate_hz=22050,
-    n_bins=128,
-    n_fft=2048,
-    win_length_samples=2048,
-    hop_length_samples=512,
-    window="hann_periodic",
-    framing="center",
-    n_mels=128,
-    f_min_hz=500.0,
-    f_max_hz=11025.0,
-    mel_scale="slaney",
-    preemphasis=0.0,
-    remove_dc_offset=False,
-    log_scale="db_ref_max",
-    top_db=80.0,
-    n_mfcc=None,
-    normalization="per_clip",
-    norm_mean=0.0,
-    norm_std=1.0,
-    norm_eps=1e-06,
-)
 RATE_8K = dataclasses.replace(SEED, sample_rate_hz=8000)
 
 INFO = ClassifierInfo(
@@ -338,3 +316,22 @@ def test_a_bad_best_json_is_refused(tmp_path: Path, text: str, message: str) -> 
         read_best(tmp_path / "best.json")
     with pytest.raises(BestError, match="cannot read"):
         read_best(tmp_path / "missing.json")
+
+
+def dag_outputs() -> set[str]:
+    """Every path a stage of ``dvc.yaml`` writes (``outs`` and ``metrics``)."""
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    return {
+        next(iter(entry)) if isinstance(entry, dict) else str(entry)
+        for stage in stages.values()
+        for entry in [*stage.get("outs", []), *stage.get("metrics", [])]
+    }
+
+
+def test_the_paths_commands_default_to_are_where_the_dag_writes() -> None:
+    """`birdops serve`/`predict` load the exported model, `report`/`bench` read the metrics where
+    the stages put them: the only DAG paths the library names, each checked against dvc.yaml."""
+    outputs = dag_outputs()
+    assert str(Path(contracts.EXPORTED_MODEL).parent) in outputs
+    assert contracts.BEST_METRICS in outputs
+    assert f"{contracts.METRICS_DIR}/{contracts.EVAL_DIR}" in outputs

@@ -43,7 +43,7 @@ import yaml
 from birdops.bench import cache, cuda, gpu, growth, inputs, model, predict, train
 from birdops.bench.common import BenchError, Section, Unavailable, failed, run_section
 from birdops.config import VARIANTS, Params, load_params
-from birdops.contracts import MODEL_FILE
+from birdops.contracts import BEST_METRICS, MODEL_FILE
 from birdops.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, params: Params, sizes: Sizes, work: Path) -> None:
         self.args, self.params, self.sizes, self.work = args, params, sizes, work
-        self.variant = args.variant or inputs.best_variant(Path("metrics/best.json"), "full")
+        self.variant = args.variant or inputs.best_variant(Path(BEST_METRICS), "full")
         self.built: dict[str, Any] = {}
 
     def corpus(self) -> inputs.Corpus:

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from birdops.config import VARIANTS
-from birdops.contracts import EVAL_DIR
+from birdops.contracts import EVAL_DIR, METRICS_DIR
 from birdops.evaluate import layout
 from birdops.files import write_text_atomic
 
@@ -188,10 +188,10 @@ def variant_path(variant: str, kind: str) -> str:
     """The repository path of a variant's ``headline`` (a DVC metric), ``details`` or ``train``
     (the trainer's dvclive summary) file."""
     if kind == "headline":
-        return f"metrics/{variant}.json"
+        return f"{METRICS_DIR}/{variant}.json"
     if kind == "details":
-        return f"metrics/{EVAL_DIR}/{variant}/{layout.DETAILS_FILE}"
-    return f"metrics/{variant}/metrics.json"
+        return f"{METRICS_DIR}/{EVAL_DIR}/{variant}/{layout.DETAILS_FILE}"
+    return f"{METRICS_DIR}/{variant}/metrics.json"
 
 
 def files_at(repo: Path, rev: str, paths: Sequence[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from birdops.config import VARIANTS
-from birdops.contracts import BEST_FILE, EVAL_DIR, BestError, read_best
+from birdops.contracts import BEST_FILE, EVAL_DIR, METRICS_DIR, BestError, read_best
 from birdops.evaluate import layout
 from birdops.files import write_text_atomic
 
@@ -409,7 +409,9 @@ def diff_markdown(rev: str, repo: Path) -> str:
 # ------------------------------------------------------------------------------------------- cli
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="birdops report", description="Compare model variants.")
-    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="evaluate's output folder")
+    parser.add_argument(
+        "--metrics-dir", type=Path, default=Path(METRICS_DIR), help="evaluate's output folder"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="variants, oldest first")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     parser.add_argument(

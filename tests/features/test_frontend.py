@@ -15,6 +15,7 @@ import pytest
 import scipy.signal
 import torch
 import torchaudio.compliance.kaldi as kaldi
+from specs import SEED
 
 from birdops.features.frontend import (
     NORM_EPS,
@@ -26,6 +27,7 @@ from birdops.features.frontend import (
     dct_ii_ortho,
     kaldi_mel_filters,
     slaney_mel_filters,
+    spec_for,
 )
 from birdops.featurespec import FeatureSpec
 
@@ -69,6 +71,10 @@ def librosa_db_mel(wave: np.ndarray) -> np.ndarray:
 
 def per_clip(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + NORM_EPS)
+
+
+def test_the_tests_written_out_seed_spec_is_the_presets() -> None:
+    assert spec_for("seed") == SEED
 
 
 @pytest.mark.parametrize(
