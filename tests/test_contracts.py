@@ -4,8 +4,10 @@ that leave the raw folder are refused, a saved classifier's config, an exported 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -335,3 +337,31 @@ def test_the_paths_commands_default_to_are_where_the_dag_writes() -> None:
     assert str(Path(contracts.EXPORTED_MODEL).parent) in outputs
     assert contracts.BEST_METRICS in outputs
     assert f"{contracts.METRICS_DIR}/{contracts.EVAL_DIR}" in outputs
+
+
+def test_no_other_module_names_a_dag_path() -> None:
+    """A path under data/, models/ or metrics/ is written in dvc.yaml (stages) or contracts (the
+    defaults above), never as another string in the library."""
+    root = Path(__file__).resolve().parents[1] / "birdops"
+    found = [
+        f"{path.relative_to(root.parent)}:{node.lineno} {node.value!r}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "contracts.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith(("data/", "models/", "metrics/"))
+    ]
+    assert not found, f"DAG paths outside birdops.contracts: {found}"
+
+
+def test_every_tracked_file_under_metrics_is_a_stage_output() -> None:
+    """metrics/ holds results only: a benchmark's figures or a hand-made file would be a result
+    no `dvc repro` makes."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(
+        ["git", "ls-files", contracts.METRICS_DIR], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    outputs = dag_outputs()
+    strays = [f for f in tracked if not any(f == out or f.startswith(f"{out}/") for out in outputs)]
+    assert tracked and not strays, f"files under metrics/ that no stage writes: {strays}"

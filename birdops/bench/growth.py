@@ -40,7 +40,7 @@ import yaml
 from birdops.bench.common import BenchError, Section, Table, fmt, stage_env
 from birdops.bench.inputs import saved_model
 from birdops.config import load_params
-from birdops.contracts import EVAL_DIR, labels_path, read_labels, read_manifest
+from birdops.contracts import BEST_METRICS, EVAL_DIR, METRICS_DIR, labels_path, read_labels, read_manifest
 from birdops.files import write_json_atomic
 
 REPORT_MAX_RECORDING_SECONDS = 60.0  # the report's corpus: 3 to 60 s recordings (README, "Real recordings")
@@ -178,7 +178,7 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
             "--soundscapes",
             "soundscapes",
             "--out",
-            "metrics",
+            METRICS_DIR,
         ],
         "evaluate",
     )
@@ -187,9 +187,9 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         "pipeline.export_onnx",
         [
             "--best",
-            "metrics/best.json",
+            BEST_METRICS,
             "--eval",
-            "metrics/eval",
+            f"{METRICS_DIR}/{EVAL_DIR}",
             "--models",
             "models",
             *data_paths,
@@ -221,7 +221,7 @@ def measure_scale(params_path: Path, factor: int, folder: Path, steps: int) -> d
         "predict",
     )
     train = json.loads(runs["train"].stdout.strip().splitlines()[-1])
-    evaluation = json.loads((folder / "metrics" / EVAL_DIR / EVALUATE_VARIANT / "details.json").read_text())
+    evaluation = json.loads((folder / METRICS_DIR / EVAL_DIR / EVALUATE_VARIANT / "details.json").read_text())
     units = {
         "corpus": synthetic["recordings"],
         "background": len(background),
