@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from birdops import __version__
 from birdops.audio import AudioError, TooLongAudioError
-from birdops.serve.detect import ThresholdsError, json_thresholds, select
+from birdops.serve.detect import Selection, ThresholdsError, json_thresholds, select
 from birdops.serve.guards import (
     MULTIPART_OVERHEAD_BYTES,
     Connections,
@@ -64,7 +64,7 @@ from birdops.serve.guards import (
     guarded_protocol,
     overloaded_response,
 )
-from birdops.serve.inference import Classifier, ModelError, open_classifier
+from birdops.serve.inference import Classifier, ModelError, WindowScores, open_classifier
 from birdops.serve.queue import InferenceBudget, InferenceQueue, Overloaded
 from birdops.serve.schema import ERRORS, Health, Load, Prediction, Ready, to_prediction
 from birdops.serve.settings import ServeSettings
@@ -82,6 +82,107 @@ class Service:
     connections: Connections
     queue: InferenceQueue
     classifier: Classifier | None = None
+
+    def load(self) -> Load:
+        """The connections, requests and inferences now, beside their caps."""
+        connections, queue = self.connections, self.queue
+        return Load(
+            connections=connections.open,
+            max_connections=connections.max_open,
+            requests_in_progress=connections.in_progress,
+            max_requests_in_progress=self.settings.max_requests_in_progress,
+            inferences_running=queue.running,
+            max_concurrent_inferences=queue.slots,
+            requests_waiting=queue.waiting,
+            expected_wait_s=queue.expected_wait_s(),
+            queue_timeout_s=queue.wait_timeout_s,
+            service_estimate_s=queue.service_s,
+            queued_bytes=queue.held_bytes,
+            max_queued_bytes=queue.max_bytes,
+        )
+
+    def readiness(self) -> JSONResponse:
+        """``GET /ready``'s answer: 200 with the model and the load, or 503 (``loading``, ``saturated``)
+        with ``Retry-After``."""
+        settings = self.settings
+        limits = {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_audio_seconds": settings.max_audio_seconds,
+        }
+        if self.classifier is None:
+            body = Ready(status="loading", ready=False, load=self.load(), **limits)
+            headers = {"Retry-After": str(settings.retry_after_s)}
+            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        refusal = self.queue.refusal(1)
+        body = Ready(
+            status="saturated" if refusal else "ready",
+            ready=refusal is None,
+            load=self.load(),
+            hop_seconds=even_hop_seconds(settings.hop_seconds, self.classifier.window_seconds),
+            **self.classifier.describe(),
+            **limits,
+        )
+        if refusal is None:
+            return JSONResponse(body.model_dump())
+        headers = {"Retry-After": str(max(settings.retry_after_s, refusal.retry_after_s or 0))}
+        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+
+    def model(self) -> Classifier:
+        """The loaded model; before it is, the request is refused as overload (503, ``Retry-After``)."""
+        if self.classifier is None:
+            raise Overloaded("the model is not loaded yet")
+        return self.classifier
+
+    async def classify(self, file: UploadFile, name: str, embeddings: bool) -> WindowScores:
+        """Admit the upload to the queue, then decode and classify it in a worker thread within the
+        inference deadline; the refusals are HTTP errors (413, 422) or :class:`Overloaded` (503)."""
+        settings, classifier = self.settings, self.model()
+        size_bytes = settings.max_upload_bytes if file.size is None else file.size
+        async with self.queue.admit(size_bytes):
+            payload = await file.read(settings.max_upload_bytes + 1)
+            if len(payload) > settings.max_upload_bytes:
+                raise HTTPException(
+                    413, detail=f"{name}: upload too large: at most {settings.max_upload_bytes} bytes"
+                )
+            if not payload:
+                raise HTTPException(422, detail=f"{name}: empty file")
+            budget = InferenceBudget(settings.inference_timeout_s)
+            job = partial(classify_upload, classifier, settings, payload, name, budget, embeddings)
+            timer = asyncio.get_running_loop().call_later(settings.inference_timeout_s, budget.expire)
+            try:
+                return await anyio.to_thread.run_sync(job)
+            except (AudioTooLong, TooLongAudioError) as err:
+                raise HTTPException(413, detail=clean_detail(str(err))) from err
+            except AudioError as err:
+                raise HTTPException(422, detail=clean_detail(str(err))) from err
+            finally:
+                timer.cancel()
+
+
+def request_selection(
+    classifier: Classifier,
+    top_k: int,
+    min_score: float | None,
+    thresholds: str | None,
+    report_all: bool,
+    embeddings: bool,
+) -> tuple[Selection, str | None]:
+    """What a request asks to be reported (:func:`birdops.serve.detect.select`), checked against the
+    model before the upload is read: a bad ``thresholds`` field or embeddings of a model without them
+    are 422."""
+    try:
+        labels = classifier.labels
+        overrides = None if thresholds is None else json_thresholds(thresholds, labels, "thresholds")
+        selection_and_warning = select(
+            classifier.metadata.scoring, labels, top_k, min_score, overrides, report_all
+        )
+    except ThresholdsError as err:
+        raise HTTPException(422, detail=str(err)) from err
+    if embeddings and classifier.embedding is None:
+        raise HTTPException(
+            422, detail=f"the model ({classifier.metadata.variant}) has no embedding output: export it again"
+        )
+    return selection_and_warning
 
 
 def create_app(
@@ -123,41 +224,7 @@ def create_app(
     async def ready() -> JSONResponse:
         """200 when the model is loaded and another request would be admitted, else 503: what the
         model is, where it runs, and the current load."""
-        load = Load(
-            connections=connections.open,
-            max_connections=connections.max_open,
-            requests_in_progress=connections.in_progress,
-            max_requests_in_progress=settings.max_requests_in_progress,
-            inferences_running=queue.running,
-            max_concurrent_inferences=queue.slots,
-            requests_waiting=queue.waiting,
-            expected_wait_s=queue.expected_wait_s(),
-            queue_timeout_s=queue.wait_timeout_s,
-            service_estimate_s=queue.service_s,
-            queued_bytes=queue.held_bytes,
-            max_queued_bytes=queue.max_bytes,
-        )
-        limits = {
-            "max_upload_bytes": settings.max_upload_bytes,
-            "max_audio_seconds": settings.max_audio_seconds,
-        }
-        if service.classifier is None:
-            body = Ready(status="loading", ready=False, load=load, **limits)
-            headers = {"Retry-After": str(settings.retry_after_s)}
-            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
-        refusal = queue.refusal(1)
-        body = Ready(
-            status="saturated" if refusal else "ready",
-            ready=refusal is None,
-            load=load,
-            hop_seconds=even_hop_seconds(settings.hop_seconds, service.classifier.window_seconds),
-            **service.classifier.describe(),
-            **limits,
-        )
-        if refusal is None:
-            return JSONResponse(body.model_dump())
-        headers = {"Retry-After": str(max(settings.retry_after_s, refusal.retry_after_s or 0))}
-        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        return service.readiness()
 
     @app.post("/predict", response_model=Prediction, responses=ERRORS)
     async def predict(
@@ -190,44 +257,12 @@ def create_app(
     ) -> Prediction:
         """Detect species in an uploaded recording, window by window; a file where nothing reaches its
         threshold gets ``"detections": 0``, empty ``species`` and ``windows``, and ``"no detections"``."""
-        classifier = service.classifier
-        if classifier is None:
-            raise Overloaded("the model is not loaded yet")
+        classifier = service.model()
         name = display_name(file.filename)
-        try:
-            labels = classifier.labels
-            overrides = None if thresholds is None else json_thresholds(thresholds, labels, "thresholds")
-            scoring = classifier.metadata.scoring
-            selection, warning = select(
-                scoring, labels, top_k or settings.top_k, min_score, overrides, report_all
-            )
-        except ThresholdsError as err:
-            raise HTTPException(422, detail=str(err)) from err
-        if embeddings and classifier.embedding is None:
-            raise HTTPException(
-                422,
-                detail=f"the model ({classifier.metadata.variant}) has no embedding output: export it again",
-            )
-        size_bytes = settings.max_upload_bytes if file.size is None else file.size
-        async with queue.admit(size_bytes):
-            payload = await file.read(settings.max_upload_bytes + 1)
-            if len(payload) > settings.max_upload_bytes:
-                raise HTTPException(
-                    413, detail=f"{name}: upload too large: at most {settings.max_upload_bytes} bytes"
-                )
-            if not payload:
-                raise HTTPException(422, detail=f"{name}: empty file")
-            budget = InferenceBudget(settings.inference_timeout_s)
-            job = partial(classify_upload, classifier, settings, payload, name, budget, embeddings)
-            timer = asyncio.get_running_loop().call_later(settings.inference_timeout_s, budget.expire)
-            try:
-                result = await anyio.to_thread.run_sync(job)
-            except (AudioTooLong, TooLongAudioError) as err:
-                raise HTTPException(413, detail=clean_detail(str(err))) from err
-            except AudioError as err:
-                raise HTTPException(422, detail=clean_detail(str(err))) from err
-            finally:
-                timer.cancel()
+        selection, warning = request_selection(
+            classifier, top_k or settings.top_k, min_score, thresholds, report_all, embeddings
+        )
+        result = await service.classify(file, name, embeddings)
         hop_seconds = even_hop_seconds(settings.hop_seconds, classifier.window_seconds)
         warnings = [] if warning is None else [warning]
         return to_prediction(result, name, selection, hop_seconds, classifier.metadata, warnings)
