@@ -19,6 +19,7 @@ from birdops.bench.common import Section, Table, fmt, ratio
 from birdops.bench.timing import interleaved, rate_summary, wall_seconds
 from birdops.config import TrainParams
 from birdops.features.frontend import spec_for
+from birdops.featurespec import FeatureSpec
 from birdops.train.data import TrainData
 from birdops.train.distributed import DistContext
 from birdops.train.trainer import Run, deterministic_mode, start_run, train_epoch, training_net
@@ -48,6 +49,19 @@ def clip_shape(preset: str, clip_seconds: float) -> tuple[int, int]:
     return spec_for(preset).clip_shape(clip_seconds).features
 
 
+def seconds_of(spec: FeatureSpec, shape: tuple[int, int]) -> float:
+    """The clip length whose features have ``shape`` = ``(n_bins, n_frames)`` in ``spec`` (the cuda
+    section times frame counts no 4 s clip has, such as the report's padded 1024); ValueError when
+    none has."""
+    n_frames = shape[1]
+    seconds = (
+        (n_frames - 1) * spec.hop_length_samples + int(spec.framing != "center") * spec.win_length_samples
+    ) / spec.sample_rate_hz
+    if spec.clip_shape(seconds).features != shape:
+        raise ValueError(f"no clip of {spec.name} features has the shape {shape}")
+    return seconds
+
+
 def random_data(params: TrainParams, shape: tuple[int, int], num_classes: int, clips: int) -> TrainData:
     """Training data of ``clips`` random clips of ``shape`` = ``(n_bins, n_frames)`` in
     ``params``' feature preset (the same split serves as validation: the bench never reads it)."""
@@ -55,7 +69,7 @@ def random_data(params: TrainParams, shape: tuple[int, int], num_classes: int, c
     preset = params.model.features
     spec = spec_for(preset)
     labels = tuple(f"class {i}" for i in range(num_classes))
-    return TrainData(split, split, labels, preset, spec, clip_seconds=0.0)  # recorded when saving: never
+    return TrainData(split, split, labels, preset, spec, clip_seconds=seconds_of(spec, shape))
 
 
 @dataclass(frozen=True)

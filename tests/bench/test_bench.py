@@ -18,7 +18,7 @@ from birdops.bench.gpu import AUDIOSET_AST, gpu_profile_params, mit_shaped_check
 from birdops.bench.growth import REPORT_MAX_RECORDING_SECONDS, write_scaled_params
 from birdops.bench.main import SECTIONS, parse_args
 from birdops.bench.timing import interleaved, percentile, rate_summary
-from birdops.bench.train import clip_shape
+from birdops.bench.train import clip_shape, random_data
 from birdops.config import VARIANTS, load_params
 from birdops.models.factory import build_model
 from birdops.models.pretrained import load_pretrained
@@ -132,6 +132,17 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     assert "skipped" in sections["cuda"] or set(sections["cuda"]) == {"train", "onnx"}
     # a timing record of this machine: never a DVC output
     assert not (ROOT / "metrics" / "bench.json").exists()
+
+
+@pytest.mark.parametrize(("preset", "frames"), [("seed", 173), ("seed", 1024), ("ast", 398), ("mfcc", 2)])
+def test_random_training_data_has_the_shape_asked_for(preset: str, frames: int) -> None:
+    """The training sections time frame counts no 4 s clip has (the report's padded 1024): the data
+    the trainer builds its model from must say that shape."""
+    params = load_params(ROOT / "params.yaml").train_full
+    params = params.model_copy(update={"model": params.model.model_copy(update={"features": preset})})
+    n_bins = clip_shape(preset, 4.0)[0]
+    data = random_data(params, (n_bins, frames), num_classes=3, clips=4)
+    assert (data.n_bins, data.n_frames) == (n_bins, frames) == data.train.features.shape[1:]
 
 
 def test_the_gpu_rows_train_the_base_ast_on_real_length_clips() -> None:
