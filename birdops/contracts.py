@@ -389,14 +389,6 @@ class ClassifierInfo:
         """A clip's samples and the ``(F, T)`` of the ``(B, F, T)`` input the model takes."""
         return self.feature_spec.clip_shape(self.clip_seconds)
 
-    @property
-    def n_bins(self) -> int:
-        return self.shape.n_bins
-
-    @property
-    def n_frames(self) -> int:
-        return self.shape.n_frames
-
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` content: the fields, with the input shape after ``clip_seconds`` and
         the labels also as Hugging Face's ``id2label`` / ``label2id`` (so its tools name the classes,

@@ -24,7 +24,8 @@ from birdops.contracts import (
     ManifestRow,
     write_manifest,
 )
-from birdops.features.cache import CACHE_FORMAT, build_cache
+from birdops.features.cache import build_cache
+from birdops.features.cache import features_info as cache_features_info
 from birdops.features.frontend import build_frontend, spec_for
 from birdops.features.shards import FeaturesInfo
 from birdops.featurespec import FeatureSpec
@@ -122,16 +123,7 @@ def spec_of_shape(preset: str, n_bins: int, n_frames: int) -> FeatureSpec:
 def features_info(spec: FeatureSpec, clip_seconds: float) -> FeaturesInfo:
     """What ``features.json`` says of a cache of ``clip_seconds`` clips of ``spec`` built with the
     committed ``lms_cache`` settings."""
-    params = section("lms_cache")
-    return FeaturesInfo(
-        spec=spec,
-        clip_seconds=clip_seconds,
-        max_clips_per_recording=params.max_clips_per_recording,
-        background_clips_per_recording=params.background_clips_per_recording,
-        background_mix=params.background_mix,
-        activity=params.activity,
-        cache_format=CACHE_FORMAT,
-    )
+    return cache_features_info(spec, section("lms_cache").model_copy(update={"clip_seconds": clip_seconds}))
 
 
 def save_tiny_ast(

@@ -85,7 +85,7 @@ def gpu_profile_section(
         "device": torch.cuda.get_device_name(0),
         "train_clips": clips,
         "val_clips": len(data.val.labels),
-        "frames": data.n_frames,
+        "frames": data.shape.n_frames,
         "epochs": epochs,
         "wall_s": seconds,
         "clips_per_s_with_compile": clips * epochs / seconds,
@@ -93,7 +93,7 @@ def gpu_profile_section(
     }
     table = Table(
         f"GPU profile, one epoch on {torch.cuda.get_device_name(0)}: base AST from an MIT-shaped checkpoint, "
-        f"ast preset ({data.n_frames} frames), bf16, SDPA, compiled, batch 32",
+        f"ast preset ({data.shape.n_frames} frames), bf16, SDPA, compiled, batch 32",
         ("", "value"),
         [
             ("train / val clips", f"{clips} / {len(data.val.labels)}"),

@@ -126,9 +126,9 @@ def evaluate_clips(
 
 def check_clip_shape(shape: tuple[int, ...], info: ClassifierInfo, split: str) -> None:
     """ValueError when cached clips of ``shape`` ``(n_bins, n_frames)`` are not what the model takes."""
-    if shape != (info.n_bins, info.n_frames):
+    if shape != info.shape.features:
         raise ValueError(
-            f"cached {split} clips are {shape}, model {info.variant!r} expects {(info.n_bins, info.n_frames)}"
+            f"cached {split} clips are {shape}, model {info.variant!r} expects {info.shape.features}"
         )
 
 
@@ -217,10 +217,11 @@ def window_seconds_for(info: ClassifierInfo, frontend: FrontEnd, params: Evaluat
     ValueError when the front end would give another frame count than the model was built for."""
     window_seconds = params.window_seconds or info.clip_seconds
     num_frames = frontend.spec.clip_shape(window_seconds).n_frames
-    if num_frames != info.n_frames:
+    if num_frames != info.shape.n_frames:
         raise ValueError(
             f"a {window_seconds} s window gives {num_frames} frames, model {info.variant!r} takes "
-            f"{info.n_frames} (its clips are {info.clip_seconds} s); set evaluate.window_seconds to null"
+            f"{info.shape.n_frames} (its clips are {info.clip_seconds} s); "
+            "set evaluate.window_seconds to null"
         )
     return window_seconds
 

@@ -386,16 +386,7 @@ def _assemble(
             total = _count_clips(members, stems, failed)  # fills failed, which _split_clips skips
             clips = _split_clips(members, stems, failed, key)
             clips_per_split[split] = write_shards(staging, split, clips, total, shard_max, index)
-    info = FeaturesInfo(
-        spec=spec,
-        clip_seconds=params.clip_seconds,
-        max_clips_per_recording=params.max_clips_per_recording,
-        background_clips_per_recording=params.background_clips_per_recording,
-        background_mix=params.background_mix,
-        activity=params.activity,
-        cache_format=CACHE_FORMAT,
-    )
-    write_features_info(staging, info)
+    write_features_info(staging, features_info(spec, params))
     _swap_in(staging, out_dir / preset)
     return _PresetResult(clips_per_split, failed, shape.n_bins, shape.n_frames)
 
@@ -434,6 +425,19 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- stage
+def features_info(spec: FeatureSpec, params: LmsCacheParams) -> FeaturesInfo:
+    """What this builder records in ``features.json`` of a cache of ``spec`` built with ``params``."""
+    return FeaturesInfo(
+        spec=spec,
+        clip_seconds=params.clip_seconds,
+        max_clips_per_recording=params.max_clips_per_recording,
+        background_clips_per_recording=params.background_clips_per_recording,
+        background_mix=params.background_mix,
+        activity=params.activity,
+        cache_format=CACHE_FORMAT,
+    )
+
+
 def build_cache(
     raw_dir: str | Path,
     manifest_path: str | Path,

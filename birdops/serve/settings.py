@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from birdops.contracts import EXPORTED_MODEL
+from birdops.files import write_text_atomic
 from birdops.providers import Device
 
 ENV_PREFIX = "BIRDOPS_SERVE_"
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update is None:
         print(settings_table())
         return 0
-    args.update.write_text(with_table(args.update.read_text()))
+    write_text_atomic(args.update, with_table(args.update.read_text()))
     return 0
 
 

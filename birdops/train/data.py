@@ -69,14 +69,6 @@ class TrainData:
         """A clip's samples and features' ``(F, T)``, the shape of every split's rows."""
         return self.spec.clip_shape(self.clip_seconds)
 
-    @property
-    def n_bins(self) -> int:
-        return self.shape.n_bins
-
-    @property
-    def n_frames(self) -> int:
-        return self.shape.n_frames
-
 
 def load_train_data(
     prepared_dir: str | Path, lms_dir: str | Path, preset: str, params: TrainParams | None = None

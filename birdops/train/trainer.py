@@ -164,7 +164,7 @@ def start_run(params: TrainParams, data: TrainData, ctx: DistContext) -> Run:
     :func:`make_loaders` and the recipe: what :func:`train` sets up before its epochs (and what
     ``birdops bench`` times :func:`train_epoch` with)."""
     num_classes = len(data.labels)
-    model = build_training_model(params, num_classes, data.n_bins, data.n_frames, ctx)
+    model = build_training_model(params, num_classes, *data.shape.features, ctx)
     optimizer = make_optimizer(model, params.optim, fused=use_fused_adamw(params, ctx.device))
     train_sampler, train_loader, val_loader = make_loaders(data, params, ctx)
     recipe = make_recipe(params, optimizer, num_classes, len(train_loader), ctx)
@@ -545,8 +545,7 @@ def log_run(variant: str, model: nn.Module, data: TrainData, recipe: Recipe, ctx
         len(data.train.labels),
         len(data.background.labels) if data.background is not None else 0,
         len(data.val.labels),
-        data.n_bins,
-        data.n_frames,
+        *data.shape.features,
         len(data.labels),
         params.loss.activation,
         params.batch_size,

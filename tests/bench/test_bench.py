@@ -142,7 +142,7 @@ def test_random_training_data_has_the_shape_asked_for(preset: str, frames: int) 
     params = params.model_copy(update={"model": params.model.model_copy(update={"features": preset})})
     n_bins = clip_shape(preset, 4.0)[0]
     data = random_data(params, (n_bins, frames), num_classes=3, clips=4)
-    assert (data.n_bins, data.n_frames) == (n_bins, frames) == data.train.features.shape[1:]
+    assert data.shape.features == (n_bins, frames) == data.train.features.shape[1:]
 
 
 def test_the_gpu_rows_train_the_base_ast_on_real_length_clips() -> None:

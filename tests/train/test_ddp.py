@@ -96,7 +96,7 @@ def check_outputs(workdir: Path) -> dict[str, float]:
     model, info = saved.model, saved.info
     assert info.variant == "full" and list(info.labels) == LABELS
     assert info.feature_preset == "seed" and info.feature_spec == spec_of_shape("seed", N_BINS, N_FRAMES)
-    assert (info.n_bins, info.n_frames, info.clip_seconds) == (N_BINS, N_FRAMES, 4.0)
+    assert (*info.shape.features, info.clip_seconds) == (N_BINS, N_FRAMES, 4.0)
     with torch.no_grad():
         logits = model(torch.randn(5, N_BINS, N_FRAMES))
     assert logits.shape == (5, 3) and torch.isfinite(logits).all()

@@ -276,7 +276,7 @@ def test_training_keeps_the_best_epoch_and_logs_every_epoch(data: TrainData, tmp
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # state/ removed
     saved = load_classifier(out, with_frontend=False)
     model, info = saved.model, saved.info
-    assert info.labels == data.labels and (info.n_bins, info.n_frames) == (N_BINS, N_FRAMES)
+    assert info.labels == data.labels and info.shape.features == (N_BINS, N_FRAMES)
     assert info.best_metric == "val_accuracy" and info.best_value == max(accuracies)
     with torch.no_grad():
         logits = model(torch.from_numpy(data.val.features.astype(np.float32)))
