@@ -362,6 +362,11 @@ class SoundscapesParams(Section):
 class FieldEvalParams(Section):
     """Calibration, thresholds and detection metrics on field-like audio (``birdops.evaluate.field``)."""
 
+    # how the thresholds are chosen on the validation windows: false_alarms, one threshold for every
+    # species at which at most max_background_flagged of the background-only windows get a detection;
+    # precision, each species' lowest threshold whose precision reaches target_precision
+    thresholds: Literal["false_alarms", "precision"]
+    max_background_flagged: float = Field(..., ge=0, lt=1)
     # each species' threshold: the lowest whose precision on the validation windows reaches this
     target_precision: float = Field(..., gt=0, le=1)
     # a species with fewer validation positives takes the threshold pooled over all species

@@ -31,7 +31,9 @@ from scipy.stats import rankdata
 
 from birdops.scores import scores as activated
 
-RULES: tuple[str, ...] = ("precision", "pooled", "max_f1")  # how a class's threshold was decided
+# how a class's threshold was decided: its own precision target, the pooled one, its best F1, or the
+# false-alarm budget of background audio (:func:`false_alarm_thresholds`)
+RULES: tuple[str, ...] = ("precision", "pooled", "max_f1", "false_alarms")
 # calibration bounds: a scale outside [0.05, 20] means the logits are degenerate (separable data drives
 # the unbounded fit to infinity); a bias past +-30 saturates the sigmoid for any plausible logit
 SCALE_BOUNDS: tuple[float, float] = (0.05, 20.0)
@@ -292,7 +294,7 @@ class ClassThreshold:
     """One class's threshold, the rule that chose it and what it achieves on the fitting entries."""
 
     threshold: float  # in [0, 1]: a detection is score >= threshold
-    rule: str  # "precision", "pooled" or "max_f1" (RULES)
+    rule: str  # "precision", "pooled", "max_f1" or "false_alarms" (RULES)
     precision: float  # on this class's valid entries (0 with no detection)
     recall: float  # on this class's valid entries (0 with no positive)
     positives: int  # this class's valid positives
@@ -303,9 +305,10 @@ class Thresholds:
     """Per-class thresholds (:func:`choose_thresholds`) and how each was decided."""
 
     classes: tuple[ClassThreshold, ...]  # one per class, in class order
-    pooled: ClassThreshold  # chosen on every class's valid entries together; rule precision or max_f1
-    target_precision: float
-    min_positives: int
+    pooled: ClassThreshold  # chosen on every class's valid entries together
+    target_precision: float | None  # the precision rule's setting (None: chosen otherwise)
+    min_positives: int | None  # the precision rule's setting (None: chosen otherwise)
+    max_background_flagged: float | None = None  # the false-alarm rule's budget (None: not that rule)
 
     @property
     def values(self) -> np.ndarray:
@@ -316,9 +319,13 @@ class Thresholds:
         """JSON-ready: the settings, the pooled choice and each class's, keyed by label."""
         if len(labels) != len(self.classes):
             raise ValueError(f"{len(labels)} labels for {len(self.classes)} thresholds")
-        return {
+        settings: dict[str, Any] = {
             "target_precision": self.target_precision,
             "min_positives": self.min_positives,
+        }
+        if self.max_background_flagged is not None:
+            settings = {"max_background_flagged": self.max_background_flagged}
+        return settings | {
             "pooled": asdict(self.pooled),
             "classes": {label: asdict(c) for label, c in zip(labels, self.classes, strict=True)},
         }
@@ -378,6 +385,39 @@ def choose_thresholds(
                 threshold, rule = own, own_rule
         classes.append(_achieved(threshold, rule, column, positive))
     return Thresholds(tuple(classes), pooled, target_precision, min_positives)
+
+
+def false_alarm_thresholds(
+    scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, max_background_flagged: float
+) -> Thresholds:
+    """One threshold for every class, from a false-alarm budget: the lowest at which at most
+    ``max_background_flagged`` of the background-only windows (:func:`background_windows`) of
+    ``scores (N, C)`` (calibrated validation windows) hold a detection of any class.
+
+    This is how a field recogniser's threshold is set (one number a user can trust on audio
+    without the species): the windows that decide it are the ones a field recording is mostly made
+    of, where a precision target decides on the few windows with a species and lets each species'
+    false alarms add up over the quiet hours. Each class records the precision and recall the
+    threshold achieves on its valid entries, the pooled choice on all of them (rule
+    ``"false_alarms"``). Thresholds stay in [0, 1], so a window scored 1.0 is flagged whatever the
+    budget. ValueError without a background-only window or with a budget outside [0, 1).
+    """
+    s, t, m = _checked(scores, targets, mask)
+    if not 0 <= max_background_flagged < 1:
+        raise ValueError("max_background_flagged must be in [0, 1)")
+    quiet = background_windows(t, m)
+    if not quiet.any():
+        raise ValueError("no background-only window: a false-alarm budget cannot be applied")
+    top = np.sort(s[quiet].max(axis=1))  # (Q,) each quiet window's highest score, ascending
+    allowed = math.floor(max_background_flagged * len(top) + 1e-9)  # windows that may reach it
+    # just above the highest top score that must stay quiet: every window at or below it does (ties
+    # too), so at most `allowed` windows reach the threshold
+    threshold = min(float(np.nextafter(top[len(top) - allowed - 1], np.inf)), 1.0)
+    pooled = _achieved(threshold, "false_alarms", s[m], t[m] == 1)
+    classes = tuple(
+        _achieved(threshold, "false_alarms", s[m[:, c], c], t[m[:, c], c] == 1) for c in range(s.shape[1])
+    )
+    return Thresholds(classes, pooled, None, None, max_background_flagged)
 
 
 # ---------------------------------------------------------------------------------- reliability

@@ -19,6 +19,7 @@ from birdops.detection import (
     cmap,
     covered_seconds,
     expected_calibration_error,
+    false_alarm_thresholds,
     false_detections_per_hour,
     fit_calibration,
     flagged_windows,
@@ -244,6 +245,55 @@ def test_thresholds_meet_the_target_precision_on_their_own_data(target_precision
             assert targets[valid, c][scores[valid, c] >= below[-1]].mean() < target_precision
     pooled = precision_recall_at(scores, targets, mask, np.full(8, chosen.pooled.threshold))
     assert pooled.precision >= target_precision
+
+
+def test_false_alarm_threshold_by_hand() -> None:
+    # five background-only windows (top scores .9, .6, .6, .3, .1), one window with class 0 at .7
+    scores = np.array([[0.9, 0.2], [0.1, 0.6], [0.6, 0.5], [0.3, 0.1], [0.05, 0.1], [0.7, 0.4]])
+    targets = np.zeros_like(scores)
+    targets[5, 0] = 1
+    mask = np.ones_like(scores, bool)
+    # 20 %: one of five may be flagged: just above .6 (the two tied .6 windows stay quiet together)
+    chosen = false_alarm_thresholds(scores, targets, mask, 0.2)
+    assert chosen.pooled.threshold == np.nextafter(0.6, 1.0) and chosen.pooled.rule == "false_alarms"
+    np.testing.assert_array_equal(chosen.values, [np.nextafter(0.6, 1.0)] * 2)
+    assert (chosen.classes[0].precision, chosen.classes[0].recall) == (0.5, 1.0)  # the .9 and the .7
+    assert (chosen.classes[1].positives, chosen.classes[1].precision) == (0, 0.0)
+    # 40 %: two may, but the tie at .6 would make three: still just above .6; 60 %: just above .3
+    assert false_alarm_thresholds(scores, targets, mask, 0.4).pooled.threshold == np.nextafter(0.6, 1.0)
+    assert false_alarm_thresholds(scores, targets, mask, 0.6).pooled.threshold == np.nextafter(0.3, 1.0)
+    # none may: above the highest, which also silences the species window (.7 < .9)
+    silent = false_alarm_thresholds(scores, targets, mask, 0.0)
+    assert silent.pooled.threshold == np.nextafter(0.9, 1.0) and silent.pooled.recall == 0.0
+    report = chosen.to_dict(["Turdus merula", "Parus major"])
+    assert report["max_background_flagged"] == 0.2 and "target_precision" not in report
+    assert report["classes"]["Turdus merula"]["rule"] == "false_alarms"
+    # masked entries make a window ambiguous, not background: it does not count
+    masked = mask.copy()
+    masked[0, 1] = False
+    assert false_alarm_thresholds(scores, targets, masked, 0.25).pooled.threshold == np.nextafter(0.6, 1.0)
+    with pytest.raises(ValueError, match="background-only"):
+        false_alarm_thresholds(scores[5:], targets[5:], mask[5:], 0.2)
+    with pytest.raises(ValueError, match="max_background_flagged"):
+        false_alarm_thresholds(scores, targets, mask, 1.0)
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.01, 0.05, 0.2])
+def test_false_alarm_threshold_keeps_the_budget_at_the_lowest_threshold(budget: float) -> None:
+    rng = np.random.default_rng(11)
+    scores = np.round(rng.random((400, 6)) * 0.98, 2)  # ties among the top scores; none at 1.0
+    targets = (rng.random(scores.shape) < 0.05).astype(float)
+    mask = np.ones_like(scores, bool)
+    quiet = ~(targets == 1).any(axis=1)
+    chosen = false_alarm_thresholds(scores, targets, mask, budget)
+    threshold = chosen.pooled.threshold
+    flagged = (scores[quiet].max(axis=1) >= threshold).mean()
+    assert flagged <= budget
+    # the lowest: the next top score down would flag more than the budget allows
+    below = np.sort(scores[quiet].max(axis=1)[scores[quiet].max(axis=1) < threshold])
+    assert (scores[quiet].max(axis=1) >= below[-1]).mean() > budget
+    hits = precision_recall_at(scores, targets, mask, chosen.values)
+    assert chosen.pooled.recall == pytest.approx(hits.recall)
 
 
 def test_thresholds_need_a_positive() -> None:

@@ -6,15 +6,20 @@ and measures what a user of ``birdops predict`` gets:
 
 - *validation* windows, which fit the calibration and choose the thresholds: the validation clips
   (one species each; the recording's xeno-canto background species masked), the validation
-  background clips (no species) and the even windows of the validation soundscapes (truth from their
-  annotated events, :func:`birdops.detection.window_targets`);
+  background clips (no species), the even windows of the validation soundscapes (truth from their
+  annotated events, :func:`birdops.detection.window_targets`) and of every validation background
+  recording (whole, no species anywhere: the false-alarm audio the thresholds are set on);
 - *test* windows, never used to fit anything: the even windows of the test soundscapes and of every
   test background recording (whole, no species anywhere).
 
 The calibration is one Platt scaling for all species, ``activation(scale * logits + bias)``
-(:func:`birdops.detection.fit_calibration`); the thresholds give each species ``target_precision`` on
-the validation windows where it has enough positives, the pooled threshold otherwise
-(:func:`birdops.detection.choose_thresholds`). Both go into ``eval/<variant>/calibration.json``, which
+(:func:`birdops.detection.fit_calibration`). The thresholds follow ``field.thresholds``:
+``false_alarms`` (the default) sets one threshold for every species at which at most
+``max_background_flagged`` of the validation background-only windows hold a detection
+(:func:`birdops.detection.false_alarm_thresholds`); ``precision`` gives each species
+``target_precision`` on the validation windows where it has enough positives, the pooled threshold
+otherwise (:func:`birdops.detection.choose_thresholds`). Both go into
+``eval/<variant>/calibration.json``, which
 the export writes into the ONNX metadata. The test windows give BirdCLEF's cmAP and the macro ROC-AUC,
 precision and recall at the thresholds, the false detections per hour of background-only audio and
 the share of its windows with any detection, and the top-label ECE before and after calibration.
@@ -207,6 +212,17 @@ def measure(
     return out
 
 
+def choose(calibrated: np.ndarray, validation: Windows, params: FieldEvalParams) -> detection.Thresholds:
+    """The thresholds of ``params.thresholds``'s rule on the ``calibrated`` validation scores."""
+    if params.thresholds == "false_alarms":
+        return detection.false_alarm_thresholds(
+            calibrated, validation.targets, validation.mask, params.max_background_flagged
+        )
+    return detection.choose_thresholds(
+        calibrated, validation.targets, validation.mask, params.target_precision, params.min_positives
+    )
+
+
 def fit_and_measure(
     validation: Windows, test: Windows, activation: str, labels: Sequence[str], params: FieldEvalParams
 ) -> FieldResult:
@@ -215,9 +231,7 @@ def fit_and_measure(
         validation.logits, validation.targets, validation.mask, activation
     )
     calibrated = activated(validation.logits, activation, scale, bias)
-    thresholds = detection.choose_thresholds(
-        calibrated, validation.targets, validation.mask, params.target_precision, params.min_positives
-    )
+    thresholds = choose(calibrated, validation, params)
     values = thresholds.values
     test_scores = activated(test.logits, activation, scale, bias)
     ap = detection.class_average_precision(test_scores, test.targets, test.mask)

@@ -65,7 +65,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 # Field detection (birdops.evaluate.field): test soundscapes and test background recordings, windows
-# scored with the calibration and per-species thresholds chosen on validation
+# scored with the calibration and thresholds chosen on validation (evaluate.field)
 DETECTION_COLUMNS: tuple[Column, ...] = (
     Column("Val cmAP", "val_detection", "cmap", False),
     Column("cmAP", "detection", "cmap", False),
@@ -192,8 +192,8 @@ def detection_lines(found: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
     return [
         "Field detection: windows of the test soundscapes (species over site background, with true "
         f"events) and of the test background recordings ({60 * hours:.1f} min with no species), scored "
-        "with each variant's calibration and per-species thresholds chosen on validation; ECE: top-label "
-        "expected calibration error before and after calibration.",
+        "with each variant's calibration and thresholds chosen on validation (`evaluate.field`); ECE: "
+        "top-label expected calibration error before and after calibration.",
         "",
         *table_rows(rows, DETECTION_COLUMNS),
     ]

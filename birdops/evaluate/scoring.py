@@ -297,11 +297,13 @@ def evaluate_field(
         secondary,
         len(labels),
     )
-    validation = field.Windows.join([clips, soundscapes("val")])
-    background = field.background_rows(inputs.prepared_dir, "test")
-    test = field.Windows.join(
-        [soundscapes("test"), scored(field.background_waves(background, inputs.background_dir, rate_hz))]
-    )
+
+    def background(split: str) -> field.Windows:
+        rows = field.background_rows(inputs.prepared_dir, split)
+        return scored(field.background_waves(rows, inputs.background_dir, rate_hz))
+
+    validation = field.Windows.join([clips, soundscapes("val"), background("val")])
+    test = field.Windows.join([soundscapes("test"), background("test")])
     return field.fit_and_measure(validation, test, info.activation, labels, params.field)
 
 
