@@ -215,6 +215,12 @@ def measure(
 def choose(calibrated: np.ndarray, validation: Windows, params: FieldEvalParams) -> detection.Thresholds:
     """The thresholds of ``params.thresholds``'s rule on the ``calibrated`` validation scores."""
     if params.thresholds == "false_alarms":
+        if not validation.background_only.any():
+            raise ValueError(
+                "evaluate.field.thresholds is false_alarms, but no validation window is background only "
+                "(no validation background recording, and no soundscape stretch without a species): "
+                "add background recordings from more sites, or set evaluate.field.thresholds=precision"
+            )
         return detection.false_alarm_thresholds(
             calibrated, validation.targets, validation.mask, params.max_background_flagged
         )

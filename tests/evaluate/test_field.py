@@ -61,3 +61,13 @@ def test_precision_rule_gives_each_species_its_own_threshold() -> None:
     assert all(c.precision >= 0.9 for c in found.thresholds.classes if c.rule == "precision")
     choice = found.calibration_document(LABELS)["choice"]
     assert choice["target_precision"] == 0.9 and "max_background_flagged" not in choice
+
+
+def test_false_alarm_rule_without_background_says_what_to_do() -> None:
+    validation = windows(7)
+    singing = ~background_windows(validation.targets, validation.mask)
+    only_species = Windows(
+        validation.logits[singing], validation.targets[singing], validation.mask[singing], 0.0
+    )
+    with pytest.raises(ValueError, match=r"no validation window is background only.*thresholds=precision"):
+        fit_and_measure(only_species, windows(8), "sigmoid", LABELS, section("evaluate.field"))
