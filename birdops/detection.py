@@ -306,9 +306,7 @@ class Thresholds:
 
     classes: tuple[ClassThreshold, ...]  # one per class, in class order
     pooled: ClassThreshold  # chosen on every class's valid entries together
-    target_precision: float | None  # the precision rule's setting (None: chosen otherwise)
-    min_positives: int | None  # the precision rule's setting (None: chosen otherwise)
-    max_background_flagged: float | None = None  # the false-alarm rule's budget (None: not that rule)
+    settings: dict[str, float]  # the rule's settings by name, in the order to_dict writes them
 
     @property
     def values(self) -> np.ndarray:
@@ -319,13 +317,7 @@ class Thresholds:
         """JSON-ready: the settings, the pooled choice and each class's, keyed by label."""
         if len(labels) != len(self.classes):
             raise ValueError(f"{len(labels)} labels for {len(self.classes)} thresholds")
-        settings: dict[str, Any] = {
-            "target_precision": self.target_precision,
-            "min_positives": self.min_positives,
-        }
-        if self.max_background_flagged is not None:
-            settings = {"max_background_flagged": self.max_background_flagged}
-        return settings | {
+        return self.settings | {
             "pooled": asdict(self.pooled),
             "classes": {label: asdict(c) for label, c in zip(labels, self.classes, strict=True)},
         }
@@ -384,7 +376,8 @@ def choose_thresholds(
             if own_rule == "precision" or own >= pooled.threshold:
                 threshold, rule = own, own_rule
         classes.append(_achieved(threshold, rule, column, positive))
-    return Thresholds(tuple(classes), pooled, target_precision, min_positives)
+    settings = {"target_precision": target_precision, "min_positives": min_positives}
+    return Thresholds(tuple(classes), pooled, settings)
 
 
 def false_alarm_thresholds(
@@ -417,7 +410,7 @@ def false_alarm_thresholds(
     classes = tuple(
         _achieved(threshold, "false_alarms", s[m[:, c], c], t[m[:, c], c] == 1) for c in range(s.shape[1])
     )
-    return Thresholds(classes, pooled, None, None, max_background_flagged)
+    return Thresholds(classes, pooled, {"max_background_flagged": max_background_flagged})
 
 
 # ---------------------------------------------------------------------------------- reliability

@@ -19,10 +19,10 @@ The calibration is one Platt scaling for all species, ``activation(scale * logit
 (:func:`birdops.detection.false_alarm_thresholds`); ``precision`` gives each species
 ``target_precision`` on the validation windows where it has enough positives, the pooled threshold
 otherwise (:func:`birdops.detection.choose_thresholds`). Both go into
-``eval/<variant>/calibration.json``, which
-the export writes into the ONNX metadata. The test windows give BirdCLEF's cmAP and the macro ROC-AUC,
-precision and recall at the thresholds, the false detections per hour of background-only audio and
-the share of its windows with any detection, and the top-label ECE before and after calibration.
+``eval/<variant>/calibration.json``, which the export writes into the ONNX metadata. The test windows
+give BirdCLEF's cmAP and the macro ROC-AUC, precision and recall at the thresholds, the false
+detections per hour of background-only audio and the share of its windows with any detection, and the
+top-label ECE before and after calibration.
 """
 
 from __future__ import annotations

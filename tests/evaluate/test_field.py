@@ -9,6 +9,7 @@ from params_yaml import section
 
 from birdops.detection import background_windows
 from birdops.evaluate.field import Windows, fit_and_measure
+from birdops.scores import scores
 
 LABELS = ("Turdus merula", "Parus major", "Erithacus rubecula")
 
@@ -32,7 +33,7 @@ def test_false_alarm_rule_keeps_the_validation_budget(budget: float) -> None:
     assert len(set(values)) == 1 and {c.rule for c in found.thresholds.classes} == {"false_alarms"}
     assert found.validation["background_windows_flagged"] <= budget
     quiet = background_windows(validation.targets, validation.mask)
-    calibrated = 1 / (1 + np.exp(-(found.scale * validation.logits.astype(np.float64) + found.bias)))
+    calibrated = scores(validation.logits, "sigmoid", found.scale, found.bias)
     assert (calibrated[quiet] >= values[0]).any(axis=1).mean() == found.validation[
         "background_windows_flagged"
     ]
