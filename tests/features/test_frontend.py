@@ -275,6 +275,35 @@ def test_two_stage_dft_gives_the_mel_energies_of_the_fft(n_fft: int, rows: int) 
         TwoStageDFT(n_fft, rows + 1 if n_fft % (rows + 1) else rows - 1, filters)
 
 
+@pytest.mark.parametrize("groups", [1, 3, 6])
+def test_the_mel_groups_give_the_dense_product(groups: int) -> None:
+    n_fft, rows = 256, 16
+    rng = np.random.default_rng(groups)
+    frames = rng.standard_normal((2, 5, n_fft))  # (B, T, N)
+    filters = slaney_mel_filters(8000, n_fft, 12, 300.0, 4000.0)  # (M, K): zero below 300 Hz
+    filters[4:6] = 0.0  # a group may reach no bin at all (the third of 6)
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # (B, T, K) float64
+    expected = power @ filters.T  # (B, T, M)
+    dft = TwoStageDFT(n_fft, rows, filters, mel_groups=groups)
+    assert len(dft.mel_spans) == groups
+    with torch.no_grad():
+        got = dft(dft.columns_of(torch.from_numpy(frames).float())).transpose(0, 1).reshape(2, 5, 12)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_the_mel_groups_read_only_the_bins_their_filters_reach() -> None:
+    frontend = build_frontend("seed")
+    filters = frontend.mel_filters.numpy()  # (128, 1025)
+    dft = frontend.dft
+    work = sum(getattr(dft, f"mel_group_{i}").numel() for i in range(len(dft.mel_spans)))
+    assert work < 0.15 * filters.size  # the dense product's work, less the zeros of narrow filters
+    assert dft.mel_rows.numel() == dft.mel_spans[-1][1]
+    # every non-zero weight of the filterbank is in its group
+    assert sum(
+        float(getattr(dft, f"mel_group_{i}").sum()) for i in range(len(dft.mel_spans))
+    ) == pytest.approx(float(filters.sum()), rel=1e-6)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_exported_formulation_matches_the_eager_one(preset: str) -> None:
     frontend = build_frontend(preset)
