@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from queue import Full, Queue
+from queue import SimpleQueue
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -56,7 +56,7 @@ MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
-READ_AHEAD_BLOCKS = 4  # read_ahead: blocks decoded ahead of their consumer (4 x 2**16 frames at most)
+READ_AHEAD_SAMPLES = 4 * BLOCK_FRAMES  # read_ahead's default: samples decoded ahead of their consumer
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
 # training and serving. VHQ's 28 bits would cost more for detail far under SILENCE_PEAK (-100 dBFS).
@@ -146,30 +146,38 @@ def stream_bytes(
     return _stream_payload(payload, sample_rate_hz, name, window_seconds, whole_file=False)
 
 
-def read_ahead(blocks: Iterator[np.ndarray], depth: int = READ_AHEAD_BLOCKS) -> Iterator[np.ndarray]:
-    """``blocks``'s items, taken from it by a background thread up to ``depth`` ahead of the consumer:
-    decoding and resampling (C code that releases the GIL) overlap with what the consumer does with
-    the blocks before (``birdops predict``: onnxruntime). The same blocks in the same order; a
-    refusal raised by ``blocks`` is raised here, at the block where it was found. When the consumer
-    stops early, the thread stops at its next block and ``blocks`` is closed."""
-    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+def read_ahead(blocks: Iterator[np.ndarray], samples: int = READ_AHEAD_SAMPLES) -> Iterator[np.ndarray]:
+    """``blocks``'s items, taken from it by a background thread up to ``samples`` samples ahead of the
+    consumer (at least one block): decoding and resampling (C code that releases the GIL) overlap with
+    what the consumer does with the blocks before (``birdops predict``: onnxruntime). A consumer that
+    takes a batch of windows at a time needs a batch's samples ahead, or the two take turns (the
+    thread stops when its few blocks are queued; the consumer waits for the rest of its batch). The
+    same blocks in the same order; a refusal raised by ``blocks`` is raised here, at the block where it
+    was found. When the consumer stops early, the thread stops at its next block and ``blocks`` is
+    closed."""
+    queue: SimpleQueue[tuple[str, Any]] = SimpleQueue()
+    room = threading.Condition()
+    queued = [0]  # samples in the queue
     stop = threading.Event()
 
-    def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            with suppress(Full):
-                queue.put(item, timeout=0.05)
-                return True
-        return False
+    def put(item: tuple[str, Any], size: int) -> bool:
+        with room:
+            while queued[0] >= samples and not stop.is_set():
+                room.wait(0.05)
+            if stop.is_set():
+                return False
+            queued[0] += size
+        queue.put(item)
+        return True
 
     def produce() -> None:
         try:
             for block in blocks:
-                if not put(("block", block)):
+                if not put(("block", block), len(block)):
                     return
-            put(("end", None))
+            put(("end", None), 0)
         except BaseException as err:  # handed to the consumer, which raises it
-            put(("error", err))
+            put(("error", err), 0)
         finally:
             close = getattr(blocks, "close", None)
             if close is not None:
@@ -184,6 +192,9 @@ def read_ahead(blocks: Iterator[np.ndarray], depth: int = READ_AHEAD_BLOCKS) -> 
                 return
             if kind == "error":
                 raise value
+            with room:
+                queued[0] -= len(value)
+                room.notify()
             yield value
     finally:
         stop.set()

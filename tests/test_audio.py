@@ -1,6 +1,7 @@
 import io
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def test_read_ahead_gives_the_same_blocks_and_raises_where_the_stream_did(tmp_pa
     rng = np.random.default_rng(5)
     sf.write(path, (0.1 * rng.standard_normal(10 * 32000)).astype(np.float32), 32000)
     direct = list(stream_audio(path, 22050))
-    ahead = list(read_ahead(stream_audio(path, 22050), depth=2))
+    ahead = list(read_ahead(stream_audio(path, 22050), samples=2))
     assert len(ahead) == len(direct) > 2 and all(
         np.array_equal(a, b) for a, b in zip(ahead, direct, strict=True)
     )
@@ -217,6 +218,26 @@ def test_read_ahead_gives_the_same_blocks_and_raises_where_the_stream_did(tmp_pa
         next(blocks)
 
 
+def test_read_ahead_decodes_up_to_its_samples_ahead_and_no_further() -> None:
+    made: list[int] = []
+
+    def counted() -> Iterator[np.ndarray]:
+        for index in range(100):
+            made.append(index)
+            yield np.full(10, index, dtype=np.float32)
+
+    blocks = read_ahead(counted(), samples=35)
+    assert next(blocks)[0] == 0
+    # the thread queues blocks 1-4 (the one that reaches 35 samples is the last queued), decodes block
+    # 5 and holds it until the consumer takes one
+    deadline = time.monotonic() + 10
+    while len(made) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(made) == 6
+    assert [int(b[0]) for b in blocks] == list(range(1, 100))  # then every block, in order
+
+
 def test_read_ahead_stops_and_closes_the_stream_when_its_consumer_stops() -> None:
     closed: list[bool] = []
 
@@ -227,7 +248,7 @@ def test_read_ahead_stops_and_closes_the_stream_when_its_consumer_stops() -> Non
         finally:
             closed.append(True)
 
-    blocks = read_ahead(endless(), depth=2)
+    blocks = read_ahead(endless(), samples=8)
     assert next(blocks).shape == (4,)
     blocks.close()  # the consumer is done (predict failed, a request was refused): no thread is left
     assert closed == [True]

@@ -391,7 +391,8 @@ def positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        classifier = open_classifier(args.model, args.device, args.threads)
+        # its threads sleep between batches: the decoder shares the cores (Classifier.load)
+        classifier = open_classifier(args.model, args.device, args.threads, spinning=False)
     except ModelError as err:
         log.error("%s", err)
         return 1

@@ -39,6 +39,26 @@ def test_load_reads_everything_from_the_model_file(classifier: Classifier) -> No
     assert described["num_labels"] == 3 and described["providers"] == [CPU_PROVIDER]
 
 
+def test_spinning_off_makes_the_intra_op_threads_sleep_between_runs(model_path: Path) -> None:
+    def spinning(classifier: Classifier) -> str:
+        options = classifier.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    quiet = inference.open_classifier(model_path, "cpu", intra_op_threads=2, spinning=False)
+    assert spinning(quiet) == "0"
+    with pytest.raises(Exception, match="allow_spinning"):  # onnxruntime's default: not set, it spins
+        spinning(Classifier.load(model_path, providers=[CPU_PROVIDER]))
+    wave = tones([(TONES_HZ[0], 3 * WINDOW_SECONDS)])
+    np.testing.assert_array_equal(
+        quiet.predict_windows(wave).scores, Classifier.load(model_path).predict_windows(wave).scores
+    )
+
+
+def test_a_file_is_decoded_a_batch_of_windows_ahead(classifier: Classifier) -> None:
+    window = round(WINDOW_SECONDS * RATE_HZ)
+    assert classifier.ahead(16) == 17 * window  # a batch's windows without overlap, and one more
+
+
 def test_default_providers_are_device_autos(model_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Without providers a classifier asks for device ``auto``'s (CUDA only when it can run here); the
     providers actually in use are what it reports, and onnxruntime prints no library error."""
