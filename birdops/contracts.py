@@ -41,11 +41,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from birdops.config import ModelParams
 from birdops.featurespec import ClipShape, FeatureSpec
 from birdops.files import write_csv_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from birdops.config import ModelParams
 
 # ---------------------------------------------------------------------------------- prepared folder
 MANIFEST_FILE = "manifest.csv"
@@ -378,6 +380,10 @@ class ClassifierInfo:
 
     @property
     def model_params(self) -> ModelParams:
+        # imported here: serving reads the contracts and never needs the params' pydantic models
+        # (importing them is a third of `birdops predict`'s start-up)
+        from birdops.config import ModelParams
+
         return ModelParams(**self.model)
 
     @property
