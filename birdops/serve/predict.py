@@ -352,7 +352,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="also write every window's embedding: CSV file,start_s,end_s,e0..e<D-1> (gzip for a .gz name)",
     )
-    parser.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="onnxruntime intra-op threads (default: one per core); the decoder runs beside them, so on "
+        "few cores a light model is faster with one thread fewer",
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
