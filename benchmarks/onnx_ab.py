@@ -4,7 +4,8 @@
 
 For a change to the exported graph (``birdops.features.frontend``'s DFT, an export option): export
 the same model before and after it, then time one batch of the same random waveforms through each,
-alternating run by run (``--rounds`` of each), so the machine's load falls on both alike. Each model
+alternating run by run (``--rounds`` of each, :func:`birdops.bench.timing.interleaved`), so the
+machine's load falls on both alike. Each model
 has its own session; intra-op threads do not spin between runs (onnxruntime's default spinning makes
 one session's idle pool steal the other's cores). Printed per thread count: the median batch time
 of each and their ratio, and the largest difference of their outputs (a faster graph must compute the
@@ -14,10 +15,12 @@ same logits to float32 rounding).
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
+
+from birdops.bench.timing import interleaved, median, wall_seconds
 
 
 def session(path: str, threads: int) -> ort.InferenceSession:
@@ -26,6 +29,11 @@ def session(path: str, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def timer(model: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], float]:
+    """The wall seconds of one run of ``model`` on ``feed``, each time it is called."""
+    return lambda: wall_seconds(lambda: model.run(None, feed))
 
 
 def main() -> None:
@@ -41,14 +49,10 @@ def main() -> None:
         before, after = session(args.before, threads), session(args.after, threads)
         name, samples = before.get_inputs()[0].name, before.get_inputs()[0].shape[1]
         batch = np.random.default_rng(0).standard_normal((args.batch_size, samples)).astype(np.float32)
-        outputs = [s.run(None, {name: batch})[0] for s in (before, after)]  # warm-up and the outputs
-        times: dict[str, list[float]] = {"before": [], "after": []}
-        for _ in range(args.rounds):
-            for label, model in (("before", before), ("after", after)):
-                started = time.perf_counter()
-                model.run(None, {name: batch})
-                times[label].append(time.perf_counter() - started)
-        b, a = float(np.median(times["before"])), float(np.median(times["after"]))
+        feed = {name: batch}
+        outputs = [model.run(None, feed)[0] for model in (before, after)]  # warm-up and the outputs
+        times = interleaved({"before": timer(before, feed), "after": timer(after, feed)}, args.rounds)
+        b, a = median(times["before"]), median(times["after"])
         print(
             f"{threads} thread(s), batch {args.batch_size}: before {1e3 * b:.1f} ms, after {1e3 * a:.1f} ms "
             f"({b / a:.2f}x); largest output difference {np.abs(outputs[0] - outputs[1]).max():.1e}"

@@ -157,16 +157,17 @@ def read_ahead(blocks: Iterator[np.ndarray], samples: int = READ_AHEAD_SAMPLES) 
     closed."""
     queue: SimpleQueue[tuple[str, Any]] = SimpleQueue()
     room = threading.Condition()
-    queued = [0]  # samples in the queue
+    queued = 0  # samples in the queue
     stop = threading.Event()
 
     def put(item: tuple[str, Any], size: int) -> bool:
+        nonlocal queued
         with room:
-            while queued[0] >= samples and not stop.is_set():
+            while queued >= samples and not stop.is_set():
                 room.wait(0.05)
             if stop.is_set():
                 return False
-            queued[0] += size
+            queued += size
         queue.put(item)
         return True
 
@@ -193,7 +194,7 @@ def read_ahead(blocks: Iterator[np.ndarray], samples: int = READ_AHEAD_SAMPLES) 
             if kind == "error":
                 raise value
             with room:
-                queued[0] -= len(value)
+                queued -= len(value)
                 room.notify()
             yield value
     finally:

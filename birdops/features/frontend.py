@@ -192,13 +192,14 @@ class TwoStageDFT(nn.Module):
         self.mel_spans: list[tuple[int, int]] = []  # the group's rows in the gathered power
         gathered: list[np.ndarray] = []
         size = -(-mel_filters.shape[0] // mel_groups)  # filters a group
+        start = 0
         for index, first in enumerate(range(0, mel_filters.shape[0], size)):
             filters = mel_filters[first : first + size]  # (G, K)
             reached = np.flatnonzero(filters.any(axis=0))
             lo, hi = (int(reached[0]), int(reached[-1]) + 1) if len(reached) else (0, 1)
-            start = sum(len(rows) for rows in gathered)
             self.mel_spans.append((start, start + hi - lo))
             gathered.append(row_of_bin[lo:hi])
+            start += hi - lo
             group = torch.from_numpy(filters[:, lo:hi]).float()  # (G, hi - lo)
             self.register_buffer(f"mel_group_{index}", group, persistent=False)
         self.register_buffer("mel_rows", torch.from_numpy(np.concatenate(gathered)), persistent=False)

@@ -21,7 +21,7 @@ batches and scores are exactly those of the whole decoded array.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,9 +333,7 @@ class Classifier:
         decoded a batch ahead while the model runs (:meth:`ahead`); raises
         :class:`birdops.audio.AudioError`."""
         blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
-        return self.predict_stream(
-            read_ahead(blocks, self.ahead(batch_size)), hop_seconds, batch_size, embeddings
-        )
+        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings)
 
     def predict_bytes(
         self,
@@ -347,6 +345,12 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
         blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
+        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings)
+
+    def _predict_ahead(
+        self, blocks: Iterator[np.ndarray], hop_seconds: float | None, batch_size: int, embeddings: bool
+    ) -> WindowScores:
+        """:meth:`predict_stream` of ``blocks`` decoded by a background thread :meth:`ahead` of it."""
         return self.predict_stream(
             read_ahead(blocks, self.ahead(batch_size)), hop_seconds, batch_size, embeddings
         )
