@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from birdops.audio import AudioError, load_audio
+from birdops.audio import AudioError, audio_files, load_audio
 from birdops.data.noise import colored_noise
 from birdops.providers import CPU_PROVIDER
 from birdops.serve.field_check import detections
 from birdops.serve.inference import Classifier
-from birdops.serve.predict import AUDIO_EXTENSIONS
 
 NOISE_SECONDS = 60.0
 
@@ -43,7 +42,7 @@ def flagged(classifier: Classifier, waves: list[np.ndarray]) -> tuple[int, int]:
 
 def folder_waves(folder: Path, rate_hz: int) -> list[np.ndarray]:
     waves = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+    for path in audio_files(folder):
         try:
             waves.append(load_audio(path, rate_hz))
         except AudioError as err:

@@ -37,7 +37,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
+from pathlib import Path, PurePath
 from queue import SimpleQueue
 from typing import Any, BinaryIO
 
@@ -61,6 +61,29 @@ _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float roundin
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
 # training and serving. VHQ's 28 bits would cost more for detail far under SILENCE_PEAK (-100 dBFS).
 RESAMPLE_QUALITY = "HQ"
+# file types the decoder reads (libsndfile's, MP3 and Ogg Opus included), by extension
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".bwf", ".rf64", ".w64", ".mp3", ".flac", ".ogg", ".oga", ".opus"}
+    | {".aif", ".aiff", ".aifc", ".caf", ".au", ".snd"}
+)
+# common audio types it does not read, and what they usually hold: a file of one of these is refused
+# with a way to convert it, and a folder's files of these types are refused by name, not passed over
+FOREIGN_AUDIO = {
+    ".m4a": "AAC or ALAC audio in an MP4 container",
+    ".mp4": "an MP4 container",
+    ".m4b": "AAC audio in an MP4 container",
+    ".aac": "AAC audio",
+    ".3gp": "AMR or AAC audio in a 3GP container",
+    ".amr": "AMR speech audio",
+    ".wma": "Windows Media Audio",
+    ".webm": "Opus or Vorbis audio in a WebM container",
+    ".mkv": "a Matroska container",
+    ".mka": "audio in a Matroska container",
+    ".mov": "a QuickTime container",
+    ".ac3": "Dolby Digital audio",
+    ".wv": "WavPack audio",
+    ".ape": "Monkey's Audio",
+}
 
 
 class AudioError(ValueError):
@@ -80,6 +103,12 @@ class EmptyAudioError(AudioError):
 
 class NotAudioError(AudioError):
     kind = "not_audio"
+
+
+class UnsupportedFormatError(NotAudioError):
+    """Audio of a common type the decoder does not read (:data:`FOREIGN_AUDIO`)."""
+
+    kind = "unsupported_format"
 
 
 class TruncatedAudioError(AudioError):
@@ -290,6 +319,13 @@ def _open(source: Any, name: str) -> sf.SoundFile:
     try:
         return sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
+        suffix = PurePath(name).suffix.lower()
+        if suffix in FOREIGN_AUDIO:
+            raise UnsupportedFormatError(
+                name,
+                f"cannot decode audio: {suffix} ({FOREIGN_AUDIO[suffix]}) is not a type birdops reads; "
+                f"convert the file to FLAC or WAV first, e.g. ffmpeg -i IN{suffix} OUT.flac",
+            ) from err
         reason = getattr(err, "error_string", None) or str(err)
         raise NotAudioError(name, f"cannot decode audio: {_clean_reason(reason)}") from err
 
@@ -467,3 +503,25 @@ def resample(wave: np.ndarray, source_rate_hz: int, target_rate_hz: int) -> np.n
 def _check_rates(source_rate_hz: int, target_rate_hz: int) -> None:
     if source_rate_hz <= 0 or target_rate_hz <= 0:
         raise ValueError(f"sample rates must be positive, got {source_rate_hz} -> {target_rate_hz}")
+
+
+def audio_files(folder: str | Path) -> list[Path]:
+    """The audio files under ``folder`` (recursive, sorted): the types the decoder reads
+    (:data:`AUDIO_EXTENSIONS`) and the common ones it refuses by name (:data:`FOREIGN_AUDIO`), any
+    case of extension. Hidden files and folders are left out (names starting with a dot: the
+    ``._NAME.WAV`` resource forks macOS writes next to each recording on a memory card, ``.Trash``)."""
+    root = Path(folder)
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if is_audio_name(path)
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and path.is_file()
+    )
+
+
+def is_audio_name(path: str | Path) -> bool:
+    """Whether the file's extension (any case) is an audio type: one the decoder reads or one it
+    refuses by name (:data:`AUDIO_EXTENSIONS`, :data:`FOREIGN_AUDIO`)."""
+    suffix = PurePath(path).suffix.lower()
+    return suffix in AUDIO_EXTENSIONS or suffix in FOREIGN_AUDIO

@@ -10,10 +10,14 @@ import pytest
 import soundfile as sf
 
 from birdops.audio import (
+    AUDIO_EXTENSIONS,
     BLOCK_FRAMES,
+    FOREIGN_AUDIO,
     AudioError,
     NonFiniteAudioError,
     SilentAudioError,
+    UnsupportedFormatError,
+    audio_files,
     decode_bytes,
     load_audio,
     read_ahead,
@@ -108,6 +112,75 @@ def test_corrupt_empty_and_silent_files_name_the_file(tmp_path: Path) -> None:
         load_audio(silent, 16000)
     with pytest.raises(AudioError, match="empty file"):
         decode_bytes(b"", 16000, "upload.wav")
+
+
+# how libsndfile writes each type the decoder lists (format, subtype); .bwf is a WAV with a bext
+# chunk, .aifc a compressed AIFF
+WRITTEN_AS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".wave": ("WAV", "FLOAT"),
+    ".bwf": ("WAV", "PCM_24"),
+    ".rf64": ("RF64", "PCM_16"),
+    ".w64": ("W64", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".oga": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".aif": ("AIFF", "PCM_16"),
+    ".aiff": ("AIFF", "PCM_32"),
+    ".aifc": ("AIFF", "ULAW"),
+    ".caf": ("CAF", "ALAC_16"),
+    ".au": ("AU", "PCM_16"),
+    ".snd": ("AU", "ULAW"),
+}
+
+
+@pytest.mark.parametrize("ext", sorted(AUDIO_EXTENSIONS))
+def test_every_listed_type_decodes(tmp_path: Path, ext: str) -> None:
+    assert set(WRITTEN_AS) == AUDIO_EXTENSIONS  # a type added to the list gets a file here
+    path = tmp_path / f"recording{ext.upper()}"
+    format_, subtype = WRITTEN_AS[ext]
+    sf.write(path, tone(1.0, 16000), 16000, format=format_, subtype=subtype)
+    wave = load_audio(path, 16000)
+    spectrum = np.abs(np.fft.rfft(wave[2000:14000]))
+    assert abs(np.argmax(spectrum) * 16000 / 12000 - 1000) < 5
+
+
+def test_a_foreign_type_is_refused_with_how_to_convert_it(tmp_path: Path) -> None:
+    phone = tmp_path / "dawn chorus.M4A"
+    phone.write_bytes(b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(64))
+    with pytest.raises(
+        UnsupportedFormatError, match=r"dawn chorus\.M4A: cannot decode audio: \.m4a \(AAC"
+    ) as err:
+        load_audio(phone, 16000)
+    assert err.value.kind == "unsupported_format" and "ffmpeg -i IN.m4a OUT.flac" in err.value.reason
+    with pytest.raises(UnsupportedFormatError, match=r"upload\.wma: .*Windows Media Audio"):
+        decode_bytes(b"0&\xb2u\x8ef\xcf\x11" + bytes(100), 16000, "upload.wma")
+    bad = tmp_path / "bad.wav"  # a type it reads, damaged: the decoder's own reason, no conversion hint
+    bad.write_bytes(b"RIFF" + bytes(60))
+    with pytest.raises(AudioError, match=r"bad\.wav: cannot decode audio") as plain:
+        load_audio(bad, 16000)
+    assert plain.value.kind == "not_audio"
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (.ci/run installs it)")
+def test_a_real_aac_file_is_refused_by_name(tmp_path: Path) -> None:
+    source, phone = tmp_path / "a.wav", tmp_path / "phone.m4a"
+    sf.write(source, tone(1.0, 16000), 16000)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(source), "-c:a", "aac", str(phone)], check=True)
+    with pytest.raises(UnsupportedFormatError, match=r"phone\.m4a: cannot decode audio: \.m4a"):
+        load_audio(phone, 16000)
+
+
+def test_audio_files_lists_audio_types_and_leaves_hidden_ones_out(tmp_path: Path) -> None:
+    for name in ("b.FLAC", "a.wav", "sub/c.caf", "sub/phone.m4a", "notes.txt", "._a.wav", ".Trash/d.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.wav").mkdir()  # a folder named like audio is not a file
+    names = [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path)]
+    assert names == ["a.wav", "b.FLAC", "sub/c.caf", "sub/phone.m4a"]
+    assert not AUDIO_EXTENSIONS & FOREIGN_AUDIO.keys()
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index

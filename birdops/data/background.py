@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from birdops.audio import audio_files
 from birdops.config import BackgroundSynthParams
 from birdops.data.encoding import encode_audio
 from birdops.data.metadata import AUDIO_DIR, METADATA_FILE, DataError
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 BACKGROUND_COLUMNS: tuple[str, ...] = ("id", "local_path", "source", "kind", "length_s")
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "local_path", "source")
-AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"})
 _BED_ONLY_SHARE = 0.2
 _EVENTS_PER_SITE = (2, 5)  # how many sound classes a site's events are drawn from
 _EVENT_GAIN_DB = (-15.0, 15.0)  # an event's level over the bed's
@@ -276,7 +276,7 @@ def list_background(folder: str | Path) -> list[BackgroundRow]:
             ]
     else:
         audio = folder / AUDIO_DIR
-        files = sorted(p for p in audio.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = audio_files(audio)
         rows = []
         for path in files:
             below = PurePosixPath(path.relative_to(audio).as_posix())

@@ -5,7 +5,9 @@ and detected species.
         --output predictions.csv [--format csv|raven] [--min-score 0.5 | --thresholds FILE | --all]
         [--top-k 3] [--hop-seconds 2] [--embeddings embeddings.csv]
 
-Inputs are files, folders (searched recursively for audio extensions) and glob patterns. Each file is
+Inputs are files, folders (searched recursively for audio extensions, hidden files left out) and glob
+patterns; audio of a type the decoder does not read (``.m4a``, ``.wma``, ...) is refused by name, with
+how to convert it. Each file is
 streamed (:meth:`Classifier.predict_file`): decoded, resampled and classified block by block, so memory
 does not grow with its length (an hour of 44.1 kHz audio as well as a minute).
 
@@ -65,7 +67,7 @@ from typing import TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from birdops.audio import AudioError
+from birdops.audio import AudioError, audio_files, is_audio_name
 from birdops.contracts import EXPORTED_MODEL
 from birdops.files import atomic_path
 from birdops.serve.detect import (
@@ -81,7 +83,6 @@ from birdops.serve.inference import Classifier, ModelError, SpeciesScore, Window
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"})
 CSV_COLUMNS = ("file", "start_s", "end_s", "species", "score")
 RAVEN_COLUMNS = (
     "Selection",
@@ -127,8 +128,10 @@ class Summary:
 
 # ------------------------------------------------------------------------------------------ inputs
 def find_audio(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (recursive, audio extensions only) and globs into a list of files (each
-    input's files sorted, duplicates dropped); an input that names nothing gives a message instead."""
+    """Expand files, folders (recursive: :func:`birdops.audio.audio_files`) and globs into a list of
+    files (each input's files sorted, duplicates dropped); an input that names nothing gives a message
+    instead. Audio of a type the decoder does not read (``.m4a``, ``.wma``, ...) is listed too: it
+    is refused by name, with how to convert it, rather than passed over."""
     found: dict[Path, None] = {}
     missing: list[str] = []
     for text in inputs:
@@ -136,21 +139,20 @@ def find_audio(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         if path.is_file():  # named explicitly: taken whatever its extension
             found[path] = None
         elif path.is_dir():
-            found.update(dict.fromkeys(_audio_under(path)))
+            files = audio_files(path)
+            if not files:
+                missing.append(f"{text}: the folder holds no audio file (hidden ones left out)")
+            found.update(dict.fromkeys(files))
         elif glob.has_magic(text):
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in AUDIO_EXTENSIONS]
-            files += [f for m in matches if m.is_dir() for f in _audio_under(m)]
+            files = [m for m in matches if m.is_file() and is_audio_name(m)]
+            files += [f for m in matches if m.is_dir() for f in audio_files(m)]
             if not files:
                 missing.append(f"{text}: the pattern matches no audio file")
             found.update(dict.fromkeys(files))
         else:
             missing.append(f"{text}: no such file or folder")
     return list(found), missing
-
-
-def _audio_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 # ----------------------------------------------------------------------------------------- results

@@ -32,6 +32,7 @@ from birdops.audio import (
     TooManyChannelsError,
     TooShortAudioError,
     TruncatedAudioError,
+    UnsupportedFormatError,
     UnsupportedRateError,
     decode_bytes,
     load_audio,
@@ -116,6 +117,10 @@ def _mpeg_garbage(p: Path) -> None:  # frame-sync-like bytes: libmpg123 complain
     p.write_bytes(b"ID3\x04\x00" + bytes(range(256)) * 40)
 
 
+def _mp4_box(p: Path) -> None:  # how an .m4a from a phone begins: an MP4 "ftyp" box (AAC inside)
+    p.write_bytes(b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(2048))
+
+
 def _corrupt_mp3(p: Path) -> None:  # a real MP3 with 3 kB of random bytes in the middle
     t = np.arange(RATE * 3) / RATE
     sf.write(p, (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), RATE, format="MP3")
@@ -186,6 +191,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], type[AudioError] | None]] = 
     ("an HTML error page saved as .mp3", "page.mp3", _html, NotAudioError),
     ("20 kB of random bytes", "random.mp3", _random, NotAudioError),
     ("an ID3 tag and frame-sync garbage", "garbage.mp3", _mpeg_garbage, NotAudioError),
+    ("a phone's AAC recording (an MP4 container)", "phone.m4a", _mp4_box, UnsupportedFormatError),
     (
         "an MP3 with 3 kB of random bytes in the middle (libmpg123 prints 'Illegal Audio-MPEG-Header')",
         "corrupt.mp3",

@@ -198,6 +198,40 @@ def test_find_audio_recurses_and_deduplicates(recordings: Path) -> None:
     assert np.all([p.is_file() for p in paths])
 
 
+# the first box of an .m4a file (an MP4 container of AAC audio): no decoder birdops uses reads it
+M4A_HEAD = b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(64)
+
+
+def test_a_memory_card_folder_classifies_every_readable_type_and_names_the_foreign_ones(
+    model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = tmp_path / "card"
+    (card / ".Trashes").mkdir(parents=True)
+    sf.write(card / "dawn.caf", tones([(TONES_HZ[2], 2.0)]), 8000, format="CAF")
+    sf.write(card / "dusk.W64", tones([(TONES_HZ[0], 1.0)]), 8000, format="W64")
+    sf.write(card / ".Trashes" / "deleted.wav", tones([(TONES_HZ[1], 1.0)]), 8000)
+    (card / "._dawn.caf").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # macOS resource fork
+    (card / "phone.m4a").write_bytes(M4A_HEAD)
+    (card / "CONFIG.TXT").write_text("gain: medium")
+    out = tmp_path / "predictions.csv"
+    with caplog.at_level(logging.INFO):
+        code = cli.main(["predict", str(card), "--model", str(model_path), "--output", str(out)])
+    assert code == 0  # two recordings classified; the .m4a is refused by name
+    rows = read_table(out)
+    assert {(Path(r["file"]).name, r["species"]) for r in rows} == {("dawn.caf", HIGH), ("dusk.W64", LOW)}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 input(s) could not be classified (unsupported_format 1)" in m for m in warnings)
+    refusal = [m for m in warnings if "phone.m4a" in m][-1]
+    assert "is not a type birdops reads" in refusal and "ffmpeg -i IN.m4a OUT.flac" in refusal
+    assert not any("._dawn" in r.getMessage() or "deleted.wav" in r.getMessage() for r in caplog.records)
+    (tmp_path / "empty").mkdir()
+    inputs = [str(card), str(card / ".Trashes"), str(tmp_path / "empty")]
+    paths, missing = predict.find_audio(inputs)
+    # hidden files and folders are left out of a search, not when named
+    assert [p.name for p in paths] == ["dawn.caf", "dusk.W64", "phone.m4a", "deleted.wav"]
+    assert missing == [f"{tmp_path / 'empty'}: the folder holds no audio file (hidden ones left out)"]
+
+
 # ------------------------------------------------------------------------------ detections (a detector)
 DAWN = [(TONES_HZ[1], 1.0), (0, 1.0), (TONES_HZ[0], 0.5), (TONES_HZ[2], 0.5)]  # mid, noise, low + high
 
