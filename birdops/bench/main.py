@@ -45,10 +45,12 @@ from birdops.bench.common import BenchError, Section, Unavailable, failed, run_s
 from birdops.config import VARIANTS, Params, load_params
 from birdops.contracts import BEST_METRICS, MODEL_FILE
 from birdops.files import write_json_atomic
+from birdops.serve.predict import BATCH_SIZE as PREDICT_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("cache", "model", "predict", "train", "cuda")  # the default set
+MODEL_BATCH_SIZE = 16  # windows a call in the model and cuda sections (predict: its own default)
 OPT_IN = ("growth",)  # run only when named
 # libraries whose INFO lines describe their own internals (the ONNX exporter's passes)
 QUIET_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
@@ -108,7 +110,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for both runtimes")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"windows per model call (default: {MODEL_BATCH_SIZE} for model and cuda, birdops predict's "
+        f"own, {PREDICT_BATCH_SIZE}, for predict)",
+    )
     parser.add_argument("--recording-seconds", type=float, help="length of predict's recording")
     parser.add_argument(
         "--frames", default="", help="cuda: more clip lengths for the eager AST, e.g. 398,1024"
@@ -226,8 +233,9 @@ class Bench:
         def predict_on(device: str) -> Section:
             """``birdops predict`` on the long recording with ``device``'s provider."""
             recording_seconds = a.recording_seconds or s.recording_seconds
+            batch_size = a.batch_size or PREDICT_BATCH_SIZE
             return predict.predict_section(
-                self.model()[0], self.work, recording_seconds, a.batch_size, a.threads, device, a.repeats
+                self.model()[0], self.work, recording_seconds, batch_size, a.threads, device, a.repeats
             )
 
         def cuda_section() -> Section:
@@ -246,7 +254,13 @@ class Bench:
             )
             ort_cuda = run_section(
                 lambda: model.model_section(
-                    *self.model(), a.batch_size, a.threads, "cuda", a.repeats, s.min_calls, s.min_seconds
+                    *self.model(),
+                    a.batch_size or MODEL_BATCH_SIZE,
+                    a.threads,
+                    "cuda",
+                    a.repeats,
+                    s.min_calls,
+                    s.min_seconds,
                 )
             )
             predict_cuda = run_section(lambda: predict_on("cuda"))
@@ -266,7 +280,7 @@ class Bench:
             "cache": lambda: cache.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
             "model": lambda: model.models_section(
                 {name: self.model(name) for name in self.model_variants()},
-                a.batch_size,
+                a.batch_size or MODEL_BATCH_SIZE,
                 a.threads,
                 a.repeats,
                 s.min_calls,

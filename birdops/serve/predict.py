@@ -83,6 +83,10 @@ from birdops.serve.inference import Classifier, ModelError, SpeciesScore, Window
 
 log = logging.getLogger(__name__)
 
+# windows per onnxruntime call. Against 16, on 2 cores and an hour of 44.1 kHz FLAC: phase2b 1.15x
+# (1 thread) and 1.08x (2), full 1.04x and 1.16x as fast, peak RSS 165-174 MiB against 252-265 MiB;
+# 4 is as fast on 1 thread but slower on 2 (README, "Benchmarks")
+BATCH_SIZE = 8
 CSV_COLUMNS = ("file", "start_s", "end_s", "species", "score")
 RAVEN_COLUMNS = (
     "Selection",
@@ -243,7 +247,7 @@ def predict_files(
     writer: TableWriter,
     selection: Selection,
     hop_seconds: float | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH_SIZE,
     embeddings: EmbeddingWriter | None = None,
 ) -> Summary:
     """Classify ``paths`` one by one, writing each file's reported rows (``selection``), and with
@@ -345,8 +349,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=16,
-        help="windows per model call (16: as fast as 32 on CPU, with half the memory)",
+        default=BATCH_SIZE,
+        help=f"windows per model call (default {BATCH_SIZE}: on CPU faster than 16 or 32, with less memory)",
     )
     parser.add_argument(
         "--embeddings",

@@ -16,7 +16,7 @@ from birdops.bench.common import Table
 from birdops.bench.cuda import base_ast, cuda_configs
 from birdops.bench.gpu import AUDIOSET_AST, gpu_profile_params, mit_shaped_checkpoint
 from birdops.bench.growth import REPORT_MAX_RECORDING_SECONDS, write_scaled_params
-from birdops.bench.main import SECTIONS, parse_args
+from birdops.bench.main import PREDICT_BATCH_SIZE, SECTIONS, parse_args
 from birdops.bench.timing import interleaved, percentile, rate_summary
 from birdops.bench.train import clip_shape, random_data
 from birdops.config import VARIANTS, load_params
@@ -123,6 +123,7 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     predict = sections["predict"]
     assert predict["sample_rate_hz"] == 44100 and len(predict["seconds"]) == 3
     assert predict["x_real_time"] > 0 and predict["peak_rss_mib_max"] > 10 and predict["rows"] > 0
+    assert predict["batch_size"] == PREDICT_BATCH_SIZE  # what birdops predict runs by default
 
     train = sections["train"]["variants"]
     assert set(train) == set(VARIANTS)

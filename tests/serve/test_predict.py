@@ -404,7 +404,7 @@ def test_embeddings_are_written_one_row_per_window_and_read_by_pandas(
     names = sorted(Path(f).name for f in table["file"].unique())
     assert names == ["a.wav", "b.MP3", "c.flac", "long.flac"]  # not the corrupt file
     for file, rows in table.groupby("file", sort=False):
-        expected = classifier.predict_file(str(file), hop_seconds=0.5, batch_size=16, embeddings=True)
+        expected = classifier.predict_file(str(file), 0.5, predict.BATCH_SIZE, embeddings=True)
         assert expected.embeddings is not None
         np.testing.assert_array_equal(rows.iloc[:, 3:].to_numpy(np.float32), expected.embeddings)
         np.testing.assert_allclose(rows["start_s"], expected.starts_s, atol=5e-4)
