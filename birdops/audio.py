@@ -9,8 +9,9 @@ when it is outside the limits below, then decodes in blocks of :data:`BLOCK_FRAM
 block down to mono, checking it and resampling it with one streaming soxr resampler as it reads:
 
 - :func:`stream_audio` / :func:`stream_bytes` yield the resampled blocks one at a time (``birdops
-  predict`` and the service), so memory does not grow with the file's length; the whole-file limit
-  :data:`MAX_SOURCE_SAMPLES` does not apply to them, only :data:`MAX_SECONDS`.
+  predict`` and the service), so memory does not grow with the file's length; the whole-file limits
+  :data:`MAX_SOURCE_SAMPLES` and :data:`MAX_SECONDS` do not apply to them, only
+  :data:`MAX_STREAM_SECONDS` (a day).
 - :func:`read_ahead` takes a stream's blocks in a background thread, a few ahead of their consumer,
   so that decoding overlaps with what is done with the blocks (``birdops predict``, the service).
 - :func:`load_audio` / :func:`decode_bytes` join the same blocks into one array (the feature cache,
@@ -50,7 +51,10 @@ SILENCE_PEAK = 1e-5
 MIN_RATE_HZ = 1_000  # sample rates accepted in a header: 1 kHz .. 384 kHz
 MAX_RATE_HZ = 384_000
 MAX_CHANNELS = 32
-MAX_SECONDS = 3600.0  # one hour
+MAX_SECONDS = 3600.0  # one hour: a whole-file decode (load_audio, decode_bytes)
+# a streamed decode (stream_audio, stream_bytes: birdops predict, segments, the service, whose own
+# limit comes first): memory does not grow with the length, so a day, a field recorder's longest file
+MAX_STREAM_SECONDS = 24 * 3600.0
 # frames at the source rate a whole-file decode accepts (128 MiB as float32 mono): 11 min at 48 kHz
 MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
@@ -342,8 +346,8 @@ def _clean_reason(reason: str) -> str:
 
 
 def _checked_header(sound: sf.SoundFile, name: str, whole_file: bool) -> tuple[int, int, int]:
-    """``(frames, channels, rate)`` of the header, within the limits (:data:`MAX_SOURCE_SAMPLES` only
-    for a ``whole_file`` decode)."""
+    """``(frames, channels, rate)`` of the header, within the limits (:data:`MAX_SOURCE_SAMPLES` and
+    :data:`MAX_SECONDS` for a ``whole_file`` decode, :data:`MAX_STREAM_SECONDS` for a streamed one)."""
     frames, channels, rate = int(sound.frames), int(sound.channels), int(sound.samplerate)
     if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
         raise UnsupportedRateError(name, f"sample rate {rate} Hz is outside {MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
@@ -352,8 +356,9 @@ def _checked_header(sound: sf.SoundFile, name: str, whole_file: bool) -> tuple[i
     if frames <= 0:
         raise TruncatedAudioError(name, "no audio samples (empty or truncated file)")
     seconds = frames / rate
-    if seconds > MAX_SECONDS:
-        raise TooLongAudioError(name, f"{seconds:.1f} s long; at most {MAX_SECONDS:g} s are accepted")
+    limit_s = MAX_SECONDS if whole_file else MAX_STREAM_SECONDS
+    if seconds > limit_s:
+        raise TooLongAudioError(name, f"{seconds:.1f} s long; at most {limit_s:g} s are accepted")
     if whole_file and frames > MAX_SOURCE_SAMPLES:
         raise TooLongAudioError(
             name,

@@ -13,9 +13,12 @@ from birdops.audio import (
     AUDIO_EXTENSIONS,
     BLOCK_FRAMES,
     FOREIGN_AUDIO,
+    MAX_SECONDS,
+    MAX_STREAM_SECONDS,
     AudioError,
     NonFiniteAudioError,
     SilentAudioError,
+    TooLongAudioError,
     UnsupportedFormatError,
     audio_files,
     decode_bytes,
@@ -112,6 +115,24 @@ def test_corrupt_empty_and_silent_files_name_the_file(tmp_path: Path) -> None:
         load_audio(silent, 16000)
     with pytest.raises(AudioError, match="empty file"):
         decode_bytes(b"", 16000, "upload.wav")
+
+
+def test_a_recording_longer_than_an_hour_streams_and_one_longer_than_a_day_is_refused(tmp_path: Path) -> None:
+    rate_hz = 1000  # a low rate keeps the files small; the limits are in seconds
+    hour = tmp_path / "overnight.flac"
+    seconds = int(MAX_SECONDS) + 10
+    sf.write(hour, tone(seconds, rate_hz, freq_hz=100.0), rate_hz)
+    with pytest.raises(TooLongAudioError, match=r"overnight\.flac: 3610\.0 s long; at most 3600 s"):
+        load_audio(hour, rate_hz)  # a whole-file decode holds the file: an hour at most
+    streamed = list(stream_audio(hour, rate_hz))  # streamed: one block at a time
+    assert sum(len(block) for block in streamed) == seconds * rate_hz
+    assert max(len(block) for block in streamed) <= BLOCK_FRAMES
+    day = tmp_path / "two days.flac"
+    with sf.SoundFile(day, "w", samplerate=rate_hz, channels=1, format="FLAC", subtype="PCM_16") as sound:
+        for _ in range(int(MAX_STREAM_SECONDS) // 1000 + 1):  # digital silence compresses to nothing
+            sound.write(np.zeros(1000 * rate_hz, dtype=np.int16))
+    with pytest.raises(TooLongAudioError, match=r"two days\.flac: 87000\.0 s long; at most 86400 s"):
+        next(stream_audio(day, rate_hz))  # refused from the header, before a block is decoded
 
 
 # how libsndfile writes each type the decoder lists (format, subtype); .bwf is a WAV with a bext

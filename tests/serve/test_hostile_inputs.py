@@ -288,7 +288,7 @@ def test_a_header_beyond_the_limits_is_refused_before_decoding(tmp_path: Path) -
     assert isinstance(err, TooLongAudioError) and "decoding limit" in str(err)
     with pytest.raises(TooLongAudioError):
         audio.probe(path)  # prepare's header check refuses it the same way
-    # streamed, memory does not grow with the file: only the one-hour limit applies
+    # streamed, memory does not grow with the file: only the one-day limit applies
     blocks = sum(1 for _ in stream_audio(path, RATE))
     streamed = sum(len(b) for b in stream_audio(path, RATE))
     record(

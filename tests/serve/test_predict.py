@@ -198,6 +198,18 @@ def test_find_audio_recurses_and_deduplicates(recordings: Path) -> None:
     assert np.all([p.is_file() for p in paths])
 
 
+def test_an_overnight_recording_longer_than_an_hour_is_classified(model_path: Path, tmp_path: Path) -> None:
+    seconds = 3700  # over the hour a whole-file decode takes; streamed, memory stays flat
+    night = tmp_path / "night.flac"
+    plan = [(TONES_HZ[0], 3000.0), (TONES_HZ[1], 700.0)]  # the mid tone in the last 700 s
+    sf.write(night, tones(plan, 4000), 4000)  # at 4 kHz (resampled to the model's 8 kHz): a small file
+    out = tmp_path / "night.csv"
+    assert run([str(night), "--model", str(model_path), "--output", str(out), "--min-score", "0.5"]) == 0
+    rows = read_table(out)
+    assert len(rows) == seconds and rows[-1]["end_s"] == f"{seconds:.3f}"
+    assert [r["species"] for r in rows] == [LOW] * 3000 + [MID] * 700
+
+
 # the first box of an .m4a file (an MP4 container of AAC audio): no decoder birdops uses reads it
 M4A_HEAD = b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(64)
 
