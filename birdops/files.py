@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+# how tables that name files (birdops predict's, read back by birdops segments) encode the names:
+# UTF-8, but a name that is not (an old memory card's Latin-1) keeps its own bytes, so the table
+# names the file that exists
+NAME_ERRORS = "surrogateescape"
 
 
 def temporary_path(path: Path) -> Path:

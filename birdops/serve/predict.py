@@ -69,7 +69,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from birdops.audio import AudioError, audio_files, is_audio_name
 from birdops.contracts import EXPORTED_MODEL
-from birdops.files import atomic_path
+from birdops.files import NAME_ERRORS, atomic_path
 from birdops.serve.detect import (
     Selection,
     SpeciesFound,
@@ -285,9 +285,14 @@ def open_output(target: str) -> Iterator[TextIO]:
     """``-`` is standard output; anything else a file, its folder created if needed, that appears
     complete or not at all (``birdops.files.atomic_path``)."""
     if target == "-":
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(errors=NAME_ERRORS)
         yield sys.stdout
         return
-    with atomic_path(target) as temp, temp.open("w", newline="", encoding="utf-8") as stream:
+    with (
+        atomic_path(target) as temp,
+        temp.open("w", newline="", encoding="utf-8", errors=NAME_ERRORS) as stream,
+    ):
         yield stream
 
 
@@ -303,7 +308,7 @@ def open_embeddings(target: str) -> Iterator[TextIO]:
         temp = stack.enter_context(atomic_path(target))
         raw = stack.enter_context(temp.open("wb"))
         packed = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0))
-        yield stack.enter_context(io.TextIOWrapper(packed, encoding="utf-8", newline=""))
+        yield stack.enter_context(io.TextIOWrapper(packed, encoding="utf-8", errors=NAME_ERRORS, newline=""))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -33,6 +33,7 @@ import csv
 import io
 import logging
 import math
+import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from birdops.audio import AudioError, stream_audio
-from birdops.files import atomic_path
+from birdops.files import NAME_ERRORS, atomic_path
 from birdops.windows import seconds_to_samples
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ def read_table(path: str | Path) -> list[Row]:
     the table and the line of a malformed row."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a table saved by a spreadsheet may start with a BOM
+        # a table saved by a spreadsheet may start with a BOM; a file name that is not UTF-8 keeps its
+        # bytes (NAME_ERRORS)
+        text = path.read_text(encoding="utf-8-sig", errors=NAME_ERRORS)
     except (OSError, UnicodeDecodeError) as err:
         raise TableError(f"{path}: cannot read the table: {err}") from None
     raven = "\t" in text.split("\n", 1)[0]
@@ -230,7 +233,7 @@ def _header(path: Path) -> tuple[int, int]:
     then checks the header against its limits and the data as it reads it. (Not
     :func:`birdops.audio.probe`: it holds a file to the whole-file decoding limit, a stream has none.)"""
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # the name's own bytes: it need not be UTF-8
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         next(iter(stream_audio(path, HEADERLESS_RATE_HZ)), None)  # the decoder's refusal says why
         raise AudioError(str(path), f"cannot decode audio: {err}") from err

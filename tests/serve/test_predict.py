@@ -445,3 +445,36 @@ def test_embeddings_from_a_model_without_them_are_refused_before_any_audio_is_re
     with pytest.raises(SystemExit) as exit_info:  # both tables on standard output
         run([str(recordings / "a.wav"), "--model", str(model_path), "--embeddings", "-"])
     assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------------------- file names
+def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_and_cut_again(
+    embedder_path: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """An old memory card's Latin-1 name (``café``'s é as the byte 0xE9) and one with CSV's own
+    characters: every table names each file by its own bytes, and ``birdops segments`` opens it."""
+    import gzip
+    import os
+
+    card = tmp_path / "card"
+    card.mkdir()
+    latin1 = os.fsdecode(os.fsencode(card) + b"/caf\xe9 dawn.wav")  # not UTF-8: a lone surrogate
+    sf.write(os.fsencode(latin1), tones([(TONES_HZ[2], 2.0)]), 8000, format="WAV")
+    sf.write(card / 'dusk, "west".wav', tones([(TONES_HZ[0], 1.0)]), 8000)
+    out, raven, embeddings = tmp_path / "d.csv", tmp_path / "d.txt", tmp_path / "e.csv.gz"
+    model = ["--model", str(embedder_path), "--min-score", "0.5"]
+    assert run([str(card), *model, "-o", str(out), "--embeddings", str(embeddings)]) == 0
+    assert run([str(card), *model, "-o", str(raven), "--format", "raven"]) == 0
+    capsysbinary.readouterr()
+    assert run([str(card), *model]) == 0  # standard output
+    printed = capsysbinary.readouterr().out
+    latin1_bytes = os.fsencode(latin1)
+    assert latin1_bytes + b",0.000,1.000," in out.read_bytes()  # the name's own bytes, not an escape
+    assert out.read_bytes().count(latin1_bytes) == 2 and b'"' + os.fsencode(card) in out.read_bytes()
+    assert raven.read_bytes().count(latin1_bytes) == 2
+    assert gzip.decompress(embeddings.read_bytes()).count(latin1_bytes) == 2
+    assert printed.count(latin1_bytes) == 2
+    clips = tmp_path / "clips"
+    assert cli.main(["segments", str(out), "--out", str(clips)]) == 0
+    names = sorted(p.name.rsplit("_", 1)[0] for p in clips.rglob("*.wav"))  # less the score
+    assert names == ["caf_ dawn_0.000-1.000", "caf_ dawn_1.000-2.000", "dusk, _west__0.000-1.000"]
