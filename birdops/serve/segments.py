@@ -231,7 +231,7 @@ def _cut_file(path: Path, rows: Sequence[Row], padding_seconds: float) -> tuple[
 def _header(path: Path) -> tuple[int, int]:
     """``(sample rate, frames)`` the file's header announces, to decode it at its own rate; the decoder
     then checks the header against its limits and the data as it reads it. (Not
-    :func:`birdops.audio.probe`: it holds a file to the whole-file decoding limit, a stream has none.)"""
+    :func:`birdops.audio.probe`: it holds a file to the whole-file limits, a stream to a day only.)"""
     try:
         info = sf.info(os.fsencode(path))  # the name's own bytes: it need not be UTF-8
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
