@@ -43,8 +43,9 @@ subclasses) or that fails in any other way is logged, skipped and listed in the 
 which also counts refusals by cause; the other files are still classified whatever one file does.
 Exit status: 0 when at least one file was classified (refusals are warnings), 1 when none was (every
 file was refused, nothing matched, or the model cannot be loaded), 2 for bad arguments (a thresholds
-file that names an unknown species or a value outside [0, 1] included). A file without detections is
-a success.
+file that names an unknown species or a value outside [0, 1] included), 130 when interrupted (Ctrl-C
+or SIGTERM): the run stops at the file it is classifying and its tables hold the files done before
+it, complete, and the summary names where it stopped. A file without detections is a success.
 """
 
 from __future__ import annotations
@@ -55,13 +56,16 @@ import glob
 import gzip
 import io
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from tqdm import tqdm
@@ -87,6 +91,7 @@ log = logging.getLogger(__name__)
 # (1 thread) and 1.08x (2), full 1.04x and 1.16x as fast, peak RSS 165-174 MiB against 252-265 MiB;
 # 4 is as fast on 1 thread but slower on 2 (README, "Benchmarks")
 BATCH_SIZE = 8
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells give)
 CSV_COLUMNS = ("file", "start_s", "end_s", "species", "score")
 RAVEN_COLUMNS = (
     "Selection",
@@ -128,6 +133,8 @@ class Summary:
     thresholded: bool = True  # rows are detections (not --all)
     failures: list[str] = field(default_factory=list)  # one message per input, naming it
     refused: Counter[str] = field(default_factory=Counter)  # refusals by cause (AudioError.kind)
+    interrupted_at: str | None = None  # the file being classified when the run was interrupted
+    not_classified: int = 0  # files left when interrupted: that one and those after it
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -252,12 +259,16 @@ def predict_files(
 ) -> Summary:
     """Classify ``paths`` one by one, writing each file's reported rows (``selection``), and with
     ``embeddings`` its windows' embeddings, as soon as it is done; an undecodable file is logged,
-    recorded in the summary and skipped."""
+    recorded in the summary and skipped. Interrupted (Ctrl-C, or SIGTERM in :func:`main`), it stops
+    at the file it is classifying, whose rows are not written, and returns what was done before."""
     summary = Summary(thresholded=selection.thresholds is not None)
     with logging_redirect_tqdm():
-        for path in tqdm(paths, desc="predict", unit="file", disable=None):
+        for index, path in enumerate(tqdm(paths, desc="predict", unit="file", disable=None)):
             try:
                 result = classifier.predict_file(path, hop_seconds, batch_size, embeddings is not None)
+            except KeyboardInterrupt:
+                summary.interrupted_at, summary.not_classified = str(path), len(paths) - index
+                break
             except AudioError as err:
                 log.warning("refused: %s", err)
                 summary.failures.append(str(err))
@@ -431,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
     with ExitStack() as outputs:
+        outputs.enter_context(terminate_as_interrupt())
         writer = TableWriter(
             outputs.enter_context(open_output(args.output)), args.format, feature_band_hz(classifier)
         )
@@ -483,10 +495,38 @@ def report(summary: Summary, elapsed_s: float, output: str, embeddings: str | No
         log.warning("%d input(s) could not be classified (%s):", len(summary.failures), causes)
         for message in summary.failures:
             log.warning("  %s", message)
+    if summary.interrupted_at is not None:
+        log.warning(
+            "interrupted while classifying %s: the tables hold the %d files classified before it; "
+            "%d file(s) were not classified (it and those after it)",
+            summary.interrupted_at,
+            summary.files,
+            summary.not_classified,
+        )
+        return INTERRUPTED
     if summary.files == 0:
         log.error("no file was classified")
         return 1
     return 0
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's stop, ``kill``) is taken as Ctrl-C while this block runs: the run
+    ends at the file it is classifying and keeps the tables of those done before it (where signals
+    can be handled: the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def log_found(found: Sequence[tuple[str, Sequence[SpeciesFound]]], thresholded: bool = True) -> None:

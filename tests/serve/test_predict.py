@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from tones import DETECTOR, TONES_HZ, tone_model, tones
 from birdops import cli, providers
 from birdops.providers import CPU_PROVIDER
 from birdops.serve import detect, predict
-from birdops.serve.inference import Classifier
+from birdops.serve.inference import Classifier, WindowScores
 
 LOW, MID, HIGH = "Low tone", "Mid tone", "High tone"
 LONG_SECONDS = 600  # the 10-minute recording: the tone changes every 10 s (low, mid, high, low, ...)
@@ -478,3 +479,69 @@ def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_and_cut_again(
     assert cli.main(["segments", str(out), "--out", str(clips)]) == 0
     names = sorted(p.name.rsplit("_", 1)[0] for p in clips.rglob("*.wav"))  # less the score
     assert names == ["caf_ dawn_0.000-1.000", "caf_ dawn_1.000-2.000", "dusk, _west__0.000-1.000"]
+
+
+# ------------------------------------------------------------------------------------ interruption
+def interrupted_card(tmp_path: Path, long_seconds: int) -> Path:
+    """``a.wav`` (the low tone, 2 s), then ``b.flac``: ``long_seconds`` of a faint constant level,
+    which takes the model a while (and is refused as silent only after its last block), then
+    ``c.wav`` (the high tone)."""
+    card = tmp_path / "card"
+    card.mkdir()
+    sf.write(card / "a.wav", tones([(TONES_HZ[0], 2.0)]), 8000)
+    with sf.SoundFile(card / "b.flac", "w", samplerate=8000, channels=1, subtype="PCM_16") as sound:
+        for _ in range(long_seconds // 100):  # a constant compresses to nothing
+            sound.write(np.full(100 * 8000, 2, dtype=np.int16))
+    sf.write(card / "c.wav", tones([(TONES_HZ[2], 1.0)]), 8000)
+    return card
+
+
+def test_an_interrupted_run_keeps_the_files_it_finished(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = interrupted_card(tmp_path, 100)
+    classify = Classifier.predict_file
+
+    def ctrl_c_on_b(self: Classifier, path: str | Path, *args: Any) -> WindowScores:
+        if Path(path).name == "b.flac":
+            raise KeyboardInterrupt  # Ctrl-C while the second file is classified
+        return classify(self, path, *args)
+
+    monkeypatch.setattr(Classifier, "predict_file", ctrl_c_on_b)
+    out = tmp_path / "d.csv"
+    with caplog.at_level(logging.INFO):
+        code = cli.main(["predict", str(card), "--model", str(model_path), "-o", str(out), "--all"])
+    assert code == predict.INTERRUPTED == 130
+    assert {Path(r["file"]).name for r in read_table(out)} == {"a.wav"}  # whole, not b's part, not c
+    assert f"interrupted while classifying {card / 'b.flac'}" in caplog.text
+    assert "the tables hold the 1 files classified before it; 2 file(s) were not classified" in caplog.text
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_sigterm_stops_a_real_run_at_the_file_it_is_classifying(model_path: Path, tmp_path: Path) -> None:
+    """``birdops predict`` in its own process, stopped by SIGTERM once its first file's rows are in
+    the table being written: it ends at once with the finished file's table, exit status 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    card = interrupted_card(tmp_path, 20 * 3600)  # 20 h: a minute or more to classify
+    out = tmp_path / "d.csv"
+    command = [sys.executable, "-m", "birdops.cli", "predict", str(card), "--model", str(model_path)]
+    child = subprocess.Popen([*command, "-o", str(out), "--all"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("a.wav" in p.read_text() for p in tmp_path.glob(".d.csv.*.tmp")):
+            assert child.poll() is None and time.monotonic() < deadline, "a.wav's rows never came"
+            time.sleep(0.05)
+        started = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == predict.INTERRUPTED, stderr[-2000:]
+    assert time.monotonic() - started < 10  # it did not classify the 20 h first
+    assert {Path(r["file"]).name for r in read_table(out)} == {"a.wav"}
+    assert "interrupted while classifying" in stderr and "b.flac" in stderr
+    assert not list(tmp_path.glob(".d.csv.*.tmp"))
