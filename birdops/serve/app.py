@@ -308,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as err:
         log.error("%s", err)
         return 1
+    try:
+        classifier.check_hop(settings.hop_seconds)
+    except ValueError as err:
+        log.error("invalid settings: hop_seconds: %s", err)
+        return 2
     described = classifier.describe()
     log.info(
         "serving %s (variant %s, %d labels, %s s windows at %d Hz) on %s; at most %d connections, "

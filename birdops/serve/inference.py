@@ -282,6 +282,15 @@ class Classifier:
         windows = StreamedWindows(blocks, self.sample_rate_hz, self.window_seconds, hop_seconds, batch_size)
         return self._result(*self._scores(windows, embeddings), windows.samples)
 
+    def check_hop(self, hop_seconds: float | None) -> None:
+        """ValueError when windows ``hop_seconds`` apart cannot be cut at the model's sample rate (a
+        hop under one sample), naming the smallest hop; None (no overlap) always can."""
+        if hop_seconds is not None and seconds_to_samples(hop_seconds, self.sample_rate_hz) < 1:
+            raise ValueError(
+                f"a hop of {hop_seconds:g} s is under one sample at the model's {self.sample_rate_hz} Hz "
+                f"(at least {1 / self.sample_rate_hz:.3g} s)"
+            )
+
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated scores ``(B, C)`` float32 of ``logits (B, C)``: the model's activation of
         ``scale * logits + bias`` (its metadata; computed in float64, rounded once)."""

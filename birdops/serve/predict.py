@@ -439,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ThresholdsError, ModelError) as err:
         log.error("%s", err)
         return 2
+    try:
+        classifier.check_hop(args.hop_seconds)
+    except ValueError as err:
+        log.error("--hop-seconds: %s", err)
+        return 2
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
     with ExitStack() as outputs:

@@ -372,6 +372,11 @@ def test_bad_thresholds_are_refused_before_anything_is_classified(
         with pytest.raises(SystemExit) as exit_info:
             run([*base, *argv])
         assert exit_info.value.code == 2
+    # a hop under one sample at the model's 8 kHz: refused before any audio is read, not per file
+    assert run([*base, "--hop-seconds", "0.00005"]) == 2
+    assert "--hop-seconds: a hop of 5e-05 s is under one sample at the model's 8000 Hz" in caplog.text
+    assert not out.exists() and "unexpected error" not in caplog.text
+    assert run([*base, "--hop-seconds", "0.0001"]) == 0  # one sample is a hop
 
 
 def test_a_model_without_thresholds_warns_once_and_keeps_its_former_output(

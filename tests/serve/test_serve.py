@@ -406,6 +406,19 @@ def test_bad_settings_stop_the_server_before_it_starts(tmp_path: Path) -> None:
     assert serve_app.main(["--model", str(garbage), "--device", "cpu"]) == 1
 
 
+def test_a_hop_under_one_sample_stops_the_server_before_it_starts(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("BIRDOPS_SERVE_HOP_SECONDS", "1e-6")
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(serve_app.uvicorn, "run", started)
+    assert serve_app.main(["--model", str(model_path), "--device", "cpu"]) == 2
+    assert "invalid settings: hop_seconds: a hop of 1e-06 s is under one sample" in caplog.text
+
+
 # ------------------------------------------------------------------------------- the queue, in-process
 def test_the_queue_admits_while_the_expected_wait_fits_its_timeout() -> None:
     """One slot, 0.3 s per request, 1 s to wait: the running request and three waiting ones are
