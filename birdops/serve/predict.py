@@ -392,6 +392,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--all reports every window whatever the thresholds: drop --min-score / --thresholds")
     if args.embeddings == "-" and args.output == "-":
         parser.error("the detections go to standard output: give --embeddings a file, or --output one")
+    for option, target in (("--output", args.output), ("--embeddings", args.embeddings)):
+        if target is not None and target != "-" and Path(target).is_dir():  # found before, not after, the run
+            parser.error(f"{option} {target} is a folder: name the file to write in it")
     return args
 
 

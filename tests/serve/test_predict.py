@@ -349,7 +349,11 @@ def test_top_k_caps_the_rows_per_window_and_all_reports_every_window(
 
 
 def test_bad_thresholds_are_refused_before_anything_is_classified(
-    detector_path: Path, field: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    detector_path: Path,
+    field: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out.csv"
     base = [str(field), "--model", str(detector_path), "-o", str(out)]
@@ -372,6 +376,11 @@ def test_bad_thresholds_are_refused_before_anything_is_classified(
         with pytest.raises(SystemExit) as exit_info:
             run([*base, *argv])
         assert exit_info.value.code == 2
+    for option in ("--output", "--embeddings"):  # a folder where a file is to go
+        with pytest.raises(SystemExit) as exit_info:
+            run([str(field), "--model", str(detector_path), option, str(tmp_path)])
+        assert exit_info.value.code == 2
+        assert f"{option} {tmp_path} is a folder: name the file to write in it" in capsys.readouterr().err
     # a hop under one sample at the model's 8 kHz: refused before any audio is read, not per file
     assert run([*base, "--hop-seconds", "0.00005"]) == 2
     assert "--hop-seconds: a hop of 5e-05 s is under one sample at the model's 8000 Hz" in caplog.text
