@@ -286,6 +286,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.min_score is not None and args.max_score is not None and args.min_score > args.max_score:
         parser.error(f"--min-score {args.min_score} is above --max-score {args.max_score}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file: name a folder for the clips")
     return args
 
 

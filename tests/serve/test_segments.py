@@ -211,6 +211,9 @@ def test_tables_that_cannot_be_read_and_choices_that_select_nothing(
     with pytest.raises(SystemExit) as exit_info:
         run(table, tmp_path / "out", "--min-score", "0.9", "--max-score", "0.5")
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:  # a file where the clips' folder is to go
+        run(table, spreadsheet, "--audio-root", str(site))
+    assert exit_info.value.code == 2 and spreadsheet.read_text().startswith("\ufeff")
 
 
 def test_names_are_safe_and_unique() -> None:
