@@ -164,19 +164,31 @@ def decode_bytes(
 
 
 def stream_audio(
-    path: str | Path, sample_rate_hz: int, window_seconds: float | None = None
+    path: str | Path,
+    sample_rate_hz: int,
+    window_seconds: float | None = None,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     """Float32 mono blocks ``(samples,)`` of ``path`` at ``sample_rate_hz``, decoded as they are taken;
     joined, they are :func:`load_audio`'s array. Refusals are :func:`load_audio`'s but for
-    :data:`MAX_SOURCE_SAMPLES`, raised while iterating (see the module docstring)."""
-    return _stream_file(Path(path), sample_rate_hz, window_seconds, whole_file=False)
+    :data:`MAX_SOURCE_SAMPLES`, raised while iterating (see the module docstring).
+
+    With a ``damage`` list, damaged data after the first block (a corrupt or cut-off stretch the
+    decoder cannot pass, non-finite samples) ends the stream there instead: the blocks before it are
+    the stream, checked like a whole one (long enough, not silent), and the refusal it would have
+    raised is appended to ``damage``. Damage before any audio is still raised."""
+    return _stream_file(Path(path), sample_rate_hz, window_seconds, False, damage)
 
 
 def stream_bytes(
-    payload: bytes, sample_rate_hz: int, name: str = "<upload>", window_seconds: float | None = None
+    payload: bytes,
+    sample_rate_hz: int,
+    name: str = "<upload>",
+    window_seconds: float | None = None,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     """:func:`stream_audio` of an in-memory file (an HTTP upload); ``name`` is only for messages."""
-    return _stream_payload(payload, sample_rate_hz, name, window_seconds, whole_file=False)
+    return _stream_payload(payload, sample_rate_hz, name, window_seconds, False, damage)
 
 
 def read_ahead(blocks: Iterator[np.ndarray], samples: int = READ_AHEAD_SAMPLES) -> Iterator[np.ndarray]:
@@ -266,23 +278,32 @@ def _check_size(path: Path, name: str) -> None:
 
 
 def _stream_file(
-    path: Path, sample_rate_hz: int, window_seconds: float | None, whole_file: bool
+    path: Path,
+    sample_rate_hz: int,
+    window_seconds: float | None,
+    whole_file: bool,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     name = str(path)
     _check_size(path, name)
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
         handle.seek(0)
-        yield from _stream(handle, sample_rate_hz, name, window_seconds, whole_file)
+        yield from _stream(handle, sample_rate_hz, name, window_seconds, whole_file, damage)
 
 
 def _stream_payload(
-    payload: bytes, sample_rate_hz: int, name: str, window_seconds: float | None, whole_file: bool
+    payload: bytes,
+    sample_rate_hz: int,
+    name: str,
+    window_seconds: float | None,
+    whole_file: bool,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     if not payload:
         raise EmptyAudioError(name, "empty file (0 bytes)")
     _check_not_text(payload[:512], name)
-    yield from _stream(io.BytesIO(payload), sample_rate_hz, name, window_seconds, whole_file)
+    yield from _stream(io.BytesIO(payload), sample_rate_hz, name, window_seconds, whole_file, damage)
 
 
 def _check_not_text(head: bytes, name: str) -> None:
@@ -369,7 +390,12 @@ def _checked_header(sound: sf.SoundFile, name: str, whole_file: bool) -> tuple[i
 
 
 def _stream(
-    source: BinaryIO, sample_rate_hz: int, name: str, window_seconds: float | None, whole_file: bool
+    source: BinaryIO,
+    sample_rate_hz: int,
+    name: str,
+    window_seconds: float | None,
+    whole_file: bool,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     """Header checks, then the block-wise decode, mix-down, checks and resampling of ``source``."""
     with _quiet_stderr():
@@ -381,7 +407,7 @@ def _stream(
             MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
         )
         _check_length(frames, rate, minimum_s, name)  # refused before decoding when the header says so
-        blocks = _checked(_mono_blocks(sound, frames, channels, name), rate, minimum_s, name)
+        blocks = _checked(_mono_blocks(sound, frames, channels, name), rate, minimum_s, name, damage)
         yield from _resampled(blocks, rate, sample_rate_hz)
     finally:
         with _quiet_stderr():
@@ -447,18 +473,31 @@ def _mix_down(block: np.ndarray) -> np.ndarray:
     return mono
 
 
-def _checked(blocks: Iterable[np.ndarray], rate_hz: int, minimum_s: float, name: str) -> Iterator[np.ndarray]:
-    """``blocks`` as they come, refused at the first non-finite sample; after the last one, refused
-    when they are too short or silent. No full-length temporary: each block's min and max say both."""
+def _checked(
+    blocks: Iterable[np.ndarray],
+    rate_hz: int,
+    minimum_s: float,
+    name: str,
+    damage: list[AudioError] | None = None,
+) -> Iterator[np.ndarray]:
+    """``blocks`` as they come, refused at the first non-finite sample or damaged block (with a
+    ``damage`` list and blocks before it, they end there: :func:`stream_audio`); after the last one,
+    refused when they are too short or silent. No full-length temporary: each block's min and max
+    say both."""
     samples = 0
     peak = 0.0
-    for block in blocks:
-        low, high = float(block.min()), float(block.max())  # NaN propagates through min and max
-        if not (np.isfinite(low) and np.isfinite(high)):
-            raise NonFiniteAudioError(name, "audio contains NaN or infinite samples")
-        peak = max(peak, high, -low)
-        samples += len(block)
-        yield block
+    try:
+        for block in blocks:
+            low, high = float(block.min()), float(block.max())  # NaN propagates through min and max
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise NonFiniteAudioError(name, "audio contains NaN or infinite samples")
+            peak = max(peak, high, -low)
+            samples += len(block)
+            yield block
+    except (TruncatedAudioError, NonFiniteAudioError) as err:
+        if damage is None or samples == 0:
+            raise
+        damage.append(err)
     if samples == 0:
         raise TruncatedAudioError(name, "no audio samples (empty or truncated file)")
     _check_length(samples, rate_hz, minimum_s, name)

@@ -19,6 +19,7 @@ from birdops.audio import (
     NonFiniteAudioError,
     SilentAudioError,
     TooLongAudioError,
+    TruncatedAudioError,
     UnsupportedFormatError,
     audio_files,
     decode_bytes,
@@ -133,6 +134,56 @@ def test_a_recording_longer_than_an_hour_streams_and_one_longer_than_a_day_is_re
             sound.write(np.zeros(1000 * rate_hz, dtype=np.int16))
     with pytest.raises(TooLongAudioError, match=r"two days\.flac: 87000\.0 s long; at most 86400 s"):
         next(stream_audio(day, rate_hz))  # refused from the header, before a block is decoded
+
+
+def damaged_in_the_middle(path: Path, rate_hz: int, seconds: float, fmt: str) -> None:
+    """A recording with 3 kB of random bytes over its middle (an SD card's bad sector)."""
+    noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate_hz)).astype(np.float32)
+    sf.write(path, tone(seconds, rate_hz) + noise, rate_hz, format=fmt)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "MP3"])
+def test_a_stream_asked_to_ends_at_damage_part_way_with_the_audio_before_it(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"card.{fmt.lower()}"
+    damaged_in_the_middle(path, 22050, 60.0, fmt)
+    before: list[np.ndarray] = []
+    with pytest.raises(
+        TruncatedAudioError, match=r"card\.(flac|mp3): cannot decode audio: truncated or corrupt"
+    ):
+        for block in stream_audio(path, 22050):  # without a damage list: refused where the damage is
+            before.append(block)
+    damage: list[AudioError] = []
+    kept = list(stream_audio(path, 22050, damage=damage))
+    assert len(damage) == 1 and isinstance(damage[0], TruncatedAudioError) and str(path) in str(damage[0])
+    assert 20 * 22050 < sum(len(b) for b in kept) < 40 * 22050  # about the first half
+    # the same samples as the refused stream gave before the damage, and the resampler's tail
+    np.testing.assert_array_equal(np.concatenate(kept)[: sum(map(len, before))], np.concatenate(before))
+    if fmt == "FLAC":  # damaged from its start (libmpg123 resyncs past an MP3's): refused all the same
+        data = bytearray(path.read_bytes())
+        data[100:5000] = bytes(4900)
+        path.write_bytes(bytes(data))
+        with pytest.raises(TruncatedAudioError):
+            list(stream_audio(path, 22050, damage=[]))
+
+
+def test_non_finite_samples_part_way_end_a_stream_asked_to(tmp_path: Path) -> None:
+    wave = tone(30.0, 16000)
+    wave[5 * BLOCK_FRAMES + 7] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    damage: list[AudioError] = []
+    kept = np.concatenate(list(stream_audio(path, 16000, damage=damage)))
+    assert len(kept) == 5 * BLOCK_FRAMES and [type(d) for d in damage] == [NonFiniteAudioError]
+    np.testing.assert_array_equal(kept, wave[: 5 * BLOCK_FRAMES])  # the blocks before the bad one
+    with pytest.raises(SilentAudioError):  # what is kept is checked like a whole stream
+        silent_then_nan = np.zeros_like(wave)
+        silent_then_nan[5 * BLOCK_FRAMES + 7] = np.nan
+        sf.write(path, silent_then_nan, 16000, subtype="FLOAT")
+        list(stream_audio(path, 16000, damage=[]))
 
 
 # how libsndfile writes each type the decoder lists (format, subtype); .bwf is a WAV with a bext

@@ -20,6 +20,7 @@ batches and scores are exactly those of the whole decoded array.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import read_ahead, stream_audio, stream_bytes
+from birdops.audio import AudioError, read_ahead, stream_audio, stream_bytes
 from birdops.contracts import EMBEDDING_KEY, INPUT_NAME, OUTPUT_NAME, Embedding, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, Device, DeviceUnavailable, choose_providers
 from birdops.scores import aggregate
@@ -61,6 +62,9 @@ class WindowScores:
     duration_s: float  # of the decoded recording
     activation: str = "softmax"  # the model's: how file_scores aggregates the windows
     embeddings: np.ndarray | None = None  # (N, D) float32, each window's embedding; None: not asked for
+    # why decoding stopped before the file's end (damaged data: predict_file, predict_bytes); the
+    # windows cover the audio before it. None: the whole file
+    damage: str | None = None
 
     @property
     def ends_s(self) -> np.ndarray:
@@ -340,9 +344,12 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_windows` of an audio file, streamed (:func:`birdops.audio.stream_audio`) and
         decoded a batch ahead while the model runs (:meth:`ahead`); raises
-        :class:`birdops.audio.AudioError`."""
-        blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds)
-        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings)
+        :class:`birdops.audio.AudioError`. A file damaged part way (a corrupt stretch, a cut-off end
+        the decoder cannot pass) is classified up to the damage, which :attr:`WindowScores.damage`
+        names; damaged from its start, it is refused."""
+        damage: list[AudioError] = []
+        blocks = stream_audio(path, self.sample_rate_hz, self.window_seconds, damage)
+        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings, damage)
 
     def predict_bytes(
         self,
@@ -353,16 +360,24 @@ class Classifier:
         embeddings: bool = False,
     ) -> WindowScores:
         """:meth:`predict_file` of an in-memory audio file (``name`` only appears in messages)."""
-        blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds)
-        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings)
+        damage: list[AudioError] = []
+        blocks = stream_bytes(payload, self.sample_rate_hz, name, self.window_seconds, damage)
+        return self._predict_ahead(blocks, hop_seconds, batch_size, embeddings, damage)
 
     def _predict_ahead(
-        self, blocks: Iterator[np.ndarray], hop_seconds: float | None, batch_size: int, embeddings: bool
+        self,
+        blocks: Iterator[np.ndarray],
+        hop_seconds: float | None,
+        batch_size: int,
+        embeddings: bool,
+        damage: list[AudioError],
     ) -> WindowScores:
-        """:meth:`predict_stream` of ``blocks`` decoded by a background thread :meth:`ahead` of it."""
-        return self.predict_stream(
+        """:meth:`predict_stream` of ``blocks`` decoded by a background thread :meth:`ahead` of it;
+        the damage the stream stopped at, if any (:func:`birdops.audio.stream_audio`), noted."""
+        result = self.predict_stream(
             read_ahead(blocks, self.ahead(batch_size)), hop_seconds, batch_size, embeddings
         )
+        return dataclasses.replace(result, damage=damage[0].reason) if damage else result
 
     def ahead(self, batch_size: int) -> int:
         """Samples to decode ahead of the model: the most a batch of windows reads, and one window

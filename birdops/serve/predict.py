@@ -40,7 +40,9 @@ embeddings) is refused before any audio is read.
 A file that is refused (empty, not audio, truncated, an unsupported sample rate, too many channels, too
 long, too short, NaN/Inf samples, silent: :mod:`birdops.audio`'s :class:`~birdops.audio.AudioError`
 subclasses) or that fails in any other way is logged, skipped and listed in the summary at the end,
-which also counts refusals by cause; the other files are still classified whatever one file does.
+which also counts refusals by cause; the other files are still classified whatever one file does. A
+file damaged part way (a corrupt stretch of an SD card, a copy cut off) is classified up to the
+damage, and named with where and why in a warning and in the summary.
 Exit status: 0 when at least one file was classified (refusals are warnings), 1 when none was (every
 file was refused, nothing matched, or the model cannot be loaded), 2 for bad arguments (a thresholds
 file that names an unknown species or a value outside [0, 1] included), 130 when interrupted (Ctrl-C
@@ -133,6 +135,7 @@ class Summary:
     thresholded: bool = True  # rows are detections (not --all)
     failures: list[str] = field(default_factory=list)  # one message per input, naming it
     refused: Counter[str] = field(default_factory=Counter)  # refusals by cause (AudioError.kind)
+    damaged: list[str] = field(default_factory=list)  # files classified up to damaged data, why
     interrupted_at: str | None = None  # the file being classified when the run was interrupted
     not_classified: int = 0  # files left when interrupted: that one and those after it
 
@@ -279,6 +282,11 @@ def predict_files(
                 summary.failures.append(f"{path}: unexpected error: {type(err).__name__}: {err}")
                 summary.refused["error"] += 1
                 continue
+            if result.damage is not None:
+                seconds, why = result.duration_s, result.damage
+                message = f"{path}: classified up to {seconds:.1f} s, where it is damaged: {why}"
+                log.warning("%s", message)
+                summary.damaged.append(message)
             picked = selection.pick(result.scores, result.labels)
             summary.rows += writer.write(detections(str(path), result, picked))
             if embeddings is not None:
@@ -495,6 +503,10 @@ def report(summary: Summary, elapsed_s: float, output: str, embeddings: str | No
     if embeddings is not None:
         log.info("wrote the embeddings of %d windows -> %s", summary.embedding_rows, embeddings)
     log_found(summary.found, summary.thresholded)
+    if summary.damaged:
+        log.warning("%d file(s) were classified up to damaged data, not to their end:", len(summary.damaged))
+        for message in summary.damaged:
+            log.warning("  %s", message)
     if summary.failures:
         causes = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.refused.items()))
         missing = len(summary.failures) - sum(summary.refused.values())

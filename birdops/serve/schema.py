@@ -147,6 +147,9 @@ def to_prediction(
     detections = sum(len(items) for items in picked)
     plural = "" if detections == 1 else "s"
     message = f"{detections} detection{plural} of {len(found)} species" if detections else "no detections"
+    if result.damage is not None:
+        damaged = f"classified up to {result.duration_s:.1f} s, where the file is damaged: {result.damage}"
+        warnings = [*warnings, damaged]
     return Prediction(
         filename=name,
         duration_s=result.duration_s,

@@ -65,15 +65,21 @@ def check_duration(seconds: float, max_seconds: float, name: str) -> None:
 
 
 def upload_blocks(
-    payload: bytes, sample_rate_hz: int, max_seconds: float, name: str, window_seconds: float | None = None
+    payload: bytes,
+    sample_rate_hz: int,
+    max_seconds: float,
+    name: str,
+    window_seconds: float | None = None,
+    damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
     """The upload decoded from memory block by block (:func:`birdops.audio.stream_bytes`): its duration
     checked from the header before anything is decoded, then on the decoded samples as they come.
     Every failure is an :class:`AudioError` (a decoder's unexpected exception on odd bytes included);
-    what the consumer of the blocks raises is its own."""
+    what the consumer of the blocks raises is its own. With a ``damage`` list, an upload damaged part
+    way ends at the damage, which the list receives (:func:`birdops.audio.stream_audio`)."""
     try:
         check_duration(audio_seconds(payload, name), max_seconds, name)
-        blocks = stream_bytes(payload, sample_rate_hz, name, window_seconds)
+        blocks = stream_bytes(payload, sample_rate_hz, name, window_seconds, damage)
         samples = 0
         for block in blocks:
             samples += len(block)
@@ -97,12 +103,13 @@ def classify_upload(
     """Decode and classify an upload (blocking), streamed: the windows run as the blocks are decoded,
     so memory does not grow with the audio's length; with a ``budget``, its runs keep to it; with
     ``embeddings``, each window's embedding comes too."""
-    blocks = upload_blocks(
-        payload, classifier.sample_rate_hz, settings.max_audio_seconds, name, classifier.window_seconds
-    )
+    damage: list[AudioError] = []
+    rate_hz, window_s = classifier.sample_rate_hz, classifier.window_seconds
+    blocks = upload_blocks(payload, rate_hz, settings.max_audio_seconds, name, window_s, damage)
     if budget is not None:
         if budget.expired:
             raise budget.error()
         session = cast(ort.InferenceSession, BudgetedSession(classifier.session, budget))
         classifier = dataclasses.replace(classifier, session=session)
-    return classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size, embeddings)
+    result = classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size, embeddings)
+    return dataclasses.replace(result, damage=damage[0].reason) if damage else result

@@ -462,6 +462,30 @@ def test_embeddings_from_a_model_without_them_are_refused_before_any_audio_is_re
     assert exit_info.value.code == 2
 
 
+def test_a_file_damaged_part_way_is_classified_up_to_the_damage(
+    model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    path = card / "dawn.flac"
+    sf.write(path, tones([(TONES_HZ[0], 30.0), (TONES_HZ[2], 30.0)]), 8000)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # a bad sector in the middle of the recording
+    data[middle : middle + 3000] = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    out = tmp_path / "d.csv"
+    with caplog.at_level(logging.INFO):
+        assert run([str(card), "--model", str(model_path), "-o", str(out), "--all"]) == 0
+    rows = read_table(out)
+    assert 20 < len(rows) < 40 and rows[0]["species"] == LOW  # the windows before the damage
+    assert (
+        f"{path}: classified up to " in caplog.text
+        and "where it is damaged: cannot decode audio" in caplog.text
+    )
+    assert "1 file(s) were classified up to damaged data, not to their end" in caplog.text
+    assert "could not be classified" not in caplog.text
+
+
 # --------------------------------------------------------------------------------------- file names
 def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_and_cut_again(
     embedder_path: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]

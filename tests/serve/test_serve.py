@@ -229,6 +229,20 @@ def test_corrupt_audio_is_a_client_error(server: str, payload: bytes, filename: 
     assert "object at 0x" not in response.json()["detail"]  # no repr of the in-memory file
 
 
+def test_an_upload_damaged_part_way_is_classified_up_to_the_damage(server: str) -> None:
+    payload = bytearray(encode(tones([(TONES_HZ[2], 20.0)]), 8000, "FLAC"))
+    middle = len(payload) // 2
+    payload[middle : middle + 2000] = (
+        np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    )
+    response = post(server, bytes(payload), filename="cut.flac")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert 5 < body["duration_s"] < 15 and body["windows_classified"] == -(-body["duration_s"] // 1)
+    (warning,) = [w for w in body["warnings"] if "damaged" in w]
+    assert warning.startswith(f"classified up to {body['duration_s']:.1f} s, where the file is damaged")
+
+
 def test_error_details_never_show_object_reprs() -> None:
     message = "x.wav: cannot decode audio: Error opening <_io.BytesIO object at 0x7f3a2c1b9e40>: bad"
     assert uploads.clean_detail(message) == "x.wav: cannot decode audio: Error opening the upload: bad"
