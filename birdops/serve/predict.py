@@ -517,7 +517,7 @@ def report(summary: Summary, elapsed_s: float, output: str, embeddings: str | No
             log.warning("  %s", message)
     if summary.interrupted_at is not None:
         log.warning(
-            "interrupted while classifying %s: the tables hold the %d files classified before it; "
+            "interrupted while classifying %s: the tables hold the %d file(s) classified before it; "
             "%d file(s) were not classified (it and those after it)",
             summary.interrupted_at,
             summary.files,

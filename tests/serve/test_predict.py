@@ -552,7 +552,7 @@ def test_an_interrupted_run_keeps_the_files_it_finished(
     assert code == predict.INTERRUPTED == 130
     assert {Path(r["file"]).name for r in read_table(out)} == {"a.wav"}  # whole, not b's part, not c
     assert f"interrupted while classifying {card / 'b.flac'}" in caplog.text
-    assert "the tables hold the 1 files classified before it; 2 file(s) were not classified" in caplog.text
+    assert "the tables hold the 1 file(s) classified before it; 2 file(s) were not classified" in caplog.text
     assert not list(tmp_path.glob(".*.tmp"))
 
 
