@@ -229,6 +229,7 @@ class Bench:
         classes = len(self.species()) if a.quick else p.data.synthetic.species
         variants = {name: p.variant(name) for name in VARIANTS}
         frames = [int(f) for f in a.frames.split(",") if f]
+        model_batch = a.batch_size or MODEL_BATCH_SIZE
 
         def predict_on(device: str) -> Section:
             """``birdops predict`` on the long recording with ``device``'s provider."""
@@ -255,7 +256,7 @@ class Bench:
             ort_cuda = run_section(
                 lambda: model.model_section(
                     *self.model(),
-                    a.batch_size or MODEL_BATCH_SIZE,
+                    model_batch,
                     a.threads,
                     "cuda",
                     a.repeats,
@@ -280,7 +281,7 @@ class Bench:
             "cache": lambda: cache.cache_section(self.corpus(), p.lms_cache, self.work, a.repeats),
             "model": lambda: model.models_section(
                 {name: self.model(name) for name in self.model_variants()},
-                a.batch_size or MODEL_BATCH_SIZE,
+                model_batch,
                 a.threads,
                 a.repeats,
                 s.min_calls,

@@ -20,10 +20,9 @@ batches and scores are exactly those of the whole decoded array.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,11 @@ class WindowScores:
     def ends_s(self) -> np.ndarray:
         """(N,) window ends; the last, zero-padded window ends with the recording."""
         return np.minimum(self.starts_s + self.window_seconds, self.duration_s)
+
+    def stopped_at(self, damage: Sequence[AudioError]) -> WindowScores:
+        """These scores noting the damage their stream stopped at (:func:`birdops.audio.stream_audio`'s
+        ``damage`` list), or themselves when it holds none."""
+        return replace(self, damage=damage[0].reason) if damage else self
 
     def file_scores(self) -> np.ndarray:
         """(C,) the file's score of each class.
@@ -374,10 +378,9 @@ class Classifier:
     ) -> WindowScores:
         """:meth:`predict_stream` of ``blocks`` decoded by a background thread :meth:`ahead` of it;
         the damage the stream stopped at, if any (:func:`birdops.audio.stream_audio`), noted."""
-        result = self.predict_stream(
+        return self.predict_stream(
             read_ahead(blocks, self.ahead(batch_size)), hop_seconds, batch_size, embeddings
-        )
-        return dataclasses.replace(result, damage=damage[0].reason) if damage else result
+        ).stopped_at(damage)
 
     def ahead(self, batch_size: int) -> int:
         """Samples to decode ahead of the model: the most a batch of windows reads, and one window

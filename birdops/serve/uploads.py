@@ -112,4 +112,4 @@ def classify_upload(
         session = cast(ort.InferenceSession, BudgetedSession(classifier.session, budget))
         classifier = dataclasses.replace(classifier, session=session)
     result = classifier.predict_stream(blocks, settings.hop_seconds, settings.batch_size, embeddings)
-    return dataclasses.replace(result, damage=damage[0].reason) if damage else result
+    return result.stopped_at(damage)
