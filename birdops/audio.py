@@ -24,6 +24,9 @@ output is bit-identical to decoding the whole file at once and averaging its cha
 damaged frames included: blocks are read forward only (:func:`_read_forward`), so libmpg123 decodes
 every frame once, in order, as a whole-file read and the ``mpg123`` command do.
 
+A chained Ogg file (links of one logical stream after another: ``cat a.ogg b.ogg``) is decoded link by
+link, each mixed down and resampled on its own, and checked as one stream (:func:`ogg_links`).
+
 Every refusal is an :class:`AudioError` subclass naming the file and the reason; ``kind`` is a short
 machine-readable code (``"empty"``, ``"not_audio"``, ...). A streamed decode raises the refusals found
 in the data (non-finite samples, a corrupt block) at the block that holds them, and those that need the
@@ -33,10 +36,11 @@ whole file (silent, too short for a truncated file) after its last block.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePath
 from queue import SimpleQueue
@@ -60,6 +64,8 @@ MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
+_OGG_HEADER_BYTES = 27  # an Ogg page's fixed header; its flags byte 5, segment count byte 26
+_OGG_BOS = 0x02  # the flag of a logical stream's first page
 READ_AHEAD_SAMPLES = 4 * BLOCK_FRAMES  # read_ahead's default: samples decoded ahead of their consumer
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
@@ -255,12 +261,24 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     _check_size(path, name)
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
-        handle.seek(0)
-        with _quiet_stderr():
-            sound = _open(handle, name)
-            with sound:
-                frames, channels, rate = _checked_header(sound, name, whole_file=True)
-    return frames / rate, channels, rate
+        with _opened_links(handle, name) as sounds, _quiet_stderr():
+            headers = _checked_headers(sounds, name, whole_file=True)
+    _, channels, rate = headers[0]
+    return sum(frames / rate for frames, _, rate in headers), channels, rate
+
+
+def header_frames(source: BinaryIO) -> tuple[int, int]:
+    """``(rate_hz, frames)``: the sample rate of the file's first link and the frames at that rate of all
+    its links (a chained Ogg file's later links counted at the first one's rate: :func:`ogg_links`), as
+    the headers announce them. Nothing is decoded and no limit applied; libsndfile's own exception when
+    it cannot open the file (a caller that wants the reason in words decodes it)."""
+    headers = []
+    with _quiet_stderr():
+        for part in _link_sources(source):
+            with sf.SoundFile(part) as sound:
+                headers.append((int(sound.samplerate), int(sound.frames)))
+    rate_hz = headers[0][0]
+    return rate_hz, headers[0][1] + sum(round(f * rate_hz / r) for r, f in headers[1:] if r > 0)
 
 
 def _joined(blocks: Iterable[np.ndarray]) -> np.ndarray:
@@ -376,17 +394,34 @@ def _checked_header(sound: sf.SoundFile, name: str, whole_file: bool) -> tuple[i
         raise TooManyChannelsError(name, f"{channels} channels; at most {MAX_CHANNELS} are accepted")
     if frames <= 0:
         raise TruncatedAudioError(name, "no audio samples (empty or truncated file)")
-    seconds = frames / rate
+    _check_duration(frames / rate, frames, rate, name, whole_file)
+    return frames, channels, rate
+
+
+def _checked_headers(
+    sounds: Sequence[sf.SoundFile], name: str, whole_file: bool
+) -> list[tuple[int, int, int]]:
+    """:func:`_checked_header` of each link of a file (one for most files, several for a chained Ogg
+    file: :func:`ogg_links`), and the limits on the length of them all together."""
+    headers = [_checked_header(sound, name, whole_file) for sound in sounds]
+    if len(headers) > 1:
+        frames = sum(frames for frames, _, _ in headers)
+        _check_duration(sum(f / rate for f, _, rate in headers), frames, None, name, whole_file)
+    return headers
+
+
+def _check_duration(seconds: float, frames: int, rate: int | None, name: str, whole_file: bool) -> None:
+    """Refuse ``frames`` source samples lasting ``seconds`` beyond the limits of a ``whole_file`` or
+    streamed decode (``rate``: theirs, None for the links of a chained file)."""
     limit_s = MAX_SECONDS if whole_file else MAX_STREAM_SECONDS
     if seconds > limit_s:
         raise TooLongAudioError(name, f"{seconds:.1f} s long; at most {limit_s:g} s are accepted")
     if whole_file and frames > MAX_SOURCE_SAMPLES:
         raise TooLongAudioError(
             name,
-            f"{frames} samples at {rate} Hz ({seconds:.1f} s) exceed the decoding limit of "
-            f"{MAX_SOURCE_SAMPLES} samples; resample or cut it first",
+            f"{frames} samples{'' if rate is None else f' at {rate} Hz'} ({seconds:.1f} s) exceed the "
+            f"decoding limit of {MAX_SOURCE_SAMPLES} samples; resample or cut it first",
         )
-    return frames, channels, rate
 
 
 def _stream(
@@ -397,21 +432,114 @@ def _stream(
     whole_file: bool,
     damage: list[AudioError] | None = None,
 ) -> Iterator[np.ndarray]:
-    """Header checks, then the block-wise decode, mix-down, checks and resampling of ``source``."""
-    with _quiet_stderr():
-        sound = _open(source, name)
-    try:
+    """Header checks, then the block-wise decode, mix-down, checks and resampling of ``source``.
+
+    The links of a chained Ogg file (:func:`ogg_links`) are decoded one after the other, each mixed
+    down and resampled on its own (their rates and channels may differ), and checked as one stream."""
+    minimum_s = MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
+    with _opened_links(source, name) as sounds:
         with _quiet_stderr():
-            frames, channels, rate = _checked_header(sound, name, whole_file)
-        minimum_s = (
-            MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
+            headers = _checked_headers(sounds, name, whole_file)
+        # refused before decoding when the headers say so
+        _check_length(sum(frames / rate for frames, _, rate in headers), minimum_s, name)
+        if len(sounds) == 1:
+            frames, channels, rate = headers[0]
+            blocks = _checked(_mono_blocks(sounds[0], frames, channels, name), rate, minimum_s, name, damage)
+            yield from _resampled(blocks, rate, sample_rate_hz)
+            return
+        links = (
+            _resampled(_mono_blocks(sound, frames, channels, name), rate, sample_rate_hz)
+            for sound, (frames, channels, rate) in zip(sounds, headers, strict=True)
         )
-        _check_length(frames, rate, minimum_s, name)  # refused before decoding when the header says so
-        blocks = _checked(_mono_blocks(sound, frames, channels, name), rate, minimum_s, name, damage)
-        yield from _resampled(blocks, rate, sample_rate_hz)
+        yield from _checked(itertools.chain.from_iterable(links), sample_rate_hz, minimum_s, name, damage)
+
+
+@contextmanager
+def _opened_links(source: BinaryIO, name: str) -> Iterator[list[sf.SoundFile]]:
+    """``source`` opened by libsndfile (:func:`_open`): a :class:`soundfile.SoundFile` a link
+    (:func:`_link_sources`), all closed on leaving."""
+    sounds: list[sf.SoundFile] = []
+    try:
+        for part in _link_sources(source):
+            with _quiet_stderr():
+                sounds.append(_open(part, name))
+        yield sounds
     finally:
         with _quiet_stderr():
-            sound.close()
+            for sound in sounds:
+                sound.close()
+
+
+def _link_sources(source: BinaryIO) -> list[Any]:
+    """``[source]``, or for a chained Ogg file a file-like view of each link (:func:`ogg_links`):
+    libsndfile alone reads only the first link and says the file ends there."""
+    links = ogg_links(source)
+    return [source] if len(links) < 2 else [_ByteRange(source, *link) for link in links]
+
+
+def ogg_links(source: BinaryIO) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of the links of an Ogg file: one for a file of one logical
+    stream (or of several multiplexed from its start), one more for each stream that starts after
+    the earlier ones (``cat a.ogg b.ogg``, a stream recorder's chained output); none for a file that
+    is not Ogg. Reads the pages' headers only, from the start to the end or to the first byte that
+    is not a page (damage: the rest belongs to the last link, which the decoder reads as it can);
+    ``source`` is left at its start."""
+    starts: list[int] = []
+    position, previous_bos = 0, False
+    try:
+        while True:
+            source.seek(position)
+            header = source.read(_OGG_HEADER_BYTES)
+            if len(header) < _OGG_HEADER_BYTES or header[:4] != b"OggS":
+                break
+            bos = bool(header[5] & _OGG_BOS)
+            if bos and not previous_bos:
+                starts.append(position)  # a stream begins after pages of earlier ones: a new link
+            previous_bos = bos
+            table = source.read(header[26])
+            if len(table) < header[26]:
+                break
+            position += _OGG_HEADER_BYTES + len(table) + sum(table)
+    finally:
+        source.seek(0)
+    if not starts:
+        return []
+    end = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    return [(start, stop) for start, stop in zip(starts, [*starts[1:], end], strict=True)]
+
+
+class _ByteRange(io.RawIOBase):
+    """Bytes ``[start, end)`` of ``source``, read-only and seekable, as a file of their own. Several may
+    share ``source``: each keeps its own position and seeks there before it reads."""
+
+    def __init__(self, source: BinaryIO, start: int, end: int) -> None:
+        super().__init__()
+        self._source, self._start, self._end, self._position = source, start, end, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._end - self._start}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._end - self._start - self._position))
+        if count == 0:
+            return 0
+        self._source.seek(self._start + self._position)
+        read = self._source.readinto(view[:count])  # type: ignore[attr-defined]
+        self._position += read
+        return int(read)
 
 
 def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> Iterator[np.ndarray]:
@@ -500,13 +628,12 @@ def _checked(
         damage.append(err)
     if samples == 0:
         raise TruncatedAudioError(name, "no audio samples (empty or truncated file)")
-    _check_length(samples, rate_hz, minimum_s, name)
+    _check_length(samples / rate_hz, minimum_s, name)
     if peak < SILENCE_PEAK:
         raise SilentAudioError(name, "audio is silent")
 
 
-def _check_length(samples: int, rate_hz: int, minimum_s: float, name: str) -> None:
-    seconds = samples / rate_hz
+def _check_length(seconds: float, minimum_s: float, name: str) -> None:
     if seconds < minimum_s:
         raise TooShortAudioError(
             name, f"{seconds * 1000:.1f} ms of audio; at least {minimum_s:g} s are needed"

@@ -24,6 +24,8 @@ from birdops.audio import (
     audio_files,
     decode_bytes,
     load_audio,
+    ogg_links,
+    probe,
     read_ahead,
     resample,
     stream_audio,
@@ -253,6 +255,72 @@ def test_audio_files_lists_audio_types_and_leaves_hidden_ones_out(tmp_path: Path
     names = [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path)]
     assert names == ["a.wav", "b.FLAC", "sub/c.caf", "sub/phone.m4a"]
     assert not AUDIO_EXTENSIONS & FOREIGN_AUDIO.keys()
+
+
+def ogg_link(wave: np.ndarray, rate_hz: int, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate_hz, format="OGG", subtype=subtype)
+    return buffer.getvalue()
+
+
+def chained_ogg(tmp_path: Path, subtype: str) -> tuple[Path, list[Path]]:
+    """An Ogg file of three links (``cat a.ogg b.ogg c.ogg``: rates, channels and tones differ), and
+    each link as a file of its own."""
+    links = [
+        ogg_link(tone(1.5, 16000, 440.0), 16000, subtype),
+        ogg_link(np.stack([tone(2.0, 48000, 880.0)] * 2, axis=1), 48000, subtype),
+        ogg_link(tone(1.0, 24000, 1760.0), 24000, subtype),
+    ]
+    parts = [tmp_path / f"link{i}.ogg" for i in range(len(links))]
+    for part, payload in zip(parts, links, strict=True):
+        part.write_bytes(payload)
+    chain = tmp_path / "chain.ogg"
+    chain.write_bytes(b"".join(links))
+    return chain, parts
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_a_chained_ogg_file_decodes_every_link_in_turn(tmp_path: Path, subtype: str) -> None:
+    chain, parts = chained_ogg(tmp_path, subtype)
+    sizes = [part.stat().st_size for part in parts]
+    with chain.open("rb") as handle:
+        assert ogg_links(handle) == [(0, sizes[0]), (sizes[0], sum(sizes[:2])), (sum(sizes[:2]), sum(sizes))]
+        assert handle.tell() == 0
+    # each link decoded and resampled on its own, joined: what libsndfile alone gave was the first
+    expected = np.concatenate([load_audio(part, 22050) for part in parts])
+    assert np.array_equal(load_audio(chain, 22050), expected)
+    assert np.array_equal(np.concatenate(list(stream_audio(chain, 22050))), expected)
+    assert np.array_equal(decode_bytes(chain.read_bytes(), 22050, "chain.ogg"), expected)
+    assert probe(chain)[0] == pytest.approx(4.5, abs=0.01)
+    for seconds, freq_hz in ((0.5, 440.0), (2.5, 880.0), (4.0, 1760.0)):  # a tone of each link, in order
+        middle = expected[int(seconds * 22050) :][:11025]
+        assert abs(np.argmax(np.abs(np.fft.rfft(middle))) * 2 - freq_hz) < 5
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (.ci/run installs it)")
+def test_a_chained_ogg_file_lasts_what_ffmpeg_decodes(tmp_path: Path) -> None:
+    chain, _ = chained_ogg(tmp_path, "VORBIS")
+    pcm = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(chain), "-ac", "1", "-ar", "16000", "-f", "f32le", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    # to 0.1 s: ffmpeg keeps some of the samples past a Vorbis link's last granule position (36 ms here)
+    assert len(load_audio(chain, 16000)) == pytest.approx(len(pcm) // 4, abs=1600)
+
+
+def test_the_links_of_a_chained_ogg_file_are_held_to_the_limits_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain, parts = chained_ogg(tmp_path, "VORBIS")
+    monkeypatch.setattr("birdops.audio.MAX_SECONDS", 4.0)  # each link is shorter, the chain longer
+    for part in parts:
+        load_audio(part, 16000)
+    with pytest.raises(TooLongAudioError, match=r"chain\.ogg: 4\.5 s long; at most 4 s"):
+        load_audio(chain, 16000)
+    assert sum(len(block) for block in stream_audio(chain, 16000)) == 72000  # a stream's limit is a day
+    assert ogg_links(io.BytesIO(parts[0].read_bytes())) == [(0, parts[0].stat().st_size)]
+    assert ogg_links(io.BytesIO(b"RIFF" + bytes(60))) == []
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index

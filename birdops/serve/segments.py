@@ -33,7 +33,6 @@ import csv
 import io
 import logging
 import math
-import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -45,7 +44,7 @@ import soundfile as sf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from birdops.audio import AudioError, stream_audio
+from birdops.audio import AudioError, header_frames, stream_audio
 from birdops.files import NAME_ERRORS, atomic_path
 from birdops.windows import seconds_to_samples
 
@@ -233,11 +232,11 @@ def _header(path: Path) -> tuple[int, int]:
     then checks the header against its limits and the data as it reads it. (Not
     :func:`birdops.audio.probe`: it holds a file to the whole-file limits, a stream to a day only.)"""
     try:
-        info = sf.info(os.fsencode(path))  # the name's own bytes: it need not be UTF-8
+        with path.open("rb") as handle:  # opened by the name's own bytes: it need not be UTF-8
+            return header_frames(handle)  # a chained Ogg file's links all counted
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         next(iter(stream_audio(path, HEADERLESS_RATE_HZ)), None)  # the decoder's refusal says why
         raise AudioError(str(path), f"cannot decode audio: {err}") from err
-    return int(info.samplerate), int(info.frames)
 
 
 def _unique(path: Path, used: set[Path]) -> Path:

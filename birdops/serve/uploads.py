@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import soundfile as sf
 
-from birdops.audio import AudioError, stream_bytes
+from birdops.audio import AudioError, header_frames, stream_bytes
 from birdops.serve.inference import Classifier, WindowScores
 from birdops.serve.queue import BudgetedSession, InferenceBudget
 from birdops.serve.settings import ServeSettings
@@ -49,12 +49,12 @@ def display_name(filename: str | None) -> str:
 
 
 def audio_seconds(payload: bytes, name: str) -> float:
-    """The duration the file's header announces, without decoding it."""
+    """The duration the file's headers announce (every link of a chained Ogg file), without decoding it."""
     try:
-        info = sf.info(io.BytesIO(payload))
+        rate_hz, frames = header_frames(io.BytesIO(payload))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise AudioError(name, f"cannot decode audio: {clean_detail(str(err))}") from err
-    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    return frames / rate_hz if rate_hz > 0 else 0.0
 
 
 def check_duration(seconds: float, max_seconds: float, name: str) -> None:

@@ -4,6 +4,7 @@ samples of each window plus the padding."""
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -224,3 +225,25 @@ def test_names_are_safe_and_unique() -> None:
     used: set[Path] = set()
     names = [segments._unique(Path("out/A/x.wav"), used) for _ in range(3)]
     assert names == [Path("out/A/x.wav"), Path("out/A/x_2.wav"), Path("out/A/x_3.wav")]
+
+
+def test_every_link_of_a_chained_ogg_recording_is_classified_and_cut(
+    detector_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cat a.ogg b.ogg``: libsndfile alone reads the first link and says the file ends there."""
+    links = []
+    for rate_hz, parts in ((8000, [(MID_HZ, 0.3), (0, 0)]), (16000, [(HIGH_HZ, 0.3), (LOW_HZ, 0.3)])):
+        buffer = io.BytesIO()
+        sf.write(buffer, plan(*parts, rate_hz=rate_hz), rate_hz, format="OGG", subtype="VORBIS")
+        links.append(buffer.getvalue())
+    (tmp_path / "dawn.ogg").write_bytes(b"".join(links))
+    table = tmp_path / "detections.csv"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", "dawn.ogg", "--model", str(detector_path), "-o", str(table)]) == 0
+    rows = segments.read_table(table)
+    assert [(r.start_s, r.species) for r in rows] == [(0.0, MID), (2.0, HIGH), (3.0, LOW)]
+    assert run(table, tmp_path / "clips") == 0
+    clips = clips_under(tmp_path / "clips")
+    names = sorted(f"{r.species}/dawn_{r.start_s:.3f}-{r.end_s:.3f}_{r.score:.3f}.wav" for r in rows)
+    assert sorted(clips) == names
+    assert all(len(clip) == 8000 for clip in clips.values())  # one second at the first link's rate

@@ -626,6 +626,27 @@ def test_an_upload_is_classified_as_it_is_decoded_like_the_whole_file(tmp_path: 
             list(blocks)
 
 
+def test_a_chained_ogg_upload_is_classified_through_every_link_and_held_to_the_limit(tmp_path: Path) -> None:
+    """``cat a.ogg b.ogg`` uploaded: the header check counts both links (the first alone is within the
+    limit), and the scores are those of both links decoded one after the other."""
+    from birdops.audio import decode_bytes
+
+    model = tmp_path / "tones.onnx"
+    onnx.save(tone_model(), str(model))
+    settings = ServeSettings(model_path=model, device="cpu", batch_size=3, hop_seconds=1.0)
+    classifier = open_classifier(settings.model_path, settings.device)
+    first, second = (tones([(TONES_HZ[k], 2.0)], rate_hz) for k, rate_hz in ((0, 16000), (2, 22050)))
+    payload = encode(first, 16000, "OGG") + encode(second, 22050, "OGG")
+    assert uploads.audio_seconds(payload, "chain.ogg") == pytest.approx(4.0)
+    result = uploads.classify_upload(classifier, settings, payload, "chain.ogg")
+    assert list(result.scores.argmax(axis=1)) == [0, 0, 2, 2]
+    whole = classifier.predict_windows(decode_bytes(payload, classifier.sample_rate_hz, "chain.ogg"), 1.0, 3)
+    np.testing.assert_array_equal(result.scores, whole.scores)
+    blocks = uploads.upload_blocks(payload, classifier.sample_rate_hz, 3.0, "chain.ogg", 1.0)
+    with pytest.raises(uploads.AudioTooLong, match=r"chain\.ogg: audio is 4\.0 s long"):
+        next(blocks)  # from the headers, before anything is decoded
+
+
 # ------------------------------------------------------------------------------ detections (a detector)
 DAWN = [(TONES_HZ[1], 1.0), (0, 1.0), (TONES_HZ[0], 0.5), (TONES_HZ[2], 0.5)]  # mid, noise, low + high
 # the detector's scores: mid 0.945; noise < 0.01; low 0.907 and high 0.906; the quiet mid tone 0.300
