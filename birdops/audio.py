@@ -36,7 +36,6 @@ whole file (silent, too short for a truncated file) after its last block.
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import sys
 import threading
@@ -66,6 +65,7 @@ MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this shar
 BLOCK_FRAMES = 2**16
 _OGG_HEADER_BYTES = 27  # an Ogg page's fixed header; its flags byte 5, segment count byte 26
 _OGG_BOS = 0x02  # the flag of a logical stream's first page
+MAX_OGG_LINKS = 1024  # links of a chained Ogg file (a stream recorder's tracks); more are refused
 READ_AHEAD_SAMPLES = 4 * BLOCK_FRAMES  # read_ahead's default: samples decoded ahead of their consumer
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
@@ -261,8 +261,7 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     _check_size(path, name)
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
-        with _opened_links(handle, name) as sounds, _quiet_stderr():
-            headers = _checked_headers(sounds, name, whole_file=True)
+        headers = _link_headers(_link_sources(handle, name), name, whole_file=True)
     _, channels, rate = headers[0]
     return sum(frames / rate for frames, _, rate in headers), channels, rate
 
@@ -274,7 +273,7 @@ def header_frames(source: BinaryIO) -> tuple[int, int]:
     it cannot open the file (a caller that wants the reason in words decodes it)."""
     headers = []
     with _quiet_stderr():
-        for part in _link_sources(source):
+        for part in _link_sources(source, "the file"):
             with sf.SoundFile(part) as sound:
                 headers.append((int(sound.samplerate), int(sound.frames)))
     rate_hz = headers[0][0]
@@ -398,18 +397,6 @@ def _checked_header(sound: sf.SoundFile, name: str, whole_file: bool) -> tuple[i
     return frames, channels, rate
 
 
-def _checked_headers(
-    sounds: Sequence[sf.SoundFile], name: str, whole_file: bool
-) -> list[tuple[int, int, int]]:
-    """:func:`_checked_header` of each link of a file (one for most files, several for a chained Ogg
-    file: :func:`ogg_links`), and the limits on the length of them all together."""
-    headers = [_checked_header(sound, name, whole_file) for sound in sounds]
-    if len(headers) > 1:
-        frames = sum(frames for frames, _, _ in headers)
-        _check_duration(sum(f / rate for f, _, rate in headers), frames, None, name, whole_file)
-    return headers
-
-
 def _check_duration(seconds: float, frames: int, rate: int | None, name: str, whole_file: bool) -> None:
     """Refuse ``frames`` source samples lasting ``seconds`` beyond the limits of a ``whole_file`` or
     streamed decode (``rate``: theirs, None for the links of a chained file)."""
@@ -437,53 +424,75 @@ def _stream(
     The links of a chained Ogg file (:func:`ogg_links`) are decoded one after the other, each mixed
     down and resampled on its own (their rates and channels may differ), and checked as one stream."""
     minimum_s = MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
-    with _opened_links(source, name) as sounds:
-        with _quiet_stderr():
-            headers = _checked_headers(sounds, name, whole_file)
-        # refused before decoding when the headers say so
+    parts = _link_sources(source, name)
+    if len(parts) > 1:
+        headers = _link_headers(parts, name, whole_file)
         _check_length(sum(frames / rate for frames, _, rate in headers), minimum_s, name)
-        if len(sounds) == 1:
-            frames, channels, rate = headers[0]
-            blocks = _checked(_mono_blocks(sounds[0], frames, channels, name), rate, minimum_s, name, damage)
-            yield from _resampled(blocks, rate, sample_rate_hz)
-            return
-        links = (
-            _resampled(_mono_blocks(sound, frames, channels, name), rate, sample_rate_hz)
-            for sound, (frames, channels, rate) in zip(sounds, headers, strict=True)
-        )
-        yield from _checked(itertools.chain.from_iterable(links), sample_rate_hz, minimum_s, name, damage)
+        blocks = _link_blocks(parts, headers, name, sample_rate_hz)
+        yield from _checked(blocks, sample_rate_hz, minimum_s, name, damage)
+        return
+    with _opened(source, name) as sound:
+        with _quiet_stderr():
+            frames, channels, rate = _checked_header(sound, name, whole_file)
+        _check_length(frames / rate, minimum_s, name)  # refused before decoding when the header says so
+        blocks = _checked(_mono_blocks(sound, frames, channels, name), rate, minimum_s, name, damage)
+        yield from _resampled(blocks, rate, sample_rate_hz)
 
 
 @contextmanager
-def _opened_links(source: BinaryIO, name: str) -> Iterator[list[sf.SoundFile]]:
-    """``source`` opened by libsndfile (:func:`_open`): a :class:`soundfile.SoundFile` a link
-    (:func:`_link_sources`), all closed on leaving."""
-    sounds: list[sf.SoundFile] = []
+def _opened(source: Any, name: str) -> Iterator[sf.SoundFile]:
+    """``source`` opened by libsndfile (:func:`_open`), closed on leaving."""
+    with _quiet_stderr():
+        sound = _open(source, name)
     try:
-        for part in _link_sources(source):
-            with _quiet_stderr():
-                sounds.append(_open(part, name))
-        yield sounds
+        yield sound
     finally:
         with _quiet_stderr():
-            for sound in sounds:
-                sound.close()
+            sound.close()
 
 
-def _link_sources(source: BinaryIO) -> list[Any]:
+def _link_headers(parts: Sequence[Any], name: str, whole_file: bool) -> list[tuple[int, int, int]]:
+    """:func:`_checked_header` of each link of a file (:func:`_link_sources`), opened one at a time, and
+    the limits on the length of them all together."""
+    headers = []
+    for part in parts:
+        with _opened(part, name) as sound, _quiet_stderr():
+            headers.append(_checked_header(sound, name, whole_file))
+    if len(headers) > 1:
+        frames = sum(frames for frames, _, _ in headers)
+        _check_duration(sum(f / rate for f, _, rate in headers), frames, None, name, whole_file)
+    return headers
+
+
+def _link_blocks(
+    parts: Sequence[Any], headers: Sequence[tuple[int, int, int]], name: str, sample_rate_hz: int
+) -> Iterator[np.ndarray]:
+    """The links' mono blocks at ``sample_rate_hz``, one link open at a time, each resampled on its own."""
+    for part, (frames, channels, rate) in zip(parts, headers, strict=True):
+        part.seek(0)  # opened before, for its header
+        with _opened(part, name) as sound:
+            yield from _resampled(_mono_blocks(sound, frames, channels, name), rate, sample_rate_hz)
+
+
+def _link_sources(source: BinaryIO, name: str) -> list[Any]:
     """``[source]``, or for a chained Ogg file a file-like view of each link (:func:`ogg_links`):
-    libsndfile alone reads only the first link and says the file ends there."""
-    links = ogg_links(source)
+    libsndfile alone reads only the first link and says the file ends there. More than
+    :data:`MAX_OGG_LINKS` links are refused."""
+    links = ogg_links(source, MAX_OGG_LINKS + 1)
+    if len(links) > MAX_OGG_LINKS:
+        raise NotAudioError(
+            name, f"cannot decode audio: a chained Ogg file of more than {MAX_OGG_LINKS} links"
+        )
     return [source] if len(links) < 2 else [_ByteRange(source, *link) for link in links]
 
 
-def ogg_links(source: BinaryIO) -> list[tuple[int, int]]:
+def ogg_links(source: BinaryIO, most: int | None = None) -> list[tuple[int, int]]:
     """The byte ranges ``[start, end)`` of the links of an Ogg file: one for a file of one logical
     stream (or of several multiplexed from its start), one more for each stream that starts after
     the earlier ones (``cat a.ogg b.ogg``, a stream recorder's chained output); none for a file that
     is not Ogg. Reads the pages' headers only, from the start to the end or to the first byte that
-    is not a page (damage: the rest belongs to the last link, which the decoder reads as it can);
-    ``source`` is left at its start."""
+    is not a page (damage: the rest belongs to the last link, which the decoder reads as it can), or
+    to the ``most``-th link's start; ``source`` is left at its start."""
     starts: list[int] = []
     position, previous_bos = 0, False
     try:
@@ -495,6 +504,8 @@ def ogg_links(source: BinaryIO) -> list[tuple[int, int]]:
             bos = bool(header[5] & _OGG_BOS)
             if bos and not previous_bos:
                 starts.append(position)  # a stream begins after pages of earlier ones: a new link
+                if most is not None and len(starts) >= most:
+                    break
             previous_bos = bos
             table = source.read(header[26])
             if len(table) < header[26]:

@@ -17,6 +17,7 @@ from birdops.audio import (
     MAX_STREAM_SECONDS,
     AudioError,
     NonFiniteAudioError,
+    NotAudioError,
     SilentAudioError,
     TooLongAudioError,
     TruncatedAudioError,
@@ -321,6 +322,10 @@ def test_the_links_of_a_chained_ogg_file_are_held_to_the_limits_together(
     assert sum(len(block) for block in stream_audio(chain, 16000)) == 72000  # a stream's limit is a day
     assert ogg_links(io.BytesIO(parts[0].read_bytes())) == [(0, parts[0].stat().st_size)]
     assert ogg_links(io.BytesIO(b"RIFF" + bytes(60))) == []
+    monkeypatch.setattr("birdops.audio.MAX_OGG_LINKS", 2)  # links are counted before any is opened
+    with pytest.raises(NotAudioError, match=r"chain\.ogg: cannot decode audio: a chained Ogg file of more"):
+        next(stream_audio(chain, 16000))
+    assert len(ogg_links(io.BytesIO(chain.read_bytes()), most=2)) == 2
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index

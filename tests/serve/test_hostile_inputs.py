@@ -8,6 +8,7 @@ input with what actually happened (run
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -132,6 +133,15 @@ def _corrupt_mp3(p: Path) -> None:  # a real MP3 with 3 kB of random bytes in th
     p.write_bytes(bytes(data))
 
 
+def _chained_ogg(p: Path) -> None:  # `cat a.ogg b.ogg`: 0.5 s mono at 8 kHz, then 1 s stereo at 16 kHz
+    links = []
+    for seconds, rate_hz, channels in ((0.5, 8000, 1), (1.0, 16000, 2)):
+        buffer = io.BytesIO()
+        sf.write(buffer, noise(seconds, rate_hz, channels), rate_hz, format="OGG", subtype="VORBIS")
+        links.append(buffer.getvalue())
+    p.write_bytes(b"".join(links))
+
+
 def _wav_rate(rate_hz: int) -> Callable[[Path], None]:
     def make(p: Path) -> None:
         sf.write(p, noise(0.5, 8000), 8000, subtype="PCM_16")
@@ -213,6 +223,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], type[AudioError] | None]] = 
     ("192 kHz, 1 s", "192khz.flac", _rate(192_000), None),
     ("8 channels, 0.5 s", "8ch.wav", _channels(8), None),
     ("64 channels", "64ch.wav", _channels(64), TooManyChannelsError),
+    ("two Ogg files joined (`cat a.ogg b.ogg`), at two rates", "chained.ogg", _chained_ogg, None),
 ]
 
 
