@@ -266,14 +266,15 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     return sum(frames / rate for frames, _, rate in headers), channels, rate
 
 
-def header_frames(source: BinaryIO) -> tuple[int, int]:
+def header_frames(source: BinaryIO, name: str) -> tuple[int, int]:
     """``(rate_hz, frames)``: the sample rate of the file's first link and the frames at that rate of all
     its links (a chained Ogg file's later links counted at the first one's rate: :func:`ogg_links`), as
     the headers announce them. Nothing is decoded and no limit applied; libsndfile's own exception when
-    it cannot open the file (a caller that wants the reason in words decodes it)."""
+    it cannot open the file (a caller that wants the reason in words decodes it), an
+    :class:`AudioError` naming ``name`` for a chain of too many links."""
     headers = []
     with _quiet_stderr():
-        for part in _link_sources(source, "the file"):
+        for part in _link_sources(source, name):
             with sf.SoundFile(part) as sound:
                 headers.append((int(sound.samplerate), int(sound.frames)))
     rate_hz = headers[0][0]

@@ -233,7 +233,7 @@ def _header(path: Path) -> tuple[int, int]:
     :func:`birdops.audio.probe`: it holds a file to the whole-file limits, a stream to a day only.)"""
     try:
         with path.open("rb") as handle:  # opened by the name's own bytes: it need not be UTF-8
-            return header_frames(handle)  # a chained Ogg file's links all counted
+            return header_frames(handle, str(path))  # a chained Ogg file's links all counted
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         next(iter(stream_audio(path, HEADERLESS_RATE_HZ)), None)  # the decoder's refusal says why
         raise AudioError(str(path), f"cannot decode audio: {err}") from err

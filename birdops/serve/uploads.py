@@ -51,7 +51,7 @@ def display_name(filename: str | None) -> str:
 def audio_seconds(payload: bytes, name: str) -> float:
     """The duration the file's headers announce (every link of a chained Ogg file), without decoding it."""
     try:
-        rate_hz, frames = header_frames(io.BytesIO(payload))
+        rate_hz, frames = header_frames(io.BytesIO(payload), name)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise AudioError(name, f"cannot decode audio: {clean_detail(str(err))}") from err
     return frames / rate_hz if rate_hz > 0 else 0.0
