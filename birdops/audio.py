@@ -25,7 +25,8 @@ damaged frames included: blocks are read forward only (:func:`_read_forward`), s
 every frame once, in order, as a whole-file read and the ``mpg123`` command do.
 
 A chained Ogg file (links of one logical stream after another: ``cat a.ogg b.ogg``) is decoded link by
-link, each mixed down and resampled on its own, and checked as one stream (:func:`ogg_links`).
+link, each mixed down and resampled on its own, and checked as one stream (:func:`ogg_links`). A WAV
+file whose header was never finished is read to its end, with a warning (:func:`unfinished_wav`).
 
 Every refusal is an :class:`AudioError` subclass naming the file and the reason; ``kind`` is a short
 machine-readable code (``"empty"``, ``"not_audio"``, ...). A streamed decode raises the refusals found
@@ -36,7 +37,9 @@ whole file (silent, too short for a truncated file) after its last block.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import struct
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,6 +51,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import soundfile as sf
 import soxr
+
+log = logging.getLogger(__name__)
 
 # peak below which a decoded file is treated as silent (about -100 dBFS)
 SILENCE_PEAK = 1e-5
@@ -63,9 +68,12 @@ MAX_SOURCE_SAMPLES = 2**25
 MIN_SECONDS = 0.1  # shorter audio is refused whatever the window (a few samples are not a recording)
 MIN_WINDOW_SHARE = 0.25  # with ``window_seconds``: audio shorter than this share of a window is refused
 BLOCK_FRAMES = 2**16
-_OGG_HEADER_BYTES = 27  # an Ogg page's fixed header; its flags byte 5, segment count byte 26
-_OGG_BOS = 0x02  # the flag of a logical stream's first page
+# a logical stream's first page: capture pattern, version 0, the begin-of-stream flag, granule position 0
+_OGG_BOS_PAGE = b"OggS\x00\x02" + bytes(8)
 MAX_OGG_LINKS = 1024  # links of a chained Ogg file (a stream recorder's tracks); more are refused
+_WAV_PADDING_PROBE = 4096  # bytes after a WAV's data that tell padding (zeros) from unannounced audio
+_WAV_MAX_CHUNKS = 1024  # chunks of a WAV file walked to find its data (real files have a few)
+_TRAILING_TAGS = (b"ID3", b"TAG", b"APETAGEX")  # ID3v2, ID3v1 and APE tags, appended without a chunk
 READ_AHEAD_SAMPLES = 4 * BLOCK_FRAMES  # read_ahead's default: samples decoded ahead of their consumer
 _PAIRWISE_MIN = 8  # numpy sums this many values or more pairwise (float rounding: another order)
 # soxr's "high quality" recipe (20-bit precision, about 120 dB; linear phase): the one resampler of
@@ -261,7 +269,7 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     _check_size(path, name)
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
-        headers = _link_headers(_link_sources(handle, name), name, whole_file=True)
+        headers = _link_headers(_decodable_parts(handle, name), name, whole_file=True)
     _, channels, rate = headers[0]
     return sum(frames / rate for frames, _, rate in headers), channels, rate
 
@@ -274,7 +282,7 @@ def header_frames(source: BinaryIO, name: str) -> tuple[int, int]:
     :class:`AudioError` naming ``name`` for a chain of too many links."""
     headers = []
     with _quiet_stderr():
-        for part in _link_sources(source, name):
+        for part in _decodable_parts(source, name):
             with sf.SoundFile(part) as sound:
                 headers.append((int(sound.samplerate), int(sound.frames)))
     rate_hz = headers[0][0]
@@ -425,14 +433,14 @@ def _stream(
     The links of a chained Ogg file (:func:`ogg_links`) are decoded one after the other, each mixed
     down and resampled on its own (their rates and channels may differ), and checked as one stream."""
     minimum_s = MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
-    parts = _link_sources(source, name)
+    parts = _decodable_parts(source, name)
     if len(parts) > 1:
         headers = _link_headers(parts, name, whole_file)
         _check_length(sum(frames / rate for frames, _, rate in headers), minimum_s, name)
         blocks = _link_blocks(parts, headers, name, sample_rate_hz)
         yield from _checked(blocks, sample_rate_hz, minimum_s, name, damage)
         return
-    with _opened(source, name) as sound:
+    with _opened(parts[0], name) as sound:
         with _quiet_stderr():
             frames, channels, rate = _checked_header(sound, name, whole_file)
         _check_length(frames / rate, minimum_s, name)  # refused before decoding when the header says so
@@ -453,7 +461,7 @@ def _opened(source: Any, name: str) -> Iterator[sf.SoundFile]:
 
 
 def _link_headers(parts: Sequence[Any], name: str, whole_file: bool) -> list[tuple[int, int, int]]:
-    """:func:`_checked_header` of each link of a file (:func:`_link_sources`), opened one at a time, and
+    """:func:`_checked_header` of each link of a file (:func:`_decodable_parts`), opened one at a time, and
     the limits on the length of them all together."""
     headers = []
     for part in parts:
@@ -475,59 +483,161 @@ def _link_blocks(
             yield from _resampled(_mono_blocks(sound, frames, channels, name), rate, sample_rate_hz)
 
 
-def _link_sources(source: BinaryIO, name: str) -> list[Any]:
-    """``[source]``, or for a chained Ogg file a file-like view of each link (:func:`ogg_links`):
-    libsndfile alone reads only the first link and says the file ends there. More than
-    :data:`MAX_OGG_LINKS` links are refused."""
+def _decodable_parts(source: BinaryIO, name: str) -> list[Any]:
+    """What libsndfile is to open for ``source``: ``[source]``; for a chained Ogg file, a view of each
+    link (:func:`ogg_links`: libsndfile alone reads only the first link and says the file ends there;
+    more than :data:`MAX_OGG_LINKS` are refused); for a WAV file whose header was never finished, the
+    file with the header's sizes as the file holds them (:func:`unfinished_wav`)."""
     links = ogg_links(source, MAX_OGG_LINKS + 1)
     if len(links) > MAX_OGG_LINKS:
         raise NotAudioError(
             name, f"cannot decode audio: a chained Ogg file of more than {MAX_OGG_LINKS} links"
         )
-    return [source] if len(links) < 2 else [_ByteRange(source, *link) for link in links]
+    if len(links) > 1:
+        return [_View(source, *link) for link in links]
+    unfinished = unfinished_wav(source)
+    if unfinished is None:
+        return [source]
+    declared, holds, patches = unfinished
+    log.warning(
+        "%s: the WAV header says %d bytes of audio, the file holds %d (a recording that was never "
+        "finished: its header was not updated at the end); read to the end of the file",
+        name,
+        declared,
+        holds,
+    )
+    return [_View(source, 0, None, patches)]
+
+
+def unfinished_wav(source: BinaryIO) -> tuple[int, int, dict[int, bytes]] | None:
+    """For a RIFF WAVE file whose header was never finished -- its ``data`` chunk announces fewer bytes
+    (often 0) than follow it to the end of the file, and those are not further chunks or zero padding:
+    a recorder that lost power, a recording program that was killed (Python's ``wave`` writes the
+    sizes of its first write and corrects them on closing); at least :data:`_WAV_PADDING_PROBE` bytes
+    more, not chunks, zeros or tags -- ``(bytes announced, bytes held, patches)``:
+    the RIFF and data sizes that say what the file holds, as ``{offset: 4 bytes}``. ``None`` for every
+    other file. ``source`` is left at its start."""
+    try:
+        source.seek(0)
+        riff = source.read(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            return None
+        size = source.seek(0, io.SEEK_END)
+        position = 12
+        for _ in range(_WAV_MAX_CHUNKS):  # the chunks, to the data chunk
+            if position + 8 > size:
+                return None
+            source.seek(position)
+            chunk_id, chunk_size = struct.unpack("<4sI", source.read(8))
+            if chunk_id == b"data":
+                break
+            position += 8 + chunk_size + (chunk_size & 1)
+        else:
+            return None
+        start = position + 8
+        holds = size - start
+        if chunk_size >= holds or chunk_size == 0xFFFFFFFF:  # all there (or cut off), or "to the end"
+            return None
+        after = start + chunk_size + (chunk_size & 1)
+        if size - after < _WAV_PADDING_PROBE or _chunks_to_the_end(source, after, size):
+            return None  # a few bytes (a tag), or chunks (LIST, id3)
+        excess = source.read(_WAV_PADDING_PROBE)
+        if not any(excess) or excess.startswith(_TRAILING_TAGS):
+            return None  # zero padding to a card's cluster, or tags appended as they are to an MP3
+        data_size = holds if holds < 2**32 else 0xFFFFFFFF  # the largest says "to the end"
+        riff_size = size - 8 if size - 8 < 2**32 else 0xFFFFFFFF
+        patches = {4: struct.pack("<I", riff_size), position + 4: struct.pack("<I", data_size)}
+        return chunk_size, holds, patches
+    finally:
+        source.seek(0)
+
+
+def _chunks_to_the_end(source: BinaryIO, position: int, size: int) -> bool:
+    """Whether ``source`` holds well-formed RIFF chunks (an ASCII id and a size) from ``position`` to
+    exactly its end (a last chunk of odd size may lack its pad byte), or more than
+    :data:`_WAV_MAX_CHUNKS` of them; ``source`` is left at ``position``."""
+    start = position
+    for _ in range(_WAV_MAX_CHUNKS):
+        if position >= size:
+            break
+        source.seek(position)
+        header = source.read(8)
+        if len(header) < 8 or not all(32 <= c < 127 for c in header[:4]):
+            break
+        chunk_size = struct.unpack("<I", header[4:])[0]
+        position += 8 + chunk_size + (chunk_size & 1)
+    else:
+        position = size
+    source.seek(start)
+    return position in (size, size + 1)
 
 
 def ogg_links(source: BinaryIO, most: int | None = None) -> list[tuple[int, int]]:
     """The byte ranges ``[start, end)`` of the links of an Ogg file: one for a file of one logical
     stream (or of several multiplexed from its start), one more for each stream that starts after
     the earlier ones (``cat a.ogg b.ogg``, a stream recorder's chained output); none for a file that
-    is not Ogg. Reads the pages' headers only, from the start to the end or to the first byte that
-    is not a page (damage: the rest belongs to the last link, which the decoder reads as it can), or
-    to the ``most``-th link's start; ``source`` is left at its start."""
-    starts: list[int] = []
-    position, previous_bos = 0, False
+    does not start as Ogg. A stream starts with a begin-of-stream page (flag 2, granule position and
+    page number 0: 14 fixed bytes and 4 more, no accident in compressed data), found by a search of
+    the bytes (a file of millions of tiny pages costs what a large one does); those right after one
+    another are multiplexed, one link. At most ``most`` links; ``source`` is left at its start."""
     try:
-        while True:
-            source.seek(position)
-            header = source.read(_OGG_HEADER_BYTES)
-            if len(header) < _OGG_HEADER_BYTES or header[:4] != b"OggS":
-                break
-            bos = bool(header[5] & _OGG_BOS)
-            if bos and not previous_bos:
-                starts.append(position)  # a stream begins after pages of earlier ones: a new link
+        source.seek(0)
+        if source.read(4) != b"OggS":
+            return []
+        starts, bos_end = [0], _ogg_page_end(source, 0)
+        for position in _find_all(source, _OGG_BOS_PAGE):
+            source.seek(position + 18)
+            if position == 0 or source.read(4) != bytes(4):  # page number 0
+                continue
+            if position != bos_end:  # after another stream's pages, not beside its first page
                 if most is not None and len(starts) >= most:
                     break
-            previous_bos = bos
-            table = source.read(header[26])
-            if len(table) < header[26]:
-                break
-            position += _OGG_HEADER_BYTES + len(table) + sum(table)
+                starts.append(position)
+            bos_end = _ogg_page_end(source, position)
+        end = source.seek(0, io.SEEK_END)
     finally:
         source.seek(0)
-    if not starts:
-        return []
-    end = source.seek(0, io.SEEK_END)
-    source.seek(0)
     return [(start, stop) for start, stop in zip(starts, [*starts[1:], end], strict=True)]
 
 
-class _ByteRange(io.RawIOBase):
-    """Bytes ``[start, end)`` of ``source``, read-only and seekable, as a file of their own. Several may
-    share ``source``: each keeps its own position and seeks there before it reads."""
+def _ogg_page_end(source: BinaryIO, position: int) -> int:
+    """Where the Ogg page at ``position`` ends: its 27-byte header, segment table and segments."""
+    source.seek(position + 26)
+    count = source.read(1)
+    table = source.read(count[0]) if count else b""
+    return position + 27 + len(table) + sum(table)
 
-    def __init__(self, source: BinaryIO, start: int, end: int) -> None:
+
+def _find_all(source: BinaryIO, pattern: bytes, chunk_bytes: int = 1 << 20) -> Iterator[int]:
+    """The offsets of ``pattern`` in ``source``, in order, read a chunk at a time (the caller may seek
+    in between: each chunk is read from where the previous one ended)."""
+    offset, carry = 0, b""
+    while True:
+        source.seek(offset)
+        chunk = source.read(chunk_bytes)
+        if not chunk:
+            return
+        data, base = carry + chunk, offset - len(carry)
+        found = data.find(pattern)
+        while found >= 0:
+            yield base + found
+            found = data.find(pattern, found + 1)
+        offset += len(chunk)
+        carry = data[-(len(pattern) - 1) :]
+
+
+class _View(io.RawIOBase):
+    """Bytes ``[start, end)`` of ``source`` (``end`` None: to its end) as a read-only, seekable file of
+    their own, with ``patches`` (``{offset in the view: bytes}``) read instead of what ``source`` holds
+    there. Several may share ``source``: each keeps its own position and seeks there before it reads."""
+
+    def __init__(
+        self, source: BinaryIO, start: int, end: int | None = None, patches: dict[int, bytes] | None = None
+    ) -> None:
         super().__init__()
-        self._source, self._start, self._end, self._position = source, start, end, 0
+        self._source, self._start, self._position = source, start, 0
+        self._end = source.seek(0, io.SEEK_END) if end is None else end
+        self._patches = dict(patches or {})
 
     def readable(self) -> bool:
         return True
@@ -549,9 +659,13 @@ class _ByteRange(io.RawIOBase):
         if count == 0:
             return 0
         self._source.seek(self._start + self._position)
-        read = self._source.readinto(view[:count])  # type: ignore[attr-defined]
+        read = int(self._source.readinto(view[:count]))  # type: ignore[attr-defined]
+        for offset, patch in self._patches.items():  # the patched bytes within what was read
+            lo, hi = max(offset, self._position), min(offset + len(patch), self._position + read)
+            if lo < hi:
+                view[lo - self._position : hi - self._position] = patch[lo - offset : hi - offset]
         self._position += read
-        return int(read)
+        return read
 
 
 def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> Iterator[np.ndarray]:

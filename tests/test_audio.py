@@ -1,5 +1,6 @@
 import io
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from birdops.audio import (
     UnsupportedFormatError,
     audio_files,
     decode_bytes,
+    header_frames,
     load_audio,
     ogg_links,
     probe,
@@ -31,6 +33,7 @@ from birdops.audio import (
     resample,
     stream_audio,
     stream_bytes,
+    unfinished_wav,
 )
 
 
@@ -326,6 +329,71 @@ def test_the_links_of_a_chained_ogg_file_are_held_to_the_limits_together(
     with pytest.raises(NotAudioError, match=r"chain\.ogg: cannot decode audio: a chained Ogg file of more"):
         next(stream_audio(chain, 16000))
     assert len(ogg_links(io.BytesIO(chain.read_bytes()), most=2)) == 2
+
+
+def wav_sizes(payload: bytes, riff_size: int, data_size: int) -> bytes:
+    """A canonical 44-byte-header WAV with its RIFF and data sizes set."""
+    assert payload[36:40] == b"data"
+    sizes = struct.pack("<I", riff_size), struct.pack("<I", data_size)
+    return payload[:4] + sizes[0] + payload[8:40] + sizes[1] + payload[44:]
+
+
+@pytest.mark.parametrize(
+    ("case", "data_size"),
+    [("the header of an empty file (sizes 0)", 0), ("the sizes of the first write (Python's wave)", 32000)],
+)
+def test_a_wav_whose_header_was_never_finished_is_read_to_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, data_size: int
+) -> None:
+    """A recorder that lost power, a recording program that was killed: the audio is all there, the
+    header's sizes were never updated. libsndfile alone reads what the header says (nothing, a second)."""
+    finished = tmp_path / "finished.wav"
+    sf.write(finished, tone(3.0, 16000), 16000, subtype="PCM_16")
+    payload = wav_sizes(finished.read_bytes(), 36 + data_size, data_size)
+    unfinished = tmp_path / "unfinished.wav"
+    unfinished.write_bytes(payload)
+    assert sf.info(unfinished).frames == data_size // 2
+    expected = load_audio(finished, 22050)
+    with caplog.at_level("WARNING", logger="birdops.audio"):
+        assert np.array_equal(load_audio(unfinished, 22050), expected)
+    said = f"unfinished.wav: the WAV header says {data_size} bytes of audio, the file holds 96000"
+    assert said in caplog.text
+    assert np.array_equal(np.concatenate(list(stream_audio(unfinished, 22050))), expected)
+    assert np.array_equal(decode_bytes(payload, 22050, "upload.wav"), expected)
+    assert probe(unfinished)[0] == 3.0
+    with unfinished.open("rb") as handle:
+        assert header_frames(handle, "unfinished.wav") == (16000, 48000)
+    if shutil.which("ffmpeg") is not None and data_size == 0:  # ffmpeg reads a size of 0 to the end too
+        pcm = subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-i", str(unfinished), "-f", "s16le", "-"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        assert len(pcm) == 96000
+
+
+def test_what_follows_a_finished_wav_s_data_is_not_read_as_audio(tmp_path: Path) -> None:
+    """Chunks after the data (LIST, id3), zero padding to a card's cluster and tags appended as to an
+    MP3 are not audio; a file cut off before the end of its data keeps what it holds."""
+    finished = tmp_path / "finished.wav"
+    sf.write(finished, tone(1.0, 16000), 16000, subtype="PCM_16")
+    payload = finished.read_bytes()
+    info = b"INFO" + b"ISFT" + struct.pack("<I", 6) + b"birds\x00"
+    listed = payload + b"LIST" + struct.pack("<I", len(info)) + info
+    listed = wav_sizes(listed, len(listed) - 8, 32000)
+    tagged = payload + b"ID3\x04\x00\x00" + bytes(range(256)) * 40  # an ID3 tag appended as to an MP3
+    cases = {
+        "listed.wav": listed,
+        "padded.wav": payload + bytes(8192),
+        "tagged.wav": tagged,
+        "tag-v1.wav": payload + b"TAG" + b"dawn chorus".ljust(125, b" "),
+        "cut.wav": payload[:20044],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with io.BytesIO(data) as handle:
+            assert unfinished_wav(handle) is None
+        assert len(load_audio(tmp_path / name, 16000)) == (10000 if name == "cut.wav" else 16000)
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index

@@ -142,6 +142,13 @@ def _chained_ogg(p: Path) -> None:  # `cat a.ogg b.ogg`: 0.5 s mono at 8 kHz, th
     p.write_bytes(b"".join(links))
 
 
+def _unfinished_wav(p: Path) -> None:  # 2 s of audio under a header that still says 0 bytes
+    sf.write(p, noise(2.0, 8000), 8000, subtype="PCM_16")
+    data = bytearray(p.read_bytes())
+    data[4:8], data[40:44] = struct.pack("<I", 36), struct.pack("<I", 0)
+    p.write_bytes(bytes(data))
+
+
 def _wav_rate(rate_hz: int) -> Callable[[Path], None]:
     def make(p: Path) -> None:
         sf.write(p, noise(0.5, 8000), 8000, subtype="PCM_16")
@@ -214,6 +221,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], type[AudioError] | None]] = 
     ("WAV header claiming 1 Hz", "1hz.wav", _wav_rate(1), UnsupportedRateError),
     ("WAV header claiming more frames than the file holds", "truncated.wav", _truncated_wav, None),
     ("FLAC cut in half", "truncated.flac", _truncated_flac, None),
+    ("WAV header never finished (sizes 0: the recorder lost power)", "unfinished.wav", _unfinished_wav, None),
     ("NaN sample (float WAV)", "nan.wav", _nan, NonFiniteAudioError),
     ("Inf sample (float WAV)", "inf.wav", _inf, NonFiniteAudioError),
     ("1 s of digital silence", "silent.wav", _silent, SilentAudioError),
