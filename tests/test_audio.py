@@ -27,6 +27,7 @@ from birdops.audio import (
     decode_bytes,
     header_frames,
     load_audio,
+    mp3_frames,
     ogg_links,
     probe,
     read_ahead,
@@ -394,6 +395,74 @@ def test_what_follows_a_finished_wav_s_data_is_not_read_as_audio(tmp_path: Path)
         with io.BytesIO(data) as handle:
             assert unfinished_wav(handle) is None
         assert len(load_audio(tmp_path / name, 16000)) == (10000 if name == "cut.wav" else 16000)
+
+
+MPEG2_BITRATES_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+
+
+def vbr_mp3_without_xing(tmp_path: Path, rate_hz: int, channels: int) -> Path:
+    """12 s of variable-bitrate MP3 (3 s near silence: small frames, then noise: large ones) without the
+    Xing frame that counts them, as streaming encoders write it: libmpg123 estimates the length from
+    the first frame's bitrate."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.1, (9 * rate_hz, channels)).astype(np.float32)
+    quiet = np.repeat(0.001 * tone(3.0, rate_hz, 440.0)[:, None], channels, axis=1)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate([quiet, noise]), rate_hz, format="MP3", bitrate_mode="VARIABLE")
+    payload = buffer.getvalue()
+    assert mp3_frames(io.BytesIO(payload)) is None  # its Xing tag counts the whole stream
+    mpeg1 = rate_hz >= 32000
+    side_info = (17 if channels == 1 else 32) if mpeg1 else (9 if channels == 1 else 17)
+    assert payload[4 + side_info : 8 + side_info] == b"Xing"
+    kbps = (MP3_BITRATES_KBPS if mpeg1 else MPEG2_BITRATES_KBPS)[payload[2] >> 4]
+    first_frame_bytes = (144_000 if mpeg1 else 72_000) * kbps // rate_hz + ((payload[2] >> 1) & 1)
+    path = tmp_path / "stream.mp3"
+    path.write_bytes(payload[first_frame_bytes:])
+    return path
+
+
+@pytest.mark.parametrize(("rate_hz", "channels"), [(44100, 1), (22050, 2)])
+def test_an_mp3_without_a_xing_frame_is_read_to_its_last_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, rate_hz: int, channels: int
+) -> None:
+    path = vbr_mp3_without_xing(tmp_path, rate_hz, channels)
+    plain = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)  # libsndfile alone stops early
+    with path.open("rb") as handle:
+        frames = mp3_frames(handle)
+    spf = 1152 if rate_hz == 44100 else 576
+    assert frames is not None and frames.tag is None and frames.samples_per_frame == spf
+    assert len(plain) < 0.8 * frames.audio_frames * spf
+    with caplog.at_level("WARNING", logger="birdops.audio"):
+        wave = load_audio(path, rate_hz)
+    assert f"stream.mp3: the MP3 file says it lasts {len(plain)} samples, its frames hold" in caplog.text
+    # a Xing frame in front: every frame decoded, the decoder's delay of 529 samples left out
+    assert len(wave) == frames.audio_frames * spf - 529
+    np.testing.assert_array_equal(wave[: len(plain) - 529], plain[529:])
+    assert np.array_equal(np.concatenate(list(stream_audio(path, rate_hz))), wave)
+    assert np.array_equal(decode_bytes(path.read_bytes(), rate_hz, "upload.mp3"), wave)
+    assert probe(path)[0] == pytest.approx(len(wave) / rate_hz)
+    if shutil.which("mpg123") is not None:  # the command decodes every frame too (and keeps the delay)
+        pcm = subprocess.run(["mpg123", "-q", "-s", str(path)], check=True, capture_output=True).stdout
+        assert len(pcm) // (2 * channels) == len(wave) + 529
+
+
+def test_mp3_files_joined_are_read_to_the_last_frame_of_the_last(tmp_path: Path) -> None:
+    """``cat a.mp3 b.mp3``: the first file's Info tag counts its own frames only."""
+    parts = [tmp_path / "a.mp3", tmp_path / "b.mp3"]
+    for part, (seconds, freq_hz) in zip(parts, ((2.0, 440.0), (3.0, 1760.0)), strict=True):
+        sf.write(part, tone(seconds, 44100, freq_hz), 44100, format="MP3")
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    assert sf.info(joined).frames == sf.info(parts[0]).frames  # libsndfile alone: the first file
+    first = load_audio(parts[0], 44100)
+    wave = load_audio(joined, 44100)
+    assert abs(len(wave) - 5.0 * 44100) < 4 * 1152  # the second's tag frame and delays: a few frames
+    np.testing.assert_array_equal(wave[: len(first) - 1152], first[:-1152])  # the first, as it was
+    late = wave[int(4.0 * 44100) :][:11025]
+    assert abs(np.argmax(np.abs(np.fft.rfft(late))) * 4 - 1760.0) < 10
+    if shutil.which("mpg123") is not None:
+        pcm = subprocess.run(["mpg123", "-q", "-s", str(joined)], check=True, capture_output=True).stdout
+        assert len(pcm) // 2 == len(wave)
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index

@@ -142,6 +142,15 @@ def _chained_ogg(p: Path) -> None:  # `cat a.ogg b.ogg`: 0.5 s mono at 8 kHz, th
     p.write_bytes(b"".join(links))
 
 
+def _joined_mp3(p: Path) -> None:  # `cat a.mp3 b.mp3`: 1 s and 2 s; the first file's tag counts 1 s
+    parts = []
+    for seconds in (1.0, 2.0):
+        buffer = io.BytesIO()
+        sf.write(buffer, noise(seconds, 16000), 16000, format="MP3")
+        parts.append(buffer.getvalue())
+    p.write_bytes(b"".join(parts))
+
+
 def _unfinished_wav(p: Path) -> None:  # 2 s of audio under a header that still says 0 bytes
     sf.write(p, noise(2.0, 8000), 8000, subtype="PCM_16")
     data = bytearray(p.read_bytes())
@@ -222,6 +231,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], type[AudioError] | None]] = 
     ("WAV header claiming more frames than the file holds", "truncated.wav", _truncated_wav, None),
     ("FLAC cut in half", "truncated.flac", _truncated_flac, None),
     ("WAV header never finished (sizes 0: the recorder lost power)", "unfinished.wav", _unfinished_wav, None),
+    ("two MP3 files joined (`cat a.mp3 b.mp3`): 1 s and 2 s", "joined.mp3", _joined_mp3, None),
     ("NaN sample (float WAV)", "nan.wav", _nan, NonFiniteAudioError),
     ("Inf sample (float WAV)", "inf.wav", _inf, NonFiniteAudioError),
     ("1 s of digital silence", "silent.wav", _silent, SilentAudioError),
