@@ -445,8 +445,10 @@ def _stream(
 ) -> Iterator[np.ndarray]:
     """Header checks, then the block-wise decode, mix-down, checks and resampling of ``source``.
 
-    The links of a chained Ogg file (:func:`ogg_links`) are decoded one after the other, each mixed
-    down and resampled on its own (their rates and channels may differ), and checked as one stream."""
+    What is decoded is :func:`_decodable_parts`' view of the file: the links of a chained Ogg file
+    (:func:`ogg_links`) one after the other, each mixed down and resampled on its own (their rates and
+    channels may differ) and checked as one stream; a file whose header says less than it holds, as
+    what it holds."""
     minimum_s = MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
     parts = _decodable_parts(source, name)
     if len(parts) > 1:
@@ -512,12 +514,19 @@ def _decodable_parts(source: BinaryIO, name: str) -> list[Any]:
         )
     if len(links) > 1:
         return [_View(source, [link]) for link in links]
-    frames = _mp3_pieces(source, name)
-    if frames is not None:
-        return [_View(source, frames)]
+    for view in (_mp3_pieces, _wav_pieces):
+        pieces = view(source, name)
+        if pieces is not None:
+            return [_View(source, pieces)]
+    return [source]
+
+
+def _wav_pieces(source: BinaryIO, name: str) -> list[tuple[int, int] | bytes] | None:
+    """For a WAV file whose header was never finished (:func:`unfinished_wav`), a :class:`_View` of it
+    with the sizes of what it holds, with a warning; None otherwise."""
     unfinished = unfinished_wav(source)
     if unfinished is None:
-        return [source]
+        return None
     declared, holds, pieces = unfinished
     log.warning(
         "%s: the WAV header says %d bytes of audio, the file holds %d (a recording that was never "
@@ -526,7 +535,7 @@ def _decodable_parts(source: BinaryIO, name: str) -> list[Any]:
         declared,
         holds,
     )
-    return [_View(source, pieces)]
+    return pieces
 
 
 @dataclass(frozen=True)
