@@ -27,15 +27,13 @@ from birdops.audio import (
     decode_bytes,
     header_frames,
     load_audio,
-    mp3_frames,
-    ogg_links,
     probe,
     read_ahead,
     resample,
     stream_audio,
     stream_bytes,
-    unfinished_wav,
 )
+from birdops.containers import mp3_frames, ogg_links, unfinished_wav
 
 
 def tone(seconds: float, rate_hz: int, freq_hz: float = 1000.0) -> np.ndarray:
