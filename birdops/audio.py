@@ -266,7 +266,7 @@ def probe(path: str | Path) -> tuple[float, int, int]:
     _check_size(path, name)
     with path.open("rb") as handle:
         _check_not_text(handle.read(512), name)
-        headers = _link_headers(_decodable_parts(handle, name), name, whole_file=True)
+        headers = _link_headers(_decodable_parts(handle, name)[0], name, whole_file=True)
     _, channels, rate = headers[0]
     return sum(frames / rate for frames, _, rate in headers), channels, rate
 
@@ -279,7 +279,7 @@ def header_frames(source: BinaryIO, name: str) -> tuple[int, int]:
     :class:`AudioError` naming ``name`` for a chain of too many links."""
     headers = []
     with _quiet_stderr():
-        for part in _decodable_parts(source, name):
+        for part in _decodable_parts(source, name)[0]:
             with sf.SoundFile(part) as sound:
                 headers.append((int(sound.samplerate), int(sound.frames)))
     rate_hz = headers[0][0]
@@ -432,7 +432,9 @@ def _stream(
     channels may differ) and checked as one stream; a file whose header says less than it holds, as
     what it holds."""
     minimum_s = MIN_SECONDS if window_seconds is None else max(MIN_SECONDS, MIN_WINDOW_SHARE * window_seconds)
-    parts = _decodable_parts(source, name)
+    parts, warning = _decodable_parts(source, name)
+    if warning is not None:
+        log.warning("%s", warning)
     if len(parts) > 1:
         headers = _link_headers(parts, name, whole_file)
         _check_length(sum(frames / rate for frames, _, rate in headers), minimum_s, name)
@@ -482,47 +484,45 @@ def _link_blocks(
             yield from _resampled(_mono_blocks(sound, frames, channels, name), rate, sample_rate_hz)
 
 
-def _decodable_parts(source: BinaryIO, name: str) -> list[Any]:
-    """What libsndfile is to open for ``source``: ``[source]``; for a chained Ogg file, a view of each
-    link (:func:`ogg_links`: libsndfile alone reads only the first link and says the file ends there;
-    more than :data:`MAX_OGG_LINKS` are refused); for a WAV file whose header was never finished, the
-    file with the header's sizes as the file holds them (:func:`unfinished_wav`); for an MP3 file whose
-    length libsndfile takes for less than its frames hold, the file with a frame count that says so
-    (:func:`mp3_frames`)."""
+def _decodable_parts(source: BinaryIO, name: str) -> tuple[list[Any], str | None]:
+    """What libsndfile is to open for ``source``, and what a decode of it should warn of (None: nothing):
+    ``[source]``; for a chained Ogg file, a view of each link (:func:`ogg_links`: libsndfile alone reads
+    only the first link and says the file ends there; more than :data:`MAX_OGG_LINKS` are refused);
+    for a WAV file whose header was never finished, the file with the header's sizes as the file holds
+    them (:func:`unfinished_wav`); for an MP3 file whose length libsndfile takes for less than its
+    frames hold, the file with a frame count that says so (:func:`mp3_frames`). The warning is the
+    decode's to give (:func:`_stream`), not a header read's, so a file read both ways warns once."""
     links = ogg_links(source, MAX_OGG_LINKS + 1)
     if len(links) > MAX_OGG_LINKS:
         raise NotAudioError(
             name, f"cannot decode audio: a chained Ogg file of more than {MAX_OGG_LINKS} links"
         )
     if len(links) > 1:
-        return [View(source, [link]) for link in links]
+        return [View(source, [link]) for link in links], None
     for view in (_mp3_pieces, _wav_pieces):
-        pieces = view(source, name)
-        if pieces is not None:
-            return [View(source, pieces)]
-    return [source]
+        found = view(source, name)
+        if found is not None:
+            pieces, warning = found
+            return [View(source, pieces)], warning
+    return [source], None
 
 
-def _wav_pieces(source: BinaryIO, name: str) -> list[Piece] | None:
+def _wav_pieces(source: BinaryIO, name: str) -> tuple[list[Piece], str] | None:
     """For a WAV file whose header was never finished (:func:`unfinished_wav`), a :class:`View` of it
-    with the sizes of what it holds, with a warning; None otherwise."""
+    with the sizes of what it holds, and the warning; None otherwise."""
     unfinished = unfinished_wav(source)
     if unfinished is None:
         return None
     declared, holds, pieces = unfinished
-    log.warning(
-        "%s: the WAV header says %d bytes of audio, the file holds %d (a recording that was never "
-        "finished: its header was not updated at the end); read to the end of the file",
-        name,
-        declared,
-        holds,
+    return pieces, (
+        f"{name}: the WAV header says {declared} bytes of audio, the file holds {holds} (a recording "
+        "that was never finished: its header was not updated at the end); read to the end of the file"
     )
-    return pieces
 
 
-def _mp3_pieces(source: BinaryIO, name: str) -> list[Piece] | None:
+def _mp3_pieces(source: BinaryIO, name: str) -> tuple[list[Piece], str] | None:
     """:func:`~birdops.containers.mp3_pieces` of an MP3 file against the length libsndfile announces
-    (it reads no further, so the rest would be lost), with a warning; None for every other file."""
+    (it reads no further, so the rest would be lost), and the warning; None for every other file."""
     frames = mp3_frames(source)
     if frames is None:
         return None
@@ -534,15 +534,13 @@ def _mp3_pieces(source: BinaryIO, name: str) -> list[Piece] | None:
     finally:
         source.seek(0)
     pieces = mp3_pieces(source, frames, announced)
-    if pieces is not None:
-        log.warning(
-            "%s: the MP3 file says it lasts %d samples, its frames hold %d (files joined, or a stream "
-            "without a Xing header); all are read",
-            name,
-            announced,
-            frames.audio_frames * frames.samples_per_frame,
-        )
-    return pieces
+    if pieces is None:
+        return None
+    return pieces, (
+        f"{name}: the MP3 file says it lasts {announced} samples, its frames hold "
+        f"{frames.audio_frames * frames.samples_per_frame} (files joined, or a stream without a Xing "
+        "header); all are read"
+    )
 
 
 def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> Iterator[np.ndarray]:

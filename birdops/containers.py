@@ -55,6 +55,7 @@ class Mp3Frames:
     audio_frames: int  # frames a decoder turns into audio: all but a Xing/Info frame first
     samples_per_frame: int
     tag: int | None  # offset of the first frame's Xing/Info tag, if it has one
+    tag_counts: tuple[int, int] | None  # its (frames, bytes) (bytes -1: not counted); None: no frames
     end: int  # where the last frame ends
 
 
@@ -95,7 +96,7 @@ def mp3_frames(source: BinaryIO) -> Mp3Frames | None:
                     break
                 position = found
         audio = count - 1 if has_tag else count
-        return Mp3Frames(first, header, audio, samples, tag if has_tag else None, position)
+        return Mp3Frames(first, header, audio, samples, tag if has_tag else None, counted, position)
     finally:
         source.seek(0)
 
@@ -113,12 +114,10 @@ def mp3_pieces(source: BinaryIO, frames: Mp3Frames, announced: int) -> list[Piec
     source.seek(0)
     if frames.tag is None:
         return [(0, frames.first), _xing_frame(frames), (frames.first, size)]
-    counts = _xing_counts(_read_at(source, frames.tag, 16))
-    source.seek(0)
-    if counts is None:
+    if frames.tag_counts is None:
         return None  # a tag without a frame count: nothing to patch
     patches = {frames.tag + 8: struct.pack(">I", frames.audio_frames)}
-    if counts[1] >= 0:
+    if frames.tag_counts[1] >= 0:
         patches[frames.tag + 12] = struct.pack(">I", min(frames.end - frames.first, 2**32 - 1))
     return patched(size, patches)
 
