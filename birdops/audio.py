@@ -80,6 +80,7 @@ RESAMPLE_QUALITY = "HQ"
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".bwf", ".rf64", ".w64", ".mp3", ".flac", ".ogg", ".oga", ".opus"}
     | {".aif", ".aiff", ".aifc", ".caf", ".au", ".snd"}
+    | {".mp2", ".mpa", ".voc"}  # MPEG Layer II (broadcast and older recorders' audio), Creative VOC
 )
 # common audio types it does not read, and what they usually hold: a file of one of these is refused
 # with a way to convert it, and a folder's files of these types are refused by name, not passed over
@@ -98,6 +99,18 @@ FOREIGN_AUDIO = {
     ".ac3": "Dolby Digital audio",
     ".wv": "WavPack audio",
     ".ape": "Monkey's Audio",
+    ".tta": "True Audio",
+    ".spx": "Speex speech audio",
+    ".mpc": "Musepack audio",
+    ".dsf": "DSD audio",
+    ".ra": "RealAudio",
+    ".wac": "Wildlife Acoustics' compressed recorder audio",
+    ".w4v": "Wildlife Acoustics' compressed recorder audio",
+}
+# how to convert a foreign type that ffmpeg does not read (the others: ffmpeg -i IN.ext OUT.flac)
+FOREIGN_CONVERSION = {
+    ".wac": "with Wildlife Acoustics' Kaleidoscope or its WAC to WAV converter",
+    ".w4v": "with Wildlife Acoustics' Kaleidoscope or its WAC to WAV converter",
 }
 
 
@@ -372,7 +385,8 @@ def _open(source: Any, name: str) -> sf.SoundFile:
             raise UnsupportedFormatError(
                 name,
                 f"cannot decode audio: {suffix} ({FOREIGN_AUDIO[suffix]}) is not a type birdops reads; "
-                f"convert the file to FLAC or WAV first, e.g. ffmpeg -i IN{suffix} OUT.flac",
+                "convert the file to FLAC or WAV first, "
+                + FOREIGN_CONVERSION.get(suffix, f"e.g. ffmpeg -i IN{suffix} OUT.flac"),
             ) from err
         reason = getattr(err, "error_string", None) or str(err)
         raise NotAudioError(name, f"cannot decode audio: {_clean_reason(reason)}") from err
