@@ -3,7 +3,8 @@
 ``python -m pipeline.field_check --model models/export/model.onnx --raw data/synthetic --background
 data/background --prepared data/prepared --summary metrics/field.json`` writes the share of test
 background windows given a species row and the test recordings' file-level recall, clean and over
-test background (:mod:`birdops.serve.field_check`).
+test background (:mod:`birdops.serve.field_check`). ``--split val`` gives the same figures on the
+validation recordings and background, to compare training recipes without reading test.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--background", type=Path, required=True, help="folder of background recordings")
     parser.add_argument("--prepared", type=Path, required=True, help="prepared folder (the manifests)")
     parser.add_argument("--summary", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="the audio to check on")
     args = parser.parse_args(argv)
     params = setup().field_check
     # the CPU provider: the figures must not depend on whether this machine has a GPU
     classifier = Classifier.load(args.model, providers=[CPU_PROVIDER])
-    summary = check(classifier, args.raw, args.background, args.prepared, params)
+    summary = check(classifier, args.raw, args.background, args.prepared, params, args.split)
     write_json_atomic(args.summary, summary)
     log.info("field check: %s", summary)
     return 0

@@ -77,24 +77,26 @@ def check(
     background_dir: Path,
     prepared_dir: Path,
     params: FieldCheckParams,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """The field check's figures (see the module docstring), JSON-ready."""
+    """The field check's figures (see the module docstring), JSON-ready; ``split`` ``val``: the same
+    figures on the validation recordings and background (to compare recipes without reading test)."""
     rate = classifier.sample_rate_hz
     labels = {label: i for i, label in enumerate(classifier.labels)}
     recordings = [
-        r for r in read_manifest(manifest_path(prepared_dir)) if r.split == "test" and r.label in labels
+        r for r in read_manifest(manifest_path(prepared_dir)) if r.split == split and r.label in labels
     ]
-    background = [r for r in read_manifest(background_manifest_path(prepared_dir)) if r.split == "test"]
+    background = [r for r in read_manifest(background_manifest_path(prepared_dir)) if r.split == split]
     beds = [w for w in (_decoded(r, background_dir, rate) for r in background) if w is not None]
     if not beds or not recordings:
-        raise ValueError(f"{prepared_dir}: the field check needs test recordings and test background")
+        raise ValueError(f"{prepared_dir}: the field check needs {split} recordings and {split} background")
     flagged = np.concatenate([detections(classifier, bed, params.hop_seconds).flagged for bed in beds])
     clean, mixed = _recall(classifier, recordings, raw_dir, beds, labels, params)
     return {
         "background_windows": len(flagged),
         "background_windows_flagged": float(flagged.mean()),
         "background_recordings": len(beds),
-        "test_recordings": len(clean),
+        f"{split}_recordings": len(clean),
         "clean_file_recall": float(np.mean(clean)),
         "mixed_file_recall": float(np.mean(mixed)),
         "mixed_snr_db": params.snr_db,

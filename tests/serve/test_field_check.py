@@ -66,6 +66,9 @@ def test_quiet_on_background_and_recall_clean_and_over_background(detector_path:
     assert found["background_windows_flagged"] == 0.0
     assert found["test_recordings"] == 4 and found["clean_file_recall"] == 1.0
     assert found["mixed_file_recall"] == 1.0 and found["mixed_to_clean_recall"] == 1.0
+    # the validation split's audio instead: one site of background (BG1) and no recording here
+    with pytest.raises(ValueError, match="needs val recordings and val background"):
+        check(classifier, world / "raw", world / "background", world / "prepared", params, "val")
 
 
 def test_the_stage_writes_its_metrics(
