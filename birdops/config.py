@@ -137,12 +137,13 @@ class ActivityParams(Section):
 
 
 class BackgroundMixParams(Section):
-    """Training clips mixed with training background: one cached noisy copy per clip (``copies: 0``:
-    none). The copy is the clip plus a segment of a training background recording at an SNR drawn
-    from ``snr_db_range`` (the clip's power over the background's); a variant's
-    ``augment.background_mix`` decides how often training reads the copy instead of the clip."""
+    """Training clips mixed with training background: ``copies`` cached noisy copies per clip (0:
+    none). A copy is the clip plus a segment of a training background recording at an SNR drawn
+    from ``snr_db_range`` (the clip's power over the background's), each copy its own draw; a
+    variant's ``augment.background_mix`` decides how often training reads a copy (one of them, drawn
+    anew each time) instead of the clip."""
 
-    copies: int = Field(..., ge=0, le=1)
+    copies: int = Field(..., ge=0, le=8)
     snr_db_range: tuple[float, float]
     seed: int
 

@@ -162,9 +162,10 @@ def background_split(split: str) -> str:
     return f"{BACKGROUND_SPLIT_PREFIX}{split}"
 
 
-def mixed_split(split: str) -> str:
-    """The cache split that holds the noisy copies of ``split``'s clips, in the same row order."""
-    return f"{split}{MIXED_SPLIT_SUFFIX}"
+def mixed_split(split: str, copy: int = 0) -> str:
+    """The cache split that holds noisy copy ``copy`` of ``split``'s clips, in the same row order:
+    ``train-mixed``, then ``train-mixed2``, ``train-mixed3``, ..."""
+    return f"{split}{MIXED_SPLIT_SUFFIX}{copy + 1 if copy else ''}"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ not be cached.
 Splits: ``train``, ``val`` and ``test`` hold the manifest's clips; ``background-train``,
 ``background-val`` and ``background-test`` the background recordings' clips (``label_index`` -1,
 spread evenly over each recording: :func:`birdops.mixing.spread_starts`); with
-``background_mix.copies`` 1, ``train-mixed`` holds a noisy copy of every ``train`` clip, row for row
-(the clip over a segment of a training background recording, :func:`birdops.mixing.mix_at_snr`).
+``background_mix.copies`` K, ``train-mixed`` holds a noisy copy of every ``train`` clip, row for row
+(the clip over a segment of a training background recording, :func:`birdops.mixing.mix_at_snr`), and
+``train-mixed2`` .. ``train-mixedK`` the other copies, each over its own draw of background and SNR.
 
 How a run goes: every manifest recording is decoded once per sample rate (``seed`` and ``mfcc``
 share their 22,050 Hz decode), its clips are chosen by :mod:`birdops.features.activity`, each
@@ -231,13 +232,15 @@ def _decode_chunk(tasks: list[_Task], settings: _Settings) -> list[_Decoded]:
 
 
 def _mixed(task: _Task, clips: np.ndarray, sample_rate_hz: int, mix: _Mix | None) -> np.ndarray:
-    """The noisy copy of each clip ``(n, S)``: over a segment of a training background recording at a
-    drawn SNR; every draw seeded by the recording's id."""
+    """The noisy copies of the clips ``(n, S)``: ``(copies * n, S)``, copy after copy, each clip over a
+    segment of a training background recording at a drawn SNR; every draw seeded by the recording's
+    id (the first copy's draws are those of a cache of one copy)."""
     assert mix is not None
     rng = np.random.default_rng([mix.params.seed, zlib.crc32(task.recording.id.encode("utf-8"))])
     low_db, high_db = mix.params.snr_db_range
-    out = np.empty_like(clips)
-    for row, clip in enumerate(clips):
+    out = np.empty((mix.params.copies * len(clips), clips.shape[1]), dtype=clips.dtype)
+    for row in range(len(out)):  # copy after copy, each over every clip
+        clip = clips[row % len(clips)]
         noise = _background_wave(mix.raw_dir, mix.paths[int(rng.integers(len(mix.paths)))], sample_rate_hz)
         out[row] = mix_at_snr(clip, noise_segment(noise, len(clip), rng), float(rng.uniform(low_db, high_db)))
     return out
@@ -276,12 +279,18 @@ def _write_features(decoded: list[_Decoded]) -> int:
             n = len(clips.clips)
             for stem, preset_features in zip(stems, halves, strict=True):
                 parts = {"features": preset_features[offset : offset + n]}
-                if clips.mixed is not None:
-                    parts["mixed"] = preset_features[mixed_offset : mixed_offset + n]
+                for copy in range(0 if clips.mixed is None else len(clips.mixed) // n):
+                    start = mixed_offset + copy * n
+                    parts[_mixed_key(copy)] = preset_features[start : start + n]
                 _write_partial(Path(f"{stem}.npz"), np.asarray(clips.starts_s, dtype=np.float64), parts)
             offset += n
-            mixed_offset += n if clips.mixed is not None else 0
+            mixed_offset += len(clips.mixed) if clips.mixed is not None else 0
     return len(decoded)
+
+
+def _mixed_key(copy: int) -> str:
+    """The partials' array of noisy copy ``copy``: ``mixed``, ``mixed2``, ..."""
+    return f"mixed{copy + 1 if copy else ''}"
 
 
 def _by_sample_rate(presets: Sequence[str]) -> dict[int, list[str]]:
@@ -378,8 +387,9 @@ def _assemble(
     clips_per_split = {}
     shard_max = params.shard_max_clips
     parts = [(split, [r for r in recordings if r.split == split], "features") for split in SPLITS]
-    if params.background_mix.copies:
-        parts.append((mixed_split("train"), [r for r in recordings if r.split == "train"], "mixed"))
+    for copy in range(params.background_mix.copies):
+        train = [r for r in recordings if r.split == "train"]
+        parts.append((mixed_split("train", copy), train, _mixed_key(copy)))
     parts += [(background_split(s), [r for r in background if r.split == s], "features") for s in SPLITS]
     with csv_rows_atomic(staging / INDEX_FILE, INDEX_COLUMNS) as index:
         for split, members, key in parts:
@@ -498,7 +508,8 @@ def _mix_plan(background: list[ManifestRow], bg_dir: Path, params: LmsCacheParam
     paths = tuple(sorted(r.local_path for r in background if r.split == "train"))
     if not paths:
         raise ValueError(
-            "lms_cache.background_mix.copies is 1 but there is no training background recording "
+            f"lms_cache.background_mix.copies is {params.background_mix.copies} but there is no training "
+            "background recording "
             "(data/prepared/background.csv); set it to 0 or bring background recordings"
         )
     return _Mix(str(bg_dir), paths, params.background_mix)

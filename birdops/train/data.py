@@ -3,9 +3,10 @@
 A training item is ``(features (F, T) float32, label index, weights (C,) float32)``: the label is -1
 for a background clip (no species present), and a weight of 0 leaves a class out of a sigmoid loss
 for that clip (a background species of its recording, xeno-canto's ``also``). The training set is the
-``train`` clips, then their noisy copies (``train-mixed``, row for row) when a variant reads them,
-then the training background clips; :class:`MixingSampler` visits every clean or background item
-once an epoch and reads a clean clip's noisy copy instead with the variant's probability.
+``train`` clips, then their noisy copies when a variant reads them (``train-mixed``, ``train-mixed2``,
+..., each row for row), then the training background clips; :class:`MixingSampler` visits every clean
+or background item once an epoch and reads one of a clean clip's noisy copies instead with the
+variant's probability.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from birdops.contracts import (
     read_labels,
     read_manifest,
 )
-from birdops.features.shards import Clips, load_split
+from birdops.features.shards import Clips, load_split, read_features_info
 from birdops.featurespec import ClipShape, FeatureSpec
 from birdops.train.state import derive_seed
 
@@ -59,7 +60,7 @@ class TrainData:
     preset: str
     spec: FeatureSpec
     clip_seconds: float
-    train_mixed: Split | None = None  # the noisy copy of each train clip, row for row
+    train_mixed: tuple[Split, ...] | None = None  # the noisy copies of the train clips, each row for row
     background: Split | None = None  # training background clips (label -1)
     # recording id -> the class indices of its background species (xeno-canto's ``also``)
     secondary: dict[str, tuple[int, ...]] | None = None
@@ -111,6 +112,11 @@ def _extra_splits(
                 f"(background / augment.background_mix): cache background recordings or turn it off"
             )
         extra[field] = split
+    if "train_mixed" in extra:  # every noisy copy the cache holds
+        first: Split = extra["train_mixed"]
+        copies = read_features_info(Path(lms_dir) / preset).background_mix.copies
+        later = [_copy(lms_dir, preset, copy, len(first.labels)) for copy in range(1, copies)]
+        extra["train_mixed"] = (first, *later)
     if params.loss.secondary_species == "mask":
         index = {label: i for i, label in enumerate(labels)}
         extra["secondary"] = {
@@ -119,6 +125,18 @@ def _extra_splits(
             if row.split == "train" and row.also_labels
         }
     return extra
+
+
+def _copy(lms_dir: str | Path, preset: str, copy: int, clips: int) -> Split:
+    """Noisy copy ``copy`` of the ``clips`` train clips; ValueError naming the split if it lacks rows."""
+    name = mixed_split("train", copy)
+    split = load_split(lms_dir, preset, name)
+    if len(split.labels) != clips:
+        raise ValueError(
+            f"{lms_dir}/{preset}: {name} holds {len(split.labels)} clips, not a noisy copy of each of the "
+            f"{clips} train clips that features.json's background_mix.copies promises: rebuild the cache"
+        )
+    return split
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -155,7 +173,7 @@ class TrainingSet:
 
     dataset: FeatureDataset
     clean: int  # train clips: items [0, clean)
-    mixed: int  # their noisy copies (clean or 0): items [clean, clean + mixed)
+    mixed: int  # their noisy copies (a multiple of clean): items [clean, clean + mixed), copy after copy
     background: int  # background clips: the last items
 
     @property
@@ -168,17 +186,17 @@ class TrainingSet:
 def training_set(data: TrainData) -> TrainingSet:
     """The training items of ``data``: its train clips, their noisy copies and its background clips."""
     splits = [data.train]
-    if data.train_mixed is not None:
-        if len(data.train_mixed.labels) != len(data.train.labels):
+    for copy in data.train_mixed or ():
+        if len(copy.labels) != len(data.train.labels):
             raise ValueError("train-mixed must hold one noisy copy of every train clip, row for row")
-        splits.append(data.train_mixed)
+        splits.append(copy)
     if data.background is not None:
         splits.append(data.background)
     clean = len(data.train.labels)
     return TrainingSet(
         dataset=FeatureDataset(splits, len(data.labels), data.secondary),
         clean=clean,
-        mixed=clean if data.train_mixed is not None else 0,
+        mixed=clean * len(data.train_mixed or ()),
         background=len(data.background.labels) if data.background is not None else 0,
     )
 
@@ -246,7 +264,8 @@ def data_fingerprint(data: TrainData) -> str:
     digest.update(json.dumps(header, sort_keys=True).encode())
     if data.secondary:
         digest.update(json.dumps(sorted(data.secondary.items())).encode())
-    splits = [data.train, data.val, *(s for s in (data.train_mixed, data.background) if s is not None)]
+    background = [data.background] if data.background is not None else []
+    splits = [data.train, data.val, *(data.train_mixed or ()), *background]
     for split in splits:
         digest.update(repr(split.features.shape).encode())
         digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
@@ -257,10 +276,10 @@ def data_fingerprint(data: TrainData) -> str:
 
 class MixingSampler(EpochSampler):
     """An epoch over a :class:`TrainingSet`: every clean clip once (shuffled, or drawn by class with
-    ``balanced``, as :class:`EpochSampler` does), each read as its noisy copy instead with probability
-    ``mixed_prob``, and ``background_share`` x the clean count of background clips, drawn without
-    replacement anew each epoch, all in one shuffled order. Every draw comes from ``(seed, epoch)``
-    only. Yields dataset indices."""
+    ``balanced``, as :class:`EpochSampler` does), each read as one of its noisy copies (drawn) instead
+    with probability ``mixed_prob``, and ``background_share`` x the clean count of background clips,
+    drawn without replacement anew each epoch, all in one shuffled order. Every draw comes from
+    ``(seed, epoch)`` only. Yields dataset indices."""
 
     def __init__(
         self, items: TrainingSet, seed: int, mixed_prob: float, background_share: float = 1.0, **kwargs: Any
@@ -275,7 +294,10 @@ class MixingSampler(EpochSampler):
         clean = super().epoch_indices()  # (N,) in [0, clean)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
         noisy = torch.rand(len(clean), generator=generator, dtype=torch.float64) < self.mixed_prob
-        indices = clean + self.mixed * noisy.long()
+        copies = self.mixed // self.clean if self.mixed else 0
+        if copies > 1:  # which copy: copy j of clip i is item (j + 1) * clean + i
+            noisy = noisy.long() * (1 + torch.randint(copies, (len(clean),), generator=generator))
+        indices = clean + self.clean * noisy.long()
         if not self.background_per_epoch:
             return indices
         first_background = self.clean + self.mixed

@@ -252,7 +252,8 @@ def test_partials_and_outputs_of_another_configuration_are_not_reused(
 
 def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: Path) -> None:
     """Background recordings give their own splits (clips spread over each, label -1); every train
-    clip gets a noisy copy, row for row: the clip over a training background segment at a drawn SNR."""
+    clip gets its noisy copies, each split row for row: the clip over a training background segment at
+    a drawn SNR, a draw of its own per copy."""
     raw, manifest = corpus
     write_background(tmp_path, seconds=5.0)
     params = section(
@@ -262,7 +263,7 @@ def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: 
         max_clips_per_recording=2,
         background_clips_per_recording=3,
         workers=1,
-        background_mix={"copies": 1, "snr_db_range": [0.0, 10.0], "seed": 4},
+        background_mix={"copies": 2, "snr_db_range": [0.0, 10.0], "seed": 4},
     )
     out = tmp_path / "lms"
     background_csv = tmp_path / "prepared" / "background.csv"
@@ -279,22 +280,28 @@ def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: 
         assert set(found.ids) == {r.id for r in members} and set(found.labels.tolist()) == {-1}
         wave = load_audio(tmp_path / "background" / members[0].local_path, rate)
         assert found.start_s[: len(found.ids) // 2].tolist() == spread_starts(len(wave), rate, 2.0, 3)
-    clean, mixed = load_split(out, "seed", "train"), load_split(out, "seed", "train-mixed")
-    assert mixed.ids == clean.ids and mixed.start_s.tolist() == clean.start_s.tolist()
-    assert mixed.labels.tolist() == clean.labels.tolist()
-    assert not np.array_equal(mixed.features, clean.features)
-    # recompute recording 1's copies from the documented draws
+    clean = load_split(out, "seed", "train")
+    copies = [load_split(out, "seed", name) for name in ("train-mixed", "train-mixed2")]
+    with open(out / "seed" / "index.csv", newline="") as index:
+        assert "train-mixed3" not in {row["split"] for row in csv.DictReader(index)}
+    for mixed in copies:
+        assert mixed.ids == clean.ids and mixed.start_s.tolist() == clean.start_s.tolist()
+        assert mixed.labels.tolist() == clean.labels.tolist()
+        assert not np.array_equal(mixed.features, clean.features)
+    assert not np.array_equal(copies[0].features, copies[1].features)
+    # recompute recording 1's copies from the documented draws: copy after copy, clip after clip
     paths = sorted(r.local_path for r in background if r.split == "train")
     rng = np.random.default_rng([4, zlib.crc32(b"1")])
     wave = load_audio(raw / "audio" / "a.wav", rate)
     rows = [i for i, rec in enumerate(clean.ids) if rec == "1"]
-    for row, clip in zip(rows, clips_at(wave, rate, clean.start_s[rows], 2.0), strict=True):
-        noise = load_audio(tmp_path / "background" / paths[int(rng.integers(len(paths)))], rate)
-        segment = noise_segment(noise, len(clip), rng)
-        noisy = mix_at_snr(clip, segment, float(rng.uniform(0.0, 10.0)))
-        with torch.no_grad():
-            expected = frontend(torch.from_numpy(noisy[None])).numpy()[0]
-        np.testing.assert_allclose(mixed.features[row].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    for mixed in copies:
+        for row, clip in zip(rows, clips_at(wave, rate, clean.start_s[rows], 2.0), strict=True):
+            noise = load_audio(tmp_path / "background" / paths[int(rng.integers(len(paths)))], rate)
+            segment = noise_segment(noise, len(clip), rng)
+            noisy = mix_at_snr(clip, segment, float(rng.uniform(0.0, 10.0)))
+            with torch.no_grad():
+                expected = frontend(torch.from_numpy(noisy[None])).numpy()[0]
+            np.testing.assert_allclose(mixed.features[row].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
     # another training background changes what a train clip's partial holds: an interrupted run's
     # partials of train recordings are then stale, those of the other recordings are not
     recordings = read_manifest(manifest)
@@ -311,6 +318,6 @@ def test_background_clips_and_noisy_copies(corpus: tuple[Path, Path], tmp_path: 
 
 
 def test_noisy_copies_need_training_background(corpus: tuple[Path, Path], tmp_path: Path) -> None:
-    params = PARAMS.model_copy(update={"background_mix": section("lms_cache.background_mix", copies=1)})
-    with pytest.raises(ValueError, match="no training background recording"):
+    params = PARAMS.model_copy(update={"background_mix": section("lms_cache.background_mix", copies=3)})
+    with pytest.raises(ValueError, match="copies is 3 but there is no training background recording"):
         cache.build_cache(*corpus, tmp_path / "lms", params)

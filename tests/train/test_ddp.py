@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from params_yaml import section
 from worlds import features_info, spec_of_shape
 
-from birdops.contracts import MANIFEST_COLUMNS
+from birdops.contracts import MANIFEST_COLUMNS, mixed_split
 from birdops.features.shards import INDEX_COLUMNS, write_features_info
 from birdops.models.checkpoint import load_classifier
 from pipeline import train as train_stage
@@ -44,7 +45,7 @@ def write_cache(root: Path, preset: str, sizes: dict[str, int]) -> None:
         np.save(folder / shard, features.astype(np.float16))
         index += [
             {
-                "id": f"{split.removesuffix('-mixed')}{i // 2}",  # a copy is its clip's recording
+                "id": f"{split.split('-mixed')[0]}{i // 2}",  # a copy is its clip's recording
                 "split": split,
                 "shard": shard,
                 "row": i,
@@ -82,7 +83,8 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "data/prepared/labels.json").write_text(json.dumps(LABELS))
     (tmp_path / "data/prepared/manifest.csv").write_text(",".join(MANIFEST_COLUMNS) + "\n")
     # train_full reads the training background and the noisy copies too (params.yaml)
-    sizes = {"train": 24, "val": 9, "test": 6, "train-mixed": 24, "background-train": 8}
+    sizes = {"train": 24, "val": 9, "test": 6, "background-train": 8}
+    sizes |= {mixed_split("train", copy): 24 for copy in range(section("lms_cache").background_mix.copies)}
     write_cache(tmp_path / "data/lms", "seed", sizes)
     return tmp_path
 

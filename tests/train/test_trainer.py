@@ -188,7 +188,7 @@ def with_background(data: TrainData) -> TrainData:
     """``data`` with 12 background clips, a noisy copy of each train clip and recording XC0's clips
     having class 2 as a background species."""
     noisy = ArraySplit((data.train.features.astype(np.float32) + 0.5).astype(np.float16), data.train.labels)
-    return replace(data, background=background_split(12, 7), train_mixed=noisy, secondary={"XC0": (2,)})
+    return replace(data, background=background_split(12, 7), train_mixed=(noisy,), secondary={"XC0": (2,)})
 
 
 def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() -> None:
@@ -228,10 +228,44 @@ def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() 
     assert int(label) == -1 and weights.tolist() == [1.0, 1.0, 1.0]
     _, label, weights = items.dataset[1]  # train clip 1 is recording XC0's
     assert weights.tolist() == [1.0, 1.0, 0.0] and int(label) == 1
-    copy = with_background(base).train_mixed
-    assert copy is not None
+    copies = with_background(base).train_mixed
+    assert copies is not None
+    copy = copies[0]
     np.testing.assert_array_equal(items.dataset[41][0].numpy(), copy.features[1].astype(np.float32))
     assert presence(torch.tensor([2, -1]), 3).tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_mixing_sampler_draws_among_several_noisy_copies() -> None:
+    """With three noisy copies of each train clip (items 40-79, 80-119, 120-159: copy after copy, row
+    for row), a clip read noisy is read as any of its copies; each clip is still visited once."""
+    base = TrainData(
+        train=make_split(40, 0),
+        val=make_split(4, 1),
+        labels=("a", "b", "c"),
+        preset="seed",
+        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
+        clip_seconds=4.0,
+    )
+    copies = tuple(
+        ArraySplit((base.train.features.astype(np.float32) + k).astype(np.float16), base.train.labels)
+        for k in (1, 2, 3)
+    )
+    items = training_set(replace(base, background=background_split(12, 7), train_mixed=copies))
+    assert (items.clean, items.mixed, items.background) == (40, 120, 12) and len(items.dataset) == 172
+    np.testing.assert_array_equal(
+        items.dataset[2 * 40 + 5][0].numpy(), copies[1].features[5].astype(np.float32)
+    )
+    seen: set[int] = set()
+    for epoch in range(4):
+        sampler = MixingSampler(items, seed=3, mixed_prob=0.9, background_share=0.25, shuffle=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(i % 40 for i in order if i < 160) == list(range(40))  # each clip once
+        assert {i for i in order if i >= 160} <= set(range(160, 172))
+        seen |= {i // 40 for i in order if 40 <= i < 160}
+    assert seen == {1, 2, 3}  # every copy is read
+    with pytest.raises(ValueError, match="row for row"):
+        training_set(replace(base, train_mixed=(copies[0], make_split(39, 0))))
 
 
 def test_a_sigmoid_model_learns_to_say_none_on_background(data: TrainData, tmp_path: Path) -> None:
