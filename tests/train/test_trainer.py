@@ -57,16 +57,15 @@ def make_split(n: int, seed: int) -> ArraySplit:
     return ArraySplit(features.astype(np.float16), labels)
 
 
+def train_data(train: int, val: int, labels: tuple[str, ...] = ("a", "b", "c")) -> TrainData:
+    """``train`` and ``val`` clips of :func:`make_split` (seeds 0 and 1) of 4 s ``seed`` features."""
+    spec = spec_of_shape("seed", N_BINS, N_FRAMES)
+    return TrainData(make_split(train, 0), make_split(val, 1), labels, "seed", spec, clip_seconds=4.0)
+
+
 @pytest.fixture(scope="module")
 def data() -> TrainData:
-    return TrainData(
-        train=make_split(48, seed=0),
-        val=make_split(24, seed=1),
-        labels=("Alpha one", "Beta two", "Gamma three"),
-        preset="seed",
-        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
-        clip_seconds=4.0,
-    )
+    return train_data(48, 24, ("Alpha one", "Beta two", "Gamma three"))
 
 
 def params(**overrides: Any) -> TrainParams:
@@ -192,14 +191,7 @@ def with_background(data: TrainData) -> TrainData:
 
 
 def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() -> None:
-    base = TrainData(
-        train=make_split(40, 0),
-        val=make_split(4, 1),
-        labels=("a", "b", "c"),
-        preset="seed",
-        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
-        clip_seconds=4.0,
-    )
+    base = train_data(40, 4)
     items = training_set(with_background(base))
     assert (items.clean, items.mixed, items.background) == (40, 40, 12) and len(items.dataset) == 92
     sampler = MixingSampler(items, seed=3, mixed_prob=0.5, background_share=0.25, shuffle=True)
@@ -238,14 +230,7 @@ def test_mixing_sampler_visits_clean_and_background_items_and_swaps_in_copies() 
 def test_mixing_sampler_draws_among_several_noisy_copies() -> None:
     """With three noisy copies of each train clip (items 40-79, 80-119, 120-159: copy after copy, row
     for row), a clip read noisy is read as any of its copies; each clip is still visited once."""
-    base = TrainData(
-        train=make_split(40, 0),
-        val=make_split(4, 1),
-        labels=("a", "b", "c"),
-        preset="seed",
-        spec=spec_of_shape("seed", N_BINS, N_FRAMES),
-        clip_seconds=4.0,
-    )
+    base = train_data(40, 4)
     copies = tuple(
         ArraySplit((base.train.features.astype(np.float32) + k).astype(np.float16), base.train.labels)
         for k in (1, 2, 3)
