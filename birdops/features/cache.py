@@ -387,9 +387,8 @@ def _assemble(
     clips_per_split = {}
     shard_max = params.shard_max_clips
     parts = [(split, [r for r in recordings if r.split == split], "features") for split in SPLITS]
-    for copy in range(params.background_mix.copies):
-        train = [r for r in recordings if r.split == "train"]
-        parts.append((mixed_split("train", copy), train, _mixed_key(copy)))
+    train = [r for r in recordings if r.split == "train"]
+    parts += [(mixed_split("train", c), train, _mixed_key(c)) for c in range(params.background_mix.copies)]
     parts += [(background_split(s), [r for r in background if r.split == s], "features") for s in SPLITS]
     with csv_rows_atomic(staging / INDEX_FILE, INDEX_COLUMNS) as index:
         for split, members, key in parts:
