@@ -388,8 +388,25 @@ def _open(source: Any, name: str) -> sf.SoundFile:
                 "convert the file to FLAC or WAV first, "
                 + FOREIGN_CONVERSION.get(suffix, f"e.g. ffmpeg -i IN{suffix} OUT.flac"),
             ) from err
+        if _is_ogg_flac(source):
+            raise UnsupportedFormatError(
+                name,
+                "cannot decode audio: FLAC audio in an Ogg container (Ogg FLAC) is not a type birdops "
+                f"reads; convert the file to FLAC or WAV first, e.g. ffmpeg -i IN{suffix or '.oga'} OUT.flac",
+            ) from err
         reason = getattr(err, "error_string", None) or str(err)
         raise NotAudioError(name, f"cannot decode audio: {_clean_reason(reason)}") from err
+
+
+def _is_ogg_flac(source: Any) -> bool:
+    """Whether ``source`` (a file object) starts as an Ogg stream of FLAC, which libsndfile does not
+    read although it reads both FLAC and Ogg (its first packet is ``\\x7fFLAC``)."""
+    try:
+        source.seek(0)
+        head = source.read(128)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return isinstance(head, bytes) and head.startswith(b"OggS") and b"\x7fFLAC" in head
 
 
 def _clean_reason(reason: str) -> str:

@@ -255,6 +255,21 @@ def test_a_foreign_type_is_refused_with_how_to_convert_it(tmp_path: Path) -> Non
     assert "Kaleidoscope" in wac.value.reason and "ffmpeg" not in wac.value.reason
 
 
+def test_ogg_flac_is_refused_by_name_whatever_its_extension(tmp_path: Path) -> None:
+    """libsndfile reads FLAC and Ogg but not FLAC in Ogg: said so, not "unknown error in flac decoder"."""
+    page = b"OggS\x00\x02" + bytes(20) + b"\x01\x33" + b"\x7fFLAC\x01\x00\x00\x01fLaC" + bytes(40)
+    for name in ("dawn.oga", "dawn.ogg", "dawn"):
+        with pytest.raises(UnsupportedFormatError, match=rf"{name}: cannot decode audio: FLAC audio in an"):
+            decode_bytes(page, 16000, name)
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (.ci/run installs it): it writes a real Ogg FLAC file")
+    source, ogg = tmp_path / "a.wav", tmp_path / "recorder.oga"
+    sf.write(source, tone(1.0, 16000), 16000)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(source), "-c:a", "flac", str(ogg)], check=True)
+    with pytest.raises(UnsupportedFormatError, match=r"recorder\.oga: .*ffmpeg -i IN\.oga OUT\.flac"):
+        load_audio(ogg, 16000)
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (.ci/run installs it)")
 def test_a_real_aac_file_is_refused_by_name(tmp_path: Path) -> None:
     source, phone = tmp_path / "a.wav", tmp_path / "phone.m4a"
