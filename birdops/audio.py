@@ -382,20 +382,18 @@ def _open(source: Any, name: str) -> sf.SoundFile:
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         suffix = PurePath(name).suffix.lower()
         if suffix in FOREIGN_AUDIO:
-            raise UnsupportedFormatError(
-                name,
-                f"cannot decode audio: {suffix} ({FOREIGN_AUDIO[suffix]}) is not a type birdops reads; "
-                "convert the file to FLAC or WAV first, "
-                + FOREIGN_CONVERSION.get(suffix, f"e.g. ffmpeg -i IN{suffix} OUT.flac"),
-            ) from err
+            raise _not_read(name, f"{suffix} ({FOREIGN_AUDIO[suffix]})", suffix) from err
         if _is_ogg_flac(source):
-            raise UnsupportedFormatError(
-                name,
-                "cannot decode audio: FLAC audio in an Ogg container (Ogg FLAC) is not a type birdops "
-                f"reads; convert the file to FLAC or WAV first, e.g. ffmpeg -i IN{suffix or '.oga'} OUT.flac",
-            ) from err
+            raise _not_read(name, "FLAC audio in an Ogg container (Ogg FLAC)", suffix or ".oga") from err
         reason = getattr(err, "error_string", None) or str(err)
         raise NotAudioError(name, f"cannot decode audio: {_clean_reason(reason)}") from err
+
+
+def _not_read(name: str, what: str, suffix: str) -> UnsupportedFormatError:
+    """The refusal of audio of a type birdops does not read: what it holds and how to convert it."""
+    how = FOREIGN_CONVERSION.get(suffix, f"e.g. ffmpeg -i IN{suffix} OUT.flac")
+    reason = f"cannot decode audio: {what} is not a type birdops reads; convert the file to FLAC or WAV first"
+    return UnsupportedFormatError(name, f"{reason}, {how}")
 
 
 def _is_ogg_flac(source: Any) -> bool:
