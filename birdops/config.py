@@ -175,6 +175,8 @@ class ModelParams(Section):
     pretrained: str | None  # local directory or hub id
     dropout: float = Field(..., ge=0, lt=1)
     patch_stride: int = Field(..., ge=1)  # AST patch overlap: 16x16 patches every `stride` bins/frames
+    # each feature bin's q-quantile over the clip's frames is subtracted from it (a noise floor); null: none
+    noise_floor_quantile: float | None = Field(..., gt=0, lt=1)
 
 
 class OptimParams(Section):

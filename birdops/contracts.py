@@ -385,7 +385,8 @@ class ClassifierInfo:
         # (importing them is a third of `birdops predict`'s start-up)
         from birdops.config import ModelParams
 
-        return ModelParams(**self.model)
+        # a model saved before the noise floor existed read its features as they were: no floor
+        return ModelParams(**{"noise_floor_quantile": None, **self.model})
 
     @property
     def num_classes(self) -> int:

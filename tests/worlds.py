@@ -140,7 +140,15 @@ def save_tiny_ast(
     ``constant_class`` its logits ignore the input (the head outputs 5 for that class, 0 elsewhere);
     ``feature_spec`` overrides the recorded front-end settings; ``activation`` is how its logits read."""
     frontend = build_frontend("seed")
-    cfg = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
+    cfg = ModelParams(
+        arch="ast",
+        size="tiny",
+        features="seed",
+        pretrained=None,
+        dropout=0.0,
+        patch_stride=10,
+        noise_floor_quantile=None,
+    )
     torch.manual_seed(seed)
     model = build_model(cfg, len(labels), *frontend.spec.clip_shape(clip_seconds).features)
     if constant_class is not None:

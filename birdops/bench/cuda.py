@@ -14,9 +14,15 @@ from birdops.bench.common import Section, Table, fmt, ratio
 from birdops.bench.train import clip_shape, describe, time_runs, train_run
 from birdops.config import ModelParams, TrainParams
 
-# the architecture only: base_ast keeps a variant's dropout and pretrained weights
+# the architecture only: base_ast keeps a variant's dropout, pretrained weights and noise floor
 BASE_AST = ModelParams(
-    arch="ast", size="base", features="seed", pretrained=None, dropout=0.0, patch_stride=10
+    arch="ast",
+    size="base",
+    features="seed",
+    pretrained=None,
+    dropout=0.0,
+    patch_stride=10,
+    noise_floor_quantile=None,
 )
 
 
@@ -27,7 +33,10 @@ def base_ast(params: TrainParams, **changes: Any) -> TrainParams:
     """``params`` with the 86M AudioSet AST architecture, bf16, the GPU profile's loader workers,
     and ``changes``."""
     data = params.model_dump()
-    data["model"] = {**data["model"], **BASE_AST.model_dump(exclude={"dropout", "pretrained"})}
+    data["model"] = {
+        **data["model"],
+        **BASE_AST.model_dump(exclude={"dropout", "pretrained", "noise_floor_quantile"}),
+    }
     return TrainParams(**{**data, "precision": "bf16", "num_workers": GPU_LOADER_WORKERS, **changes})
 
 

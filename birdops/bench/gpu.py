@@ -30,7 +30,13 @@ from birdops.train.trainer import train
 AUDIOSET_CLASSES = 527
 AUDIOSET_FRAMES = 1024  # the checkpoint's max_length: 10.24 s of 10 ms frames
 AUDIOSET_AST = ModelParams(
-    arch="ast", size="base", features="ast", pretrained=None, dropout=0.0, patch_stride=10
+    arch="ast",
+    size="base",
+    features="ast",
+    pretrained=None,
+    dropout=0.0,
+    patch_stride=10,
+    noise_floor_quantile=None,
 )
 
 

@@ -98,9 +98,21 @@ class SpectrogramClassifier(nn.Module):
     the very same operations, so exposing the embedding leaves every model's logits bit-identical.
     """
 
+    noise_floor_quantile: float | None = None
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         logits, _ = self.forward_with_embedding(features)  # (B, C)
         return logits
+
+    def above_floor(self, features: torch.Tensor) -> torch.Tensor:
+        """``features (B, F, T)`` less each bin's ``noise_floor_quantile`` over the frames (unchanged
+        when it is None): a steady sound (wind, rain, an insect chorus, traffic) sits at its floor in
+        every frame and goes to about 0, a call rises above it."""
+        if self.noise_floor_quantile is None:
+            return features
+        k = round(self.noise_floor_quantile * (features.shape[-1] - 1)) + 1
+        floor = torch.topk(features, k, dim=-1, largest=False).values[..., -1:]  # (B, F, 1)
+        return features - floor
 
     def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features (B, F, T)`` -> ``(logits (B, C), embedding (B, H))``: the embedding is what the
@@ -124,7 +136,7 @@ class ASTClassifier(SpectrogramClassifier):
             nn.init.trunc_normal_(tokens, std=config.initializer_range)
 
     def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # features (B, F, T); HF AST takes input_values (B, T, F)
+        features = self.above_floor(features)  # (B, F, T); HF AST takes input_values (B, T, F)
         pooled = self.backbone(input_values=features.transpose(1, 2)).pooler_output  # (B, H)
         # ASTMLPHead.forward, step by step: its LayerNorm, then its Linear, which reads the embedding
         embedding: torch.Tensor = self.classifier.layernorm(pooled)  # (B, H)
@@ -146,7 +158,7 @@ class ViTClassifier(SpectrogramClassifier):
         init_head(self.classifier, config.initializer_range)
 
     def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = F.pad(features, self.pad).unsqueeze(1)  # (B, 1, F', T')
+        image = F.pad(self.above_floor(features), self.pad).unsqueeze(1)  # (B, 1, F', T')
         hidden = self.backbone(pixel_values=image).last_hidden_state  # (B, 1 + patches, H), final LayerNorm
         embedding = hidden[:, 0]  # (B, H): the cls token
         logits: torch.Tensor = self.classifier(embedding)  # (B, C)
@@ -165,12 +177,17 @@ def build_model(
     """
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    model: SpectrogramClassifier
     if cfg.arch == "ast":
-        return ASTClassifier(ast_config(cfg, num_classes, n_bins, n_frames, attention))
-    if cfg.arch == "vit":
-        config = vit_config(cfg, num_classes, n_bins, n_frames, attention)
-        return ViTClassifier(config, num_classes, n_bins, n_frames)
-    raise ValueError(f"unknown model.arch {cfg.arch!r}")
+        model = ASTClassifier(ast_config(cfg, num_classes, n_bins, n_frames, attention))
+    elif cfg.arch == "vit":
+        model = ViTClassifier(
+            vit_config(cfg, num_classes, n_bins, n_frames, attention), num_classes, n_bins, n_frames
+        )
+    else:
+        raise ValueError(f"unknown model.arch {cfg.arch!r}")
+    model.noise_floor_quantile = cfg.noise_floor_quantile
+    return model
 
 
 def init_head(head: nn.Module, std: float) -> None:

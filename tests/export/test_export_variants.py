@@ -29,18 +29,34 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[2]
 CLIP_SECONDS = 1.0
 NUM_CLASSES = 6
-CASES = {"phase2b-vit-mfcc": ("vit", "mfcc"), "ast-seed": ("ast", "seed"), "ast-ast": ("ast", "ast")}
+# name -> (arch, preset, model.noise_floor_quantile)
+CASES: dict[str, tuple[str, str, float | None]] = {
+    "phase2b-vit-mfcc": ("vit", "mfcc", None),
+    "ast-seed": ("ast", "seed", None),
+    "ast-seed-noise-floor": ("ast", "seed", 0.5),
+    "ast-ast": ("ast", "ast", None),
+}
 
 
 def export_params() -> ExportParams:
     return load_params(ROOT / "params.yaml").export_onnx
 
 
-def tiny_classifier(arch: str, preset: str, seed: int = 0) -> WaveformClassifier:
+def tiny_classifier(
+    arch: str, preset: str, noise_floor: float | None = None, seed: int = 0
+) -> WaveformClassifier:
     frontend = build_frontend(preset)
     torch.manual_seed(seed)
     model = build_model(
-        ModelParams(arch=arch, size="tiny", features=preset, pretrained=None, dropout=0.0, patch_stride=10),
+        ModelParams(
+            arch=arch,
+            size="tiny",
+            features=preset,
+            pretrained=None,
+            dropout=0.0,
+            patch_stride=10,
+            noise_floor_quantile=noise_floor,
+        ),
         NUM_CLASSES,  # type: ignore[arg-type]
         *frontend.spec.clip_shape(CLIP_SECONDS).features,
     )
@@ -76,8 +92,7 @@ def session_of(classifier: WaveformClassifier, path: Path) -> ort.InferenceSessi
 def case(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, WaveformClassifier, ort.InferenceSession]:
-    arch, preset = CASES[request.param]
-    classifier = tiny_classifier(arch, preset)
+    classifier = tiny_classifier(*CASES[request.param])
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
     return request.param, classifier, session_of(classifier, path)
 
@@ -140,8 +155,7 @@ def test_an_export_of_other_weights_fails_the_gate(
     """The reference is the same architecture with every weight moved by 1%: the gate must see it."""
     name, classifier, session = case
     params = export_params()
-    arch, preset = CASES[name]
-    other = tiny_classifier(arch, preset)
+    other = tiny_classifier(*CASES[name])
     with torch.no_grad():
         generator = torch.Generator().manual_seed(3)
         for weight in other.parameters():

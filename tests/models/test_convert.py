@@ -17,7 +17,15 @@ from birdops.models.factory import build_model
 from birdops.models.pretrained import PretrainedError, load_pretrained
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-AST = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
+AST = ModelParams(
+    arch="ast",
+    size="tiny",
+    features="seed",
+    pretrained=None,
+    dropout=0.0,
+    patch_stride=10,
+    noise_floor_quantile=None,
+)
 
 
 def pickled_checkpoint(directory: Path) -> ASTForAudioClassification:

@@ -21,8 +21,24 @@ from birdops.models.checkpoint import load_classifier, save_classifier
 from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
 from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
 
-AST = ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10)
-VIT = ModelParams(arch="vit", size="tiny", features="mfcc", pretrained=None, dropout=0.0, patch_stride=10)
+AST = ModelParams(
+    arch="ast",
+    size="tiny",
+    features="seed",
+    pretrained=None,
+    dropout=0.0,
+    patch_stride=10,
+    noise_floor_quantile=None,
+)
+VIT = ModelParams(
+    arch="vit",
+    size="tiny",
+    features="mfcc",
+    pretrained=None,
+    dropout=0.0,
+    patch_stride=10,
+    noise_floor_quantile=None,
+)
 
 
 def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
@@ -77,6 +93,29 @@ def test_the_embedding_is_what_the_final_linear_layer_reads_and_the_logits_stay_
     assert embedding.shape == (3, 64)  # the tiny size's hidden size
 
 
+@pytest.mark.parametrize(("cfg", "n_bins"), [(AST, 128), (VIT, 40)])
+def test_the_noise_floor_takes_each_bins_quantile_over_the_frames_away(cfg: ModelParams, n_bins: int) -> None:
+    """With ``noise_floor_quantile`` the model reads each bin less its quantile over the clip's frames: a
+    steady sound added to a bin (a constant over the frames) leaves the logits as they were; the median
+    of 173 frames is the 87th smallest. Without it, the same sound changes the logits."""
+    torch.manual_seed(0)
+    floored = build_model(cfg.model_copy(update={"noise_floor_quantile": 0.5}), 7, n_bins, 173).eval()
+    plain = build_model(cfg, 7, n_bins, 173).eval()
+    plain.load_state_dict(floored.state_dict())  # the floor has no weights: the same model otherwise
+    features = torch.randn(3, n_bins, 173)
+    steady = 3.0 * torch.rand(1, n_bins, 1)  # a hum in every bin, its own level each
+    median = features.median(dim=-1, keepdim=True).values
+    assert torch.equal(floored.above_floor(features), features - median)
+    assert torch.equal(plain.above_floor(features), features)
+    with torch.no_grad():
+        torch.testing.assert_close(floored(features + steady), floored(features), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(floored(features), plain(features - median), rtol=1e-5, atol=1e-5)
+        assert (plain(features + steady) - plain(features)).abs().max() > 1e-2
+    low = build_model(cfg.model_copy(update={"noise_floor_quantile": 0.1}), 7, n_bins, 173)
+    tenth = features.sort(dim=-1).values[..., 17:18]  # round(0.1 * 172) = 17: the 18th smallest
+    assert torch.equal(low.above_floor(features), features - tenth)
+
+
 def test_ast_uses_the_real_frame_count_and_the_stride() -> None:
     model = build_model(AST, num_classes=5, n_bins=128, n_frames=173)
     assert isinstance(model, ASTClassifier)
@@ -126,7 +165,13 @@ def test_head_is_named_classifier_and_everything_else_is_backbone(cfg: ModelPara
 
 def test_sizes_scale_up_to_the_audioset_architecture() -> None:
     base = ModelParams(
-        arch="ast", size="base", features="seed", pretrained=None, dropout=0.0, patch_stride=10
+        arch="ast",
+        size="base",
+        features="seed",
+        pretrained=None,
+        dropout=0.0,
+        patch_stride=10,
+        noise_floor_quantile=None,
     )
     config = ast_config(base, num_classes=527, n_bins=128, n_frames=1024)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
@@ -140,7 +185,9 @@ def test_build_model_rejects_bad_inputs() -> None:
         build_model(AST, num_classes=3, n_bins=8, n_frames=173)
 
 
-@pytest.mark.parametrize(("cfg", "n_bins"), [(AST, 64), (VIT, 40)])
+@pytest.mark.parametrize(
+    ("cfg", "n_bins"), [(AST, 64), (VIT, 40), (AST.model_copy(update={"noise_floor_quantile": 0.25}), 64)]
+)
 def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path, cfg: ModelParams, n_bins: int) -> None:
     torch.manual_seed(1)
     model = build_model(cfg, num_classes=3, n_bins=n_bins, n_frames=50).eval()
@@ -151,6 +198,7 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path, cfg: ModelP
     loaded, loaded_info = saved.model, saved.info
     assert loaded_info == info and saved.frontend is None
     assert not loaded.training
+    assert loaded.noise_floor_quantile == cfg.noise_floor_quantile
     x = torch.randn(2, n_bins, 50)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
@@ -185,6 +233,10 @@ def test_loading_is_strict_and_configs_are_checked(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "config.json").read_text())
     older = {k: v for k, v in config.items() if k not in ("id2label", "label2id")}  # as saved before them
     assert load_classifier(tmp_path, with_frontend=False).info == read_info_of(older, tmp_path)
+    # saved before the noise floor existed: its model reads the features as they are
+    model_before = {k: v for k, v in config["model"].items() if k != "noise_floor_quantile"}
+    assert read_info_of({**config, "model": model_before}, tmp_path).model_params == AST
+    assert load_classifier(tmp_path, with_frontend=False).model.noise_floor_quantile is None
     (tmp_path / "config.json").write_text(json.dumps({**older, "labels": ["x", "y", "z"]}))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_classifier(tmp_path, with_frontend=False)
@@ -277,7 +329,7 @@ def test_a_saved_model_is_the_same_bytes_from_any_process(tmp_path: Path) -> Non
         "from birdops.models.checkpoint import save_classifier\n"
         "from birdops.models.factory import build_model\n"
         "cfg = ModelParams(arch='vit', size='tiny', features='mfcc', pretrained=None, dropout=0.0,"
-        " patch_stride=10)\n"
+        " patch_stride=10, noise_floor_quantile=None)\n"
         "torch.manual_seed(0)\n"
         "model = build_model(cfg, 3, 40, 50)\n"
         "info = ClassifierInfo(variant='v', model=cfg.model_dump(), labels=('a', 'b', 'c'),"

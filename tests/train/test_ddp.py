@@ -73,6 +73,7 @@ def workdir(tmp_path: Path) -> Path:
             "pretrained": None,
             "dropout": 0.0,
             "patch_stride": 10,
+            "noise_floor_quantile": None,
         },
         epochs=2,
         batch_size=4,

@@ -97,7 +97,15 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------- optimizer
 def test_discriminative_learning_rates_land_in_the_right_groups() -> None:
     model = build_model(
-        ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10),
+        ModelParams(
+            arch="ast",
+            size="tiny",
+            features="seed",
+            pretrained=None,
+            dropout=0.0,
+            patch_stride=10,
+            noise_floor_quantile=None,
+        ),
         CLASSES,
         N_BINS,
         N_FRAMES,
@@ -440,7 +448,15 @@ def test_gpu_settings_default_to_the_cpu_results() -> None:
     assert use_fused_adamw(defaults, torch.device("cuda", 0))
     assert not use_fused_adamw(params(fused_adamw="off"), torch.device("cuda", 0))
     model = build_model(
-        ModelParams(arch="ast", size="tiny", features="seed", pretrained=None, dropout=0.0, patch_stride=10),
+        ModelParams(
+            arch="ast",
+            size="tiny",
+            features="seed",
+            pretrained=None,
+            dropout=0.0,
+            patch_stride=10,
+            noise_floor_quantile=None,
+        ),
         CLASSES,
         N_BINS,
         N_FRAMES,
