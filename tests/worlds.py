@@ -36,6 +36,23 @@ MANIFEST_COLUMNS = ["id", "local_path", "label", "label_index", "split", "rec", 
 BACKGROUND_RATE_HZ = 16000
 
 
+def model_params(
+    arch: str = "ast",
+    features: str = "seed",
+    *,
+    size: str = "tiny",
+    pretrained: str | None = None,
+    patch_stride: int = 10,
+    noise_floor_quantile: float | None = None,
+) -> ModelParams:
+    """A model section for tests: by default the tiny ``seed`` AST from random weights, no dropout, no
+    noise floor."""
+    fields = {"arch": arch, "size": size, "features": features, "pretrained": pretrained, "dropout": 0.0}
+    return ModelParams.model_validate(
+        {**fields, "patch_stride": patch_stride, "noise_floor_quantile": noise_floor_quantile}
+    )
+
+
 def write_prepared_and_cache(
     root: Path, rows: Iterable[Sequence[object]], labels: Sequence[str], clip_seconds: float
 ) -> None:
@@ -140,15 +157,7 @@ def save_tiny_ast(
     ``constant_class`` its logits ignore the input (the head outputs 5 for that class, 0 elsewhere);
     ``feature_spec`` overrides the recorded front-end settings; ``activation`` is how its logits read."""
     frontend = build_frontend("seed")
-    cfg = ModelParams(
-        arch="ast",
-        size="tiny",
-        features="seed",
-        pretrained=None,
-        dropout=0.0,
-        patch_stride=10,
-        noise_floor_quantile=None,
-    )
+    cfg = model_params()
     torch.manual_seed(seed)
     model = build_model(cfg, len(labels), *frontend.spec.clip_shape(clip_seconds).features)
     if constant_class is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from birdops.bench.common import Section, Table, fmt
+from birdops.bench.cuda import BASE_AST
 from birdops.bench.inputs import Corpus
 from birdops.config import LmsCacheParams, ModelParams, TrainParams
 from birdops.contracts import manifest_path
@@ -29,15 +30,7 @@ from birdops.train.trainer import train
 
 AUDIOSET_CLASSES = 527
 AUDIOSET_FRAMES = 1024  # the checkpoint's max_length: 10.24 s of 10 ms frames
-AUDIOSET_AST = ModelParams(
-    arch="ast",
-    size="base",
-    features="ast",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
+AUDIOSET_AST = BASE_AST.model_copy(update={"features": "ast"})  # on the preset the checkpoint learnt
 
 
 def mit_shaped_checkpoint(folder: Path, model: ModelParams = AUDIOSET_AST) -> Path:

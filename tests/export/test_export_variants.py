@@ -16,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from worlds import model_params
 
-from birdops.config import ExportParams, ModelParams, load_params
+from birdops.config import ExportParams, load_params
 from birdops.export import onnx_export, parity
 from birdops.features.frontend import build_frontend
 from birdops.models.classifier import WaveformClassifier
@@ -48,15 +49,7 @@ def tiny_classifier(
     frontend = build_frontend(preset)
     torch.manual_seed(seed)
     model = build_model(
-        ModelParams(
-            arch=arch,
-            size="tiny",
-            features=preset,
-            pretrained=None,
-            dropout=0.0,
-            patch_stride=10,
-            noise_floor_quantile=noise_floor,
-        ),
+        model_params(arch, preset, noise_floor_quantile=noise_floor),
         NUM_CLASSES,  # type: ignore[arg-type]
         *frontend.spec.clip_shape(CLIP_SECONDS).features,
     )

@@ -9,23 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import ASTConfig, ASTForAudioClassification
+from worlds import model_params
 
 from birdops.cli import main as birdops
-from birdops.config import ModelParams
 from birdops.models.convert import ConvertError, convert_checkpoint
 from birdops.models.factory import build_model
 from birdops.models.pretrained import PretrainedError, load_pretrained
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-AST = ModelParams(
-    arch="ast",
-    size="tiny",
-    features="seed",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
+AST = model_params()
 
 
 def pickled_checkpoint(directory: Path) -> ASTForAudioClassification:

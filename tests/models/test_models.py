@@ -12,7 +12,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig
-from worlds import spec_of_shape
+from worlds import model_params, spec_of_shape
 
 from birdops.config import ModelParams
 from birdops.contracts import ClassifierInfo
@@ -21,24 +21,8 @@ from birdops.models.checkpoint import load_classifier, save_classifier
 from birdops.models.classifier import WaveformClassifier, WaveformEmbedder
 from birdops.models.factory import ASTClassifier, ViTClassifier, ast_config, build_model, is_head
 
-AST = ModelParams(
-    arch="ast",
-    size="tiny",
-    features="seed",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
-VIT = ModelParams(
-    arch="vit",
-    size="tiny",
-    features="mfcc",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
+AST = model_params()
+VIT = model_params("vit", "mfcc")
 
 
 def info_for(cfg: ModelParams, n_bins: int, n_frames: int, labels: tuple[str, ...]) -> ClassifierInfo:
@@ -164,15 +148,7 @@ def test_head_is_named_classifier_and_everything_else_is_backbone(cfg: ModelPara
 
 
 def test_sizes_scale_up_to_the_audioset_architecture() -> None:
-    base = ModelParams(
-        arch="ast",
-        size="base",
-        features="seed",
-        pretrained=None,
-        dropout=0.0,
-        patch_stride=10,
-        noise_floor_quantile=None,
-    )
+    base = model_params(size="base")
     config = ast_config(base, num_classes=527, n_bins=128, n_frames=1024)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
     assert config.intermediate_size == 3072

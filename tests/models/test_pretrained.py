@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 from transformers import ASTConfig, ASTForAudioClassification, PretrainedConfig, ViTConfig, ViTModel
+from worlds import model_params
 
-from birdops.config import ModelParams
 from birdops.models.factory import ASTClassifier, ViTClassifier, build_model
 from birdops.models.pretrained import (
     AST_ARCHITECTURE,
@@ -21,24 +21,8 @@ from birdops.models.pretrained import (
 )
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-AST = ModelParams(
-    arch="ast",
-    size="tiny",
-    features="seed",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
-VIT = ModelParams(
-    arch="vit",
-    size="tiny",
-    features="mfcc",
-    pretrained=None,
-    dropout=0.0,
-    patch_stride=10,
-    noise_floor_quantile=None,
-)
+AST = model_params()
+VIT = model_params("vit", "mfcc")
 F_DIM, T_OLD = 12, 9  # 128 bins, max_length 100, 16x16 patches every 10: a 12 x 9 grid
 
 

@@ -13,8 +13,9 @@ import torch
 from params_yaml import section
 from safetensors.torch import load_file
 from transformers import ASTForAudioClassification
+from worlds import model_params
 
-from birdops.config import ModelParams, PretrainParams
+from birdops.config import PretrainParams
 from birdops.data.sounds import SOUND_CLASSES, render_stem
 from birdops.features.frontend import LogMelFrontEnd, build_frontend
 from birdops.models.factory import build_model
@@ -29,15 +30,7 @@ def tiny_params(**changes: object) -> PretrainParams:
     corpus = section(
         "pretrain.corpus", seed=3, clip_seconds=3.0, stems_per_class=1, val_stems_per_class=1, val_clips=8
     )
-    model = ModelParams(
-        arch="ast",
-        size="tiny",
-        features="seed",
-        pretrained=None,
-        dropout=0.0,
-        patch_stride=16,
-        noise_floor_quantile=None,
-    )
+    model = model_params(patch_stride=16)
     fields = {"corpus": corpus, "model": model, "steps": 4, "batch_size": 4, "eval_every": 2, **changes}
     return section("pretrain", **fields)
 
@@ -136,15 +129,7 @@ def test_the_checkpoint_is_what_transformers_loads_as_an_audioset_model(checkpoi
 def test_fine_tuning_loads_it_strictly_with_sliced_positions_and_a_new_head(checkpoint: Path) -> None:
     n_frames = build_frontend("seed").num_frames(2 * SAMPLE_RATE_HZ)  # shorter than the 3 s pretraining clip
     model = build_model(
-        ModelParams(
-            arch="ast",
-            size="tiny",
-            features="seed",
-            pretrained=None,
-            dropout=0.0,
-            patch_stride=16,
-            noise_floor_quantile=None,
-        ),
+        model_params(patch_stride=16),
         5,
         128,
         n_frames,
@@ -189,26 +174,6 @@ def test_an_interrupted_run_resumes_to_the_same_weights(
 
 def test_params_refuse_a_pretrained_or_non_ast_model() -> None:
     with pytest.raises(ValueError, match="arch must be ast"):
-        tiny_params(
-            model=ModelParams(
-                arch="vit",
-                size="tiny",
-                features="seed",
-                pretrained=None,
-                dropout=0.0,
-                patch_stride=10,
-                noise_floor_quantile=None,
-            )
-        )
+        tiny_params(model=model_params("vit"))
     with pytest.raises(ValueError, match="pretrained null"):
-        tiny_params(
-            model=ModelParams(
-                arch="ast",
-                size="tiny",
-                features="seed",
-                pretrained="MIT/ast",
-                dropout=0.0,
-                patch_stride=10,
-                noise_floor_quantile=None,
-            )
-        )
+        tiny_params(model=model_params(pretrained="MIT/ast"))

@@ -15,10 +15,10 @@ import pytest
 import torch
 from params_yaml import merged, section
 from safetensors.torch import load_file
-from worlds import spec_of_shape
+from worlds import model_params, spec_of_shape
 
 import birdops.train.trainer as trainer
-from birdops.config import ModelParams, OptimParams, ScheduleParams, TrainParams
+from birdops.config import OptimParams, ScheduleParams, TrainParams
 from birdops.contracts import read_info
 from birdops.models.checkpoint import load_classifier
 from birdops.models.factory import build_model, is_head
@@ -97,15 +97,7 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------- optimizer
 def test_discriminative_learning_rates_land_in_the_right_groups() -> None:
     model = build_model(
-        ModelParams(
-            arch="ast",
-            size="tiny",
-            features="seed",
-            pretrained=None,
-            dropout=0.0,
-            patch_stride=10,
-            noise_floor_quantile=None,
-        ),
+        model_params(),
         CLASSES,
         N_BINS,
         N_FRAMES,
@@ -448,15 +440,7 @@ def test_gpu_settings_default_to_the_cpu_results() -> None:
     assert use_fused_adamw(defaults, torch.device("cuda", 0))
     assert not use_fused_adamw(params(fused_adamw="off"), torch.device("cuda", 0))
     model = build_model(
-        ModelParams(
-            arch="ast",
-            size="tiny",
-            features="seed",
-            pretrained=None,
-            dropout=0.0,
-            patch_stride=10,
-            noise_floor_quantile=None,
-        ),
+        model_params(),
         CLASSES,
         N_BINS,
         N_FRAMES,
