@@ -47,9 +47,16 @@ def model_params(
 ) -> ModelParams:
     """A model section for tests: by default the tiny ``seed`` AST from random weights, no dropout, no
     noise floor."""
-    fields = {"arch": arch, "size": size, "features": features, "pretrained": pretrained, "dropout": 0.0}
     return ModelParams.model_validate(
-        {**fields, "patch_stride": patch_stride, "noise_floor_quantile": noise_floor_quantile}
+        {
+            "arch": arch,
+            "size": size,
+            "features": features,
+            "pretrained": pretrained,
+            "dropout": 0.0,
+            "patch_stride": patch_stride,
+            "noise_floor_quantile": noise_floor_quantile,
+        }
     )
 
 

@@ -50,7 +50,7 @@ def tiny_classifier(
     torch.manual_seed(seed)
     model = build_model(
         model_params(arch, preset, noise_floor_quantile=noise_floor),
-        NUM_CLASSES,  # type: ignore[arg-type]
+        NUM_CLASSES,
         *frontend.spec.clip_shape(CLIP_SECONDS).features,
     )
     head = [

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from params_yaml import section
-from worlds import features_info, spec_of_shape
+from worlds import features_info, model_params, spec_of_shape
 
 from birdops.contracts import MANIFEST_COLUMNS, mixed_split
 from birdops.features.shards import INDEX_COLUMNS, write_features_info
@@ -66,15 +66,7 @@ def workdir(tmp_path: Path) -> Path:
     """A stage's working directory: params.yaml, data/prepared/labels.json and data/lms/seed."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_full"].update(
-        model={
-            "arch": "ast",
-            "size": "tiny",
-            "features": "seed",
-            "pretrained": None,
-            "dropout": 0.0,
-            "patch_stride": 10,
-            "noise_floor_quantile": None,
-        },
+        model=model_params().model_dump(),
         epochs=2,
         batch_size=4,
         effective_batch_size=8,
