@@ -113,10 +113,9 @@ def _extra_splits(
             )
         extra[field] = split
     if "train_mixed" in extra:  # every noisy copy the cache holds
-        first: Split = extra["train_mixed"]
         copies = read_features_info(Path(lms_dir) / preset).background_mix.copies
-        later = [_copy(lms_dir, preset, copy, len(first.labels)) for copy in range(1, copies)]
-        extra["train_mixed"] = (first, *later)
+        later = [load_split(lms_dir, preset, mixed_split("train", copy)) for copy in range(1, copies)]
+        extra["train_mixed"] = (extra["train_mixed"], *later)
     if params.loss.secondary_species == "mask":
         index = {label: i for i, label in enumerate(labels)}
         extra["secondary"] = {
@@ -125,18 +124,6 @@ def _extra_splits(
             if row.split == "train" and row.also_labels
         }
     return extra
-
-
-def _copy(lms_dir: str | Path, preset: str, copy: int, clips: int) -> Split:
-    """Noisy copy ``copy`` of the ``clips`` train clips; ValueError naming the split if it lacks rows."""
-    name = mixed_split("train", copy)
-    split = load_split(lms_dir, preset, name)
-    if len(split.labels) != clips:
-        raise ValueError(
-            f"{lms_dir}/{preset}: {name} holds {len(split.labels)} clips, not a noisy copy of each of the "
-            f"{clips} train clips that features.json's background_mix.copies promises: rebuild the cache"
-        )
-    return split
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -186,9 +173,12 @@ class TrainingSet:
 def training_set(data: TrainData) -> TrainingSet:
     """The training items of ``data``: its train clips, their noisy copies and its background clips."""
     splits = [data.train]
-    for copy in data.train_mixed or ():
+    for index, copy in enumerate(data.train_mixed or ()):
         if len(copy.labels) != len(data.train.labels):
-            raise ValueError("train-mixed must hold one noisy copy of every train clip, row for row")
+            raise ValueError(
+                f"{mixed_split('train', index)} holds {len(copy.labels)} clips, not one noisy copy of each "
+                f"of the {len(data.train.labels)} train clips, row for row: rebuild the cache"
+            )
         splits.append(copy)
     if data.background is not None:
         splits.append(data.background)
