@@ -1,19 +1,33 @@
-"""The ``cache`` section of ``birdops bench``: the whole ``lms_cache`` stage against decoding alone."""
+"""The ``cache`` section of ``birdops bench``: the whole ``lms_cache`` stage against decoding alone,
+and where one recording's time goes inside it."""
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
+import torch
+
+from birdops.audio import AudioError, load_audio
 from birdops.bench.common import Section, Table, Timed, fmt, ratio, run_timed
 from birdops.bench.inputs import Corpus
 from birdops.bench.timing import interleaved, median
 from birdops.config import LmsCacheParams
 from birdops.contracts import background_manifest_path, write_manifest
-from birdops.features.frontend import spec_for
+from birdops.features.activity import choose_segments
+from birdops.features.frontend import build_frontend, compute_features, spec_for
+from birdops.windows import clips_at
+
+T = TypeVar("T")
+# the parts of a recording's work, in the order the stage does them (``work_per_file``)
+WORK_PARTS = ("decode", "activity", "features", "partial_write")
 
 
 def run_cache_stage(corpus: Corpus, work_dir: Path) -> Timed:
@@ -159,7 +173,83 @@ def cache_section(corpus: Corpus, params: LmsCacheParams, work_dir: Path, repeat
             ratio(cpu_share),
         )
     )
-    return Section(result, (table,))
+    work = work_per_file(corpus, params, repeats)
+    result["work_per_file"] = work
+    return Section(result, (table, work_table(work)))
+
+
+def work_per_file(corpus: Corpus, params: LmsCacheParams, repeats: int) -> dict[str, Any]:
+    """CPU ms a recording of each part of the stage's work (:data:`WORK_PARTS`), measured in this
+    process on one thread with the stage's own functions, medians over ``repeats`` passes: decoding
+    at each rate the presets need (``load_audio``), choosing the clips (``choose_segments``), the
+    presets' features of those clips (``compute_features``, ``seed`` and ``mfcc`` sharing their
+    spectrogram as in the stage) and writing them as a partial (``np.savez``, here into memory). The
+    first three decide the bytes the stage caches: their sum over decoding alone is the least the
+    stage can cost against decode-only without computing other features."""
+    rates: dict[int, list[str]] = {}
+    for preset in params.presets:
+        rates.setdefault(spec_for(preset).sample_rate_hz, []).append(preset)
+    frontends = {rate: [build_frontend(p) for p in presets] for rate, presets in rates.items()}
+    paths = [path for path, _ in corpus.recordings()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        passes = [_work_pass(paths, frontends, params) for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(threads)
+    decoded = passes[0]["files"]
+    ms = {part: median([p["seconds"][part] for p in passes]) * 1000 / max(1, decoded) for part in WORK_PARTS}
+    return {"files": decoded, "cpu_ms_per_file": ms}
+
+
+def _work_pass(paths: list[Path], frontends: dict[int, list[Any]], params: LmsCacheParams) -> dict[str, Any]:
+    """One pass of :func:`work_per_file` over ``paths``: CPU seconds per part, recordings decoded."""
+    seconds = dict.fromkeys(WORK_PARTS, 0.0)
+
+    def timed(part: str, work: Callable[..., T], *args: Any) -> T:
+        started = time.process_time()
+        out = work(*args)
+        seconds[part] += time.process_time() - started
+        return out
+
+    files = 0
+    for path in paths:
+        for rate, rate_frontends in frontends.items():
+            try:
+                wave = timed("decode", load_audio, path, rate)
+            except AudioError:
+                continue
+            files += 1
+            starts = timed(
+                "activity",
+                choose_segments,
+                wave,
+                rate,
+                params.clip_seconds,
+                params.max_clips_per_recording,
+                params.activity,
+            )
+            clips = torch.from_numpy(clips_at(wave, rate, starts, params.clip_seconds))  # (n, S)
+            with torch.no_grad():
+                features = timed("features", compute_features, rate_frontends, clips)
+            halves = [f.numpy().astype(np.float16) for f in features]
+            timed("partial_write", np.savez, io.BytesIO(), *halves)
+    return {"seconds": seconds, "files": files // max(1, len(frontends))}
+
+
+def work_table(work: dict[str, Any]) -> Table:
+    """:func:`work_per_file`'s figures: each part in CPU ms a recording and against decoding."""
+    ms = work["cpu_ms_per_file"]
+    table = Table(
+        f"where a recording's time goes: one thread, {work['files']} recordings, CPU ms a recording",
+        ("part of the stage's work", "CPU ms", "of decoding"),
+    )
+    for part in WORK_PARTS:
+        table.rows.append((part.replace("_", " "), fmt(ms[part], 2), ratio(ms[part] / ms["decode"])))
+    floor = ms["decode"] + ms["activity"] + ms["features"]
+    label = "decode + activity + features (the cached bytes)"
+    table.rows.append((label, fmt(floor, 2), ratio(floor / ms["decode"])))
+    return table
 
 
 def _throughput(seconds: list[float], files: int, audio_s: float) -> dict[str, Any]:

@@ -112,6 +112,11 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     assert cache["stage_over_decode_only"] == pytest.approx(
         cache["stage"]["files_per_s"] / cache["decode_only"]["files_per_s"]
     )
+    work = cache["work_per_file"]  # every recording decoded, each part of its work measured
+    assert work["files"] == cache["recordings"]
+    assert set(work["cpu_ms_per_file"]) == {"decode", "activity", "features", "partial_write"}
+    assert all(ms > 0 for ms in work["cpu_ms_per_file"].values())
+    assert "where a recording's time goes" in done.stdout
 
     (model,) = sections["model"]["variants"].values()  # --quick: the exported variant only
     assert model["providers"] == ["CPUExecutionProvider"] and model["batch_size"] == 16
