@@ -3,14 +3,16 @@ files on disk, a real onnxruntime session, the windows ``birdops predict`` repor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
 from params_yaml import section, write_params
-from tones import LABELS, RATE_HZ, TONES_HZ, tones
+from tones import DETECTOR, LABELS, RATE_HZ, TONES_HZ, tone_model, tones
 
 from birdops.contracts import BACKGROUND_INDEX, ManifestRow, write_manifest
 from birdops.providers import CPU_PROVIDER
@@ -56,6 +58,7 @@ def test_detections_are_the_windows_predict_reports(detector_path: Path) -> None
     found = detections(classifier, wave)
     assert found.flagged.tolist() == [False, True, False]  # 1 s windows, no overlap
     assert found.found[1].tolist() == [False, False, True]
+    assert found.top[1] == 2  # the tone's class tops the window it fills
 
 
 def test_quiet_on_background_and_recall_clean_and_over_background(detector_path: Path, world: Path) -> None:
@@ -66,9 +69,24 @@ def test_quiet_on_background_and_recall_clean_and_over_background(detector_path:
     assert found["background_windows_flagged"] == 0.0
     assert found["test_recordings"] == 4 and found["clean_file_recall"] == 1.0
     assert found["mixed_file_recall"] == 1.0 and found["mixed_to_clean_recall"] == 1.0
+    assert found["clean_top1_file_recall"] == found["mixed_top1_file_recall"] == 1.0
+    assert found["mixed_to_clean_top1_recall"] == 1.0
     # the validation split's audio instead: one site of background (BG1) and no recording here
     with pytest.raises(ValueError, match="needs val recordings and val background"):
         check(classifier, world / "raw", world / "background", world / "prepared", params, "val")
+
+
+def test_the_ranking_alone_counts_a_species_under_its_threshold(world: Path, tmp_path: Path) -> None:
+    # every tone scores about 0.95, under these thresholds: no window names a species, yet each
+    # recording's species is the top score of the windows its tone fills, clean and over background
+    strict = dataclasses.replace(DETECTOR, thresholds=(0.99, 0.99, 0.99))
+    path = tmp_path / "strict.onnx"
+    onnx.save(tone_model(scoring=strict), str(path))
+    classifier = Classifier.load(path, providers=[CPU_PROVIDER])
+    found = check(classifier, world / "raw", world / "background", world / "prepared", section("field_check"))
+    assert found["clean_file_recall"] == found["mixed_file_recall"] == 0.0
+    assert found["mixed_to_clean_recall"] == 0.0  # no clean recall to compare with
+    assert found["clean_top1_file_recall"] == found["mixed_top1_file_recall"] == 1.0
 
 
 def test_the_stage_writes_its_metrics(
