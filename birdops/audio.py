@@ -291,10 +291,9 @@ def header_frames(source: BinaryIO, name: str) -> tuple[int, int]:
     it cannot open the file (a caller that wants the reason in words decodes it), an
     :class:`AudioError` naming ``name`` for a chain of too many links."""
     headers = []
-    with _quiet_stderr():
-        for part in _decodable_parts(source, name)[0]:
-            with sf.SoundFile(part) as sound:
-                headers.append((int(sound.samplerate), int(sound.frames)))
+    for part in _decodable_parts(source, name)[0]:
+        with _quiet_stderr(), sf.SoundFile(part) as sound:
+            headers.append((int(sound.samplerate), int(sound.frames)))
     rate_hz = headers[0][0]
     return rate_hz, headers[0][1] + sum(round(f * rate_hz / r) for r, f in headers[1:] if r > 0)
 
@@ -350,30 +349,52 @@ def _check_not_text(head: bytes, name: str) -> None:
         raise NotAudioError(name, "not audio: the file is JSON text")
 
 
-_stderr_lock = threading.Lock()
+_stderr_lock = threading.RLock()
+_stderr_depth = 0  # nested _quiet_stderr blocks of the thread holding _stderr_lock
 
 
 @contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null (the C decoders, libmpg123 in particular, print there);
     a lock keeps threads from restoring each other's descriptor. Python's own ``sys.stderr`` writes
-    made meanwhile are lost too, so the block is kept to the C calls."""
+    made meanwhile are lost too, so the block is kept to the C calls. Reentrant: a block opened inside
+    another one of the same thread leaves the descriptor to the outer one (a plain lock would wait
+    for itself, and every other thread's decode behind it)."""
+    global _stderr_depth
     with _stderr_lock:
-        with suppress(AttributeError, ValueError):
-            sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no descriptor 2 at all: nothing to hide
-            yield
+        if _stderr_depth:
+            _stderr_depth += 1
+            try:
+                yield
+            finally:
+                _stderr_depth -= 1
             return
-        devnull = os.open(os.devnull, os.O_WRONLY)
+        _stderr_depth = 1
         try:
-            os.dup2(devnull, 2)
-            yield
+            with _quiet_descriptor():
+                yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+            _stderr_depth = 0
+
+
+@contextmanager
+def _quiet_descriptor() -> Iterator[None]:
+    """Descriptor 2 at /dev/null for the block (:func:`_quiet_stderr`'s outermost block)."""
+    with suppress(AttributeError, ValueError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _open(source: Any, name: str) -> sf.SoundFile:

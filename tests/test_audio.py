@@ -2,9 +2,11 @@ import io
 import shutil
 import struct
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -492,6 +494,37 @@ def test_mp3_files_joined_are_read_to_the_last_frame_of_the_last(tmp_path: Path)
     if shutil.which("mpg123") is not None:
         pcm = subprocess.run(["mpg123", "-q", "-s", str(joined)], check=True, capture_output=True).stdout
         assert len(pcm) // 2 == len(wave)
+
+
+def test_the_header_of_mp3_files_joined_is_read_without_waiting_on_itself(tmp_path: Path) -> None:
+    """``header_frames`` (the service's and ``birdops segments``' look at a file before decoding it)
+    on an MP3 whose frames outnumber its tag: reading the frames quiets the decoder's stderr inside
+    the header's own quiet block. A second thread's decode afterwards proves the lock was let go."""
+    parts = [tmp_path / "a.mp3", tmp_path / "b.mp3"]
+    for part, seconds in zip(parts, (1.0, 2.0), strict=True):
+        sf.write(part, tone(seconds, 44100, 880.0), 44100, format="MP3")
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+
+    found: list[Any] = []
+
+    def in_a_thread(work: Callable[[], Any]) -> Any:
+        # a daemon thread: a deadlock fails the test at the timeout instead of hanging the run
+        found.clear()
+        thread = threading.Thread(target=lambda: found.append(work()), daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert found, "the decoder did not return within 60 s"
+        return found[0]
+
+    def header() -> tuple[int, int]:
+        with joined.open("rb") as handle:
+            return header_frames(handle, "joined.mp3")
+
+    rate_hz, frames = in_a_thread(header)
+    assert rate_hz == 44100 and abs(frames - 3.0 * 44100) < 4 * 1152  # both files' frames
+    wave = in_a_thread(lambda: load_audio(joined, 44100))
+    assert isinstance(wave, np.ndarray) and len(wave) > 2.9 * 44100
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index
