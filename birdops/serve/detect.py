@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,12 +121,29 @@ def json_thresholds(text: str, labels: Sequence[str], source: str) -> dict[str, 
     """Per-species thresholds from a JSON object ``{"species": threshold}`` (the service's field);
     ``source`` names the text in errors."""
     try:
-        values = json.loads(text)
-    except ValueError as err:
-        raise ThresholdsError(f'{source}: expected a JSON object {{"species": threshold}}: {err}') from None
+        values = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep
+        reason = err if isinstance(err, ValueError) else "nested too deeply"
+        expected = 'expected a JSON object {"species": threshold}'
+        raise ThresholdsError(f"{source}: {expected}: {reason}") from None
     if not isinstance(values, dict):
         raise ThresholdsError(f'{source}: expected a JSON object {{"species": threshold}}')
+    for species, value in values.items():
+        if isinstance(value, str):  # a number in quotes: JSON says what it is, unlike a CSV cell
+            raise ThresholdsError(
+                f"{source}, species {species!r}: the threshold must be a number in [0, 1], got {value!r}"
+            )
     return check_thresholds(values, labels, source)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refused when a name comes twice (json keeps the last one silently)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"species {key!r} is listed twice")
+        seen[key] = value
+    return seen
 
 
 def parse_thresholds(text: str, labels: Sequence[str], source: str) -> dict[str, float]:

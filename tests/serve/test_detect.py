@@ -121,6 +121,9 @@ def test_thresholds_files_in_csv_with_or_without_a_header_and_in_json(tmp_path: 
         ('{"Sparrow": 0.5}', r"t\.txt, species 'Sparrow': unknown species 'Sparrow'"),
         ('{"Parus major": true}', r"the threshold must be a number"),
         ('{"Parus major": 0.5', r"t\.txt: expected a JSON object"),
+        ("[" * 5000 + "]" * 5000, r"t\.txt: expected a JSON object .*: nested too deeply"),
+        ('{"Parus major": 0.1, "Parus major": 0.9}', r"t\.txt: .*species 'Parus major' is listed twice"),
+        ('{"Parus major": "0.5"}', r"t\.txt, species 'Parus major': the threshold must be a number"),
     ],
 )
 def test_a_bad_thresholds_file_names_the_file_and_the_row(tmp_path: Path, text: str, message: str) -> None:
