@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from birdops.audio import AudioError, read_ahead, stream_audio, stream_bytes
+from birdops.audio import MAX_STREAM_SECONDS, AudioError, read_ahead, stream_audio, stream_bytes
 from birdops.contracts import EMBEDDING_KEY, INPUT_NAME, OUTPUT_NAME, Embedding, MetadataError, ModelMetadata
 from birdops.providers import CUDA_PROVIDER, Device, DeviceUnavailable, choose_providers
 from birdops.scores import aggregate
@@ -293,7 +293,14 @@ class Classifier:
     def check_hop(self, hop_seconds: float | None) -> None:
         """ValueError when windows ``hop_seconds`` apart cannot be cut at the model's sample rate (a
         hop under one sample), naming the smallest hop; None (no overlap) always can."""
-        if hop_seconds is not None and seconds_to_samples(hop_seconds, self.sample_rate_hz) < 1:
+        if hop_seconds is None:
+            return
+        if not hop_seconds <= MAX_STREAM_SECONDS:  # NaN and inf too
+            raise ValueError(
+                f"a hop of {hop_seconds:g} s is longer than the longest recording birdops reads "
+                f"({MAX_STREAM_SECONDS:g} s)"
+            )
+        if seconds_to_samples(hop_seconds, self.sample_rate_hz) < 1:
             raise ValueError(
                 f"a hop of {hop_seconds:g} s is under one sample at the model's {self.sample_rate_hz} Hz "
                 f"(at least {1 / self.sample_rate_hz:.3g} s)"

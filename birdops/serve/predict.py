@@ -58,13 +58,14 @@ import glob
 import gzip
 import io
 import logging
+import math
 import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -93,6 +94,8 @@ log = logging.getLogger(__name__)
 # (1 thread) and 1.08x (2), full 1.04x and 1.16x as fast, peak RSS 165-174 MiB against 252-265 MiB;
 # 4 is as fast on 1 thread but slower on 2 (README, "Benchmarks")
 BATCH_SIZE = 8
+# the largest --batch-size: its buffer of windows (1024 of 4 s at 22,050 Hz: 361 MB) is held at once
+MAX_BATCH_SIZE = 1024
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells give)
 CSV_COLUMNS = ("file", "start_s", "end_s", "species", "score")
 RAVEN_COLUMNS = (
@@ -372,7 +375,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=BATCH_SIZE,
         help=f"windows per model call (default {BATCH_SIZE}: on CPU faster than 16 or 32, with less memory)",
     )
@@ -403,6 +406,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for option, target in (("--output", args.output), ("--embeddings", args.embeddings)):
         if target is not None and target != "-" and Path(target).is_dir():  # found before, not after, the run
             parser.error(f"{option} {target} is a folder: name the file to write in it")
+    files = [Path(t).resolve() for t in (args.output, args.embeddings) if t not in (None, "-")]
+    if len(files) == 2 and files[0] == files[1]:
+        parser.error(f"--output and --embeddings both name {args.output}: give each its own file")
     return args
 
 
@@ -422,8 +428,15 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH_SIZE} windows, got {text}")
     return value
 
 
@@ -457,19 +470,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     paths, missing = find_audio(args.inputs)
     started = time.perf_counter()
-    with ExitStack() as outputs:
-        outputs.enter_context(terminate_as_interrupt())
-        writer = TableWriter(
-            outputs.enter_context(open_output(args.output)), args.format, feature_band_hz(classifier)
-        )
-        embeddings = None
-        if args.embeddings is not None:
-            embeddings = EmbeddingWriter(outputs.enter_context(open_embeddings(args.embeddings)), dim)
-        summary = predict_files(
-            classifier, paths, writer, selection, args.hop_seconds, args.batch_size, embeddings
-        )
+    try:
+        with ExitStack() as outputs:
+            outputs.enter_context(terminate_as_interrupt())
+            table = _open_writable(outputs, args.output, open_output)
+            embeddings = None
+            if args.embeddings is not None:
+                embeddings = EmbeddingWriter(_open_writable(outputs, args.embeddings, open_embeddings), dim)
+            writer = TableWriter(table, args.format, feature_band_hz(classifier))
+            summary = predict_files(
+                classifier, paths, writer, selection, args.hop_seconds, args.batch_size, embeddings
+            )
+    except _UnwritableError as err:  # found before any audio is read; neither table is left behind
+        log.error("%s", err)
+        return 2
     summary.failures = missing + summary.failures
     return report(summary, time.perf_counter() - started, args.output, args.embeddings)
+
+
+class _UnwritableError(OSError):
+    """An output that cannot be created where it is asked for."""
+
+
+def _open_writable(
+    outputs: ExitStack, target: str, opener: Callable[[str], AbstractContextManager[TextIO]]
+) -> TextIO:
+    """``opener(target)`` entered on ``outputs``; its failure to create the file an
+    :class:`_UnwritableError` naming ``target`` (not the temporary file's name, which the user never
+    gave), which unwinds ``outputs``: an output opened before it is not left behind."""
+    try:
+        return outputs.enter_context(opener(target))
+    except OSError as err:
+        raise _UnwritableError(f"{target}: cannot write there: {err.strerror or err}") from None
 
 
 def choose_selection(classifier: Classifier, args: argparse.Namespace) -> Selection:

@@ -160,6 +160,49 @@ def test_exit_status_is_1_when_nothing_could_be_classified(
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--hop-seconds", "inf"], "--hop-seconds: must be a finite number > 0, got inf"),
+        (["--batch-size", "100000"], "--batch-size: must be at most 1024 windows, got 100000"),
+        (["--embeddings", "same.csv", "-o", "same.csv"], "--output and --embeddings both name same.csv"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_by_argparse(
+    model_path: Path,
+    recordings: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run([str(recordings / "a.wav"), "--model", str(model_path), *options])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "same.csv").exists()
+
+
+def test_a_hop_or_an_output_that_cannot_work_is_refused_before_any_audio_is_read(
+    embedder_path: Path, recordings: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out.csv"
+    argv = [str(recordings / "a.wav"), "--model", str(embedder_path)]
+    assert run([*argv, "-o", str(out), "--hop-seconds", "1e300"]) == 2
+    assert "a hop of 1e+300 s is longer than the longest recording birdops reads" in caplog.text
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a file where the output's folder should be
+    table = ["-o", str(blocked / "out.csv")]
+    embeddings = ["-o", str(out), "--embeddings", str(blocked / "e.csv")]
+    for options in (table, embeddings):
+        caplog.clear()
+        assert run([*argv, *options]) == 2
+        assert f"{options[-1]}: cannot write there" in caplog.text
+        assert not out.exists()  # the table opened before the embeddings' failure is not left behind
+    assert "Traceback" not in caplog.text
+
+
 def test_device_cuda_where_cuda_cannot_run_exits_1_before_any_audio_is_read(
     model_path: Path,
     recordings: Path,
