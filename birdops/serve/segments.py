@@ -80,9 +80,10 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------------- table
-def read_table(path: str | Path) -> list[Row]:
+def read_table(path: str | Path, skipped: list[str] | None = None) -> list[Row]:
     """The rows of a ``birdops predict`` table, CSV or Raven (by its header); :class:`TableError` names
-    the table and the line of a malformed row."""
+    the table and the line of a malformed row, or, with a ``skipped`` list, that row is left out and
+    the message appended to it (a table that is not one, or cannot be read, is raised either way)."""
     path = Path(path)
     try:
         # a table saved by a spreadsheet may start with a BOM; a file name that is not UTF-8 keeps its
@@ -97,7 +98,15 @@ def read_table(path: str | Path) -> list[Row]:
     if missing:
         kind = "Raven selection table" if raven else "predictions CSV"
         raise TableError(f"{path}: not a birdops predict table: the {kind} lacks {', '.join(missing)}")
-    return [_row(path, record, columns, reader.line_num) for record in reader]
+    rows = []
+    for record in reader:
+        try:
+            rows.append(_row(path, record, columns, reader.line_num))
+        except TableError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+    return rows
 
 
 def _row(path: Path, record: dict[str, str], columns: dict[str, str], line: int) -> Row:
@@ -306,11 +315,19 @@ def non_negative_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    bad_rows: list[str] = []
     try:
-        rows = read_table(args.table)
+        rows = read_table(args.table, bad_rows)
     except TableError as err:
         log.error("%s", err)
         return 1
+    if bad_rows:  # one malformed row (a hand edit, a cut-off copy) leaves the others to cut
+        log.warning("%d row(s) of %s skipped:", len(bad_rows), args.table)
+        for message in bad_rows:
+            log.warning("  %s", message)
+        if not rows:
+            log.error("%s: no row is a detection: nothing to cut", args.table)
+            return 1
     chosen = choose(rows, args.species, args.min_score, args.max_score, args.max_per_species)
     for name in sorted(set(args.species or ()) - {row.species for row in rows}):
         log.warning("%s: no detection of %r in the table", args.table, name)

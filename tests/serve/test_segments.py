@@ -205,6 +205,18 @@ def test_tables_that_cannot_be_read_and_choices_that_select_nothing(
     other.write_text("file,start_s,end_s,species,score\na.wav,3.0,1.0,Mid tone,0.9\n")
     assert run(other, tmp_path / "out") == 1
     assert f"{other}, line 2: the window 3.0-1.0 s is not a span of the recording" in caplog.text
+    assert "no row is a detection: nothing to cut" in caplog.text
+    with pytest.raises(segments.TableError, match="line 2: the window"):
+        segments.read_table(other)  # without a list for them, a malformed row is raised
+    # a malformed row among good ones: skipped with its line named, the others cut
+    lines = table.read_text().splitlines()
+    edited = tmp_path / "edited.csv"
+    edited.write_text("\n".join([lines[0], "x.wav,4.000,4.000,Mid tone,0.5", *lines[1:]]) + "\n")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run(edited, tmp_path / "cut", "--audio-root", str(site)) == 0
+    assert f"{edited}, line 2: the window 4.0-4.0 s is not a span of the recording" in caplog.text
+    assert len(list((tmp_path / "cut").rglob("*.wav"))) == len(lines) - 1
     with caplog.at_level(logging.INFO):
         assert run(table, tmp_path / "out", "--species", "Robin", "--audio-root", str(site)) == 0
     assert "no detection of 'Robin' in the table" in caplog.text and "nothing to cut" in caplog.text
