@@ -6,7 +6,8 @@ Settings come from ``BIRDOPS_SERVE_*`` environment variables, overridden by the 
 setting, its default and its meaning are :class:`birdops.serve.settings.ServeSettings`' fields
 (``python -m birdops.serve.settings --markdown`` prints them as a table). Endpoints:
 
-- ``POST /predict``: multipart upload ``file`` (any format soundfile decodes: WAV, FLAC, OGG, MP3...)
+- ``POST /predict``: multipart upload ``file``, one a request (any format soundfile decodes: WAV, FLAC,
+  OGG, MP3...)
   -> the detections (:mod:`birdops.serve.detect`): each window's species whose calibrated score
   reaches its threshold (the model's, ``?min_score=`` for every species, or the form field
   ``thresholds``, a JSON object ``{"species": threshold}``, for those it lists), at most ``?top_k=``
@@ -49,7 +50,7 @@ from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -228,6 +229,7 @@ def create_app(
 
     @app.post("/predict", response_model=Prediction, responses=ERRORS)
     async def predict(
+        request: Request,
         file: Annotated[UploadFile, File(description="an audio file: WAV, FLAC, OGG, MP3...")],
         top_k: Annotated[
             int | None,
@@ -257,6 +259,9 @@ def create_app(
     ) -> Prediction:
         """Detect species in an uploaded recording, window by window; a file where nothing reaches its
         threshold gets ``"detections": 0``, empty ``species`` and ``windows``, and ``"no detections"``."""
+        uploads = len((await request.form()).getlist("file"))  # the form FastAPI parsed, not read again
+        if uploads > 1:  # FastAPI would take the last and drop the others without a word
+            raise HTTPException(422, detail=f"one file per request: the form holds {uploads} 'file' fields")
         classifier = service.model()
         name = display_name(file.filename)
         selection, warning = request_selection(

@@ -24,6 +24,8 @@ from birdops.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+# any rate: an upload whose header cannot be read is refused by the decoder before any resampling
+HEADERLESS_RATE_HZ = 48_000
 DISPLAY_NAME_CHARS = 100
 
 
@@ -53,6 +55,9 @@ def audio_seconds(payload: bytes, name: str) -> float:
     try:
         rate_hz, frames = header_frames(io.BytesIO(payload), name)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
+        # the decoder's refusal says why in words (a type birdops does not read, with how to convert
+        # it); libsndfile's own names an in-memory file and a format it does not recognise
+        next(iter(stream_bytes(payload, HEADERLESS_RATE_HZ, name)), None)
         raise AudioError(name, f"cannot decode audio: {clean_detail(str(err))}") from err
     return frames / rate_hz if rate_hz > 0 else 0.0
 

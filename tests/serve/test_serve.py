@@ -255,6 +255,15 @@ def test_an_empty_or_missing_file_is_a_client_error(server: str) -> None:
     assert missing.status_code == 422
     silent = post(server, encode(np.zeros(8000, dtype=np.float32), 8000, "WAV"), filename="silence.wav")
     assert silent.status_code == 422 and "silent" in silent.json()["detail"]
+    wav = encode(LOW_HIGH_MID, 8000, "WAV")
+    two = [("file", ("a.wav", wav, "audio/wav")), ("file", ("b.wav", wav, "audio/wav"))]
+    both = httpx.post(f"{server}/predict", files=two, timeout=30.0)  # one would be dropped silently
+    assert both.status_code == 422 and "one file per request" in both.json()["detail"]
+    # a type the decoder refuses by name: the same words, and the converter, as birdops predict gives
+    foreign = post(server, b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00" + bytes(2000), filename="call.m4a")
+    detail = foreign.json()["detail"]
+    assert foreign.status_code == 422 and "ffmpeg -i IN.m4a OUT.flac" in detail
+    assert "call.m4a: cannot decode audio: .m4a (AAC or ALAC audio in an MP4 container)" in detail
 
 
 def test_too_long_audio_is_refused(server: str) -> None:
