@@ -44,7 +44,7 @@ import soundfile as sf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from birdops.audio import AudioError, header_frames, stream_audio
+from birdops.audio import MAX_STREAM_SECONDS, AudioError, header_frames, stream_audio
 from birdops.files import NAME_ERRORS, atomic_path
 from birdops.windows import seconds_to_samples
 
@@ -115,7 +115,7 @@ def _row(path: Path, record: dict[str, str], columns: dict[str, str], line: int)
         start_s, end_s, score = (float(record[columns[key]]) for key in ("start_s", "end_s", "score"))
     except (TypeError, ValueError):
         raise TableError(f"{where}: start, end and score must be numbers") from None
-    if not (math.isfinite(start_s) and math.isfinite(end_s) and 0 <= start_s < end_s):
+    if not (0 <= start_s < end_s <= MAX_STREAM_SECONDS):  # NaN and inf too
         raise TableError(f"{where}: the window {start_s}-{end_s} s is not a span of the recording")
     if not math.isfinite(score):
         raise TableError(f"{where}: the score {score} is not a number")
@@ -276,8 +276,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--audio-root", default=".", help="where the table's relative paths resolve (default: here)"
     )
     parser.add_argument("--species", nargs="+", default=None, help="only these species (default: all)")
-    parser.add_argument("--min-score", type=float, default=None, help="only rows scoring at least this")
-    parser.add_argument("--max-score", type=float, default=None, help="only rows scoring at most this")
+    parser.add_argument("--min-score", type=unit_float, default=None, help="only rows scoring at least this")
+    parser.add_argument("--max-score", type=unit_float, default=None, help="only rows scoring at most this")
     parser.add_argument(
         "--max-per-species",
         type=positive_int,
@@ -303,6 +303,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a score in [0, 1], got {text}")
     return value
 
 

@@ -217,6 +217,12 @@ def test_tables_that_cannot_be_read_and_choices_that_select_nothing(
         assert run(edited, tmp_path / "cut", "--audio-root", str(site)) == 0
     assert f"{edited}, line 2: the window 4.0-4.0 s is not a span of the recording" in caplog.text
     assert len(list((tmp_path / "cut").rglob("*.wav"))) == len(lines) - 1
+    other.write_text("file,start_s,end_s,species,score\na.wav,1.0,1e300,Mid tone,0.9\n")  # past a day
+    assert run(other, tmp_path / "out") == 1 and "the window 1.0-1e+300 s is not a span" in caplog.text
+    for bad in ("nan", "2", "-5"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(table, tmp_path / "out", "--min-score", bad)
+        assert exit_info.value.code == 2
     with caplog.at_level(logging.INFO):
         assert run(table, tmp_path / "out", "--species", "Robin", "--audio-root", str(site)) == 0
     assert "no detection of 'Robin' in the table" in caplog.text and "nothing to cut" in caplog.text
