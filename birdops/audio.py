@@ -38,12 +38,13 @@ whole file (silent, too short for a truncated file) after its last block.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePath
 from queue import SimpleQueue
@@ -53,7 +54,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from birdops.containers import MAX_OGG_LINKS, Piece, View, mp3_frames, mp3_pieces, ogg_links, unfinished_wav
+from birdops.containers import (
+    MAX_OGG_LINKS,
+    MP3_MARGIN_FRAMES,
+    Piece,
+    View,
+    mp3_frames,
+    mp3_pieces,
+    ogg_links,
+    unfinished_wav,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,8 @@ SILENCE_PEAK = 1e-5
 MIN_RATE_HZ = 1_000  # sample rates accepted in a header: 1 kHz .. 384 kHz
 MAX_RATE_HZ = 384_000
 MAX_CHANNELS = 32
+# samples of an MPEG-1 Layer III frame (the most a frame holds): the slack of a declared length
+MP3_FRAME_SAMPLES = 1152
 MAX_SECONDS = 3600.0  # one hour: a whole-file decode (load_audio, decode_bytes)
 # a streamed decode (stream_audio, stream_bytes: birdops predict, segments, the service, whose own
 # limit comes first): memory does not grow with the length, so a day, a field recorder's longest file
@@ -141,6 +153,13 @@ class UnsupportedFormatError(NotAudioError):
 
 class TruncatedAudioError(AudioError):
     kind = "truncated"
+
+
+class CutShortAudioError(TruncatedAudioError):
+    """The audio ends before the length its header declares (an MP3 file's Xing/Info count, an Ogg
+    file's last page): a copy cut off, or damaged data the decoder passed over without an error. A
+    stream with a ``damage`` list ends there as at any damage; a whole-file decode keeps what there is,
+    with a warning (:func:`_checked`)."""
 
 
 class UnsupportedRateError(AudioError):
@@ -495,7 +514,9 @@ def _stream(
         with _quiet_stderr():
             frames, channels, rate = _checked_header(sound, name, whole_file)
         _check_length(frames / rate, minimum_s, name)  # refused before decoding when the header says so
-        blocks = _checked(_mono_blocks(sound, frames, channels, name), rate, minimum_s, name, damage)
+        ends_early = functools.partial(_cut_short, parts[0], sound.format, frames, rate, name)
+        mono = _mono_blocks(sound, frames, channels, name, ends_early)
+        blocks = _checked(mono, rate, minimum_s, name, damage)
         yield from _resampled(blocks, rate, sample_rate_hz)
 
 
@@ -593,10 +614,17 @@ def _mp3_pieces(source: BinaryIO, name: str) -> tuple[list[Piece], str] | None:
     )
 
 
-def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> Iterator[np.ndarray]:
+def _mono_blocks(
+    sound: sf.SoundFile,
+    frames: int,
+    channels: int,
+    name: str,
+    ends_early: Callable[[int], AudioError | None] | None = None,
+) -> Iterator[np.ndarray]:
     """The mono mix of ``sound`` in blocks of at most :data:`BLOCK_FRAMES` frames, each averaged over
     its channels; at most the header's ``frames`` (a header promising more than the file holds: a
-    truncated file, whose frames present are kept)."""
+    truncated file, whose frames present are kept). Where the data ends before ``frames``,
+    ``ends_early(frames read)`` says whether that is damage to raise (:func:`_cut_short`)."""
     buffer = np.empty((BLOCK_FRAMES, channels), dtype=np.float32)  # (F, C), reused by every read
     left = frames
     while left > 0:
@@ -609,12 +637,41 @@ def _mono_blocks(sound: sf.SoundFile, frames: int, channels: int, name: str) -> 
             raise TruncatedAudioError(
                 name, f"cannot decode audio: truncated or corrupt data ({_clean_reason(reason)})"
             ) from err
-        if read == 0:
-            return
-        yield _mix_down(buffer[:read])  # (F,)
-        left -= read
+        if read > 0:
+            yield _mix_down(buffer[:read])  # (F,)
+            left -= read
         if read < wanted:
+            short = None if ends_early is None else ends_early(frames - left)
+            if short is not None:
+                raise short
             return
+
+
+def _cut_short(
+    source: Any, file_format: str, announced: int, rate_hz: int, name: str, read: int
+) -> CutShortAudioError | None:
+    """Whether audio that ended after ``read`` of the ``announced`` frames was cut short: only where the
+    length is declared, not estimated -- an Ogg file (its last page's position) or an MP3 file whose
+    Xing/Info tag counts more frames than the file holds (without the tag, the decoder's length is a
+    guess from the first frame's bitrate). A few frames of slack: a decoder's delay and padding."""
+    if announced - read <= MP3_MARGIN_FRAMES * MP3_FRAME_SAMPLES:
+        return None
+    if file_format in ("MP3", "MPEG"):  # soundfile names it MP3 (libsndfile: MPEG)
+        position = source.tell()
+        try:
+            frames = mp3_frames(source)
+        finally:
+            source.seek(position)
+        counted = None if frames is None or frames.tag_counts is None else frames.tag_counts[0]
+        if frames is None or counted is None or counted <= frames.audio_frames + MP3_MARGIN_FRAMES:
+            return None
+    elif file_format != "OGG":
+        return None
+    return CutShortAudioError(
+        name,
+        f"the audio ends at {read / rate_hz:.1f} s of the {announced / rate_hz:.1f} s its header declares "
+        "(a copy cut off, or damaged data the decoder passed over)",
+    )
 
 
 def _read_forward(sound: sf.SoundFile, out: np.ndarray) -> int:
@@ -674,9 +731,12 @@ def _checked(
             samples += len(block)
             yield block
     except (TruncatedAudioError, NonFiniteAudioError) as err:
-        if damage is None or samples == 0:
+        if isinstance(err, CutShortAudioError) and damage is None and samples:
+            log.warning("%s", err)  # a whole-file decode keeps what there is, as it always did
+        elif damage is None or samples == 0:
             raise
-        damage.append(err)
+        else:
+            damage.append(err)
     if samples == 0:
         raise TruncatedAudioError(name, "no audio samples (empty or truncated file)")
     _check_length(samples / rate_hz, minimum_s, name)

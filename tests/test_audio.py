@@ -1,4 +1,5 @@
 import io
+import logging
 import shutil
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from birdops.audio import (
     MAX_SECONDS,
     MAX_STREAM_SECONDS,
     AudioError,
+    CutShortAudioError,
     NonFiniteAudioError,
     NotAudioError,
     SilentAudioError,
@@ -525,6 +527,38 @@ def test_the_header_of_mp3_files_joined_is_read_without_waiting_on_itself(tmp_pa
     assert rate_hz == 44100 and abs(frames - 3.0 * 44100) < 4 * 1152  # both files' frames
     wave = in_a_thread(lambda: load_audio(joined, 44100))
     assert isinstance(wave, np.ndarray) and len(wave) > 2.9 * 44100
+
+
+@pytest.mark.parametrize("kind", ["mp3 cut in half", "ogg damaged in the middle"])
+def test_audio_that_ends_before_its_declared_length_is_named_as_damage(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An MP3 file whose Info tag counts twice the frames it holds (a copy cut off), an Ogg file whose
+    pages the decoder skips past damaged bytes: libsndfile ends early without an error. A stream with a
+    damage list ends there and names it; a whole-file decode keeps the same samples, with a warning."""
+    fmt = "MP3" if kind.startswith("mp3") else "OGG"
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    sf.write(whole, tone(12.0, 44100, 880.0), 44100, format=fmt)
+    data = bytearray(whole.read_bytes())
+    middle = len(data) // 2
+    if fmt == "MP3":
+        data = data[:middle]
+    else:
+        noise = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8)
+        data[middle : middle + 3000] = noise.tobytes()
+    path = tmp_path / f"damaged.{fmt.lower()}"
+    path.write_bytes(bytes(data))
+    damage: list[AudioError] = []
+    streamed = np.concatenate(list(stream_audio(path, 22050, damage=damage)))
+    assert len(damage) == 1 and isinstance(damage[0], CutShortAudioError)
+    message = str(damage[0])
+    assert f"{path}: the audio ends at " in message and "of the 12.0 s its header declares" in message
+    assert 2.0 < len(streamed) / 22050 < 11.0
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(load_audio(path, 22050), streamed)  # kept, as it always was
+    assert "its header declares" in caplog.text
+    clean: list[AudioError] = []
+    assert len(np.concatenate(list(stream_audio(whole, 22050, damage=clean)))) == 12 * 22050 and clean == []
 
 
 # MPEG-1 Layer III bitrates (kbit/s) by the header's 4-bit index
