@@ -72,6 +72,9 @@ SILENCE_PEAK = 1e-5
 MIN_RATE_HZ = 1_000  # sample rates accepted in a header: 1 kHz .. 384 kHz
 MAX_RATE_HZ = 384_000
 MAX_CHANNELS = 32
+# the rate a file is decoded at only to learn why its header cannot be read (any rate: the decoder
+# refuses such a file before resampling)
+HEADERLESS_RATE_HZ = 48_000
 # samples of an MPEG-1 Layer III frame (the most a frame holds): the slack of a declared length
 MP3_FRAME_SAMPLES = 1152
 MAX_SECONDS = 3600.0  # one hour: a whole-file decode (load_audio, decode_bytes)

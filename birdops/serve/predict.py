@@ -58,7 +58,6 @@ import glob
 import gzip
 import io
 import logging
-import math
 import signal
 import sys
 import threading
@@ -77,6 +76,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from birdops.audio import AudioError, audio_files, is_audio_name
 from birdops.contracts import EXPORTED_MODEL
 from birdops.files import NAME_ERRORS, atomic_path
+from birdops.serve.arguments import positive_float, positive_int, unit_float
 from birdops.serve.detect import (
     Selection,
     SpeciesFound,
@@ -410,27 +410,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if len(files) == 2 and files[0] == files[1]:
         parser.error(f"--output and --embeddings both name {args.output}: give each its own file")
     return args
-
-
-def unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def batch_size(text: str) -> int:

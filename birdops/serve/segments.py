@@ -44,8 +44,9 @@ import soundfile as sf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from birdops.audio import MAX_STREAM_SECONDS, AudioError, header_frames, stream_audio
+from birdops.audio import HEADERLESS_RATE_HZ, MAX_STREAM_SECONDS, AudioError, header_frames, stream_audio
 from birdops.files import NAME_ERRORS, atomic_path
+from birdops.serve.arguments import non_negative_float, positive_int, unit_float
 from birdops.windows import seconds_to_samples
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ RAVEN_COLUMNS = {
 }
 FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}  # soundfile format and subtype
 UNSAFE_CHARS = set('/\\:*?"<>|')
-HEADERLESS_RATE_HZ = 48_000  # any rate: a file without a readable header is refused before resampling
 
 
 class TableError(ValueError):
@@ -297,27 +297,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: name a folder for the clips")
     return args
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be a score in [0, 1], got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,15 +17,13 @@ import numpy as np
 import onnxruntime as ort
 import soundfile as sf
 
-from birdops.audio import AudioError, header_frames, stream_bytes
+from birdops.audio import HEADERLESS_RATE_HZ, AudioError, header_frames, stream_bytes
 from birdops.serve.inference import Classifier, WindowScores
 from birdops.serve.queue import BudgetedSession, InferenceBudget
 from birdops.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-# any rate: an upload whose header cannot be read is refused by the decoder before any resampling
-HEADERLESS_RATE_HZ = 48_000
 DISPLAY_NAME_CHARS = 100
 
 
